@@ -1,0 +1,89 @@
+//! `BasicTransformerBlock` (LayerNorm'd self-attention, cross-attention and GEGLU feed-forward,
+//! each with a residual) and `FeedForward`.
+
+use super::attention_processor::{Attention, AttentionSpec};
+use crate::cpu;
+use crate::error::Result;
+use crate::nn::{join, LayerNorm, Linear};
+use crate::tensor::Tensor;
+use crate::weights::WeightSource;
+
+/// GEGLU projection to 2·4·dim, gate, then back to dim (`ff.net.0.proj`, `ff.net.2`).
+pub struct FeedForward {
+    pub proj_in: Linear,
+    pub proj_out: Linear,
+}
+
+impl FeedForward {
+    pub fn load(ws: &mut dyn WeightSource, prefix: &str, dim: usize) -> Result<Self> {
+        let inner = 4 * dim;
+        Ok(FeedForward {
+            proj_in: Linear::load(ws, &join(prefix, "net.0.proj"), dim, 2 * inner, true)?,
+            proj_out: Linear::load(ws, &join(prefix, "net.2"), inner, dim, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.proj_out.forward(&cpu::geglu(&self.proj_in.forward(x)))
+    }
+}
+
+pub struct BasicTransformerBlock {
+    pub norm1: LayerNorm,
+    pub attn1: Attention,
+    pub norm2: LayerNorm,
+    pub attn2: Attention,
+    pub norm3: LayerNorm,
+    pub ff: FeedForward,
+    /// `only_cross_attention`: attn1 also attends to the encoder states.
+    pub only_cross_attention: bool,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        dim: usize,
+        heads: usize,
+        dim_head: usize,
+        cross_attention_dim: usize,
+        only_cross_attention: bool,
+    ) -> Result<Self> {
+        let p = |n: &str| join(prefix, n);
+        let spec = |context_dim| AttentionSpec {
+            query_dim: dim,
+            context_dim,
+            heads,
+            dim_head,
+            qkv_bias: false,
+            group_norm: None,
+            rescale_output_factor: 1.0,
+        };
+        let attn1_ctx = if only_cross_attention {
+            cross_attention_dim
+        } else {
+            dim
+        };
+        Ok(BasicTransformerBlock {
+            norm1: LayerNorm::load(ws, &p("norm1"), dim, 1e-5)?,
+            attn1: Attention::load(ws, &p("attn1"), spec(attn1_ctx))?,
+            norm2: LayerNorm::load(ws, &p("norm2"), dim, 1e-5)?,
+            attn2: Attention::load(ws, &p("attn2"), spec(cross_attention_dim))?,
+            norm3: LayerNorm::load(ws, &p("norm3"), dim, 1e-5)?,
+            ff: FeedForward::load(ws, &p("ff"), dim)?,
+            only_cross_attention,
+        })
+    }
+
+    /// `x`: [B, N, dim]; `context`: [B, M, cross_attention_dim].
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+        let ctx1 = self.only_cross_attention.then_some(context);
+        let mut h = self.attn1.forward(&self.norm1.forward(x), ctx1);
+        cpu::add_inplace(&mut h, x, 1.0);
+        let mut h2 = self.attn2.forward(&self.norm2.forward(&h), Some(context));
+        cpu::add_inplace(&mut h2, &h, 1.0);
+        let mut h3 = self.ff.forward(&self.norm3.forward(&h2));
+        cpu::add_inplace(&mut h3, &h2, 1.0);
+        h3
+    }
+}

@@ -1,0 +1,85 @@
+//! diffusers' `Attention` module with the default processor: projections, multi-head scaled
+//! dot-product attention, output projection; for image inputs also the GroupNorm, residual and
+//! rescale of the old `AttentionBlock` that `AttnDownBlock2D` & co. use.
+
+use crate::cpu;
+use crate::error::Result;
+use crate::nn::{join, GroupNorm, Linear};
+use crate::tensor::Tensor;
+use crate::weights::WeightSource;
+
+pub struct Attention {
+    pub group_norm: Option<GroupNorm>,
+    pub to_q: Linear,
+    pub to_k: Linear,
+    pub to_v: Linear,
+    pub to_out: Linear,
+    pub heads: usize,
+    pub rescale_output_factor: f32,
+}
+
+/// Shapes and flags of one `Attention`.
+pub struct AttentionSpec {
+    pub query_dim: usize,
+    /// Width of the keys' source: `query_dim` for self-attention.
+    pub context_dim: usize,
+    pub heads: usize,
+    pub dim_head: usize,
+    pub qkv_bias: bool,
+    /// `(groups, eps)` of the input GroupNorm, for image-space attention blocks.
+    pub group_norm: Option<(usize, f32)>,
+    pub rescale_output_factor: f32,
+}
+
+impl Attention {
+    pub fn load(ws: &mut dyn WeightSource, prefix: &str, s: AttentionSpec) -> Result<Self> {
+        let inner = s.heads * s.dim_head;
+        let p = |n: &str| join(prefix, n);
+        Ok(Attention {
+            group_norm: match s.group_norm {
+                Some((g, eps)) => Some(GroupNorm::load(ws, &p("group_norm"), g, s.query_dim, eps)?),
+                None => None,
+            },
+            to_q: Linear::load(ws, &p("to_q"), s.query_dim, inner, s.qkv_bias)?,
+            to_k: Linear::load(ws, &p("to_k"), s.context_dim, inner, s.qkv_bias)?,
+            to_v: Linear::load(ws, &p("to_v"), s.context_dim, inner, s.qkv_bias)?,
+            to_out: Linear::load(ws, &p("to_out.0"), inner, s.query_dim, true)?,
+            heads: s.heads,
+            rescale_output_factor: s.rescale_output_factor,
+        })
+    }
+
+    /// Width the keys are projected from (the context's last dimension).
+    pub fn context_dim(&self) -> usize {
+        self.to_k.in_features()
+    }
+
+    /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim], or None for self-attention.
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
+        let ctx = context.unwrap_or(x);
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(ctx);
+        let v = self.to_v.forward(ctx);
+        let dim_head = q.shape()[2] / self.heads;
+        let o = cpu::attention(&q, &k, &v, self.heads, 1.0 / (dim_head as f32).sqrt());
+        self.to_out.forward(&o)
+    }
+
+    /// Image-space self-attention with residual: `x`: [B, C, H, W].
+    pub fn forward_spatial(&self, x: &Tensor) -> Tensor {
+        let (h, w) = (x.shape()[2], x.shape()[3]);
+        let normed;
+        let src = match &self.group_norm {
+            Some(gn) => {
+                normed = gn.forward(x, false);
+                &normed
+            }
+            None => x,
+        };
+        let seq = cpu::nchw_to_nlc(src);
+        let out = self.forward(&seq, None);
+        let mut out = cpu::nlc_to_nchw(&out, h, w);
+        cpu::add_inplace(&mut out, x, 1.0 / self.rescale_output_factor);
+        out
+    }
+}

@@ -1,0 +1,172 @@
+//! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
+
+use crate::config::TimeScaleShift;
+use crate::cpu;
+use crate::error::Result;
+use crate::nn::{join, Conv2d, GroupNorm, Linear};
+use crate::tensor::Tensor;
+use crate::weights::WeightSource;
+
+/// norm1 → SiLU → conv1 → (+ time embedding, or scale/shift after norm2) → norm2 → SiLU →
+/// conv2, plus the (1×1-projected when channels change) input, divided by `output_scale_factor`.
+pub struct ResnetBlock2D {
+    pub norm1: GroupNorm,
+    pub conv1: Conv2d,
+    pub time_emb_proj: Linear,
+    pub norm2: GroupNorm,
+    pub conv2: Conv2d,
+    pub conv_shortcut: Option<Conv2d>,
+    pub time_scale_shift: TimeScaleShift,
+    pub output_scale_factor: f32,
+}
+
+/// What every resnet of a U-Net shares.
+#[derive(Clone, Copy, Debug)]
+pub struct ResnetOptions {
+    pub temb_channels: usize,
+    pub groups: usize,
+    pub eps: f32,
+    pub time_scale_shift: TimeScaleShift,
+    pub output_scale_factor: f32,
+}
+
+impl ResnetBlock2D {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        o: ResnetOptions,
+    ) -> Result<Self> {
+        let temb_out = match o.time_scale_shift {
+            TimeScaleShift::Default => out_channels,
+            TimeScaleShift::ScaleShift => 2 * out_channels,
+        };
+        let p = |n: &str| join(prefix, n);
+        Ok(ResnetBlock2D {
+            norm1: GroupNorm::load(ws, &p("norm1"), o.groups, in_channels, o.eps)?,
+            conv1: Conv2d::load(ws, &p("conv1"), in_channels, out_channels, 3, 1, 1, true)?,
+            time_emb_proj: Linear::load(ws, &p("time_emb_proj"), o.temb_channels, temb_out, true)?,
+            norm2: GroupNorm::load(ws, &p("norm2"), o.groups, out_channels, o.eps)?,
+            conv2: Conv2d::load(ws, &p("conv2"), out_channels, out_channels, 3, 1, 1, true)?,
+            conv_shortcut: if in_channels != out_channels {
+                Some(Conv2d::load(
+                    ws,
+                    &p("conv_shortcut"),
+                    in_channels,
+                    out_channels,
+                    1,
+                    1,
+                    0,
+                    true,
+                )?)
+            } else {
+                None
+            },
+            time_scale_shift: o.time_scale_shift,
+            output_scale_factor: o.output_scale_factor,
+        })
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.conv1.in_channels()
+    }
+
+    /// `x`: [B, Cin, H, W]; `temb_act`: SiLU(time embedding), [B, temb_channels].
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Tensor {
+        let h = self.norm1.forward(x, true);
+        let mut h = self.conv1.forward(&h);
+        let t = self.time_emb_proj.forward(temb_act);
+        let c = h.shape()[1];
+        let plane = h.shape()[2] * h.shape()[3];
+        let tc = t.shape()[1];
+        let h = match self.time_scale_shift {
+            TimeScaleShift::Default => {
+                for (i, p) in h.data_mut().chunks_mut(plane).enumerate() {
+                    let v = t.data()[(i / c) * tc + i % c];
+                    p.iter_mut().for_each(|x| *x += v);
+                }
+                self.norm2.forward(&h, true)
+            }
+            TimeScaleShift::ScaleShift => {
+                let mut n = self.norm2.forward(&h, false);
+                for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
+                    let row = &t.data()[(i / c) * tc..];
+                    let (scale, shift) = (row[i % c], row[c + i % c]);
+                    p.iter_mut().for_each(|x| {
+                        *x = cpu::activation::silu_scalar(*x * (1.0 + scale) + shift)
+                    });
+                }
+                n
+            }
+        };
+        let mut h = self.conv2.forward(&h);
+        let shortcut;
+        let residual = match &self.conv_shortcut {
+            Some(conv) => {
+                shortcut = conv.forward(x);
+                &shortcut
+            }
+            None => x,
+        };
+        cpu::add_inplace(&mut h, residual, 1.0 / self.output_scale_factor);
+        h
+    }
+}
+
+/// A 3×3 stride-2 convolution; with `padding = 0`, diffusers pads right and bottom by one first.
+pub struct Downsample2D {
+    pub conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        channels: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let mut conv = Conv2d::load(
+            ws,
+            &join(prefix, "conv"),
+            channels,
+            channels,
+            3,
+            2,
+            padding,
+            true,
+        )?;
+        if padding == 0 {
+            conv.padding = cpu::Padding {
+                top: 0,
+                bottom: 1,
+                left: 0,
+                right: 1,
+            };
+        }
+        Ok(Downsample2D { conv })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.conv.forward(x)
+    }
+}
+
+/// Nearest 2× (or to an explicit size) then a 3×3 convolution.
+pub struct Upsample2D {
+    pub conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn load(ws: &mut dyn WeightSource, prefix: &str, channels: usize) -> Result<Self> {
+        Ok(Upsample2D {
+            conv: Conv2d::load(ws, &join(prefix, "conv"), channels, channels, 3, 1, 1, true)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Tensor {
+        let (h, w) = (x.shape()[2], x.shape()[3]);
+        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
+        self.conv.forward(&cpu::upsample_nearest(x, oh, ow))
+    }
+}

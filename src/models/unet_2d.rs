@@ -1,0 +1,441 @@
+//! The U-Net forward pass of both diffusers classes, `UNet2DModel` and `UNet2DConditionModel`:
+//! time (+ class, + SDXL text_time) embedding, `conv_in`, down blocks pushing skips, mid block,
+//! up blocks popping them, `conv_norm_out` → SiLU → `conv_out`.
+
+use std::path::Path;
+
+use super::embeddings::{TimestepEmbedding, Timesteps};
+use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
+use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, Embedding, GroupNorm};
+use crate::safetensors_io;
+use crate::tensor::Tensor;
+use crate::weights::{Checkpoint, ModelFiles, WeightSource};
+
+/// The inputs of one forward call, as diffusers' `UNet*.forward` takes them.
+#[derive(Clone, Debug)]
+pub struct UNetInputs {
+    /// [B, in_channels, H, W].
+    pub sample: Tensor,
+    /// One timestep for the whole batch, or one per sample.
+    pub timesteps: Vec<f32>,
+    /// [B, M, cross_attention_dim], for UNet2DConditionModel.
+    pub encoder_hidden_states: Option<Tensor>,
+    /// [B] integer labels, for class-conditional models.
+    pub class_labels: Option<Vec<f32>>,
+    /// SDXL added conditioning: [B, E] pooled text embeddings.
+    pub text_embeds: Option<Tensor>,
+    /// SDXL added conditioning: [B, 6] size/crop ids.
+    pub time_ids: Option<Tensor>,
+}
+
+impl UNetInputs {
+    pub fn new(sample: Tensor, timestep: f32) -> Self {
+        UNetInputs {
+            sample,
+            timesteps: vec![timestep],
+            encoder_hidden_states: None,
+            class_labels: None,
+            text_embeds: None,
+            time_ids: None,
+        }
+    }
+
+    /// Reads `sample`, `timestep` and the optional conditioning tensors from a safetensors file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut tensors = safetensors_io::load(path)?;
+        let mut take = |name: &str| tensors.remove(name).map(|s| s.tensor);
+        let sample = take("sample").ok_or_else(|| {
+            Error::input(
+                "sample",
+                format!("{} has no tensor `sample`", path.display()),
+            )
+        })?;
+        let timestep = take("timestep").ok_or_else(|| {
+            Error::input(
+                "timestep",
+                format!("{} has no tensor `timestep`", path.display()),
+            )
+        })?;
+        if timestep.rank() > 1 {
+            return Err(Error::input(
+                "timestep",
+                format!("expected a scalar or [B], got shape {:?}", timestep.shape()),
+            ));
+        }
+        Ok(UNetInputs {
+            sample,
+            timesteps: timestep.into_data(),
+            encoder_hidden_states: take("encoder_hidden_states"),
+            class_labels: take("class_labels").map(|t| t.into_data()),
+            text_embeds: take("text_embeds"),
+            time_ids: take("time_ids"),
+        })
+    }
+}
+
+pub struct UNet2DConditionModel {
+    pub config: UNetConfig,
+    time_proj: Timesteps,
+    time_embedding: TimestepEmbedding,
+    class_embedding: Option<Embedding>,
+    add_time_proj: Option<Timesteps>,
+    add_embedding: Option<TimestepEmbedding>,
+    conv_in: Conv2d,
+    down_blocks: Vec<DownBlock2D>,
+    mid_block: Option<UNetMidBlock2D>,
+    up_blocks: Vec<UpBlock2D>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// Both classes run the same code; the name says which one a reader of diffusers should map to.
+pub type UNet = UNet2DConditionModel;
+
+impl UNet2DConditionModel {
+    /// Loads a diffusers model folder (or a pipeline folder's `unet/`).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let files = ModelFiles::locate(dir)?;
+        let config = UNetConfig::from_file(&files.config)?;
+        let mut ckpt = Checkpoint::load(&files.weights)?;
+        Self::load(config, &mut ckpt)
+    }
+
+    /// Builds the network of `config`, taking every parameter from `ws`.
+    pub fn load(config: UNetConfig, ws: &mut dyn WeightSource) -> Result<Self> {
+        let cfg = &config;
+        let c0 = cfg.levels[0].out_channels;
+        let n = cfg.levels.len();
+        let ted = cfg.time_embed_dim;
+        let time_proj = Timesteps {
+            dim: c0,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            downscale_freq_shift: cfg.freq_shift,
+        };
+        let time_embedding = TimestepEmbedding::load(ws, "time_embedding", c0, ted)?;
+        let class_embedding = match cfg.num_class_embeds {
+            Some(k) => Some(Embedding::load(ws, "class_embedding", k, ted)?),
+            None => None,
+        };
+        let (add_time_proj, add_embedding) = match &cfg.text_time {
+            Some(tt) => (
+                Some(Timesteps {
+                    dim: tt.addition_time_embed_dim,
+                    flip_sin_to_cos: cfg.flip_sin_to_cos,
+                    downscale_freq_shift: cfg.freq_shift,
+                }),
+                Some(TimestepEmbedding::load(
+                    ws,
+                    "add_embedding",
+                    tt.projection_class_embeddings_input_dim,
+                    ted,
+                )?),
+            ),
+            None => (None, None),
+        };
+        let k_in = cfg.conv_in_kernel;
+        let conv_in = Conv2d::load(
+            ws,
+            "conv_in",
+            cfg.in_channels,
+            c0,
+            k_in,
+            1,
+            (k_in - 1) / 2,
+            true,
+        )?;
+
+        let mut down_blocks = Vec::with_capacity(n);
+        let mut prev = c0;
+        for (i, (&kind, level)) in cfg.down_blocks.iter().zip(&cfg.levels).enumerate() {
+            down_blocks.push(DownBlock2D::load(
+                ws,
+                &format!("down_blocks.{i}"),
+                kind,
+                prev,
+                level,
+                i + 1 < n,
+                cfg,
+            )?);
+            prev = level.out_channels;
+        }
+
+        let inner = &cfg.levels[n - 1];
+        let mid_block = match cfg.mid_block {
+            None => None,
+            Some(kind) => {
+                // UNetMidBlock2DCrossAttn takes no `only_cross_attention`.
+                let mut level = inner.clone();
+                level.only_cross_attention = false;
+                let (block_kind, attn_layers) = match (kind, cfg.class) {
+                    (MidBlockKind::CrossAttn, _) => (BlockKind::CrossAttn, 1),
+                    (MidBlockKind::Plain, ModelClass::UNet2DModel) => (BlockKind::Attn, 1),
+                    // diffusers builds UNet2DConditionModel's UNetMidBlock2D with no layers.
+                    (MidBlockKind::Plain, ModelClass::UNet2DConditionModel) => (BlockKind::Attn, 0),
+                };
+                Some(UNetMidBlock2D::load(
+                    ws,
+                    "mid_block",
+                    block_kind,
+                    attn_layers,
+                    cfg.mid_add_attention,
+                    &level,
+                    cfg,
+                )?)
+            }
+        };
+
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev_out = inner.out_channels;
+        for (i, &kind) in cfg.up_blocks.iter().enumerate() {
+            let level = &cfg.levels[n - 1 - i];
+            let input_channels = cfg.levels[(n - 1 - i).saturating_sub(1)].out_channels;
+            up_blocks.push(UpBlock2D::load(
+                ws,
+                &format!("up_blocks.{i}"),
+                kind,
+                input_channels,
+                prev_out,
+                level,
+                cfg.up_attn_head_dim[i],
+                i + 1 < n,
+                cfg,
+            )?);
+            prev_out = level.out_channels;
+        }
+        let conv_norm_out =
+            GroupNorm::load(ws, "conv_norm_out", cfg.norm_num_groups, c0, cfg.norm_eps)?;
+        let k_out = cfg.conv_out_kernel;
+        let conv_out = Conv2d::load(
+            ws,
+            "conv_out",
+            c0,
+            cfg.out_channels,
+            k_out,
+            1,
+            (k_out - 1) / 2,
+            true,
+        )?;
+        Ok(UNet2DConditionModel {
+            config,
+            time_proj,
+            time_embedding,
+            class_embedding,
+            add_time_proj,
+            add_embedding,
+            conv_in,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    fn has_transformers(&self) -> bool {
+        let c = &self.config;
+        c.down_blocks
+            .iter()
+            .chain(&c.up_blocks)
+            .any(|k| *k == BlockKind::CrossAttn)
+            || c.mid_block == Some(MidBlockKind::CrossAttn)
+    }
+
+    /// Checks every input against the model before any work is done.
+    fn check_inputs(&self, x: &UNetInputs) -> Result<()> {
+        let c = &self.config;
+        let (b, ch, h, w) = x.sample.dims4("sample")?;
+        if ch != c.in_channels {
+            return Err(Error::input(
+                "sample",
+                format!("has {ch} channels; the model takes {}", c.in_channels),
+            ));
+        }
+        if b == 0 || h == 0 || w == 0 {
+            return Err(Error::input(
+                "sample",
+                format!("empty shape {:?}", x.sample.shape()),
+            ));
+        }
+        if x.timesteps.len() != 1 && x.timesteps.len() != b {
+            return Err(Error::input(
+                "timestep",
+                format!("{} values for a batch of {b}", x.timesteps.len()),
+            ));
+        }
+        let finite = |t: &Tensor| t.data().iter().all(|v| v.is_finite());
+        if !finite(&x.sample) || x.timesteps.iter().any(|t| !t.is_finite()) {
+            return Err(Error::input("sample", "contains NaN or infinity"));
+        }
+        let levels = c.levels.len() as u32 - 1;
+        if c.class == ModelClass::UNet2DModel && (h % (1 << levels) != 0 || w % (1 << levels) != 0)
+        {
+            return Err(Error::input(
+                "sample",
+                format!(
+                    "{h}×{w}: a UNet2DModel with {levels} downsamplers needs H and W divisible by {}",
+                    1 << levels
+                ),
+            ));
+        }
+        if self.has_transformers() {
+            let ehs = x.encoder_hidden_states.as_ref().ok_or_else(|| {
+                Error::input(
+                    "encoder_hidden_states",
+                    "missing; this model has cross-attention",
+                )
+            })?;
+            let want = c.levels[0].cross_attention_dim;
+            match ehs.shape() {
+                [eb, m, d]
+                    if *eb == b
+                        && *m > 0
+                        && c.levels.iter().all(|l| l.cross_attention_dim == *d) => {}
+                s => {
+                    return Err(Error::input(
+                        "encoder_hidden_states",
+                        format!("shape {s:?}; expected [{b}, M, {want}]"),
+                    ))
+                }
+            }
+        }
+        match (&self.class_embedding, &x.class_labels) {
+            (Some(_), None) => {
+                return Err(Error::input(
+                    "class_labels",
+                    "missing; the model is class-conditional",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::input(
+                    "class_labels",
+                    "given, but the model has no class embedding",
+                ))
+            }
+            (Some(_), Some(l)) if l.len() != b => {
+                return Err(Error::input(
+                    "class_labels",
+                    format!("{} labels for a batch of {b}", l.len()),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(tt) = &c.text_time {
+            let te = x.text_embeds.as_ref().ok_or_else(|| {
+                Error::input(
+                    "text_embeds",
+                    "missing; the model uses text_time conditioning",
+                )
+            })?;
+            let ti = x.time_ids.as_ref().ok_or_else(|| {
+                Error::input("time_ids", "missing; the model uses text_time conditioning")
+            })?;
+            let ti_cols = match ti.shape() {
+                [tb, k] if *tb == b => *k,
+                s => {
+                    return Err(Error::input(
+                        "time_ids",
+                        format!("shape {s:?}; expected [{b}, K]"),
+                    ))
+                }
+            };
+            let want = tt.projection_class_embeddings_input_dim;
+            match te.shape() {
+                [tb, e] if *tb == b && e + ti_cols * tt.addition_time_embed_dim == want => {}
+                s => return Err(Error::input(
+                    "text_embeds",
+                    format!(
+                        "shape {s:?}: with {ti_cols} time ids of {} dims each, expected [{b}, {}]",
+                        tt.addition_time_embed_dim,
+                        want as i64 - (ti_cols * tt.addition_time_embed_dim) as i64
+                    ),
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// diffusers' `model(sample, timestep, ...).sample`.
+    pub fn forward(&self, inputs: &UNetInputs) -> Result<Tensor> {
+        self.check_inputs(inputs)?;
+        let c = &self.config;
+        let b = inputs.sample.shape()[0];
+
+        let timesteps: Vec<f32> = if inputs.timesteps.len() == 1 {
+            vec![inputs.timesteps[0]; b]
+        } else {
+            inputs.timesteps.clone()
+        };
+        let mut emb = self
+            .time_embedding
+            .forward(&self.time_proj.forward(&timesteps));
+        if let (Some(ce), Some(labels)) = (&self.class_embedding, &inputs.class_labels) {
+            cpu::add_inplace(&mut emb, &ce.forward(labels, "class_labels")?, 1.0);
+        }
+        if let (Some(proj), Some(add), Some(te), Some(ti)) = (
+            &self.add_time_proj,
+            &self.add_embedding,
+            &inputs.text_embeds,
+            &inputs.time_ids,
+        ) {
+            let time_embeds = proj.forward(ti.data());
+            let per = time_embeds.numel() / b;
+            let e = te.shape()[1];
+            let mut cat = Vec::with_capacity(b * (e + per));
+            for i in 0..b {
+                cat.extend_from_slice(&te.data()[i * e..(i + 1) * e]);
+                cat.extend_from_slice(&time_embeds.data()[i * per..(i + 1) * per]);
+            }
+            let aug = add.forward(&Tensor::from_parts(vec![b, e + per], cat));
+            cpu::add_inplace(&mut emb, &aug, 1.0);
+        }
+        let temb_act = cpu::silu(&emb);
+        let block_inputs = BlockInputs {
+            temb_act: &temb_act,
+            context: inputs.encoder_hidden_states.as_ref(),
+        };
+
+        let centered;
+        let sample = if c.center_input_sample {
+            let mut s = inputs.sample.clone();
+            s.data_mut().iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
+            centered = s;
+            &centered
+        } else {
+            &inputs.sample
+        };
+
+        let mut skips = vec![self.conv_in.forward(sample)];
+        for block in &self.down_blocks {
+            let outs = block.forward(skips.last().expect("conv_in output"), &block_inputs);
+            skips.extend(outs);
+        }
+        let mut h = match &self.mid_block {
+            Some(mid) => mid.forward(skips.last().expect("non-empty"), &block_inputs),
+            None => skips.last().expect("non-empty").clone(),
+        };
+        // diffusers passes explicit upsample sizes when H or W is not a multiple of the overall
+        // upsampling factor (odd latents); the UNet2DModel path was checked divisible above.
+        let factor = 1usize << (self.up_blocks.len() - 1);
+        let forward_upsample_size = h_w_not_multiple(h_w(&inputs.sample), factor);
+        let n_up = self.up_blocks.len();
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let remaining = skips.len() - block.num_skips();
+            let size = (forward_upsample_size && i + 1 < n_up).then(|| h_w(&skips[remaining - 1]));
+            h = block.forward(h, &mut skips, &block_inputs, size);
+        }
+        debug_assert!(skips.is_empty());
+        let h = self.conv_norm_out.forward(&h, true);
+        Ok(self.conv_out.forward(&h))
+    }
+}
+
+fn h_w(t: &Tensor) -> (usize, usize) {
+    (t.shape()[2], t.shape()[3])
+}
+
+fn h_w_not_multiple((h, w): (usize, usize), factor: usize) -> bool {
+    h % factor != 0 || w % factor != 0
+}

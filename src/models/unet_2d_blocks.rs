@@ -1,0 +1,347 @@
+//! Down, mid and up blocks. One struct per role covers diffusers' three families
+//! (`DownBlock2D` / `AttnDownBlock2D` / `CrossAttnDownBlock2D` and the up and mid
+//! counterparts): they differ only in the layer that follows each resnet.
+
+use super::attention_processor::{Attention, AttentionSpec};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetOptions, Upsample2D};
+use super::transformer_2d::{Transformer2DModel, TransformerSpec};
+use crate::config::{BlockKind, LevelConfig, UNetConfig};
+use crate::cpu;
+use crate::error::Result;
+use crate::nn::join;
+use crate::tensor::Tensor;
+use crate::weights::WeightSource;
+
+/// What every block call receives besides its input.
+pub struct BlockInputs<'a> {
+    /// SiLU of the time embedding, [B, temb] (every resnet applies SiLU first; done once).
+    pub temb_act: &'a Tensor,
+    /// `encoder_hidden_states`, [B, M, D]; present whenever the model has transformers.
+    pub context: Option<&'a Tensor>,
+}
+
+/// The layer after a resnet.
+pub enum AttnLayer {
+    /// Image-space self-attention (Attn*Block2D, UNetMidBlock2D).
+    Spatial(Attention),
+    /// Transformer2DModel (CrossAttn*Block2D, UNetMidBlock2DCrossAttn).
+    Transformer(Transformer2DModel),
+}
+
+impl AttnLayer {
+    fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        kind: BlockKind,
+        channels: usize,
+        head_dim: usize,
+        attn_groups: Option<usize>,
+        level: &LevelConfig,
+        cfg: &UNetConfig,
+    ) -> Result<Option<Self>> {
+        Ok(match kind {
+            BlockKind::Plain => None,
+            BlockKind::Attn => Some(AttnLayer::Spatial(Attention::load(
+                ws,
+                prefix,
+                AttentionSpec {
+                    query_dim: channels,
+                    context_dim: channels,
+                    heads: channels / head_dim,
+                    dim_head: head_dim,
+                    qkv_bias: true,
+                    group_norm: attn_groups.map(|g| (g, cfg.norm_eps)),
+                    rescale_output_factor: 1.0,
+                },
+            )?)),
+            BlockKind::CrossAttn => Some(AttnLayer::Transformer(Transformer2DModel::load(
+                ws,
+                prefix,
+                TransformerSpec {
+                    in_channels: channels,
+                    heads: level.transformer_heads,
+                    depth: level.transformer_depth,
+                    cross_attention_dim: level.cross_attention_dim,
+                    norm_groups: cfg.norm_num_groups,
+                    use_linear_projection: cfg.use_linear_projection,
+                    only_cross_attention: level.only_cross_attention,
+                },
+            )?)),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
+        match self {
+            AttnLayer::Spatial(a) => a.forward_spatial(x),
+            AttnLayer::Transformer(t) => t.forward(
+                x,
+                inputs
+                    .context
+                    .expect("the model checks encoder_hidden_states before running"),
+            ),
+        }
+    }
+}
+
+fn resnet_options(cfg: &UNetConfig, output_scale_factor: f32) -> ResnetOptions {
+    ResnetOptions {
+        temb_channels: cfg.time_embed_dim,
+        groups: cfg.norm_num_groups,
+        eps: cfg.norm_eps,
+        time_scale_shift: cfg.resnet_time_scale_shift,
+        output_scale_factor,
+    }
+}
+
+/// Resnets, each followed by its attention layer if the block has them.
+pub struct Layers {
+    pub resnets: Vec<ResnetBlock2D>,
+    pub attentions: Vec<AttnLayer>,
+}
+
+impl Layers {
+    fn layer(&self, i: usize, x: &Tensor, inputs: &BlockInputs) -> Tensor {
+        let h = self.resnets[i].forward(x, inputs.temb_act);
+        match self.attentions.get(i) {
+            Some(a) => a.forward(&h, inputs),
+            None => h,
+        }
+    }
+}
+
+pub struct DownBlock2D {
+    pub layers: Layers,
+    pub downsampler: Option<Downsample2D>,
+}
+
+impl DownBlock2D {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        kind: BlockKind,
+        in_channels: usize,
+        level: &LevelConfig,
+        add_downsample: bool,
+        cfg: &UNetConfig,
+    ) -> Result<Self> {
+        let out = level.out_channels;
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..level.layers {
+            let cin = if i == 0 { in_channels } else { out };
+            resnets.push(ResnetBlock2D::load(
+                ws,
+                &join(prefix, &format!("resnets.{i}")),
+                cin,
+                out,
+                resnet_options(cfg, 1.0),
+            )?);
+            attentions.extend(AttnLayer::load(
+                ws,
+                &join(prefix, &format!("attentions.{i}")),
+                kind,
+                out,
+                level.attn_head_dim,
+                Some(cfg.norm_num_groups),
+                level,
+                cfg,
+            )?);
+        }
+        let downsampler = if add_downsample {
+            Some(Downsample2D::load(
+                ws,
+                &join(prefix, "downsamplers.0"),
+                out,
+                cfg.downsample_padding,
+            )?)
+        } else {
+            None
+        };
+        Ok(DownBlock2D {
+            layers: Layers {
+                resnets,
+                attentions,
+            },
+            downsampler,
+        })
+    }
+
+    /// The block's outputs in order; each is both a skip for the decoder and the next input.
+    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Vec<Tensor> {
+        let mut outs: Vec<Tensor> = Vec::new();
+        for i in 0..self.layers.resnets.len() {
+            let h = self.layers.layer(i, outs.last().unwrap_or(x), inputs);
+            outs.push(h);
+        }
+        if let Some(d) = &self.downsampler {
+            let h = d.forward(outs.last().expect("a block has at least one layer"));
+            outs.push(h);
+        }
+        outs
+    }
+
+    /// How many skips this block pushes.
+    pub fn num_outputs(&self) -> usize {
+        self.layers.resnets.len() + usize::from(self.downsampler.is_some())
+    }
+}
+
+pub struct UNetMidBlock2D {
+    pub layers: Layers,
+}
+
+impl UNetMidBlock2D {
+    /// `num_attention_layers` attention+resnet pairs after the first resnet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        kind: BlockKind,
+        num_attention_layers: usize,
+        add_attention: bool,
+        level: &LevelConfig,
+        cfg: &UNetConfig,
+    ) -> Result<Self> {
+        let c = level.out_channels;
+        let opts = resnet_options(cfg, cfg.mid_block_scale_factor);
+        let mut resnets = vec![ResnetBlock2D::load(
+            ws,
+            &join(prefix, "resnets.0"),
+            c,
+            c,
+            opts,
+        )?];
+        let mut attentions = Vec::new();
+        for i in 0..num_attention_layers {
+            if add_attention {
+                let mut layer = AttnLayer::load(
+                    ws,
+                    &join(prefix, &format!("attentions.{i}")),
+                    kind,
+                    c,
+                    level.attn_head_dim,
+                    cfg.mid_attn_groups,
+                    level,
+                    cfg,
+                )?;
+                if let Some(AttnLayer::Spatial(a)) = &mut layer {
+                    a.rescale_output_factor = cfg.mid_block_scale_factor;
+                }
+                attentions.extend(layer);
+            }
+            resnets.push(ResnetBlock2D::load(
+                ws,
+                &join(prefix, &format!("resnets.{}", i + 1)),
+                c,
+                c,
+                opts,
+            )?);
+        }
+        Ok(UNetMidBlock2D {
+            layers: Layers {
+                resnets,
+                attentions,
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
+        let l = &self.layers;
+        let mut h = l.resnets[0].forward(x, inputs.temb_act);
+        for i in 1..l.resnets.len() {
+            if let Some(a) = l.attentions.get(i - 1) {
+                h = a.forward(&h, inputs);
+            }
+            h = l.resnets[i].forward(&h, inputs.temb_act);
+        }
+        h
+    }
+}
+
+pub struct UpBlock2D {
+    pub layers: Layers,
+    pub upsampler: Option<Upsample2D>,
+}
+
+impl UpBlock2D {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        kind: BlockKind,
+        in_channels: usize,
+        prev_output_channels: usize,
+        level: &LevelConfig,
+        attn_head_dim: usize,
+        add_upsample: bool,
+        cfg: &UNetConfig,
+    ) -> Result<Self> {
+        let out = level.out_channels;
+        let num_layers = level.layers + 1;
+        let mut resnets = Vec::new();
+        let mut attentions = Vec::new();
+        for i in 0..num_layers {
+            let skip = if i == num_layers - 1 {
+                in_channels
+            } else {
+                out
+            };
+            let cin = if i == 0 { prev_output_channels } else { out };
+            resnets.push(ResnetBlock2D::load(
+                ws,
+                &join(prefix, &format!("resnets.{i}")),
+                cin + skip,
+                out,
+                resnet_options(cfg, 1.0),
+            )?);
+            attentions.extend(AttnLayer::load(
+                ws,
+                &join(prefix, &format!("attentions.{i}")),
+                kind,
+                out,
+                attn_head_dim,
+                Some(cfg.norm_num_groups),
+                level,
+                cfg,
+            )?);
+        }
+        let upsampler = if add_upsample {
+            Some(Upsample2D::load(ws, &join(prefix, "upsamplers.0"), out)?)
+        } else {
+            None
+        };
+        Ok(UpBlock2D {
+            layers: Layers {
+                resnets,
+                attentions,
+            },
+            upsampler,
+        })
+    }
+
+    /// Consumes one skip per resnet from the top of `skips` (innermost first).
+    pub fn forward(
+        &self,
+        x: Tensor,
+        skips: &mut Vec<Tensor>,
+        inputs: &BlockInputs,
+        upsample_size: Option<(usize, usize)>,
+    ) -> Tensor {
+        let mut h = x;
+        for i in 0..self.layers.resnets.len() {
+            let skip = skips
+                .pop()
+                .expect("the U-Net pushes one skip per up-block resnet");
+            let joined = cpu::cat_channels(&h, &skip);
+            h = self.layers.layer(i, &joined, inputs);
+        }
+        match &self.upsampler {
+            Some(u) => u.forward(&h, upsample_size),
+            None => h,
+        }
+    }
+
+    pub fn num_skips(&self) -> usize {
+        self.layers.resnets.len()
+    }
+}

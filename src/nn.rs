@@ -1,0 +1,191 @@
+//! The torch.nn layers diffusers builds on, each holding its parameters and loading them by
+//! name from a `WeightSource`; forward passes run on the CPU backend.
+
+use crate::cpu;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use crate::weights::WeightSource;
+
+/// `prefix.name`, or `name` when the prefix is empty.
+pub fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = ws.take(&join(prefix, "weight"), &[out_features, in_features])?;
+        let bias = if bias {
+            Some(ws.take(&join(prefix, "bias"), &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        cpu::linear(x, &self.weight, self.bias.as_ref().map(Tensor::data))
+    }
+}
+
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: cpu::Padding,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = ws.take(
+            &join(prefix, "weight"),
+            &[out_channels, in_channels, kernel, kernel],
+        )?;
+        let bias = if bias {
+            Some(ws.take(&join(prefix, "bias"), &[out_channels])?)
+        } else {
+            None
+        };
+        Ok(Conv2d {
+            weight,
+            bias,
+            stride,
+            padding: cpu::Padding::same(padding),
+        })
+    }
+
+    pub fn in_channels(&self) -> usize {
+        self.weight.shape()[1]
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        cpu::conv2d(
+            x,
+            &self.weight,
+            self.bias.as_ref().map(Tensor::data),
+            self.stride,
+            self.padding,
+        )
+    }
+}
+
+pub struct GroupNorm {
+    pub groups: usize,
+    pub eps: f32,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl GroupNorm {
+    pub fn load(
+        ws: &mut dyn WeightSource,
+        prefix: &str,
+        groups: usize,
+        channels: usize,
+        eps: f32,
+    ) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            return Err(crate::Error::weight(
+                prefix,
+                format!("GroupNorm of {channels} channels cannot be split into {groups} groups"),
+            ));
+        }
+        Ok(GroupNorm {
+            groups,
+            eps,
+            weight: ws.take(&join(prefix, "weight"), &[channels])?,
+            bias: ws.take(&join(prefix, "bias"), &[channels])?,
+        })
+    }
+
+    /// GroupNorm, then SiLU when `silu` (fused: one pass).
+    pub fn forward(&self, x: &Tensor, silu: bool) -> Tensor {
+        cpu::group_norm(
+            x,
+            self.groups,
+            self.weight.data(),
+            self.bias.data(),
+            self.eps,
+            silu,
+        )
+    }
+}
+
+pub struct LayerNorm {
+    pub eps: f32,
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl LayerNorm {
+    pub fn load(ws: &mut dyn WeightSource, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
+        Ok(LayerNorm {
+            eps,
+            weight: ws.take(&join(prefix, "weight"), &[dim])?,
+            bias: ws.take(&join(prefix, "bias"), &[dim])?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        cpu::layer_norm(x, self.weight.data(), self.bias.data(), self.eps)
+    }
+}
+
+/// torch.nn.Embedding: a lookup table of rows.
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn load(ws: &mut dyn WeightSource, prefix: &str, num: usize, dim: usize) -> Result<Self> {
+        Ok(Embedding {
+            weight: ws.take(&join(prefix, "weight"), &[num, dim])?,
+        })
+    }
+
+    /// Rows for `indices`; an index outside the table is an error naming `what`.
+    pub fn forward(&self, indices: &[f32], what: &str) -> Result<Tensor> {
+        let [num, dim] = self.weight.shape()[..] else {
+            unreachable!("embedding weight is rank 2")
+        };
+        let mut out = Vec::with_capacity(indices.len() * dim);
+        for &i in indices {
+            if i < 0.0 || i.fract() != 0.0 || i as usize >= num {
+                return Err(crate::Error::input(
+                    what,
+                    format!("label {i} is not an integer in 0..{num}"),
+                ));
+            }
+            out.extend_from_slice(&self.weight.data()[i as usize * dim..][..dim]);
+        }
+        Ok(Tensor::from_parts(vec![indices.len(), dim], out))
+    }
+}

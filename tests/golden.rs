@@ -1,0 +1,69 @@
+//! CPU forward against diffusers (float32, CPU) on every fixture `tools/gen_goldens.py` wrote.
+
+use std::path::{Path, PathBuf};
+
+use freelunch::safetensors_io;
+use freelunch::{UNet, UNetInputs};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn check(case: &str, model_subdir: &str) {
+    let dir = fixture(case);
+    let unet = UNet::from_dir(&dir.join(model_subdir)).unwrap_or_else(|e| panic!("{case}: {e}"));
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    assert!(
+        expected.data().iter().any(|&v| v != 0.0),
+        "{case}: reference is all zeros"
+    );
+    let out = unet
+        .forward(&inputs)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    assert_eq!(out.shape(), expected.shape(), "{case}: shape");
+    let err = out.rel_l2(&expected);
+    eprintln!("{case}: rel L2 = {err:.3e}");
+    assert!(err <= 1e-4, "{case}: relative L2 error {err:.3e} > 1e-4");
+}
+
+#[test]
+fn ddpm_basic() {
+    check("ddpm_basic", "");
+}
+
+#[test]
+fn ddpm_scale_shift_class_fp16_variant() {
+    check("ddpm_scale_shift_class", "");
+}
+
+#[test]
+fn ddpm_noattn_sharded_pipeline_folder() {
+    check("ddpm_noattn_sharded", "model");
+}
+
+#[test]
+fn sd15_like() {
+    check("sd15_like", "");
+}
+
+#[test]
+fn sd21_like_linear_proj_per_level_heads_odd_size_bf16() {
+    check("sd21_like", "");
+}
+
+#[test]
+fn sdxl_like_text_time_deep_transformers() {
+    check("sdxl_like", "");
+}
+
+#[test]
+fn only_cross_attention_and_ignored_resnet_options() {
+    check("sd_mid_only_cross", "");
+}
