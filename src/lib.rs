@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod device;
 pub mod error;
 pub mod models;
 pub mod nn;

@@ -1,15 +1,10 @@
 //! CPU forward against diffusers (float32, CPU) on every fixture `tools/gen_goldens.py` wrote.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::fixture;
 use freelunch::safetensors_io;
 use freelunch::{UNet, UNetInputs};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn check(case: &str, model_subdir: &str) {
     let dir = fixture(case);
@@ -66,4 +61,21 @@ fn sdxl_like_text_time_deep_transformers() {
 #[test]
 fn only_cross_attention_and_ignored_resnet_options() {
     check("sd_mid_only_cross", "");
+}
+
+/// Loading once and calling forward from several threads at once gives the same answers.
+#[test]
+fn one_model_many_threads() {
+    let dir = fixture("sd15_like");
+    let unet = UNet::from_dir(&dir).unwrap();
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let first = unet.forward(&inputs).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| unet.forward(&inputs).unwrap()))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), first);
+        }
+    });
 }

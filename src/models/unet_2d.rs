@@ -344,14 +344,16 @@ impl UNet2DConditionModel {
             let want = tt.projection_class_embeddings_input_dim;
             match te.shape() {
                 [tb, e] if *tb == b && e + ti_cols * tt.addition_time_embed_dim == want => {}
-                s => return Err(Error::input(
-                    "text_embeds",
-                    format!(
+                s => {
+                    return Err(Error::input(
+                        "text_embeds",
+                        format!(
                         "shape {s:?}: with {ti_cols} time ids of {} dims each, expected [{b}, {}]",
                         tt.addition_time_embed_dim,
                         want as i64 - (ti_cols * tt.addition_time_embed_dim) as i64
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(())

@@ -33,12 +33,12 @@ impl AttnLayer {
         ws: &mut dyn WeightSource,
         prefix: &str,
         kind: BlockKind,
-        channels: usize,
         head_dim: usize,
         attn_groups: Option<usize>,
         level: &LevelConfig,
         cfg: &UNetConfig,
     ) -> Result<Option<Self>> {
+        let channels = level.out_channels;
         Ok(match kind {
             BlockKind::Plain => None,
             BlockKind::Attn => Some(AttnLayer::Spatial(Attention::load(
@@ -140,7 +140,6 @@ impl DownBlock2D {
                 ws,
                 &join(prefix, &format!("attentions.{i}")),
                 kind,
-                out,
                 level.attn_head_dim,
                 Some(cfg.norm_num_groups),
                 level,
@@ -218,7 +217,6 @@ impl UNetMidBlock2D {
                     ws,
                     &join(prefix, &format!("attentions.{i}")),
                     kind,
-                    c,
                     level.attn_head_dim,
                     cfg.mid_attn_groups,
                     level,
@@ -298,7 +296,6 @@ impl UpBlock2D {
                 ws,
                 &join(prefix, &format!("attentions.{i}")),
                 kind,
-                out,
                 attn_head_dim,
                 Some(cfg.norm_num_groups),
                 level,

@@ -1,0 +1,181 @@
+//! Properties of the CPU building blocks against naive f64 implementations, on random shapes
+//! (ragged, tiny and larger than the blocking sizes) and random values.
+
+use freelunch::cpu::{self, Padding};
+use freelunch::Tensor;
+use proptest::prelude::*;
+
+fn close(got: &Tensor, want: &[f64], tol: f64) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.numel(), want.len());
+    let (mut num, mut den) = (0.0, 0.0);
+    for (&g, &w) in got.data().iter().zip(want) {
+        prop_assert!(g.is_finite(), "non-finite output");
+        num += (g as f64 - w).powi(2);
+        den += w * w;
+    }
+    let rel = (num / den.max(1e-30)).sqrt();
+    prop_assert!(rel <= tol, "relative L2 error {rel:.3e} > {tol:.0e}");
+    Ok(())
+}
+
+fn f64s(t: &Tensor) -> Vec<f64> {
+    t.data().iter().map(|&v| v as f64).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn group_norm_matches_naive(
+        b in 1usize..3, groups in 1usize..5, per_group in 1usize..5, hw in 1usize..40,
+        silu in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let c = groups * per_group;
+        let x = Tensor::randn([b, c, hw], seed);
+        let gamma: Vec<f32> = Tensor::randn([c], seed ^ 1).data().to_vec();
+        let beta: Vec<f32> = Tensor::randn([c], seed ^ 2).data().to_vec();
+        let eps = 1e-5;
+        let got = cpu::group_norm(&x, groups, &gamma, &beta, eps, silu);
+        let xs = f64s(&x);
+        let mut want = vec![0.0; xs.len()];
+        for bi in 0..b {
+            for g in 0..groups {
+                let range = (bi * c + g * per_group) * hw..(bi * c + (g + 1) * per_group) * hw;
+                let n = range.len() as f64;
+                let mean = xs[range.clone()].iter().sum::<f64>() / n;
+                let var = xs[range.clone()].iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+                for i in range {
+                    let ch = (i / hw) % c;
+                    let y = (xs[i] - mean) / (var + eps as f64).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+                    want[i] = if silu { y / (1.0 + (-y).exp()) } else { y };
+                }
+            }
+        }
+        close(&got, &want, 1e-5)?;
+    }
+
+    #[test]
+    fn layer_norm_matches_naive(rows in 1usize..20, d in 1usize..70, seed in any::<u64>()) {
+        let x = Tensor::randn([rows, d], seed);
+        let gamma: Vec<f32> = Tensor::randn([d], seed ^ 1).data().to_vec();
+        let beta: Vec<f32> = Tensor::randn([d], seed ^ 2).data().to_vec();
+        let got = cpu::layer_norm(&x, &gamma, &beta, 1e-5);
+        let xs = f64s(&x);
+        let mut want = vec![0.0; xs.len()];
+        for r in 0..rows {
+            let row = &xs[r * d..(r + 1) * d];
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            for j in 0..d {
+                want[r * d + j] = (row[j] - mean) / (var + 1e-5).sqrt() * gamma[j] as f64 + beta[j] as f64;
+            }
+        }
+        close(&got, &want, 1e-5)?;
+    }
+
+    #[test]
+    fn conv2d_matches_naive(
+        b in 1usize..3, cin in 1usize..6, cout in 1usize..7, h in 1usize..12, w in 1usize..12,
+        k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
+        pad in (0usize..2, 0usize..2, 0usize..2, 0usize..2), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let pad = Padding { top: pad.0, bottom: pad.1, left: pad.2, right: pad.3 };
+        prop_assume!(h + pad.top + pad.bottom >= k && w + pad.left + pad.right >= k);
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bias_v: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let got = cpu::conv2d(&x, &wt, bias.then_some(&bias_v[..]), stride, pad);
+        let ho = (h + pad.top + pad.bottom - k) / stride + 1;
+        let wo = (w + pad.left + pad.right - k) / stride + 1;
+        prop_assert_eq!(got.shape(), &[b, cout, ho, wo]);
+        let (xs, ws) = (x.data(), wt.data());
+        let mut want = vec![0.0f64; b * cout * ho * wo];
+        for bi in 0..b { for co in 0..cout { for oy in 0..ho { for ox in 0..wo {
+            let mut acc = if bias { bias_v[co] as f64 } else { 0.0 };
+            for ci in 0..cin { for ky in 0..k { for kx in 0..k {
+                let iy = (oy * stride + ky) as isize - pad.top as isize;
+                let ix = (ox * stride + kx) as isize - pad.left as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    acc += xs[((bi * cin + ci) * h + iy as usize) * w + ix as usize] as f64
+                        * ws[((co * cin + ci) * k + ky) * k + kx] as f64;
+                }
+            }}}
+            want[((bi * cout + co) * ho + oy) * wo + ox] = acc;
+        }}}}
+        close(&got, &want, 1e-5)?;
+    }
+
+    #[test]
+    fn attention_matches_naive(
+        b in 1usize..3, n in 1usize..300, m in 1usize..40, heads in 1usize..4, dh in 1usize..17,
+        seed in any::<u64>(),
+    ) {
+        let q = Tensor::randn([b, n, heads * dh], seed);
+        let k = Tensor::randn([b, m, heads * dh], seed ^ 1);
+        let v = Tensor::randn([b, m, heads * dh], seed ^ 2);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let got = cpu::attention(&q, &k, &v, heads, scale);
+        let inner = heads * dh;
+        let (qs, ks, vs) = (q.data(), k.data(), v.data());
+        let mut want = vec![0.0f64; b * n * inner];
+        for bi in 0..b { for h in 0..heads { for i in 0..n {
+            let s: Vec<f64> = (0..m).map(|j| (0..dh).map(|d| {
+                qs[(bi * n + i) * inner + h * dh + d] as f64 * ks[(bi * m + j) * inner + h * dh + d] as f64
+            }).sum::<f64>() * scale as f64).collect();
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for d in 0..dh {
+                want[(bi * n + i) * inner + h * dh + d] =
+                    (0..m).map(|j| e[j] / z * vs[(bi * m + j) * inner + h * dh + d] as f64).sum();
+            }
+        }}}
+        close(&got, &want, 1e-5)?;
+    }
+
+    #[test]
+    fn linear_matches_naive(rows in 1usize..40, fin in 1usize..50, fout in 1usize..50, bias in any::<bool>(), seed in any::<u64>()) {
+        let x = Tensor::randn([rows, fin], seed);
+        let w = Tensor::randn([fout, fin], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
+        let got = cpu::linear(&x, &w, bias.then_some(&bv[..]));
+        let mut want = vec![0.0f64; rows * fout];
+        for r in 0..rows { for o in 0..fout {
+            want[r * fout + o] = (0..fin).map(|i| x.data()[r * fin + i] as f64 * w.data()[o * fin + i] as f64).sum::<f64>()
+                + if bias { bv[o] as f64 } else { 0.0 };
+        }}
+        close(&got, &want, 1e-5)?;
+    }
+
+    #[test]
+    fn layout_round_trips(b in 1usize..3, c in 1usize..40, h in 1usize..20, w in 1usize..20, seed in any::<u64>()) {
+        let x = Tensor::randn([b, c, h, w], seed);
+        let seq = cpu::nchw_to_nlc(&x);
+        prop_assert_eq!(seq.data()[(h * w - 1) * c + c - 1], x.data()[c * h * w - 1]);
+        prop_assert_eq!(cpu::nlc_to_nchw(&seq, h, w), x);
+    }
+
+    #[test]
+    fn upsample_nearest_doubles_and_resizes(h in 1usize..10, w in 1usize..10, dh in 0usize..2, dw in 0usize..2, seed in any::<u64>()) {
+        let x = Tensor::randn([1, 2, h, w], seed);
+        let (oh, ow) = (2 * h - dh.min(2 * h - 1), 2 * w - dw.min(2 * w - 1));
+        let y = cpu::upsample_nearest(&x, oh, ow);
+        for c in 0..2 { for oy in 0..oh { for ox in 0..ow {
+            // PyTorch: exact doubling is o/2; otherwise floor(o * in/out) in f32.
+            let sy = if oh == 2 * h { oy / 2 } else { ((oy as f32 * (h as f32 / oh as f32)).floor() as usize).min(h - 1) };
+            let sx = if ow == 2 * w { ox / 2 } else { ((ox as f32 * (w as f32 / ow as f32)).floor() as usize).min(w - 1) };
+            prop_assert_eq!(y.data()[(c * oh + oy) * ow + ox], x.data()[(c * h + sy) * w + sx]);
+        }}}
+    }
+}
+
+#[test]
+fn geglu_gates_with_exact_gelu() {
+    let x = Tensor::new([1, 4], vec![2.0, -1.0, 0.5, -3.0]).unwrap();
+    let y = cpu::geglu(&x);
+    let gelu = |v: f64| 0.5 * v * (1.0 + libm::erf(v / 2f64.sqrt()));
+    let want = [2.0 * gelu(0.5), -gelu(-3.0)];
+    for (g, w) in y.data().iter().zip(want) {
+        assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
+    }
+}
