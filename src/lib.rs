@@ -1,17 +1,4 @@
-//! freelunch: diffusion U-Nets from diffusers checkpoints, run on hand-written kernels, with the
-//! training-free quality boosters of recent papers built in.
-//!
-//! ```no_run
-//! use freelunch::{Tensor, UNet, UNetInputs};
-//!
-//! # fn main() -> freelunch::Result<()> {
-//! let unet = UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?;
-//! let sample = Tensor::randn([2, 3, 16, 16], 0);
-//! let out = unet.forward(&UNetInputs::new(sample, 500.0))?;
-//! assert_eq!(out.shape(), &[2, 3, 16, 16]);
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
 
 pub mod config;
 pub mod cpu;
