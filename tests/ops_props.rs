@@ -18,6 +18,49 @@ fn close(got: &Tensor, want: &[f64], tol: f64) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn naive_conv(
+    x: &Tensor,
+    wt: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+) -> Vec<f64> {
+    let [b, cin, h, w] = x.shape()[..] else {
+        unreachable!()
+    };
+    let [cout, _, k, _] = wt.shape()[..] else {
+        unreachable!()
+    };
+    let ho = (h + pad.top + pad.bottom - k) / stride + 1;
+    let wo = (w + pad.left + pad.right - k) / stride + 1;
+    let (xs, ws) = (x.data(), wt.data());
+    let mut want = vec![0.0f64; b * cout * ho * wo];
+    for bi in 0..b {
+        for co in 0..cout {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = bias.map_or(0.0, |bv| bv[co] as f64);
+                    for ci in 0..cin {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * stride + ky) as isize - pad.top as isize;
+                                let ix = (ox * stride + kx) as isize - pad.left as isize;
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    acc += xs[((bi * cin + ci) * h + iy as usize) * w + ix as usize]
+                                        as f64
+                                        * ws[((co * cin + ci) * k + ky) * k + kx] as f64;
+                                }
+                            }
+                        }
+                    }
+                    want[((bi * cout + co) * ho + oy) * wo + ox] = acc;
+                }
+            }
+        }
+    }
+    want
+}
+
 fn f64s(t: &Tensor) -> Vec<f64> {
     t.data().iter().map(|&v| v as f64).collect()
 }
@@ -88,21 +131,23 @@ proptest! {
         let ho = (h + pad.top + pad.bottom - k) / stride + 1;
         let wo = (w + pad.left + pad.right - k) / stride + 1;
         prop_assert_eq!(got.shape(), &[b, cout, ho, wo]);
-        let (xs, ws) = (x.data(), wt.data());
-        let mut want = vec![0.0f64; b * cout * ho * wo];
-        for bi in 0..b { for co in 0..cout { for oy in 0..ho { for ox in 0..wo {
-            let mut acc = if bias { bias_v[co] as f64 } else { 0.0 };
-            for ci in 0..cin { for ky in 0..k { for kx in 0..k {
-                let iy = (oy * stride + ky) as isize - pad.top as isize;
-                let ix = (ox * stride + kx) as isize - pad.left as isize;
-                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                    acc += xs[((bi * cin + ci) * h + iy as usize) * w + ix as usize] as f64
-                        * ws[((co * cin + ci) * k + ky) * k + kx] as f64;
-                }
-            }}}
-            want[((bi * cout + co) * ho + oy) * wo + ox] = acc;
-        }}}}
+        let want = naive_conv(&x, &wt, bias.then_some(&bias_v[..]), stride, pad);
         close(&got, &want, 1e-5)?;
+    }
+
+    /// The batched implicit-GEMM path: stride 1, odd k, "same" padding.
+    #[test]
+    fn conv2d_same_matches_naive(
+        b in 1usize..5, cin in 1usize..9, cout in 1usize..9, h in 1usize..10, w in 1usize..10,
+        k in prop::sample::select(vec![3usize, 5]), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bias_v: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let pad = Padding::same((k - 1) / 2);
+        let got = cpu::conv2d(&x, &wt, bias.then_some(&bias_v[..]), 1, pad);
+        prop_assert_eq!(got.shape(), &[b, cout, h, w]);
+        close(&got, &naive_conv(&x, &wt, bias.then_some(&bias_v[..]), 1, pad), 1e-5)?;
     }
 
     #[test]
@@ -167,6 +212,41 @@ proptest! {
             prop_assert_eq!(y.data()[(c * oh + oy) * ow + ox], x.data()[(c * h + sy) * w + sx]);
         }}}
     }
+}
+
+proptest! {
+    #[test]
+    fn vector_exp_within_2_ulp(x in -87.0f32..88.0) {
+        let got = freelunch::cpu::vector::exp(x) as f64;
+        let want = (x as f64).exp();
+        prop_assert!(((got - want) / want).abs() <= 2.5e-7, "exp({x}) = {got}, want {want}");
+    }
+
+    #[test]
+    fn vector_silu_and_softmax(xs in prop::collection::vec(-30.0f32..30.0, 1..200)) {
+        let mut v = xs.clone();
+        freelunch::cpu::vector::silu_slice(&mut v);
+        for (&x, &y) in xs.iter().zip(&v) {
+            let want = x as f64 / (1.0 + (-(x as f64)).exp());
+            prop_assert!((y as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()));
+        }
+        let mut s = xs.clone();
+        freelunch::cpu::vector::softmax_row(&mut s);
+        let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = xs.iter().map(|&x| (x as f64 - max).exp()).sum();
+        for (&x, &y) in xs.iter().zip(&s) {
+            prop_assert!((y as f64 - (x as f64 - max).exp() / z).abs() <= 1e-6);
+        }
+    }
+}
+
+#[test]
+fn vector_exp_edges() {
+    use freelunch::cpu::vector::exp;
+    assert_eq!(exp(0.0), 1.0);
+    assert!(exp(-200.0) < 1e-37 && exp(-200.0) >= 0.0);
+    assert!(exp(200.0).is_finite() && exp(200.0) > 1e38);
+    assert!((exp(88.5) as f64 / 88.5f64.exp() - 1.0).abs() < 1e-6);
 }
 
 #[test]

@@ -6,10 +6,7 @@ use crate::tensor::Tensor;
 
 const PAR_CHUNK: usize = 1 << 14;
 
-#[inline]
-pub fn silu_scalar(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
+pub use super::vector::silu as silu_scalar;
 
 #[inline]
 pub fn gelu_scalar(x: f32) -> f32 {
@@ -18,7 +15,7 @@ pub fn gelu_scalar(x: f32) -> f32 {
 
 pub fn silu_inplace(data: &mut [f32]) {
     data.par_chunks_mut(PAR_CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = silu_scalar(*v)));
+        .for_each(super::vector::silu_slice);
 }
 
 pub fn silu(x: &Tensor) -> Tensor {

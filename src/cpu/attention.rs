@@ -43,16 +43,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
             scale,
             Threads::Single,
         );
-        for row in scores.chunks_mut(m) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|s| *s *= inv);
-        }
+        scores.chunks_mut(m).for_each(super::vector::softmax_row);
         let mut o = vec![0.0f32; rows * dh];
         sgemm(
             rows,

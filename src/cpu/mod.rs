@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod linear;
 pub mod norm;
 pub mod resample;
+pub mod vector;
 
 pub use activation::{geglu, gelu, silu, silu_inplace};
 pub use attention::attention;
