@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod boosters;
 pub mod config;
 pub mod cpu;
 pub mod device;

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, SkipScales};
+use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Device;
 use freelunch::weights::{Checkpoint, ModelFiles};
 use freelunch::{safetensors_io, UNet, UNetConfig, UNetInputs};
@@ -39,7 +41,107 @@ enum Command {
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
+        #[command(flatten)]
+        boosters: BoosterArgs,
     },
+}
+
+/// The training-free boosters (SPEC §3–5).
+#[derive(Args)]
+struct BoosterArgs {
+    /// FreeU: B1,B2,S1,S2 or a preset (sd14, sd15, sd21, sdxl).
+    #[arg(long, value_name = "B1,B2,S1,S2|PRESET")]
+    freeu: Option<String>,
+    /// Which decoder resnets FreeU acts on.
+    #[arg(long, value_enum, default_value = "stage", requires = "freeu")]
+    freeu_blocks: Blocks,
+    /// FreeU v2: backbone factor modulated by the normalised channel mean.
+    #[arg(long, requires = "freeu")]
+    freeu_v2: bool,
+    /// Half-width of FreeU's low-frequency window.
+    #[arg(long, default_value_t = 1, requires = "freeu")]
+    freeu_threshold: usize,
+    /// How the Fourier filter is computed (both exact; direct is the faster).
+    #[arg(long, value_enum, default_value = "direct", requires = "freeu")]
+    freeu_filter: Filter,
+    /// Skip-Tuning: skip factors varying linearly from the outermost to the innermost skip.
+    #[arg(
+        long,
+        value_name = "RHO_TOP,RHO_BOTTOM",
+        conflicts_with = "skip_scales"
+    )]
+    skip_tuning: Option<String>,
+    /// One factor per skip, in encoder order (conv_in's output first).
+    #[arg(long, value_name = "R0,R1,...")]
+    skip_scales: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Blocks {
+    Stage,
+    Channels,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Filter {
+    Fft,
+    Direct,
+}
+
+fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
+    text.split(',')
+        .map(|v| {
+            v.trim().parse::<f32>().map_err(|_| {
+                freelunch::Error::Msg(format!("--{flag}: `{v}` is not a number (in `{text}`)"))
+            })
+        })
+        .collect()
+}
+
+impl BoosterArgs {
+    fn boosters(&self) -> freelunch::Result<Boosters> {
+        let freeu = match &self.freeu {
+            None => None,
+            Some(spec) => {
+                let mut f = if spec.contains(',') || spec.parse::<f32>().is_ok() {
+                    match numbers("freeu", spec)?[..] {
+                        [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
+                        _ => {
+                            return Err(freelunch::Error::Msg(format!(
+                                "--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"
+                            )))
+                        }
+                    }
+                } else {
+                    FreeU::preset(spec)?
+                };
+                f.blocks = match self.freeu_blocks {
+                    Blocks::Stage => FreeUBlocks::Stage,
+                    Blocks::Channels => FreeUBlocks::Channels,
+                };
+                f.v2 = self.freeu_v2;
+                f.threshold = self.freeu_threshold;
+                f.filter = match self.freeu_filter {
+                    Filter::Fft => FilterForm::Fft,
+                    Filter::Direct => FilterForm::Direct,
+                };
+                Some(f)
+            }
+        };
+        let skip_scales = match (&self.skip_tuning, &self.skip_scales) {
+            (Some(spec), _) => match numbers("skip-tuning", spec)?[..] {
+                [top, bottom] => Some(SkipScales::Linear { top, bottom }),
+                _ => {
+                    return Err(freelunch::Error::Msg(format!(
+                        "--skip-tuning takes two numbers RHO_TOP,RHO_BOTTOM, got `{spec}`"
+                    )))
+                }
+            },
+            (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
+            (None, None) => None,
+        };
+        Ok(Boosters { skip_scales, freeu })
+    }
 }
 
 fn main() -> ExitCode {
@@ -61,8 +163,10 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             output,
             device,
             threads,
+            boosters,
         } => {
             let device: Device = device.parse()?;
+            let boosters = boosters.boosters()?;
             device.ensure_available()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
@@ -79,7 +183,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     );
                 }
                 let inputs = UNetInputs::load(&input)?;
-                let out = unet.forward(&inputs)?;
+                let out = unet.forward_with(&inputs, &boosters)?;
                 safetensors_io::save(&output, &[("sample", &out)])
             })
         }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
+use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
 use crate::cpu;
 use crate::error::{Error, Result};
@@ -359,9 +360,24 @@ impl UNet2DConditionModel {
         Ok(())
     }
 
+    /// How many skips the encoder produces (`conv_in` + each down-block output).
+    pub fn num_skips(&self) -> usize {
+        1 + self
+            .down_blocks
+            .iter()
+            .map(DownBlock2D::num_outputs)
+            .sum::<usize>()
+    }
+
     /// diffusers' `model(sample, timestep, ...).sample`.
     pub fn forward(&self, inputs: &UNetInputs) -> Result<Tensor> {
+        self.forward_with(inputs, &Boosters::default())
+    }
+
+    /// The forward pass with this call's boosters.
+    pub fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.check_inputs(inputs)?;
+        boosters.validate(self.num_skips())?;
         let c = &self.config;
         let b = inputs.sample.shape()[0];
 
@@ -397,6 +413,9 @@ impl UNet2DConditionModel {
         let block_inputs = BlockInputs {
             temb_act: &temb_act,
             context: inputs.encoder_hidden_states.as_ref(),
+            boosters,
+            num_skips: self.num_skips(),
+            base_channels: c.levels[0].out_channels,
         };
 
         let centered;
@@ -426,7 +445,7 @@ impl UNet2DConditionModel {
         for (i, block) in self.up_blocks.iter().enumerate() {
             let remaining = skips.len() - block.num_skips();
             let size = (forward_upsample_size && i + 1 < n_up).then(|| h_w(&skips[remaining - 1]));
-            h = block.forward(h, &mut skips, &block_inputs, size);
+            h = block.forward(i, h, &mut skips, &block_inputs, size);
         }
         debug_assert!(skips.is_empty());
         let h = self.conv_norm_out.forward(&h, true);

@@ -5,6 +5,7 @@
 use super::attention_processor::{Attention, AttentionSpec};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetOptions, Upsample2D};
 use super::transformer_2d::{Transformer2DModel, TransformerSpec};
+use crate::boosters::{Boosters, SkipSite};
 use crate::config::{BlockKind, LevelConfig, UNetConfig};
 use crate::cpu;
 use crate::error::Result;
@@ -18,6 +19,11 @@ pub struct BlockInputs<'a> {
     pub temb_act: &'a Tensor,
     /// `encoder_hidden_states`, [B, M, D]; present whenever the model has transformers.
     pub context: Option<&'a Tensor>,
+    /// This call's boosters, for the skip hook.
+    pub boosters: &'a Boosters,
+    /// How many skips the encoder produced, and `block_out_channels[0]`.
+    pub num_skips: usize,
+    pub base_channels: usize,
 }
 
 /// The layer after a resnet.
@@ -316,9 +322,11 @@ impl UpBlock2D {
         })
     }
 
-    /// Consumes one skip per resnet from the top of `skips` (innermost first).
+    /// Consumes one skip per resnet from the top of `skips` (innermost first); the boosters'
+    /// skip hook sees each pair just before it is joined.
     pub fn forward(
         &self,
+        index: usize,
         x: Tensor,
         skips: &mut Vec<Tensor>,
         inputs: &BlockInputs,
@@ -326,9 +334,16 @@ impl UpBlock2D {
     ) -> Tensor {
         let mut h = x;
         for i in 0..self.layers.resnets.len() {
-            let skip = skips
+            let site = SkipSite {
+                up_block: index,
+                skip_index: skips.len() - 1,
+                num_skips: inputs.num_skips,
+                base_channels: inputs.base_channels,
+            };
+            let mut skip = skips
                 .pop()
                 .expect("the U-Net pushes one skip per up-block resnet");
+            inputs.boosters.before_concat(&site, &mut h, &mut skip);
             let joined = cpu::cat_channels(&h, &skip);
             h = self.layers.layer(i, &joined, inputs);
         }

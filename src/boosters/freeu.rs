@@ -1,0 +1,132 @@
+//! FreeU (Si et al. 2023): in selected decoder resnets, amplify the first half of the backbone
+//! channels of `h` by `b` (v1: uniformly; v2: modulated by the normalised channel mean) and
+//! low-pass filter the skip by scaling its lowest frequencies by `s`.
+
+use crate::boosters::SkipSite;
+use crate::cpu::fourier::{fourier_filter, FilterForm};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Which decoder resnets FreeU acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeUBlocks {
+    /// diffusers: all of `up_blocks[0]` with (b1, s1), all of `up_blocks[1]` with (b2, s2).
+    Stage,
+    /// Official repo / ComfyUI: by the channels of `h`: 4·C0 → (b1, s1), 2·C0 → (b2, s2).
+    Channels,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct FreeU {
+    pub b1: f32,
+    pub b2: f32,
+    pub s1: f32,
+    pub s2: f32,
+    pub blocks: FreeUBlocks,
+    pub v2: bool,
+    pub threshold: usize,
+    pub filter: FilterForm,
+}
+
+impl FreeU {
+    pub fn new(b1: f32, b2: f32, s1: f32, s2: f32) -> Self {
+        FreeU {
+            b1,
+            b2,
+            s1,
+            s2,
+            blocks: FreeUBlocks::Stage,
+            v2: false,
+            threshold: 1,
+            filter: FilterForm::Direct,
+        }
+    }
+
+    /// The published presets (b1, b2, s1, s2): sd14, sd15, sd21, sdxl.
+    pub fn preset(name: &str) -> Result<Self> {
+        let (b1, b2, s1, s2) = match name {
+            "sd14" => (1.3, 1.4, 0.9, 0.2),
+            "sd15" => (1.5, 1.6, 0.9, 0.2),
+            "sd21" => (1.4, 1.6, 0.9, 0.2),
+            "sdxl" => (1.3, 1.4, 0.9, 0.2),
+            other => {
+                return Err(Error::Msg(format!(
+                    "unknown FreeU preset `{other}` (known: sd14, sd15, sd21, sdxl)"
+                )))
+            }
+        };
+        Ok(FreeU::new(b1, b2, s1, s2))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if [self.b1, self.b2, self.s1, self.s2]
+            .iter()
+            .any(|v| !v.is_finite())
+        {
+            return Err(Error::Msg("FreeU factors must be finite numbers".into()));
+        }
+        if self.threshold == 0 {
+            return Err(Error::Msg("FreeU threshold must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// (b, s) for the resnet at `site` whose incoming `h` has `channels` channels.
+    fn select(&self, site: &SkipSite, channels: usize) -> Option<(f32, f32)> {
+        match self.blocks {
+            FreeUBlocks::Stage => match site.up_block {
+                0 => Some((self.b1, self.s1)),
+                1 => Some((self.b2, self.s2)),
+                _ => None,
+            },
+            FreeUBlocks::Channels => {
+                if channels == 4 * site.base_channels {
+                    Some((self.b1, self.s1))
+                } else if channels == 2 * site.base_channels {
+                    Some((self.b2, self.s2))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    pub(crate) fn apply(&self, site: &SkipSite, h: &mut Tensor, skip: &mut Tensor) {
+        let Some((b, s)) = self.select(site, h.shape()[1]) else {
+            return;
+        };
+        scale_backbone(h, b, self.v2);
+        *skip = fourier_filter(skip, self.threshold, s, self.filter);
+    }
+}
+
+/// Multiplies the first C/2 channels of `h` ([B, C, H, W]) by `b` (v1) or by
+/// `(b − 1)·m̂ + 1` (v2), m̂ the per-sample min-max normalised mean over channels.
+pub fn scale_backbone(h: &mut Tensor, b: f32, v2: bool) {
+    let [_, c, hh, ww] = h.shape()[..] else {
+        unreachable!("decoder features are rank 4")
+    };
+    let (half, plane) = (c / 2, hh * ww);
+    for sample in h.data_mut().chunks_mut(c * plane) {
+        let factors: Vec<f32> = if v2 {
+            let mut mean = vec![0f32; plane];
+            for ch in sample.chunks(plane) {
+                mean.iter_mut().zip(ch).for_each(|(m, &v)| *m += v);
+            }
+            mean.iter_mut().for_each(|m| *m /= c as f32);
+            let lo = mean.iter().copied().fold(f32::INFINITY, f32::min);
+            let hi = mean.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            mean.iter()
+                .map(|&m| {
+                    let m_hat = if hi > lo { (m - lo) / (hi - lo) } else { 1.0 };
+                    (b - 1.0) * m_hat + 1.0
+                })
+                .collect()
+        } else {
+            vec![b; plane]
+        };
+        for ch in sample[..half * plane].chunks_mut(plane) {
+            ch.iter_mut().zip(&factors).for_each(|(v, f)| *v *= f);
+        }
+    }
+}

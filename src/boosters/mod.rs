@@ -1,0 +1,61 @@
+//! The training-free boosters, applied through one mechanism each: the decoder's skip hook
+//! (Skip-Tuning, FreeU), and (in later modules) the masked GEMM path and weight merging.
+//!
+//! The skip hook: every resnet of an up block pops one skip from the encoder stack and
+//! concatenates `[h, skip]`; just before that, in this order, Skip-Tuning scales the skip, then
+//! FreeU scales `h`'s backbone channels and low-pass filters the skip (SPEC §3).
+
+pub mod freeu;
+pub mod skip_tuning;
+
+pub use freeu::{FreeU, FreeUBlocks};
+pub use skip_tuning::SkipScales;
+
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// Per-call booster settings; the default does nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Boosters {
+    pub skip_scales: Option<SkipScales>,
+    pub freeu: Option<FreeU>,
+}
+
+/// Where in the decoder a skip is being joined.
+#[derive(Clone, Copy, Debug)]
+pub struct SkipSite {
+    /// Index of the up block (`up_blocks.{i}`), execution order.
+    pub up_block: usize,
+    /// The skip's index in encoder order: 0 is `conv_in`'s output.
+    pub skip_index: usize,
+    /// How many skips the encoder produced.
+    pub num_skips: usize,
+    /// `block_out_channels[0]`, for FreeU's channel convention.
+    pub base_channels: usize,
+}
+
+impl Boosters {
+    /// Checks the settings against a model with `num_skips` skips before any work is done.
+    pub fn validate(&self, num_skips: usize) -> Result<()> {
+        if let Some(s) = &self.skip_scales {
+            s.validate(num_skips)?;
+        }
+        if let Some(f) = &self.freeu {
+            f.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The skip hook: runs just before `h` and `skip` are concatenated.
+    pub fn before_concat(&self, site: &SkipSite, h: &mut Tensor, skip: &mut Tensor) {
+        if let Some(scales) = &self.skip_scales {
+            let rho = scales.rho(site.skip_index, site.num_skips);
+            if rho != 1.0 {
+                skip.data_mut().iter_mut().for_each(|v| *v *= rho);
+            }
+        }
+        if let Some(freeu) = &self.freeu {
+            freeu.apply(site, h, skip);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Skip-Tuning (Ma et al. 2024): every encoder→decoder skip `j` is scaled by `rho[j]`, varying
+//! linearly from the outermost skip (`conv_in`'s output, j = 0) to the innermost (j = n−1).
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SkipScales {
+    /// `rho[j] = top + (bottom − top)·j/(n−1)`.
+    Linear { top: f32, bottom: f32 },
+    /// One factor per skip, in encoder order.
+    Explicit(Vec<f32>),
+}
+
+impl SkipScales {
+    pub fn rho(&self, j: usize, n: usize) -> f32 {
+        match self {
+            SkipScales::Linear { top, bottom } if n > 1 => {
+                top + (bottom - top) * j as f32 / (n - 1) as f32
+            }
+            SkipScales::Linear { top, .. } => *top,
+            SkipScales::Explicit(v) => v[j],
+        }
+    }
+
+    pub fn validate(&self, num_skips: usize) -> Result<()> {
+        let values: Vec<f32> = match self {
+            SkipScales::Linear { top, bottom } => vec![*top, *bottom],
+            SkipScales::Explicit(v) => {
+                if v.len() != num_skips {
+                    return Err(Error::Msg(format!(
+                        "skip scales: {} values given; this model has {num_skips} skips",
+                        v.len()
+                    )));
+                }
+                v.clone()
+            }
+        };
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Msg("skip scales must be finite numbers".into()));
+        }
+        Ok(())
+    }
+}
