@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, SkipScales};
+use std::sync::Arc;
+
+use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Device;
 use freelunch::weights::{Checkpoint, ModelFiles};
@@ -74,6 +76,13 @@ struct BoosterArgs {
     /// One factor per skip, in encoder order (conv_in's output first).
     #[arg(long, value_name = "R0,R1,...")]
     skip_scales: Option<String>,
+    /// MaskUNet masks: safetensors keyed by weight name, u8/bool, shared [..], per sample
+    /// [B, ..] or per step and sample [steps, B, ..].
+    #[arg(long, value_name = "FILE.safetensors")]
+    masks: Option<PathBuf>,
+    /// The sampler step whose masks a forward call uses (per-step mask files).
+    #[arg(long, default_value_t = 0, requires = "masks")]
+    mask_step: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -99,7 +108,8 @@ fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
 }
 
 impl BoosterArgs {
-    fn boosters(&self) -> freelunch::Result<Boosters> {
+    /// The boosters for `unet` (masks are checked against its layers).
+    fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
         let freeu = match &self.freeu {
             None => None,
             Some(spec) => {
@@ -140,7 +150,16 @@ impl BoosterArgs {
             (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
             (None, None) => None,
         };
-        Ok(Boosters { skip_scales, freeu })
+        let masks = match &self.masks {
+            Some(path) => Some(Arc::new(MaskSet::load(path, unet.layers())?)),
+            None => None,
+        };
+        Ok(Boosters {
+            skip_scales,
+            freeu,
+            masks,
+            mask_step: self.mask_step,
+        })
     }
 }
 
@@ -166,7 +185,6 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             boosters,
         } => {
             let device: Device = device.parse()?;
-            let boosters = boosters.boosters()?;
             device.ensure_available()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
@@ -182,6 +200,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                         unused[0]
                     );
                 }
+                let boosters = boosters.boosters(&unet)?;
                 let inputs = UNetInputs::load(&input)?;
                 let out = unet.forward_with(&inputs, &boosters)?;
                 safetensors_io::save(&output, &[("sample", &out)])

@@ -1,6 +1,7 @@
 //! The torch.nn layers diffusers builds on, each holding its parameters and loading them by
 //! name from a `WeightSource`; forward passes run on the CPU backend.
 
+use crate::boosters::masks::MaskSet;
 use crate::cpu;
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -15,7 +16,18 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// What every layer's forward receives for this call: MaskUNet masks (by weight name) and the
+/// sampler step that selects per-step masks. Any linear or convolution named in the masks runs
+/// the masked path; the rest run dense.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LayerCtx<'a> {
+    pub masks: Option<&'a MaskSet>,
+    pub step: usize,
+}
+
 pub struct Linear {
+    /// The weight's state-dict name, which masks are keyed by.
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
 }
@@ -28,25 +40,34 @@ impl Linear {
         out_features: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = ws.take(&join(prefix, "weight"), &[out_features, in_features])?;
+        let name = join(prefix, "weight");
+        let weight = ws.take(&name, &[out_features, in_features])?;
         let bias = if bias {
             Some(ws.take(&join(prefix, "bias"), &[out_features])?)
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear { name, weight, bias })
     }
 
     pub fn in_features(&self) -> usize {
         self.weight.shape()[1]
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        cpu::linear(x, &self.weight, self.bias.as_ref().map(Tensor::data))
+    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        let bias = self.bias.as_ref().map(Tensor::data);
+        match lc.masks.and_then(|m| m.get(&self.name)) {
+            Some(m) => {
+                cpu::masked::masked_linear(x, &self.weight, bias, Some(&|b| m.view(lc.step, b)))
+            }
+            None => cpu::masked::masked_linear(x, &self.weight, bias, None),
+        }
     }
 }
 
 pub struct Conv2d {
+    /// The weight's state-dict name, which masks are keyed by.
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub stride: usize,
@@ -65,16 +86,15 @@ impl Conv2d {
         padding: usize,
         bias: bool,
     ) -> Result<Self> {
-        let weight = ws.take(
-            &join(prefix, "weight"),
-            &[out_channels, in_channels, kernel, kernel],
-        )?;
+        let name = join(prefix, "weight");
+        let weight = ws.take(&name, &[out_channels, in_channels, kernel, kernel])?;
         let bias = if bias {
             Some(ws.take(&join(prefix, "bias"), &[out_channels])?)
         } else {
             None
         };
         Ok(Conv2d {
+            name,
             weight,
             bias,
             stride,
@@ -86,14 +106,16 @@ impl Conv2d {
         self.weight.shape()[1]
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        cpu::conv2d(
-            x,
-            &self.weight,
-            self.bias.as_ref().map(Tensor::data),
-            self.stride,
-            self.padding,
-        )
+    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        let bias = self.bias.as_ref().map(Tensor::data);
+        match lc.masks.and_then(|m| m.get(&self.name)) {
+            Some(m) => {
+                cpu::masked::masked_conv2d(x, &self.weight, bias, self.stride, self.padding, &|b| {
+                    m.view(lc.step, b)
+                })
+            }
+            None => cpu::conv2d(x, &self.weight, bias, self.stride, self.padding),
+        }
     }
 }
 

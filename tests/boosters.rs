@@ -86,6 +86,7 @@ fn neutral_settings_give_the_plain_output_bit_for_bit() {
                     bottom: 1.0,
                 }),
                 freeu: Some(freeu),
+                ..Boosters::default()
             };
             assert_eq!(unet.forward_with(&inputs, &b).unwrap(), plain);
         }
@@ -213,6 +214,7 @@ fn booster_goldens() {
                 let boosters = Boosters {
                     skip_scales: skip_scales.clone(),
                     freeu,
+                    ..Boosters::default()
                 };
                 let out = unet.forward_with(&inputs, &boosters).unwrap();
                 let err = out.rel_l2(&expected);

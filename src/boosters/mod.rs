@@ -6,10 +6,14 @@
 //! FreeU scales `h`'s backbone channels and low-pass filters the skip (SPEC §3).
 
 pub mod freeu;
+pub mod masks;
 pub mod skip_tuning;
 
 pub use freeu::{FreeU, FreeUBlocks};
+pub use masks::MaskSet;
 pub use skip_tuning::SkipScales;
+
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -19,6 +23,10 @@ use crate::tensor::Tensor;
 pub struct Boosters {
     pub skip_scales: Option<SkipScales>,
     pub freeu: Option<FreeU>,
+    /// MaskUNet masks, by weight name (shared, per sample, or per step and sample).
+    pub masks: Option<Arc<MaskSet>>,
+    /// The sampler step that selects per-step masks.
+    pub mask_step: usize,
 }
 
 /// Where in the decoder a skip is being joined.
@@ -35,8 +43,12 @@ pub struct SkipSite {
 }
 
 impl Boosters {
-    /// Checks the settings against a model with `num_skips` skips before any work is done.
-    pub fn validate(&self, num_skips: usize) -> Result<()> {
+    /// Checks the settings against a model with `num_skips` skips and a call with batch
+    /// `batch` before any work is done.
+    pub fn validate(&self, num_skips: usize, batch: usize) -> Result<()> {
+        if let Some(m) = &self.masks {
+            m.check_call(batch, self.mask_step)?;
+        }
         if let Some(s) = &self.skip_scales {
             s.validate(num_skips)?;
         }

@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat, Threads};
+use super::SendPtr;
 use crate::tensor::Tensor;
 
 const ROW_BLOCK: usize = 128;
@@ -69,15 +70,4 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -
         }
     });
     Tensor::from_parts(vec![b, n, inner], out)
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only for the disjoint writes described above.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }

@@ -1,24 +1,30 @@
-//! 2-D convolution (NCHW, groups = 1) on the GEMM.
+//! 2-D convolution (NCHW, groups = 1) on the GEMM, with an optional MaskUNet weight mask per
+//! sample. Work is split into tasks of (sample, tile of `TILE` output channels, chunk of output
+//! positions); each task multiplies its weight tile, read in place or staged through the mask
+//! (see `cpu::masked`), so masked and unmasked convolutions issue the very same products and an
+//! all-ones mask gives the dense output bit for bit.
 //!
-//! - 1×1 stride 1: one product per sample, [Cout, Cin] × [Cin, H·W].
-//! - k×k stride 1 "same" padding (every 3×3 of a U-Net but the downsamplers): implicit GEMM
-//!   over the whole batch. The input is copied once, channel-major, into a zero-padded "tall
-//!   image": the samples stacked vertically with p = (k−1)/2 zero rows between them and p zero
-//!   columns closing each row (shared by the next row's left edge). Output pixel (b, y, x) sits
-//!   at position q = (b·(H+p) + y)·Wp + x, and tap (ki, kj) reads the buffer at q + ki·Wp + kj for
-//!   every q. So the convolution is k² accumulating products [Cout, Cin] × [Cin, positions] over
-//!   shifted views, accumulated position-major: no patch matrix, and one product spans the batch, which keeps the small deep
-//!   levels efficient. Positions are cut into cache-sized chunks processed in parallel, all taps
-//!   of a chunk back to back while its accumulator is hot. The padding positions computed along
-//!   the way (p per row, p rows per sample) are dropped when results are copied out.
-//! - anything else (the stride-2 downsamplers): im2col + one product.
-//!
-//! Small spatial sizes run samples in parallel; large ones split each product across threads.
+//! - k×k stride 1 "same" padding (every 3×3 of a U-Net but the downsamplers): implicit GEMM. The
+//!   input is copied once, channel-major, into a zero-padded "tall image": the samples stacked
+//!   vertically with p = (k−1)/2 zero rows between them and p zero columns closing each row
+//!   (shared by the next row's left edge). Output pixel (b, y, x) sits at position
+//!   q = (b·(H+p) + y)·Wp + x, and tap (ki, kj) reads the buffer at q + ki·Wp + kj for every q. So
+//!   the convolution is k² accumulating products [tile, Cin] × [Cin, positions] over shifted
+//!   views, accumulated position-major, with no patch matrix; all taps of a chunk run back to back
+//!   while its accumulator is hot. The padding positions computed along the way (p per row) are
+//!   dropped when results are copied out.
+//! - 1×1 stride 1: [tile, Cin] × [Cin, H·W] per sample.
+//! - anything else (the stride-2 downsamplers): im2col per sample + one product per tile.
 
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat, Threads};
+use super::masked::MaskFn;
+use super::SendPtr;
 use crate::tensor::Tensor;
+
+/// Most output channels per task (one weight tile); tiles are split evenly below this.
+pub const TILE: usize = 64;
 
 /// Zero padding on each side, as (top, bottom, left, right).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +54,18 @@ pub fn conv2d(
     stride: usize,
     pad: Padding,
 ) -> Tensor {
+    conv2d_masked(x, weight, bias, stride, pad, None)
+}
+
+/// As `conv2d`, sample b using `W ⊙ mask(b)` when a mask is given.
+pub fn conv2d_masked(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+    mask: Option<MaskFn>,
+) -> Tensor {
     let [b, cin, h, w] = x.shape()[..] else {
         panic!("conv2d: input must be rank 4")
     };
@@ -57,80 +75,302 @@ pub fn conv2d(
     assert_eq!(cin, wcin, "conv2d: channels");
     let ho = (h + pad.top + pad.bottom - kh) / stride + 1;
     let wo = (w + pad.left + pad.right - kw) / stride + 1;
-    let (hw_out, k) = (ho * wo, cin * kh * kw);
-    let pointwise = kh == 1 && kw == 1 && stride == 1 && pad == Padding::same(0);
-
-    let same = stride == 1 && kh == kw && pad == Padding::same((kh - 1) / 2) && kh % 2 == 1;
-
-    if same && !pointwise {
-        return shifted_taps(x, weight, bias, kh);
-    }
-    let mut out = vec![0.0f32; b * cout * hw_out];
-    let run = |xs: &[f32], o: &mut [f32], threads: Threads| {
-        if let Some(bias) = bias {
-            for (plane, &bv) in o.chunks_mut(hw_out).zip(bias) {
-                plane.fill(bv);
-            }
-        }
-        let mut col = Vec::new();
-        let patches: &[f32] = if pointwise {
-            xs
-        } else {
-            col.resize(k * hw_out, 0.0);
-            im2col(
-                xs,
-                &mut col,
-                (cin, h, w),
-                (kh, kw),
-                stride,
-                pad,
-                (ho, wo),
-                threads,
-            );
-            &col
-        };
-        sgemm(
-            cout,
-            hw_out,
-            k,
-            weight.data(),
-            Mat::row_major(0, k),
-            patches,
-            Mat::row_major(0, hw_out),
-            o,
-            Mat::row_major(0, hw_out),
-            bias.is_some(),
-            1.0,
-            threads,
-        );
-    };
-    let per_sample_in = cin * h * w;
-    // Whole samples per thread when the batch covers the pool: no synchronisation inside
-    // products, and each thread's working set stays in its own cache.
-    if b >= rayon::current_num_threads() || (b > 1 && hw_out * cout < 1 << 16) {
-        out.par_chunks_mut(cout * hw_out)
-            .zip(x.data().par_chunks(per_sample_in))
-            .for_each(|(o, xs)| run(xs, o, Threads::Single));
+    let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
+    let layout = if same && kh > 1 {
+        Layout::Shifted(ShiftedInput::new(x, kh))
+    } else if same {
+        Layout::Pointwise
     } else {
-        out.chunks_mut(cout * hw_out)
-            .zip(x.data().chunks(per_sample_in))
-            .for_each(|(o, xs)| run(xs, o, Threads::Pool));
+        Layout::Patches
+    };
+    let row_len = cin * kh * kw;
+    let tiles = cout.div_ceil(TILE);
+    let tile_rows = cout.div_ceil(tiles);
+    let chunks = layout.chunks(b, ho * wo);
+    let mut out = vec![0.0f32; b * cout * ho * wo];
+    let acc_len = layout.acc_len(b, cout);
+    let mut acc = vec![0.0f32; acc_len];
+    // Tasks write disjoint parts of `acc` (Shifted: its position rows q0..q1, columns of their
+    // tile) or of `out` (other layouts: their sample's tile rows): column strips safe chunking
+    // cannot express.
+    let acc_ptr = SendPtr(acc.as_mut_ptr());
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_len = out.len();
+    let patches: Vec<Vec<f32>> = match layout {
+        Layout::Patches => (0..b)
+            .into_par_iter()
+            .map(|bi| {
+                let mut col = vec![0.0f32; row_len * ho * wo];
+                let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
+                im2col(xs, &mut col, (h, w), (kh, kw), stride, pad, (ho, wo));
+                col
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    (0..b * tiles * chunks.per_sample)
+        .into_par_iter()
+        .for_each(|task| {
+            let (bi, rest) = (
+                task / (tiles * chunks.per_sample),
+                task % (tiles * chunks.per_sample),
+            );
+            let (t, c) = (rest / chunks.per_sample, rest % chunks.per_sample);
+            let (r0, r1) = (t * tile_rows, ((t + 1) * tile_rows).min(cout));
+            let staged;
+            let (wt, w_off) = match mask {
+                Some(mask) => {
+                    let m = mask(bi);
+                    let mut tile = vec![0.0f32; (r1 - r0) * row_len];
+                    for (r, dst) in (r0..r1).zip(tile.chunks_mut(row_len)) {
+                        m.apply_row(r, &weight.data()[r * row_len..(r + 1) * row_len], dst);
+                    }
+                    staged = tile;
+                    (&staged[..], 0)
+                }
+                None => (weight.data(), r0 * row_len),
+            };
+            let bias = bias.map(|bv| &bv[r0..r1]);
+            match &layout {
+                Layout::Shifted(s) => {
+                    let (q0, q1) = chunks.range(c, s.sample_positions);
+                    let base = bi * s.sample_stride;
+                    // SAFETY: `acc` outlives the loop; this task writes only rows
+                    // base+q0..base+q1, columns r0..r1, through the bounds-checked `sgemm`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(acc_ptr.get(), acc_len) };
+                    s.taps(
+                        wt,
+                        w_off,
+                        row_len,
+                        bias,
+                        dst,
+                        cout,
+                        (r0, r1),
+                        (base + q0, base + q1),
+                    );
+                }
+                Layout::Pointwise | Layout::Patches => {
+                    let (p0, p1) = chunks.range(c, ho * wo);
+                    let src: &[f32] = match layout {
+                        Layout::Pointwise => &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w],
+                        _ => &patches[bi],
+                    };
+                    // SAFETY: `out` outlives the loop; this task writes only the rows r0..r1,
+                    // columns p0..p1 of sample bi, through the bounds-checked `sgemm`.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), out_len) };
+                    let o = bi * cout * ho * wo;
+                    if let Some(bias) = bias {
+                        for (r, &bv) in (r0..r1).zip(bias) {
+                            dst[o + r * ho * wo + p0..o + r * ho * wo + p1].fill(bv);
+                        }
+                    }
+                    sgemm(
+                        r1 - r0,
+                        p1 - p0,
+                        row_len,
+                        wt,
+                        Mat::row_major(w_off, row_len),
+                        src,
+                        Mat::row_major(p0, ho * wo),
+                        dst,
+                        Mat::row_major(o + r0 * ho * wo + p0, ho * wo),
+                        bias.is_some(),
+                        1.0,
+                        Threads::Single,
+                    );
+                }
+            }
+        });
+    if let Layout::Shifted(s) = &layout {
+        s.copy_out(&acc, &mut out, b, cout);
     }
     Tensor::from_parts(vec![b, cout, ho, wo], out)
+}
+
+enum Layout {
+    Shifted(ShiftedInput),
+    Pointwise,
+    Patches,
+}
+
+/// How one sample's output positions are cut into chunks.
+struct Chunks {
+    per_sample: usize,
+    size: usize,
+}
+
+impl Chunks {
+    fn range(&self, c: usize, positions: usize) -> (usize, usize) {
+        (c * self.size, ((c + 1) * self.size).min(positions))
+    }
+}
+
+impl Layout {
+    fn chunks(&self, b: usize, hw_out: usize) -> Chunks {
+        let positions = match self {
+            Layout::Shifted(s) => s.sample_positions,
+            _ => hw_out,
+        };
+        // Enough tasks for the pool, each a sizeable product of at most 1024 positions, and
+        // split evenly (a ragged last chunk would be a slow thin product).
+        let threads = rayon::current_num_threads();
+        let want = (4 * threads).div_ceil(b);
+        let per_sample = positions
+            .div_ceil(1024)
+            .max(want.min(positions.div_ceil(256)))
+            .max(1);
+        Chunks {
+            per_sample,
+            size: positions.div_ceil(per_sample),
+        }
+    }
+
+    fn acc_len(&self, b: usize, cout: usize) -> usize {
+        match self {
+            Layout::Shifted(s) => (b * s.sample_stride) * cout,
+            _ => 0,
+        }
+    }
+}
+
+/// The padded channel-major "tall image" of the whole batch (see the module doc).
+struct ShiftedInput {
+    padded: Vec<f32>,
+    k: usize,
+    p: usize,
+    h: usize,
+    w: usize,
+    wp: usize,
+    plane: usize,
+    /// Positions from one sample's first row to the next sample's.
+    sample_stride: usize,
+    /// Positions covering every output pixel of a sample.
+    sample_positions: usize,
+}
+
+impl ShiftedInput {
+    fn new(x: &Tensor, k: usize) -> Self {
+        let [b, cin, h, w] = x.shape()[..] else {
+            unreachable!()
+        };
+        let p = (k - 1) / 2;
+        let wp = w + p;
+        let rows = b * (h + p) + p; // p leading zero rows, then each sample and p zero rows
+        let plane = rows * wp + 2 * p; // + margins so every tap of every position stays in bounds
+        let mut padded = vec![0.0f32; cin * plane];
+        padded
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(ci, dst)| {
+                for bi in 0..b {
+                    let src = &x.data()[(bi * cin + ci) * h * w..][..h * w];
+                    for (y, row) in src.chunks(w).enumerate() {
+                        let at = (p + bi * (h + p) + y) * wp + p;
+                        dst[at..at + w].copy_from_slice(row);
+                    }
+                }
+            });
+        ShiftedInput {
+            padded,
+            k,
+            p,
+            h,
+            w,
+            wp,
+            plane,
+            sample_stride: (h + p) * wp,
+            sample_positions: (h - 1) * wp + w,
+        }
+    }
+
+    /// The k² tap products of positions q0..q1 for output channels r0..r1, into `acc`
+    /// (position-major, [positions][cout]).
+    #[allow(clippy::too_many_arguments)]
+    fn taps(
+        &self,
+        wt: &[f32],
+        w_off: usize,
+        row_len: usize,
+        bias: Option<&[f32]>,
+        acc: &mut [f32],
+        cout: usize,
+        (r0, r1): (usize, usize),
+        (q0, q1): (usize, usize),
+    ) {
+        let k = self.k;
+        let cin = row_len / (k * k);
+        if let Some(bias) = bias {
+            for row in acc[q0 * cout..q1 * cout].chunks_mut(cout) {
+                row[r0..r1].copy_from_slice(bias);
+            }
+        }
+        for ki in 0..k {
+            for kj in 0..k {
+                sgemm(
+                    r1 - r0,
+                    q1 - q0,
+                    cin,
+                    wt,
+                    Mat {
+                        offset: w_off + ki * k + kj,
+                        rs: row_len,
+                        cs: k * k,
+                    },
+                    &self.padded,
+                    Mat {
+                        offset: q0 + ki * self.wp + kj,
+                        rs: self.plane,
+                        cs: 1,
+                    },
+                    acc,
+                    Mat {
+                        offset: q0 * cout + r0,
+                        rs: 1,
+                        cs: cout,
+                    },
+                    bias.is_some() || ki + kj > 0,
+                    1.0,
+                    Threads::Single,
+                );
+            }
+        }
+    }
+
+    /// `acc` is position-major; copying out transposes each image row in tiles of positions.
+    fn copy_out(&self, acc: &[f32], out: &mut [f32], b: usize, cout: usize) {
+        let (h, w, wp, p) = (self.h, self.w, self.wp, self.p);
+        out.par_chunks_mut(cout * h * w)
+            .take(b)
+            .enumerate()
+            .for_each(|(bi, o)| {
+                for y in 0..h {
+                    let row0 = (bi * (h + p) + y) * wp;
+                    for x0 in (0..w).step_by(16) {
+                        let x1 = (x0 + 16).min(w);
+                        for co in 0..cout {
+                            let dst = &mut o[(co * h + y) * w..][x0..x1];
+                            for (x, d) in (x0..x1).zip(dst) {
+                                *d = acc[(row0 + x) * cout + co];
+                            }
+                        }
+                    }
+                }
+            });
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn im2col(
     x: &[f32],
     col: &mut [f32],
-    (cin, h, w): (usize, usize, usize),
+    (h, w): (usize, usize),
     (kh, kw): (usize, usize),
     stride: usize,
     pad: Padding,
     (ho, wo): (usize, usize),
-    threads: Threads,
 ) {
-    let fill_row = |r: usize, row: &mut [f32]| {
+    let n = ho * wo;
+    for (r, row) in col.chunks_mut(n).enumerate() {
         let (ci, ki, kj) = (r / (kh * kw), (r / kw) % kh, r % kw);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
         for oy in 0..ho {
@@ -150,122 +390,5 @@ fn im2col(
                 };
             }
         }
-    };
-    let n = ho * wo;
-    if threads == Threads::Pool {
-        col.par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    } else {
-        col.chunks_mut(n)
-            .enumerate()
-            .for_each(|(r, row)| fill_row(r, row));
-    }
-    let _ = cin;
-}
-
-/// A stride-1 "same" k×k convolution of the whole batch as k² shifted products (module doc).
-fn shifted_taps(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>, k: usize) -> Tensor {
-    let [b, cin, h, w] = x.shape()[..] else {
-        unreachable!()
-    };
-    let cout = weight.shape()[0];
-    let p = (k - 1) / 2;
-    let wp = w + p;
-    let rows = b * (h + p) + p; // p leading zero rows, then each sample and p zero rows
-    let plane = rows * wp + 2 * p; // + margins so every tap of every position stays in bounds
-    let mut padded = vec![0.0f32; cin * plane];
-    padded
-        .par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(ci, dst)| {
-            for bi in 0..b {
-                let src = &x.data()[(bi * cin + ci) * h * w..][..h * w];
-                for (y, row) in src.chunks(w).enumerate() {
-                    let at = (p + bi * (h + p) + y) * wp + p;
-                    dst[at..at + w].copy_from_slice(row);
-                }
-            }
-        });
-    // Positions q in 0..n cover every output pixel; tap (ki, kj) reads q + ki·wp + kj.
-    let n = ((b - 1) * (h + p) + h - 1) * wp + w;
-    let threads = rayon::current_num_threads();
-    let chunk = (n.div_ceil(4 * threads)).clamp(512, 1024);
-    let mut acc = vec![0.0f32; cout * n];
-    // Chunks of positions are disjoint column strips of `acc`; each task runs its k² products
-    // into its own strip through a raw pointer, as safe chunking cannot split columns.
-    let acc_ptr = SendPtr(acc.as_mut_ptr());
-    let acc_len = acc.len();
-    (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| {
-        let (q0, q1) = (c * chunk, ((c + 1) * chunk).min(n));
-        // SAFETY: `acc` outlives the parallel loop; tasks touch disjoint columns q0..q1 and the
-        // slice is only used through the bounds-checked `sgemm` with those columns.
-        let dst = unsafe { std::slice::from_raw_parts_mut(acc_ptr.get(), acc_len) };
-        if let Some(bias) = bias {
-            for row in dst[q0 * cout..q1 * cout].chunks_mut(cout) {
-                row.copy_from_slice(bias);
-            }
-        }
-        for ki in 0..k {
-            for kj in 0..k {
-                sgemm(
-                    cout,
-                    q1 - q0,
-                    cin,
-                    weight.data(),
-                    Mat {
-                        offset: ki * k + kj,
-                        rs: cin * k * k,
-                        cs: k * k,
-                    },
-                    &padded,
-                    Mat {
-                        offset: q0 + ki * wp + kj,
-                        rs: plane,
-                        cs: 1,
-                    },
-                    dst,
-                    Mat {
-                        offset: q0 * cout,
-                        rs: 1,
-                        cs: cout,
-                    },
-                    bias.is_some() || ki + kj > 0,
-                    1.0,
-                    Threads::Single,
-                );
-            }
-        }
-    });
-    // `acc` is position-major ([positions][Cout]: the product's natural order for the GEMM);
-    // copying out transposes each image row in tiles of positions.
-    let mut out = vec![0.0f32; b * cout * h * w];
-    out.par_chunks_mut(cout * h * w)
-        .enumerate()
-        .for_each(|(bi, o)| {
-            for y in 0..h {
-                let row0 = (bi * (h + p) + y) * wp;
-                for x0 in (0..w).step_by(16) {
-                    let x1 = (x0 + 16).min(w);
-                    for co in 0..cout {
-                        let dst = &mut o[(co * h + y) * w..][x0..x1];
-                        for (x, d) in (x0..x1).zip(dst) {
-                            *d = acc[(row0 + x) * cout + co];
-                        }
-                    }
-                }
-            }
-        });
-    Tensor::from_parts(vec![b, cout, h, w], out)
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only for the disjoint column strips described in `shifted_taps`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }

@@ -38,7 +38,7 @@ pub fn group_norm(
             let c0 = (i % groups) * cg;
             for (j, (o, xs)) in o.chunks_mut(spatial).zip(xs.chunks(spatial)).enumerate() {
                 let g = gamma[c0 + j] * rstd;
-                vector::affine(xs, o, g, beta[c0 + j] - mean * g, silu);
+                vector::normalize(xs, o, mean, g, beta[c0 + j], silu);
             }
         });
     Tensor::from_parts(x.shape().to_vec(), out)

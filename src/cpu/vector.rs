@@ -125,14 +125,14 @@ pub fn mean_var(xs: &[f32]) -> (f32, f32) {
 }
 
 multiversion! {
-    fn affine(src: &[f32], dst: &mut [f32], scale: f32, shift: f32, then_silu: bool) {
+    fn normalize(src: &[f32], dst: &mut [f32], mean: f32, scale: f32, shift: f32, then_silu: bool) {
         if then_silu {
             for (d, &s) in dst.iter_mut().zip(src) {
-                *d = silu(s * scale + shift);
+                *d = silu((s - mean) * scale + shift);
             }
         } else {
             for (d, &s) in dst.iter_mut().zip(src) {
-                *d = s * scale + shift;
+                *d = (s - mean) * scale + shift;
             }
         }
     }

@@ -4,7 +4,7 @@
 use super::attention_processor::{Attention, AttentionSpec};
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::{join, LayerNorm, Linear};
+use crate::nn::{join, LayerCtx, LayerNorm, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -23,8 +23,9 @@ impl FeedForward {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.proj_out.forward(&cpu::geglu(&self.proj_in.forward(x)))
+    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        self.proj_out
+            .forward(&cpu::geglu(&self.proj_in.forward(x, lc)), lc)
     }
 }
 
@@ -76,13 +77,15 @@ impl BasicTransformerBlock {
     }
 
     /// `x`: [B, N, dim]; `context`: [B, M, cross_attention_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor, context: &Tensor, lc: LayerCtx) -> Tensor {
         let ctx1 = self.only_cross_attention.then_some(context);
-        let mut h = self.attn1.forward(&self.norm1.forward(x), ctx1);
+        let mut h = self.attn1.forward(&self.norm1.forward(x), ctx1, lc);
         cpu::add_inplace(&mut h, x, 1.0);
-        let mut h2 = self.attn2.forward(&self.norm2.forward(&h), Some(context));
+        let mut h2 = self
+            .attn2
+            .forward(&self.norm2.forward(&h), Some(context), lc);
         cpu::add_inplace(&mut h2, &h, 1.0);
-        let mut h3 = self.ff.forward(&self.norm3.forward(&h2));
+        let mut h3 = self.ff.forward(&self.norm3.forward(&h2), lc);
         cpu::add_inplace(&mut h3, &h2, 1.0);
         h3
     }

@@ -4,7 +4,7 @@
 
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::{join, GroupNorm, Linear};
+use crate::nn::{join, GroupNorm, LayerCtx, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -55,18 +55,18 @@ impl Attention {
     }
 
     /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim], or None for self-attention.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Tensor {
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, lc: LayerCtx) -> Tensor {
         let ctx = context.unwrap_or(x);
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(ctx);
-        let v = self.to_v.forward(ctx);
+        let q = self.to_q.forward(x, lc);
+        let k = self.to_k.forward(ctx, lc);
+        let v = self.to_v.forward(ctx, lc);
         let dim_head = q.shape()[2] / self.heads;
         let o = cpu::attention(&q, &k, &v, self.heads, 1.0 / (dim_head as f32).sqrt());
-        self.to_out.forward(&o)
+        self.to_out.forward(&o, lc)
     }
 
     /// Image-space self-attention with residual: `x`: [B, C, H, W].
-    pub fn forward_spatial(&self, x: &Tensor) -> Tensor {
+    pub fn forward_spatial(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let normed;
         let src = match &self.group_norm {
@@ -77,7 +77,7 @@ impl Attention {
             None => x,
         };
         let seq = cpu::nchw_to_nlc(src);
-        let out = self.forward(&seq, None);
+        let out = self.forward(&seq, None, lc);
         let mut out = cpu::nlc_to_nchw(&out, h, w);
         cpu::add_inplace(&mut out, x, 1.0 / self.rescale_output_factor);
         out

@@ -2,7 +2,7 @@
 
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::{join, Linear};
+use crate::nn::{join, LayerCtx, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -74,9 +74,9 @@ impl TimestepEmbedding {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let mut h = self.linear_1.forward(x);
+    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        let mut h = self.linear_1.forward(x, lc);
         cpu::silu_inplace(h.data_mut());
-        self.linear_2.forward(&h)
+        self.linear_2.forward(&h, lc)
     }
 }

@@ -3,7 +3,7 @@
 use crate::config::TimeScaleShift;
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::{join, Conv2d, GroupNorm, Linear};
+use crate::nn::{join, Conv2d, GroupNorm, LayerCtx, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -73,10 +73,10 @@ impl ResnetBlock2D {
     }
 
     /// `x`: [B, Cin, H, W]; `temb_act`: SiLU(time embedding), [B, temb_channels].
-    pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, lc: LayerCtx) -> Tensor {
         let h = self.norm1.forward(x, true);
-        let mut h = self.conv1.forward(&h);
-        let t = self.time_emb_proj.forward(temb_act);
+        let mut h = self.conv1.forward(&h, lc);
+        let t = self.time_emb_proj.forward(temb_act, lc);
         let c = h.shape()[1];
         let plane = h.shape()[2] * h.shape()[3];
         let tc = t.shape()[1];
@@ -100,11 +100,11 @@ impl ResnetBlock2D {
                 n
             }
         };
-        let mut h = self.conv2.forward(&h);
+        let mut h = self.conv2.forward(&h, lc);
         let shortcut;
         let residual = match &self.conv_shortcut {
             Some(conv) => {
-                shortcut = conv.forward(x);
+                shortcut = conv.forward(x, lc);
                 &shortcut
             }
             None => x,
@@ -147,8 +147,8 @@ impl Downsample2D {
         Ok(Downsample2D { conv })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.conv.forward(x)
+    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        self.conv.forward(x, lc)
     }
 }
 
@@ -164,9 +164,9 @@ impl Upsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Tensor {
+    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>, lc: LayerCtx) -> Tensor {
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&cpu::upsample_nearest(x, oh, ow))
+        self.conv.forward(&cpu::upsample_nearest(x, oh, ow), lc)
     }
 }

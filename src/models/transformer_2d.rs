@@ -5,7 +5,7 @@
 use super::attention::BasicTransformerBlock;
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::{join, Conv2d, GroupNorm, Linear};
+use crate::nn::{join, Conv2d, GroupNorm, LayerCtx, Linear};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -69,19 +69,19 @@ impl Transformer2DModel {
     }
 
     /// `x`: [B, C, H, W]; `context`: [B, M, cross_attention_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor, context: &Tensor, lc: LayerCtx) -> Tensor {
         let (h, w) = (x.shape()[2], x.shape()[3]);
         let normed = self.norm.forward(x, false);
         let mut seq = match &self.proj_in {
-            Proj::Conv(c) => cpu::nchw_to_nlc(&c.forward(&normed)),
-            Proj::Linear(l) => l.forward(&cpu::nchw_to_nlc(&normed)),
+            Proj::Conv(c) => cpu::nchw_to_nlc(&c.forward(&normed, lc)),
+            Proj::Linear(l) => l.forward(&cpu::nchw_to_nlc(&normed), lc),
         };
         for block in &self.transformer_blocks {
-            seq = block.forward(&seq, context);
+            seq = block.forward(&seq, context, lc);
         }
         let mut out = match &self.proj_out {
-            Proj::Conv(c) => c.forward(&cpu::nlc_to_nchw(&seq, h, w)),
-            Proj::Linear(l) => cpu::nlc_to_nchw(&l.forward(&seq), h, w),
+            Proj::Conv(c) => c.forward(&cpu::nlc_to_nchw(&seq, h, w), lc),
+            Proj::Linear(l) => cpu::nlc_to_nchw(&l.forward(&seq, lc), h, w),
         };
         cpu::add_inplace(&mut out, x, 1.0);
         out

@@ -2,6 +2,7 @@
 //! time (+ class, + SDXL text_time) embedding, `conv_in`, down blocks pushing skips, mid block,
 //! up blocks popping them, `conv_norm_out` → SiLU → `conv_out`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
@@ -10,7 +11,7 @@ use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, Embedding, GroupNorm};
+use crate::nn::{Conv2d, Embedding, GroupNorm, LayerCtx};
 use crate::safetensors_io;
 use crate::tensor::Tensor;
 use crate::weights::{Checkpoint, ModelFiles, WeightSource};
@@ -90,6 +91,31 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock2D>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    /// Every linear and convolution weight, name → shape (what masks may name).
+    layers: BTreeMap<String, Vec<usize>>,
+}
+
+/// Notes the name and shape of every linear and convolution weight a builder takes.
+struct Recording<'a> {
+    inner: &'a mut dyn WeightSource,
+    layers: BTreeMap<String, Vec<usize>>,
+}
+
+impl WeightSource for Recording<'_> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.inner.take(name, shape)?;
+        let is_layer = name.ends_with(".weight")
+            && matches!(shape.len(), 2 | 4)
+            && !name.starts_with("class_embedding");
+        if is_layer {
+            self.layers.insert(name.to_string(), shape.to_vec());
+        }
+        Ok(t)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name)
+    }
 }
 
 /// Both classes run the same code; the name says which one a reader of diffusers should map to.
@@ -106,6 +132,21 @@ impl UNet2DConditionModel {
 
     /// Builds the network of `config`, taking every parameter from `ws`.
     pub fn load(config: UNetConfig, ws: &mut dyn WeightSource) -> Result<Self> {
+        let mut rec = Recording {
+            inner: ws,
+            layers: BTreeMap::new(),
+        };
+        let mut unet = Self::build(config, &mut rec)?;
+        unet.layers = rec.layers;
+        Ok(unet)
+    }
+
+    /// Linear and convolution weights by name, with their shapes: what a mask file may name.
+    pub fn layers(&self) -> &BTreeMap<String, Vec<usize>> {
+        &self.layers
+    }
+
+    fn build(config: UNetConfig, ws: &mut dyn WeightSource) -> Result<Self> {
         let cfg = &config;
         let c0 = cfg.levels[0].out_channels;
         let n = cfg.levels.len();
@@ -232,6 +273,7 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out,
             conv_out,
+            layers: BTreeMap::new(),
         })
     }
 
@@ -377,7 +419,11 @@ impl UNet2DConditionModel {
     /// The forward pass with this call's boosters.
     pub fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.check_inputs(inputs)?;
-        boosters.validate(self.num_skips())?;
+        boosters.validate(self.num_skips(), inputs.sample.shape()[0])?;
+        let lc = LayerCtx {
+            masks: boosters.masks.as_deref(),
+            step: boosters.mask_step,
+        };
         let c = &self.config;
         let b = inputs.sample.shape()[0];
 
@@ -388,7 +434,7 @@ impl UNet2DConditionModel {
         };
         let mut emb = self
             .time_embedding
-            .forward(&self.time_proj.forward(&timesteps));
+            .forward(&self.time_proj.forward(&timesteps), lc);
         if let (Some(ce), Some(labels)) = (&self.class_embedding, &inputs.class_labels) {
             cpu::add_inplace(&mut emb, &ce.forward(labels, "class_labels")?, 1.0);
         }
@@ -406,7 +452,7 @@ impl UNet2DConditionModel {
                 cat.extend_from_slice(&te.data()[i * e..(i + 1) * e]);
                 cat.extend_from_slice(&time_embeds.data()[i * per..(i + 1) * per]);
             }
-            let aug = add.forward(&Tensor::from_parts(vec![b, e + per], cat));
+            let aug = add.forward(&Tensor::from_parts(vec![b, e + per], cat), lc);
             cpu::add_inplace(&mut emb, &aug, 1.0);
         }
         let temb_act = cpu::silu(&emb);
@@ -414,6 +460,7 @@ impl UNet2DConditionModel {
             temb_act: &temb_act,
             context: inputs.encoder_hidden_states.as_ref(),
             boosters,
+            lc,
             num_skips: self.num_skips(),
             base_channels: c.levels[0].out_channels,
         };
@@ -428,7 +475,7 @@ impl UNet2DConditionModel {
             &inputs.sample
         };
 
-        let mut skips = vec![self.conv_in.forward(sample)];
+        let mut skips = vec![self.conv_in.forward(sample, lc)];
         for block in &self.down_blocks {
             let outs = block.forward(skips.last().expect("conv_in output"), &block_inputs);
             skips.extend(outs);
@@ -449,7 +496,7 @@ impl UNet2DConditionModel {
         }
         debug_assert!(skips.is_empty());
         let h = self.conv_norm_out.forward(&h, true);
-        Ok(self.conv_out.forward(&h))
+        Ok(self.conv_out.forward(&h, lc))
     }
 }
 

@@ -9,7 +9,7 @@ use crate::boosters::{Boosters, SkipSite};
 use crate::config::{BlockKind, LevelConfig, UNetConfig};
 use crate::cpu;
 use crate::error::Result;
-use crate::nn::join;
+use crate::nn::{join, LayerCtx};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -21,6 +21,8 @@ pub struct BlockInputs<'a> {
     pub context: Option<&'a Tensor>,
     /// This call's boosters, for the skip hook.
     pub boosters: &'a Boosters,
+    /// This call's masks, for every layer.
+    pub lc: LayerCtx<'a>,
     /// How many skips the encoder produced, and `block_out_channels[0]`.
     pub num_skips: usize,
     pub base_channels: usize,
@@ -78,12 +80,13 @@ impl AttnLayer {
 
     fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
         match self {
-            AttnLayer::Spatial(a) => a.forward_spatial(x),
+            AttnLayer::Spatial(a) => a.forward_spatial(x, inputs.lc),
             AttnLayer::Transformer(t) => t.forward(
                 x,
                 inputs
                     .context
                     .expect("the model checks encoder_hidden_states before running"),
+                inputs.lc,
             ),
         }
     }
@@ -107,7 +110,7 @@ pub struct Layers {
 
 impl Layers {
     fn layer(&self, i: usize, x: &Tensor, inputs: &BlockInputs) -> Tensor {
-        let h = self.resnets[i].forward(x, inputs.temb_act);
+        let h = self.resnets[i].forward(x, inputs.temb_act, inputs.lc);
         match self.attentions.get(i) {
             Some(a) => a.forward(&h, inputs),
             None => h,
@@ -179,7 +182,10 @@ impl DownBlock2D {
             outs.push(h);
         }
         if let Some(d) = &self.downsampler {
-            let h = d.forward(outs.last().expect("a block has at least one layer"));
+            let h = d.forward(
+                outs.last().expect("a block has at least one layer"),
+                inputs.lc,
+            );
             outs.push(h);
         }
         outs
@@ -251,12 +257,12 @@ impl UNetMidBlock2D {
 
     pub fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
         let l = &self.layers;
-        let mut h = l.resnets[0].forward(x, inputs.temb_act);
+        let mut h = l.resnets[0].forward(x, inputs.temb_act, inputs.lc);
         for i in 1..l.resnets.len() {
             if let Some(a) = l.attentions.get(i - 1) {
                 h = a.forward(&h, inputs);
             }
-            h = l.resnets[i].forward(&h, inputs.temb_act);
+            h = l.resnets[i].forward(&h, inputs.temb_act, inputs.lc);
         }
         h
     }
@@ -348,7 +354,7 @@ impl UpBlock2D {
             h = self.layers.layer(i, &joined, inputs);
         }
         match &self.upsampler {
-            Some(u) => u.forward(&h, upsample_size),
+            Some(u) => u.forward(&h, upsample_size, inputs.lc),
             None => h,
         }
     }

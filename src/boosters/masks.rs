@@ -1,0 +1,207 @@
+//! MaskUNet's binary weight masks (Wang et al. 2025): `y_b = x_b · (W ⊙ M_b)ᵀ + bias`, a mask
+//! per weight element that may differ per sample and per sampler step.
+//!
+//! A mask file is safetensors keyed by the weight's diffusers name, dtype u8 or bool (non-zero
+//! keeps). With r the weight's rank, a mask of rank r is shared by the batch, rank r+1 (leading B)
+//! is per sample, rank r+2 (leading steps, then B) per step and sample. In memory each mask is
+//! bit-packed, one bit per weight, every weight row (output channel) starting on a word, so a
+//! kernel can unpack the rows of the tile it is staging.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// The masks of one weight, bit-packed: `[steps][batch][rows][row_words]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightMask {
+    /// The weight's shape; rows are `shape[0]`, a row holds the rest.
+    pub shape: Vec<usize>,
+    /// Per-step masks: how many steps; None when the masks do not depend on the step.
+    pub steps: Option<usize>,
+    /// Per-sample masks: the batch size; None when shared by the batch.
+    pub batch: Option<usize>,
+    row_words: usize,
+    bits: Vec<u64>,
+}
+
+/// One (step, sample)'s mask of a weight.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskView<'a> {
+    words: &'a [u64],
+    row_words: usize,
+}
+
+impl MaskView<'_> {
+    /// `out[i] = w[i]` where row `r`'s bit i is set, else 0.
+    #[inline]
+    pub fn apply_row(&self, r: usize, w: &[f32], out: &mut [f32]) {
+        let words = &self.words[r * self.row_words..(r + 1) * self.row_words];
+        for ((o, w), &word) in out.chunks_mut(64).zip(w.chunks(64)).zip(words) {
+            for (i, (o, &w)) in o.iter_mut().zip(w).enumerate() {
+                *o = if word >> i & 1 == 1 { w } else { 0.0 };
+            }
+        }
+    }
+}
+
+impl WeightMask {
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+
+    pub fn row_len(&self) -> usize {
+        self.shape[1..].iter().product()
+    }
+
+    /// Builds packed masks from one byte per element (`[steps][batch][weight...]` flattened).
+    pub fn from_bytes(
+        shape: Vec<usize>,
+        steps: Option<usize>,
+        batch: Option<usize>,
+        bytes: &[u8],
+    ) -> Self {
+        let rows = shape[0];
+        let row_len: usize = shape[1..].iter().product();
+        let row_words = row_len.div_ceil(64);
+        let count = steps.unwrap_or(1) * batch.unwrap_or(1) * rows;
+        let mut bits = vec![0u64; count * row_words];
+        for (row_bits, row_bytes) in bits.chunks_mut(row_words).zip(bytes.chunks(row_len)) {
+            for (i, &b) in row_bytes.iter().enumerate() {
+                if b != 0 {
+                    row_bits[i / 64] |= 1 << (i % 64);
+                }
+            }
+        }
+        WeightMask {
+            shape,
+            steps,
+            batch,
+            row_words,
+            bits,
+        }
+    }
+
+    /// The mask sample `b` uses at sampler step `step`.
+    pub fn view(&self, step: usize, b: usize) -> MaskView<'_> {
+        let per = self.rows() * self.row_words;
+        let s = if self.steps.is_some() { step } else { 0 };
+        let bi = if self.batch.is_some() { b } else { 0 };
+        let start = (s * self.batch.unwrap_or(1) + bi) * per;
+        MaskView {
+            words: &self.bits[start..start + per],
+            row_words: self.row_words,
+        }
+    }
+}
+
+/// The masks of one forward call (or a sampler run), keyed by weight name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MaskSet {
+    masks: BTreeMap<String, WeightMask>,
+}
+
+impl MaskSet {
+    pub fn new() -> Self {
+        MaskSet::default()
+    }
+
+    pub fn insert(&mut self, weight_name: String, mask: WeightMask) {
+        self.masks.insert(weight_name, mask);
+    }
+
+    pub fn get(&self, weight_name: &str) -> Option<&WeightMask> {
+        self.masks.get(weight_name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.masks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.masks.is_empty()
+    }
+
+    /// Reads a mask file for a model whose maskable weights (linear and convolution) are
+    /// `layers` (name → shape).
+    pub fn load(path: &Path, layers: &BTreeMap<String, Vec<usize>>) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&bytes, &path.display().to_string(), layers)
+    }
+
+    pub fn parse(
+        bytes: &[u8],
+        origin: &str,
+        layers: &BTreeMap<String, Vec<usize>>,
+    ) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
+            origin: origin.to_string(),
+            msg: e.to_string(),
+        })?;
+        let bad =
+            |name: &str, msg: String| Error::Msg(format!("mask file {origin}: `{name}`: {msg}"));
+        let mut set = MaskSet::new();
+        for (name, view) in st.tensors() {
+            if !matches!(view.dtype(), Dtype::U8 | Dtype::BOOL) {
+                return Err(bad(
+                    &name,
+                    format!("dtype {:?}; masks are u8 or bool", view.dtype()),
+                ));
+            }
+            let Some(wshape) = layers.get(&name) else {
+                return Err(bad(
+                    &name,
+                    "names no linear or convolution weight of this model".into(),
+                ));
+            };
+            let shape = view.shape();
+            let r = wshape.len();
+            let (steps, batch) = if shape == &wshape[..] {
+                (None, None)
+            } else if shape.len() == r + 1 && shape[1..] == wshape[..] {
+                (None, Some(shape[0]))
+            } else if shape.len() == r + 2 && shape[2..] == wshape[..] {
+                (Some(shape[0]), Some(shape[1]))
+            } else {
+                return Err(bad(
+                    &name,
+                    format!(
+                        "shape {shape:?} fits no rule for a weight of shape {wshape:?} \
+                         (expected {wshape:?}, [B, ..] or [steps, B, ..])"
+                    ),
+                ));
+            };
+            if steps == Some(0) || batch == Some(0) {
+                return Err(bad(&name, format!("empty shape {shape:?}")));
+            }
+            set.insert(
+                name,
+                WeightMask::from_bytes(wshape.clone(), steps, batch, view.data()),
+            );
+        }
+        Ok(set)
+    }
+
+    /// Checks the masks against a call with batch `batch` at sampler step `step`.
+    pub fn check_call(&self, batch: usize, step: usize) -> Result<()> {
+        for (name, m) in &self.masks {
+            if let Some(b) = m.batch {
+                if b != batch {
+                    return Err(Error::Msg(format!(
+                        "mask `{name}` is per sample for a batch of {b}; the input's batch is {batch}"
+                    )));
+                }
+            }
+            if let Some(s) = m.steps {
+                if step >= s {
+                    return Err(Error::Msg(format!(
+                        "mask `{name}` has {s} steps; step {step} was asked for"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

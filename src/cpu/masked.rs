@@ -1,0 +1,95 @@
+//! The masked GEMM path of MaskUNet: linear and convolution layers whose weight is multiplied by a
+//! per-sample binary mask. Weights are staged in tiles of `TILE` output rows, each tile masked as
+//! it is copied (the CPU analogue of masking while a GPU kernel stages a weight tile), and
+//! multiplied right away, so `W ⊙ M_b` never exists whole for any sample.
+//!
+//! Linear layers run this path with or without a mask: unmasked, the tile is read in place
+//! instead of staged, and the products are otherwise identical, so an all-ones mask gives the
+//! dense output bit for bit.
+
+use rayon::prelude::*;
+
+use super::conv::{conv2d_masked, Padding};
+use super::gemm::{sgemm, Mat, Threads};
+use super::SendPtr;
+use crate::boosters::masks::MaskView;
+use crate::tensor::Tensor;
+
+const TILE: usize = 64;
+
+/// Gives sample b's mask.
+pub type MaskFn<'a, 'm> = &'a (dyn Fn(usize) -> MaskView<'m> + Sync);
+
+/// `x`: [B, ..., in]; `y_b = x_b · (W ⊙ M_b)ᵀ + bias` with `mask(b)` the mask of sample b, or
+/// `x_b · Wᵀ + bias` without a mask.
+pub fn masked_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+) -> Tensor {
+    let (out_f, in_f) = (weight.shape()[0], weight.shape()[1]);
+    let b = x.shape()[0];
+    let rows = x.numel() / (b * in_f);
+    let mut out = match bias {
+        Some(bv) => bv.repeat(b * rows),
+        None => vec![0.0; b * rows * out_f],
+    };
+    let tiles = out_f.div_ceil(TILE);
+    // Tasks own disjoint column strips [r0, r1) of one sample's output rows.
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_len = out.len();
+    (0..b * tiles).into_par_iter().for_each(|task| {
+        let (bi, t) = (task / tiles, task % tiles);
+        let (r0, r1) = (t * TILE, ((t + 1) * TILE).min(out_f));
+        let staged;
+        let (tile, tile_offset) = match mask {
+            Some(mask) => {
+                let m = mask(bi);
+                let mut t = vec![0.0f32; (r1 - r0) * in_f];
+                for (r, dst) in (r0..r1).zip(t.chunks_mut(in_f)) {
+                    m.apply_row(r, &weight.data()[r * in_f..(r + 1) * in_f], dst);
+                }
+                staged = t;
+                (&staged[..], 0)
+            }
+            None => (weight.data(), r0 * in_f),
+        };
+        // SAFETY: `out` outlives the loop; this task writes only columns r0..r1 of rows of
+        // sample bi, through the bounds-checked `sgemm`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get(), out_len) };
+        sgemm(
+            rows,
+            r1 - r0,
+            in_f,
+            x.data(),
+            Mat::row_major(bi * rows * in_f, in_f),
+            tile,
+            Mat::transposed(tile_offset, in_f),
+            dst,
+            Mat {
+                offset: bi * rows * out_f + r0,
+                rs: out_f,
+                cs: 1,
+            },
+            bias.is_some(),
+            1.0,
+            Threads::Single,
+        );
+    });
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = out_f;
+    Tensor::from_parts(shape, out)
+}
+
+/// `x`: [B, Cin, H, W]; sample b is convolved with `W ⊙ M_b` (see `conv::conv2d_masked`).
+pub fn masked_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+    mask: MaskFn,
+) -> Tensor {
+    conv2d_masked(x, weight, bias, stride, pad, Some(mask))
+}

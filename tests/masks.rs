@@ -1,0 +1,250 @@
+//! MaskUNet masks: goldens (per-sample `bmm` with `W ⊙ M_b`, as the official code does), the
+//! masked GEMM path against naive references, and the errors a mask file can cause.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{fixture, scratch, write_raw_safetensors};
+use freelunch::boosters::masks::{MaskSet, WeightMask};
+use freelunch::boosters::Boosters;
+use freelunch::cpu::{self, masked, Padding};
+use freelunch::safetensors_io;
+use freelunch::{Tensor, UNet, UNetInputs};
+use proptest::prelude::*;
+
+fn golden(case: &str) {
+    let dir = fixture("masks").join(case);
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let unet = UNet::from_dir(&fixture(spec["model"].as_str().unwrap())).unwrap();
+    let masks = MaskSet::load(&dir.join("masks.safetensors"), unet.layers()).unwrap();
+    assert!(!masks.is_empty());
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    let boosters = Boosters {
+        masks: Some(Arc::new(masks)),
+        mask_step: spec["step"].as_u64().unwrap() as usize,
+        ..Boosters::default()
+    };
+    let out = unet.forward_with(&inputs, &boosters).unwrap();
+    let err = out.rel_l2(&expected);
+    eprintln!("{case}: rel L2 {err:.3e}");
+    assert!(err <= 1e-4, "{case}: rel L2 {err:.3e}");
+    // The masks matter: the plain output is far from the reference.
+    assert!(unet.forward(&inputs).unwrap().rel_l2(&expected) > 1e-2);
+}
+
+#[test]
+fn shared_u8_masks() {
+    golden("sd15_shared_u8");
+}
+
+#[test]
+fn per_sample_bool_masks_on_linear_and_conv() {
+    golden("sd15_per_sample_bool");
+}
+
+#[test]
+fn per_step_masks_select_the_step() {
+    golden("sdxl_per_step");
+}
+
+#[test]
+fn unet2dmodel_per_sample_masks() {
+    golden("ddpm_per_sample");
+}
+
+fn random_bytes(n: usize, keep: f64, seed: u64) -> Vec<u8> {
+    let mut rng = freelunch::rng::Rng::new(seed);
+    (0..n).map(|_| u8::from(rng.uniform() < keep)).collect()
+}
+
+fn naive_masked_rows(w: &[f32], bytes: &[u8]) -> Vec<f32> {
+    w.iter()
+        .zip(bytes)
+        .map(|(&w, &m)| if m != 0 { w } else { 0.0 })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn masked_linear_matches_per_sample_dense(
+        b in 1usize..4, rows in 1usize..9, fin in 1usize..150, fout in 1usize..140,
+        bias in any::<bool>(), shared in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let x = Tensor::randn([b, rows, fin], seed);
+        let w = Tensor::randn([fout, fin], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
+        let nb = if shared { 1 } else { b };
+        let bytes = random_bytes(nb * fout * fin, 0.7, seed ^ 3);
+        let mask = WeightMask::from_bytes(vec![fout, fin], None, (!shared).then_some(b), &bytes);
+        let got = masked::masked_linear(&x, &w, bias.then_some(&bv[..]), Some(&|s| mask.view(0, s)));
+        for s in 0..b {
+            let mb = &bytes[(if shared { 0 } else { s }) * fout * fin..][..fout * fin];
+            let wm = Tensor::new([fout, fin], naive_masked_rows(w.data(), mb)).unwrap();
+            let xs = Tensor::new([rows, fin], x.data()[s * rows * fin..(s + 1) * rows * fin].to_vec()).unwrap();
+            let want = cpu::linear(&xs, &wm, bias.then_some(&bv[..]));
+            let gots = Tensor::new([rows, fout], got.data()[s * rows * fout..(s + 1) * rows * fout].to_vec()).unwrap();
+            prop_assert!(gots.rel_l2(&want) <= 1e-5 || want.data().iter().all(|&v| v == 0.0));
+        }
+    }
+
+    #[test]
+    fn all_ones_masks_are_the_dense_layer_bit_for_bit(
+        b in 1usize..4, rows in 1usize..20, fin in 1usize..200, fout in 1usize..200, seed in any::<u64>(),
+    ) {
+        let x = Tensor::randn([b, rows, fin], seed);
+        let w = Tensor::randn([fout, fin], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
+        let mask = WeightMask::from_bytes(vec![fout, fin], None, Some(b), &vec![1u8; b * fout * fin]);
+        let got = masked::masked_linear(&x, &w, Some(&bv), Some(&|s| mask.view(0, s)));
+        prop_assert_eq!(got, masked::masked_linear(&x, &w, Some(&bv), None));
+    }
+
+    #[test]
+    fn all_ones_conv_masks_are_the_dense_conv_bit_for_bit(
+        b in 1usize..4, cin in 1usize..40, cout in 1usize..150, h in 1usize..12, w in 1usize..12,
+        k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3, seed in any::<u64>(),
+    ) {
+        let pad = Padding::same(k / 2);
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &vec![1u8; b * wt.numel()]);
+        let got = masked::masked_conv2d(&x, &wt, Some(&bv), stride, pad, &|s| mask.view(0, s));
+        prop_assert_eq!(got, cpu::conv2d(&x, &wt, Some(&bv), stride, pad));
+    }
+
+    #[test]
+    fn masked_conv_matches_per_sample_dense(
+        b in 1usize..3, cin in 1usize..5, cout in 1usize..70, hw in 2usize..8,
+        k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3, seed in any::<u64>(),
+    ) {
+        let pad = Padding::same(k / 2);
+        let x = Tensor::randn([b, cin, hw, hw], seed);
+        let w = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let n = cout * cin * k * k;
+        let bytes = random_bytes(b * n, 0.6, seed ^ 3);
+        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes);
+        let got = masked::masked_conv2d(&x, &w, Some(&bv), stride, pad, &|s| mask.view(0, s));
+        for s in 0..b {
+            let wm = Tensor::new([cout, cin, k, k], naive_masked_rows(w.data(), &bytes[s * n..(s + 1) * n])).unwrap();
+            let xs = Tensor::new([1, cin, hw, hw], x.data()[s * cin * hw * hw..(s + 1) * cin * hw * hw].to_vec()).unwrap();
+            let want = cpu::conv2d(&xs, &wm, Some(&bv), stride, pad);
+            let per = want.numel();
+            let gots = Tensor::new(want.shape().to_vec(), got.data()[s * per..(s + 1) * per].to_vec()).unwrap();
+            prop_assert!(gots.rel_l2(&want) <= 1e-5);
+        }
+    }
+}
+
+/// An all-ones mask on every maskable layer leaves the model's output unchanged, bit for bit.
+#[test]
+fn all_ones_masks_on_a_model_give_the_plain_output() {
+    let dir = fixture("sd15_like");
+    let unet = UNet::from_dir(&dir).unwrap();
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let mut set = MaskSet::new();
+    for (name, shape) in unet.layers() {
+        let n: usize = shape.iter().product();
+        set.insert(
+            name.clone(),
+            WeightMask::from_bytes(shape.clone(), None, Some(2), &vec![1u8; 2 * n]),
+        );
+    }
+    let b = Boosters {
+        masks: Some(Arc::new(set)),
+        ..Boosters::default()
+    };
+    assert_eq!(
+        unet.forward_with(&inputs, &b).unwrap(),
+        unet.forward(&inputs).unwrap()
+    );
+}
+
+fn mask_file_error(tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) -> String {
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let path = scratch("masks").join("m.safetensors");
+    write_raw_safetensors(&path, tensors);
+    MaskSet::load(&path, unet.layers()).unwrap_err().to_string()
+}
+
+const Q: &str = "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight";
+
+#[test]
+fn mask_errors() {
+    let msg = mask_file_error(&[(Q, "U8", vec![3, 16, 15], vec![1; 3 * 16 * 15])]);
+    assert!(msg.contains(Q) && msg.contains("fits no rule"), "{msg}");
+    let name = "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_z.weight";
+    let msg = mask_file_error(&[(name, "U8", vec![16, 16], vec![1; 256])]);
+    assert!(msg.contains(name) && msg.contains("names no"), "{msg}");
+    let msg = mask_file_error(&[(Q, "F32", vec![16, 16], vec![0; 1024])]);
+    assert!(msg.contains("u8 or bool"), "{msg}");
+    let msg = mask_file_error(&[(Q, "U8", vec![16, 16], vec![1; 100])]);
+    assert!(msg.contains("not a valid safetensors"), "{msg}");
+
+    // Batch and step are checked against the call.
+    let dir = fixture("sd15_like");
+    let unet = UNet::from_dir(&dir).unwrap();
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let call = |mask: WeightMask, step: usize| {
+        let mut set = MaskSet::new();
+        set.insert(Q.to_string(), mask);
+        let b = Boosters {
+            masks: Some(Arc::new(set)),
+            mask_step: step,
+            ..Boosters::default()
+        };
+        unet.forward_with(&inputs, &b).unwrap_err().to_string()
+    };
+    let msg = call(
+        WeightMask::from_bytes(vec![16, 16], None, Some(3), &[1; 768]),
+        0,
+    );
+    assert!(
+        msg.contains("batch of 3") && msg.contains("batch is 2"),
+        "{msg}"
+    );
+    let msg = call(
+        WeightMask::from_bytes(vec![16, 16], Some(2), Some(2), &[1; 1024]),
+        2,
+    );
+    assert!(msg.contains("2 steps") && msg.contains("step 2"), "{msg}");
+}
+
+#[test]
+fn forward_cli_takes_masks() {
+    let case = fixture("masks").join("sd15_shared_u8");
+    let out = scratch("mask-cli").join("out.safetensors");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+        .args(["forward", "--model"])
+        .arg(fixture("sd15_like"))
+        .arg("--input")
+        .arg(case.join("inputs.safetensors"))
+        .arg("--masks")
+        .arg(case.join("masks.safetensors"))
+        .arg("--output")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let got = safetensors_io::load(&out)
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    let want = safetensors_io::load(&case.join("expected.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    assert!(got.rel_l2(&want) <= 1e-4);
+}
