@@ -7,9 +7,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
+use freelunch::boosters::deme::{self, Router};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Device;
+use freelunch::models::Denoiser;
 use freelunch::weights::{Checkpoint, ModelFiles};
 use freelunch::{safetensors_io, UNet, UNetConfig, UNetInputs};
 
@@ -29,8 +31,15 @@ enum Command {
     /// One U-Net forward pass: what diffusers' `model(sample, timestep, ...).sample` returns.
     Forward {
         /// diffusers model folder (config.json + weights) or pipeline folder with unet/.
-        #[arg(long)]
-        model: PathBuf,
+        #[arg(long, required_unless_present = "route", conflicts_with = "route")]
+        model: Option<PathBuf>,
+        /// DeMe: unmerged experts (low timesteps first), each serving its share of the
+        /// timesteps, instead of --model.
+        #[arg(long, value_name = "D1,D2,...", value_delimiter = ',')]
+        route: Option<Vec<PathBuf>>,
+        /// Training timesteps T the routed experts split between them.
+        #[arg(long, default_value_t = 1000, requires = "route")]
+        route_timesteps: usize,
         /// safetensors with `sample`, `timestep` and the model's conditioning tensors.
         #[arg(long)]
         input: PathBuf,
@@ -45,6 +54,28 @@ enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         boosters: BoosterArgs,
+    },
+    /// DeMe: merge timestep experts by task arithmetic, θ = θ0 + Σ w_i (θ_i − θ0), into a
+    /// diffusers folder.
+    Merge {
+        /// The model the experts were fine-tuned from.
+        #[arg(long)]
+        base: PathBuf,
+        /// Expert folders.
+        #[arg(long, value_name = "D1,D2,...", value_delimiter = ',', required = true)]
+        experts: Vec<PathBuf>,
+        /// One weight per expert (need not sum to 1; DeMe's default for four: 0.1,0.1,0.2,0.5).
+        #[arg(
+            long,
+            value_name = "W1,W2,...",
+            value_delimiter = ',',
+            required = true,
+            allow_negative_numbers = true
+        )]
+        weights: Vec<f32>,
+        /// Output folder (config.json + diffusion_pytorch_model.safetensors).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -110,6 +141,13 @@ fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
 impl BoosterArgs {
     /// The boosters for `unet` (masks are checked against its layers).
     fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
+        self.boosters_for(unet.layers())
+    }
+
+    fn boosters_for(
+        &self,
+        layers: &std::collections::BTreeMap<String, Vec<usize>>,
+    ) -> freelunch::Result<Boosters> {
         let freeu = match &self.freeu {
             None => None,
             Some(spec) => {
@@ -151,7 +189,7 @@ impl BoosterArgs {
             (None, None) => None,
         };
         let masks = match &self.masks {
-            Some(path) => Some(Arc::new(MaskSet::load(path, unet.layers())?)),
+            Some(path) => Some(Arc::new(MaskSet::load(path, layers)?)),
             None => None,
         };
         Ok(Boosters {
@@ -178,6 +216,8 @@ fn run(cli: Cli) -> freelunch::Result<()> {
     match cli.command {
         Command::Forward {
             model,
+            route,
+            route_timesteps,
             input,
             output,
             device,
@@ -188,25 +228,46 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             device.ensure_available()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
-                let files = ModelFiles::locate(&model)?;
-                let config = UNetConfig::from_file(&files.config)?;
-                let mut ckpt = Checkpoint::load(&files.weights)?;
-                let unet = UNet::load(config, &mut ckpt)?;
-                let unused = ckpt.remaining();
-                if !unused.is_empty() {
-                    eprintln!(
-                        "warning: {} checkpoint tensors were not used by the model (first: `{}`)",
-                        unused.len(),
-                        unused[0]
-                    );
-                }
-                let boosters = boosters.boosters(&unet)?;
                 let inputs = UNetInputs::load(&input)?;
-                let out = unet.forward_with(&inputs, &boosters)?;
+                let out = match (model, route) {
+                    (_, Some(dirs)) => {
+                        let router = Router::from_dirs(&dirs, route_timesteps)?;
+                        let b = boosters.boosters(&router.experts()[0])?;
+                        router.forward_with(&inputs, &b)?
+                    }
+                    (Some(model), None) => {
+                        let unet = load_reporting_unused(&model)?;
+                        unet.forward_with(&inputs, &boosters.boosters(&unet)?)?
+                    }
+                    (None, None) => unreachable!("clap requires --model or --route"),
+                };
                 safetensors_io::save(&output, &[("sample", &out)])
             })
         }
+        Command::Merge {
+            base,
+            experts,
+            weights,
+            out,
+        } => deme::merge(&base, &experts, &weights, &out),
     }
+}
+
+/// Loads a model folder, warning about checkpoint tensors the model does not use.
+fn load_reporting_unused(dir: &std::path::Path) -> freelunch::Result<UNet> {
+    let files = ModelFiles::locate(dir)?;
+    let config = UNetConfig::from_file(&files.config)?;
+    let mut ckpt = Checkpoint::load(&files.weights)?;
+    let unet = UNet::load(config, &mut ckpt)?;
+    let unused = ckpt.remaining();
+    if !unused.is_empty() {
+        eprintln!(
+            "warning: {} checkpoint tensors were not used by the model (first: `{}`)",
+            unused.len(),
+            unused[0]
+        );
+    }
+    Ok(unet)
 }
 
 fn thread_pool(threads: Option<usize>) -> freelunch::Result<rayon::ThreadPool> {

@@ -138,6 +138,10 @@ impl Checkpoint {
         Checkpoint { tensors }
     }
 
+    pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
+        self.tensors
+    }
+
     /// Names not taken by the model builder (diffusers warns about these; so does the CLI).
     pub fn remaining(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()

@@ -124,6 +124,11 @@ impl MaskSet {
         self.masks.is_empty()
     }
 
+    /// Whether any mask differs per sample.
+    pub fn has_per_sample(&self) -> bool {
+        self.masks.values().any(|m| m.batch.is_some())
+    }
+
     /// Reads a mask file for a model whose maskable weights (linear and convolution) are
     /// `layers` (name → shape).
     pub fn load(path: &Path, layers: &BTreeMap<String, Vec<usize>>) -> Result<Self> {

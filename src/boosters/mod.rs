@@ -5,6 +5,7 @@
 //! concatenates `[h, skip]`; just before that, in this order, Skip-Tuning scales the skip, then
 //! FreeU scales `h`'s backbone channels and low-pass filters the skip (SPEC §3).
 
+pub mod deme;
 pub mod freeu;
 pub mod masks;
 pub mod skip_tuning;

@@ -9,3 +9,14 @@ pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
+
+use crate::boosters::Boosters;
+use crate::error::Result;
+use crate::tensor::Tensor;
+use unet_2d::UNetInputs;
+
+/// A noise-prediction network: one U-Net, routed DeMe experts, or an engine's own model.
+pub trait Denoiser: Send + Sync {
+    /// The model output for `inputs` with this call's boosters.
+    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
+}

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
+use super::Denoiser;
 use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
 use crate::cpu;
@@ -34,6 +35,54 @@ pub struct UNetInputs {
 }
 
 impl UNetInputs {
+    /// The inputs of the samples `idx` (in that order).
+    pub fn select(&self, idx: &[usize]) -> Result<Self> {
+        let b = self.sample.shape().first().copied().unwrap_or(0);
+        let rows = |t: &Tensor, what: &str| -> Result<Tensor> {
+            if t.shape().first() != Some(&b) {
+                return Err(Error::input(
+                    what,
+                    format!("batch {:?}, sample has {b}", t.shape().first()),
+                ));
+            }
+            let per = t.numel() / b.max(1);
+            let data = idx
+                .iter()
+                .flat_map(|&i| t.data()[i * per..(i + 1) * per].iter().copied())
+                .collect();
+            let mut shape = t.shape().to_vec();
+            shape[0] = idx.len();
+            Tensor::new(shape, data)
+        };
+        let pick = |v: &Vec<f32>| -> Vec<f32> {
+            if v.len() == 1 {
+                v.clone()
+            } else {
+                idx.iter().map(|&i| v[i]).collect()
+            }
+        };
+        Ok(UNetInputs {
+            sample: rows(&self.sample, "sample")?,
+            timesteps: pick(&self.timesteps),
+            encoder_hidden_states: self
+                .encoder_hidden_states
+                .as_ref()
+                .map(|t| rows(t, "encoder_hidden_states"))
+                .transpose()?,
+            class_labels: self.class_labels.as_ref().map(pick),
+            text_embeds: self
+                .text_embeds
+                .as_ref()
+                .map(|t| rows(t, "text_embeds"))
+                .transpose()?,
+            time_ids: self
+                .time_ids
+                .as_ref()
+                .map(|t| rows(t, "time_ids"))
+                .transpose()?,
+        })
+    }
+
     pub fn new(sample: Tensor, timestep: f32) -> Self {
         UNetInputs {
             sample,
@@ -93,6 +142,48 @@ pub struct UNet2DConditionModel {
     conv_out: Conv2d,
     /// Every linear and convolution weight, name → shape (what masks may name).
     layers: BTreeMap<String, Vec<usize>>,
+    /// DeMe's channel projections (`adapter_list.{k}`), when the checkpoint has them.
+    adapters: Option<ChannelProjections>,
+}
+
+/// DeMe's bias-free 1×1 projections of the running sample (never of the skips): one after each
+/// down block, one after the mid block, one after each up block, in that order
+/// (`adapter_list.{k}` of DeMe's `UNet2DModel.add_adapters`).
+struct ChannelProjections {
+    after_down: Vec<Conv2d>,
+    after_mid: Conv2d,
+    after_up: Vec<Conv2d>,
+}
+
+impl ChannelProjections {
+    fn load(ws: &mut dyn WeightSource, cfg: &UNetConfig) -> Result<Option<Self>> {
+        if !ws.has("adapter_list.0.weight") {
+            return Ok(None);
+        }
+        let widths: Vec<usize> = cfg.levels.iter().map(|l| l.out_channels).collect();
+        let n = widths.len();
+        let mut k = 0;
+        let mut next = |ws: &mut dyn WeightSource, c: usize| {
+            let conv = Conv2d::load(ws, &format!("adapter_list.{k}"), c, c, 1, 1, 0, false);
+            k += 1;
+            conv
+        };
+        let after_down = widths
+            .iter()
+            .map(|&c| next(ws, c))
+            .collect::<Result<Vec<_>>>()?;
+        let after_mid = next(ws, widths[n - 1])?;
+        let after_up = widths
+            .iter()
+            .rev()
+            .map(|&c| next(ws, c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ChannelProjections {
+            after_down,
+            after_mid,
+            after_up,
+        }))
+    }
 }
 
 /// Notes the name and shape of every linear and convolution weight a builder takes.
@@ -250,6 +341,7 @@ impl UNet2DConditionModel {
         let conv_norm_out =
             GroupNorm::load(ws, "conv_norm_out", cfg.norm_num_groups, c0, cfg.norm_eps)?;
         let k_out = cfg.conv_out_kernel;
+        let adapters = ChannelProjections::load(ws, cfg)?;
         let conv_out = Conv2d::load(
             ws,
             "conv_out",
@@ -274,6 +366,7 @@ impl UNet2DConditionModel {
             conv_norm_out,
             conv_out,
             layers: BTreeMap::new(),
+            adapters,
         })
     }
 
@@ -418,6 +511,12 @@ impl UNet2DConditionModel {
 
     /// The forward pass with this call's boosters.
     pub fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+        Denoiser::forward_with(self, inputs, boosters)
+    }
+}
+
+impl Denoiser for UNet2DConditionModel {
+    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.check_inputs(inputs)?;
         boosters.validate(self.num_skips(), inputs.sample.shape()[0])?;
         let lc = LayerCtx {
@@ -475,15 +574,28 @@ impl UNet2DConditionModel {
             &inputs.sample
         };
 
+        let adapters = self.adapters.as_ref();
         let mut skips = vec![self.conv_in.forward(sample, lc)];
-        for block in &self.down_blocks {
-            let outs = block.forward(skips.last().expect("conv_in output"), &block_inputs);
+        // The running sample is the last skip, unless a DeMe projection made its own copy.
+        let mut projected: Option<Tensor> = None;
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            let input = projected
+                .as_ref()
+                .unwrap_or_else(|| skips.last().expect("conv_in"));
+            let outs = block.forward(input, &block_inputs);
             skips.extend(outs);
+            projected = adapters.map(|a| a.after_down[i].forward(skips.last().expect("out"), lc));
         }
+        let running = projected
+            .as_ref()
+            .unwrap_or_else(|| skips.last().expect("non-empty"));
         let mut h = match &self.mid_block {
-            Some(mid) => mid.forward(skips.last().expect("non-empty"), &block_inputs),
-            None => skips.last().expect("non-empty").clone(),
+            Some(mid) => mid.forward(running, &block_inputs),
+            None => running.clone(),
         };
+        if let Some(a) = adapters {
+            h = a.after_mid.forward(&h, lc);
+        }
         // diffusers passes explicit upsample sizes when H or W is not a multiple of the overall
         // upsampling factor (odd latents); the UNet2DModel path was checked divisible above.
         let factor = 1usize << (self.up_blocks.len() - 1);
@@ -493,6 +605,9 @@ impl UNet2DConditionModel {
             let remaining = skips.len() - block.num_skips();
             let size = (forward_upsample_size && i + 1 < n_up).then(|| h_w(&skips[remaining - 1]));
             h = block.forward(i, h, &mut skips, &block_inputs, size);
+            if let Some(a) = adapters {
+                h = a.after_up[i].forward(&h, lc);
+            }
         }
         debug_assert!(skips.is_empty());
         let h = self.conv_norm_out.forward(&h, true);
