@@ -41,7 +41,13 @@ fn perturbed_sd15(scale: f32, seed: u64) -> PathBuf {
 fn one_expert_of_weight_one_is_that_expert_exactly() {
     let expert = perturbed_sd15(0.05, 1);
     let out = scratch("merge1");
-    merge(&fixture("sd15_like"), &[expert.clone()], &[1.0], &out).unwrap();
+    merge(
+        &fixture("sd15_like"),
+        std::slice::from_ref(&expert),
+        &[1.0],
+        &out,
+    )
+    .unwrap();
     assert_eq!(tensors(&out), tensors(&expert));
     // The merged folder is a loadable diffusers model.
     UNet::from_dir(&out).unwrap();
@@ -88,7 +94,7 @@ fn merge_errors() {
         msg.contains("different config") && msg.contains("`"),
         "{msg}"
     );
-    let msg = merge(&base, &[base.clone()], &[0.5, 0.5], &out)
+    let msg = merge(&base, std::slice::from_ref(&base), &[0.5, 0.5], &out)
         .unwrap_err()
         .to_string();
     assert!(msg.contains("1 experts but 2 weights"), "{msg}");
