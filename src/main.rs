@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::sync::Arc;
 
 use freelunch::boosters::deme::{self, Router};
+use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Device;
@@ -111,9 +112,25 @@ struct BoosterArgs {
     /// [B, ..] or per step and sample [steps, B, ..].
     #[arg(long, value_name = "FILE.safetensors")]
     masks: Option<PathBuf>,
-    /// The sampler step whose masks a forward call uses (per-step mask files).
-    #[arg(long, default_value_t = 0, requires = "masks")]
+    /// The sampler step whose masks a forward call uses (per-step mask files; it also seeds
+    /// the mask generator's noise).
+    #[arg(long, default_value_t = 0)]
     mask_step: usize,
+    /// MaskUNet's hyper-network (official parameter names, converted to safetensors by
+    /// tools/convert_maskunet_checkpoint.py): masks computed inside each call.
+    #[arg(long, value_name = "FILE.safetensors", conflicts_with = "masks")]
+    mask_generator: Option<PathBuf>,
+    /// Seed of the generator's Gumbel noise (the official inference seeds 42).
+    #[arg(
+        long,
+        default_value_t = 42,
+        requires = "mask_generator",
+        conflicts_with = "no_gumbel"
+    )]
+    gumbel_seed: u64,
+    /// No Gumbel noise: deterministic masks, logit > 0.
+    #[arg(long, requires = "mask_generator")]
+    no_gumbel: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -141,13 +158,6 @@ fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
 impl BoosterArgs {
     /// The boosters for `unet` (masks are checked against its layers).
     fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
-        self.boosters_for(unet.layers())
-    }
-
-    fn boosters_for(
-        &self,
-        layers: &std::collections::BTreeMap<String, Vec<usize>>,
-    ) -> freelunch::Result<Boosters> {
         let freeu = match &self.freeu {
             None => None,
             Some(spec) => {
@@ -188,8 +198,17 @@ impl BoosterArgs {
             (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
             (None, None) => None,
         };
+        let gumbel = if self.no_gumbel {
+            Gumbel::Off
+        } else {
+            Gumbel::Seeded(self.gumbel_seed)
+        };
+        let mask_generator = match &self.mask_generator {
+            Some(path) => Some(Arc::new(MaskGenerator::load(path, unet, gumbel)?)),
+            None => None,
+        };
         let masks = match &self.masks {
-            Some(path) => Some(Arc::new(MaskSet::load(path, layers)?)),
+            Some(path) => Some(Arc::new(MaskSet::load(path, unet.layers())?)),
             None => None,
         };
         Ok(Boosters {
@@ -197,6 +216,7 @@ impl BoosterArgs {
             freeu,
             masks,
             mask_step: self.mask_step,
+            mask_generator,
         })
     }
 }

@@ -130,3 +130,43 @@ pub fn scale_backbone(h: &mut Tensor, b: f32, v2: bool) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(up_block: usize) -> SkipSite {
+        SkipSite {
+            up_block,
+            skip_index: 0,
+            num_skips: 1,
+            base_channels: 16,
+        }
+    }
+
+    #[test]
+    fn channel_convention_selects_by_the_width_of_h() {
+        let mut f = FreeU::new(1.1, 1.2, 0.3, 0.4);
+        f.blocks = FreeUBlocks::Channels;
+        assert_eq!(f.select(&site(3), 64), Some((1.1, 0.3)));
+        assert_eq!(f.select(&site(0), 32), Some((1.2, 0.4)));
+        assert_eq!(f.select(&site(1), 16), None);
+        assert_eq!(f.select(&site(0), 48), None);
+        f.blocks = FreeUBlocks::Stage;
+        assert_eq!(f.select(&site(0), 48), Some((1.1, 0.3)));
+        assert_eq!(f.select(&site(1), 16), Some((1.2, 0.4)));
+        assert_eq!(f.select(&site(2), 64), None);
+    }
+
+    #[test]
+    fn v2_backbone_factor_follows_the_normalised_mean() {
+        // One sample, 2 channels, 3 pixels: channel means 0, 1, 2 → m̂ = 0, 0.5, 1.
+        let mut h = Tensor::new([1, 2, 1, 3], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]).unwrap();
+        scale_backbone(&mut h, 3.0, true);
+        assert_eq!(h.data(), &[0.0, 2.0, 6.0, 0.0, 1.0, 2.0]);
+        // Constant mean: m̂ = 1 everywhere, the factor is b.
+        let mut h = Tensor::new([1, 2, 1, 2], vec![1.0, 1.0, 5.0, 5.0]).unwrap();
+        scale_backbone(&mut h, 2.0, true);
+        assert_eq!(h.data(), &[2.0, 2.0, 5.0, 5.0]);
+    }
+}

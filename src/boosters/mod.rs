@@ -7,6 +7,7 @@
 
 pub mod deme;
 pub mod freeu;
+pub mod mask_generator;
 pub mod masks;
 pub mod skip_tuning;
 
@@ -26,8 +27,10 @@ pub struct Boosters {
     pub freeu: Option<FreeU>,
     /// MaskUNet masks, by weight name (shared, per sample, or per step and sample).
     pub masks: Option<Arc<MaskSet>>,
-    /// The sampler step that selects per-step masks.
+    /// The sampler step that selects per-step masks (and seeds the mask generator's noise).
     pub mask_step: usize,
+    /// MaskUNet's hyper-network, computing masks inside each call (instead of `masks`).
+    pub mask_generator: Option<Arc<mask_generator::MaskGenerator>>,
 }
 
 /// Where in the decoder a skip is being joined.
@@ -48,6 +51,11 @@ impl Boosters {
     /// `batch` before any work is done.
     pub fn validate(&self, num_skips: usize, batch: usize) -> Result<()> {
         if let Some(m) = &self.masks {
+            if self.mask_generator.is_some() {
+                return Err(crate::Error::Msg(
+                    "masks from a file and a mask generator are exclusive; give one".into(),
+                ));
+            }
             m.check_call(batch, self.mask_step)?;
         }
         if let Some(s) = &self.skip_scales {

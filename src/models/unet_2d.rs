@@ -604,7 +604,22 @@ impl Denoiser for UNet2DConditionModel {
         for (i, block) in self.up_blocks.iter().enumerate() {
             let remaining = skips.len() - block.num_skips();
             let size = (forward_upsample_size && i + 1 < n_up).then(|| h_w(&skips[remaining - 1]));
-            h = block.forward(i, h, &mut skips, &block_inputs, size);
+            // MaskUNet's hyper-network: this block's masks, from its input and first skip.
+            let generated = boosters
+                .mask_generator
+                .as_ref()
+                .and_then(|g| g.block_masks(i, &h, skips.last()?, &emb, boosters.mask_step));
+            let inputs_i = match &generated {
+                Some(set) => BlockInputs {
+                    lc: LayerCtx {
+                        masks: Some(set),
+                        step: 0,
+                    },
+                    ..block_inputs
+                },
+                None => block_inputs,
+            };
+            h = block.forward(i, h, &mut skips, &inputs_i, size);
             if let Some(a) = adapters {
                 h = a.after_up[i].forward(&h, lc);
             }

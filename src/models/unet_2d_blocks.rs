@@ -14,6 +14,7 @@ use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 /// What every block call receives besides its input.
+#[derive(Clone, Copy)]
 pub struct BlockInputs<'a> {
     /// SiLU of the time embedding, [B, temb] (every resnet applies SiLU first; done once).
     pub temb_act: &'a Tensor,
