@@ -219,3 +219,44 @@ fn identity_projections_give_the_plain_model() {
         .tensor;
     assert!(out.rel_l2(&want) <= 1e-4);
 }
+
+#[test]
+fn forward_cli_routes() {
+    let high = perturbed_sd15(0.05, 60);
+    let dir = scratch("route-cli");
+    let mut inputs = UNetInputs::load(&fixture("sd15_like").join("inputs.safetensors")).unwrap();
+    inputs.timesteps = vec![800.0];
+    let mut tensors_in = vec![
+        ("sample", inputs.sample.clone()),
+        ("timestep", Tensor::new([1], vec![800.0]).unwrap()),
+    ];
+    tensors_in.push((
+        "encoder_hidden_states",
+        inputs.encoder_hidden_states.clone().unwrap(),
+    ));
+    let refs: Vec<(&str, &Tensor)> = tensors_in.iter().map(|(k, t)| (*k, t)).collect();
+    safetensors_io::save(&dir.join("in.safetensors"), &refs).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+        .args(["forward", "--route"])
+        .arg(format!(
+            "{},{}",
+            fixture("sd15_like").display(),
+            high.display()
+        ))
+        .arg("--input")
+        .arg(dir.join("in.safetensors"))
+        .arg("--output")
+        .arg(dir.join("out.safetensors"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let got = safetensors_io::load(&dir.join("out.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    assert_eq!(
+        got,
+        UNet::from_dir(&high).unwrap().forward(&inputs).unwrap()
+    );
+}

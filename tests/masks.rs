@@ -248,3 +248,105 @@ fn forward_cli_takes_masks() {
         .tensor;
     assert!(got.rel_l2(&want) <= 1e-4);
 }
+
+/// MaskUNet's hyper-network with the Gumbel noise off, against a PyTorch reference of the
+/// official `training/hyperunet.py` (which it reproduces exactly with its noise zeroed).
+#[test]
+fn mask_generator_golden() {
+    use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
+    let dir = fixture("mask_generator").join("sd15_hyper");
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    let gen = MaskGenerator::load(&dir.join("generator.safetensors"), &unet, Gumbel::Off).unwrap();
+    let b = Boosters {
+        mask_generator: Some(Arc::new(gen)),
+        ..Boosters::default()
+    };
+    let out = unet.forward_with(&inputs, &b).unwrap();
+    let err = out.rel_l2(&expected);
+    assert!(err <= 1e-4, "rel L2 {err:.3e}");
+    assert!(unet.forward(&inputs).unwrap().rel_l2(&expected) > 1e-2);
+}
+
+/// With noise, masks are reproducible for a seed and step, and change with either.
+#[test]
+fn mask_generator_noise_is_seeded() {
+    use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
+    let dir = fixture("mask_generator").join("sd15_hyper");
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let run = |gumbel, step| {
+        let gen = MaskGenerator::load(&dir.join("generator.safetensors"), &unet, gumbel).unwrap();
+        let b = Boosters {
+            mask_generator: Some(Arc::new(gen)),
+            mask_step: step,
+            ..Boosters::default()
+        };
+        unet.forward_with(&inputs, &b).unwrap()
+    };
+    let a = run(Gumbel::Seeded(42), 0);
+    assert_eq!(a, run(Gumbel::Seeded(42), 0));
+    assert!(a.rel_l2(&run(Gumbel::Seeded(43), 0)) > 1e-3);
+    assert!(a.rel_l2(&run(Gumbel::Seeded(42), 1)) > 1e-3);
+    assert!(a.rel_l2(&run(Gumbel::Off, 0)) > 1e-3);
+}
+
+#[test]
+fn mask_generator_errors() {
+    use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
+    let dir = fixture("mask_generator").join("sd15_hyper");
+    // A generator made for another model.
+    let other = UNet::from_dir(&fixture("sdxl_like")).unwrap();
+    let msg = MaskGenerator::load(&dir.join("generator.safetensors"), &other, Gumbel::Off)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("weight") || msg.contains("mask_generators"),
+        "{msg}"
+    );
+    // Masks and a generator together.
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let gen = MaskGenerator::load(&dir.join("generator.safetensors"), &unet, Gumbel::Off).unwrap();
+    let b = Boosters {
+        mask_generator: Some(Arc::new(gen)),
+        masks: Some(Arc::new(MaskSet::new())),
+        ..Boosters::default()
+    };
+    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    let msg = unet.forward_with(&inputs, &b).unwrap_err().to_string();
+    assert!(msg.contains("exclusive"), "{msg}");
+}
+
+#[test]
+fn forward_cli_takes_a_mask_generator() {
+    let case = fixture("mask_generator").join("sd15_hyper");
+    let out = scratch("gen-cli").join("out.safetensors");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+        .args(["forward", "--no-gumbel", "--model"])
+        .arg(fixture("sd15_like"))
+        .arg("--input")
+        .arg(case.join("inputs.safetensors"))
+        .arg("--mask-generator")
+        .arg(case.join("generator.safetensors"))
+        .arg("--output")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let got = safetensors_io::load(&out)
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    let want = safetensors_io::load(&case.join("expected.safetensors"))
+        .unwrap()
+        .remove("sample")
+        .unwrap()
+        .tensor;
+    assert!(got.rel_l2(&want) <= 1e-4);
+}

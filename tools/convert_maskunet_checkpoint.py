@@ -137,8 +137,11 @@ def convert(ckpt_dir, out_path, verbose=True):
         dtypes = sorted({str(v.dtype).replace("torch.", "") for v in list(gens.values()) + list(adas.values())})
         print(f"{ckpt_dir} ({'/'.join(dtypes)}) -> {out_path}: {len(out)} tensors (f32)")
         for i, (cin, t, n) in sorted(info.items()):
-            o4, i4, layers = per_block.get(i, (None, None, []))
-            print(f"  up_blocks.{i}: Cin={cin} T={t} I4*O4={n} (O4={o4}, I4={i4}) masked layers={len(layers)}")
+            if i in per_block:
+                o4, i4, layers = per_block[i]
+                print(f"  up_blocks.{i}: Cin={cin} T={t} I4*O4={n} (O4={o4}, I4={i4}), {len(layers)} adapters")
+            else:
+                print(f"  up_blocks.{i}: Cin={cin} T={t} I4*O4={n}, no adapters")
     return out
 
 

@@ -21,7 +21,7 @@ use crate::models::unet_2d::UNet;
 use crate::nn::{LayerCtx, Linear};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, WeightSource};
 
 /// Gumbel noise of the hard Gumbel-sigmoid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +107,11 @@ const HIDDEN: usize = 64;
 impl MaskGenerator {
     /// Loads the hyper-network for `unet` from a safetensors file.
     pub fn load(path: &Path, unet: &UNet, gumbel: Gumbel) -> Result<Self> {
-        let mut ckpt = Checkpoint::load(&[path.to_path_buf()])?;
+        Self::from_source(&mut Checkpoint::load(&[path.to_path_buf()])?, unet, gumbel)
+    }
+
+    /// Builds the hyper-network for `unet`, taking its parameters from `ws`.
+    pub fn from_source(ws: &mut dyn WeightSource, unet: &UNet, gumbel: Gumbel) -> Result<Self> {
         let t = unet.config.time_embed_dim;
         let mut blocks = BTreeMap::new();
         for (i, layers) in maskunet_layers(unet) {
@@ -126,23 +130,17 @@ impl MaskGenerator {
                     .replace('.', "_");
                 let a = |n: &str| format!("adapters.{i}.{module}.{n}");
                 adapters.push(Adapter {
-                    conv_in: Linear::load(&mut ckpt, &a("conv_in"), o4, out_f, true)?,
-                    conv_out: Linear::load(&mut ckpt, &a("conv_out"), i4, in_f, true)?,
+                    conv_in: Linear::load(ws, &a("conv_in"), o4, out_f, true)?,
+                    conv_out: Linear::load(ws, &a("conv_out"), i4, in_f, true)?,
                     weight_name,
                 });
             }
             blocks.insert(
                 i,
                 BlockGenerator {
-                    proj_temb: Linear::load(&mut ckpt, &g("proj_temb"), t, cin, false)?,
-                    conv0: Linear::load(&mut ckpt, &g("conv_kernel_mask.0"), cin, HIDDEN, true)?,
-                    conv2: Linear::load(
-                        &mut ckpt,
-                        &g("conv_kernel_mask.2"),
-                        HIDDEN,
-                        i4 * o4,
-                        true,
-                    )?,
+                    proj_temb: Linear::load(ws, &g("proj_temb"), t, cin, false)?,
+                    conv0: Linear::load(ws, &g("conv_kernel_mask.0"), cin, HIDDEN, true)?,
+                    conv2: Linear::load(ws, &g("conv_kernel_mask.2"), HIDDEN, i4 * o4, true)?,
                     o4,
                     i4,
                     adapters,
