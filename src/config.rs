@@ -96,6 +96,23 @@ pub struct UNetConfig {
     pub text_time: Option<TextTimeConfig>,
     pub conv_in_kernel: usize,
     pub conv_out_kernel: usize,
+    /// The (H, W) the model was trained at (`sample_size`), when the config says.
+    pub sample_size: Option<(usize, usize)>,
+}
+
+fn sample_size(r: &mut Reader) -> Result<Option<(usize, usize)>> {
+    match r.get("sample_size") {
+        None => Ok(None),
+        Some(serde_json::Value::Array(v)) if v.len() == 2 => {
+            let h = r.as_usize("sample_size", &v[0])?;
+            let w = r.as_usize("sample_size", &v[1])?;
+            Ok(Some((h, w)))
+        }
+        Some(v) => {
+            let s = r.as_usize("sample_size", v)?;
+            Ok(Some((s, s)))
+        }
+    }
 }
 
 impl UNetConfig {
@@ -225,7 +242,7 @@ fn common_checks(r: &mut Reader) -> Result<()> {
     if let Some(cet) = r.str_opt("class_embed_type")? {
         return Err(r.unsupported("class_embed_type", &format!("\"{cet}\"")));
     }
-    for ignored in ["sample_size", "dropout", "num_train_timesteps"] {
+    for ignored in ["dropout", "num_train_timesteps"] {
         r.ignore(ignored);
     }
     Ok(())
@@ -337,6 +354,7 @@ fn parse_unet_2d(r: &mut Reader) -> Result<UNetConfig> {
         text_time: None,
         conv_in_kernel: 3,
         conv_out_kernel: 3,
+        sample_size: sample_size(r)?,
         up_attn_head_dim: boc.iter().rev().map(|&c| head_dim.unwrap_or(c)).collect(),
         levels,
     };
@@ -493,6 +511,7 @@ fn parse_unet_2d_condition(r: &mut Reader) -> Result<UNetConfig> {
         text_time,
         conv_in_kernel: r.usize_or("conv_in_kernel", 3)?,
         conv_out_kernel: r.usize_or("conv_out_kernel", 3)?,
+        sample_size: sample_size(r)?,
         up_attn_head_dim: (0..n)
             .map(|i| head_dim[i].unwrap_or(boc[n - 1 - i]))
             .collect(),

@@ -5,10 +5,12 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod image;
 pub mod models;
 pub mod nn;
 pub mod rng;
 pub mod safetensors_io;
+pub mod schedulers;
 pub mod tensor;
 pub mod weights;
 

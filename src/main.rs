@@ -13,7 +13,11 @@ use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Device;
 use freelunch::models::Denoiser;
+use freelunch::schedulers::{
+    self, Conditioning, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise,
+};
 use freelunch::weights::{Checkpoint, ModelFiles};
+use freelunch::Tensor;
 use freelunch::{safetensors_io, UNet, UNetConfig, UNetInputs};
 
 #[derive(Parser)]
@@ -55,6 +59,48 @@ enum Command {
         threads: Option<usize>,
         #[command(flatten)]
         boosters: BoosterArgs,
+    },
+    /// Generate samples: diffusers' sampling loop with any booster of `forward`.
+    Sample {
+        /// diffusers model or pipeline folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// scheduler_config.json, its folder, or a pipeline folder (default: the model's
+        /// pipeline folder).
+        #[arg(long, value_name = "DIR_OR_JSON")]
+        scheduler: Option<PathBuf>,
+        /// Overrides the config's `_class_name`: ddpm, ddim, euler.
+        #[arg(long)]
+        sampler: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the initial noise and of stochastic samplers' noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Samples in the batch (ignored with --noise).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Initial noise: tensor `sample`, standard normal, unscaled, [B, C, H, W].
+        #[arg(long, value_name = "NOISE.safetensors")]
+        noise: Option<PathBuf>,
+        /// DDIM's eta (0: deterministic).
+        #[arg(long, default_value_t = 0.0)]
+        eta: f32,
+        /// Classifier-free guidance scale (needs --cond with uncond_hidden_states).
+        #[arg(long)]
+        guidance: Option<f32>,
+        /// `encoder_hidden_states` (and `uncond_hidden_states`, `class_labels`) for conditional
+        /// models.
+        #[arg(long, value_name = "COND.safetensors")]
+        cond: Option<PathBuf>,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        boosters: BoosterArgs,
+        /// .png (image grid; pixel models) or .safetensors (the final sample, unclamped).
+        #[arg(long)]
+        output: PathBuf,
     },
     /// DeMe: merge timestep experts by task arithmetic, θ = θ0 + Σ w_i (θ_i − θ0), into a
     /// diffusers folder.
@@ -264,6 +310,99 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 safetensors_io::save(&output, &[("sample", &out)])
             })
         }
+        Command::Sample {
+            model,
+            scheduler,
+            sampler,
+            steps,
+            seed,
+            batch,
+            noise,
+            eta,
+            guidance,
+            cond,
+            threads,
+            boosters,
+            output,
+        } => {
+            let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if ext != "png" && ext != "safetensors" {
+                return Err(freelunch::Error::Msg(format!(
+                    "--output must end in .png or .safetensors, got {}",
+                    output.display()
+                )));
+            }
+            let pool = thread_pool(threads)?;
+            pool.install(|| {
+                let unet = load_reporting_unused(&model)?;
+                let scheduler_path = match scheduler {
+                    Some(p) => p,
+                    None => scheduler_beside(&model)?,
+                };
+                let config = SchedulerConfig::from_path(&scheduler_path)?;
+                let kind = match (&sampler, config.class) {
+                    (Some(s), _) => SamplerKind::from_short_name(s)?,
+                    (None, Some(k)) => k,
+                    (None, None) => {
+                        return Err(freelunch::Error::Msg(format!(
+                            "{}: its _class_name names no sampler implemented here; pick one with                              --sampler ddpm|ddim|euler",
+                            scheduler_path.display()
+                        )))
+                    }
+                };
+                let mut s = schedulers::build(kind, &config, steps, eta)?;
+                let c = unet.config.in_channels;
+                let noise = match noise {
+                    Some(p) => {
+                        let n = UNetInputs::load_tensor(&p, "sample")?;
+                        match n.shape() {
+                            [_, ch, _, _] if *ch == c => n,
+                            other => {
+                                return Err(freelunch::Error::input(
+                                    "noise",
+                                    format!("shape {other:?}; the model takes [B, {c}, H, W]"),
+                                ))
+                            }
+                        }
+                    }
+                    None => {
+                        let (h, w) = unet.config.sample_size.ok_or_else(|| {
+                            freelunch::Error::Msg(
+                                "the model's config has no sample_size; give --noise".into(),
+                            )
+                        })?;
+                        if batch == 0 {
+                            return Err(freelunch::Error::Msg("--batch must be at least 1".into()));
+                        }
+                        Tensor::randn([batch, c, h, w], seed)
+                    }
+                };
+                let conditioning = match &cond {
+                    Some(p) => Conditioning {
+                        encoder_hidden_states: UNetInputs::load_optional(p, "encoder_hidden_states")?,
+                        uncond_hidden_states: UNetInputs::load_optional(p, "uncond_hidden_states")?,
+                        class_labels: UNetInputs::load_optional(p, "class_labels")?
+                            .map(Tensor::into_data),
+                    },
+                    None => Conditioning::default(),
+                };
+                let bar = indicatif::ProgressBar::new(s.timesteps().len() as u64);
+                let mut tick = |i: usize, _n: usize| bar.set_position(i as u64);
+                let opts = SampleOptions {
+                    guidance,
+                    conditioning,
+                    boosters: boosters.boosters(&unet)?,
+                    progress: Some(&mut tick),
+                };
+                let out = schedulers::sample(&unet, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
+                bar.finish_and_clear();
+                if ext == "png" {
+                    freelunch::image::save_png_grid(&output, &out)
+                } else {
+                    safetensors_io::save(&output, &[("sample", &out)])
+                }
+            })
+        }
         Command::Merge {
             base,
             experts,
@@ -271,6 +410,24 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             out,
         } => deme::merge(&base, &experts, &weights, &out),
     }
+}
+
+/// The scheduler config of a pipeline folder, or of the pipeline a `unet/` folder belongs to.
+fn scheduler_beside(model: &std::path::Path) -> freelunch::Result<PathBuf> {
+    let candidates = [
+        model.join("scheduler"),
+        model.join("../scheduler"),
+        model.to_path_buf(),
+    ];
+    candidates
+        .into_iter()
+        .find(|d| d.join("scheduler_config.json").is_file())
+        .ok_or_else(|| {
+            freelunch::Error::Msg(format!(
+                "no scheduler_config.json in or beside {}; give --scheduler",
+                model.display()
+            ))
+        })
 }
 
 /// Loads a model folder, warning about checkpoint tensors the model does not use.

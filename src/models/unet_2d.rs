@@ -94,6 +94,17 @@ impl UNetInputs {
         }
     }
 
+    /// One tensor of a safetensors file, or an error naming file and tensor.
+    pub fn load_tensor(path: &Path, name: &str) -> Result<Tensor> {
+        Self::load_optional(path, name)?
+            .ok_or_else(|| Error::input(name, format!("{} has no tensor `{name}`", path.display())))
+    }
+
+    /// One tensor of a safetensors file, if present.
+    pub fn load_optional(path: &Path, name: &str) -> Result<Option<Tensor>> {
+        Ok(safetensors_io::load(path)?.remove(name).map(|s| s.tensor))
+    }
+
     /// Reads `sample`, `timestep` and the optional conditioning tensors from a safetensors file.
     pub fn load(path: &Path) -> Result<Self> {
         let mut tensors = safetensors_io::load(path)?;

@@ -1,0 +1,46 @@
+//! Writing samples as a PNG grid, post-processed as diffusers' pixel pipelines do:
+//! `(x / 2 + 0.5).clamp(0, 1)`, scaled to 0..=255 and rounded.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// Writes `samples` ([B, C, H, W] in [-1, 1], C = 1 or 3) as a near-square grid of B tiles.
+pub fn save_png_grid(path: &Path, samples: &Tensor) -> Result<()> {
+    let (b, c, h, w) = samples.dims4("samples")?;
+    let color = match c {
+        1 => png::ColorType::Grayscale,
+        3 => png::ColorType::Rgb,
+        _ => {
+            return Err(Error::Msg(format!(
+                "a PNG needs 1 or 3 channels; these samples have {c} (latents need a VAE decoder: \
+                 write .safetensors instead)"
+            )))
+        }
+    };
+    let cols = (b as f64).sqrt().ceil() as usize;
+    let rows = b.div_ceil(cols);
+    let (gw, gh) = (cols * w, rows * h);
+    let mut pixels = vec![0u8; gw * gh * c];
+    for (i, img) in samples.data().chunks(c * h * w).enumerate() {
+        let (r0, c0) = ((i / cols) * h, (i % cols) * w);
+        for ch in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    let v = img[(ch * h + y) * w + x];
+                    let v = ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
+                    pixels[((r0 + y) * gw + c0 + x) * c + ch] = v;
+                }
+            }
+        }
+    }
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), gw as u32, gh as u32);
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    let png_err = |e: png::EncodingError| Error::Msg(format!("{}: {e}", path.display()));
+    let mut writer = enc.write_header().map_err(png_err)?;
+    writer.write_image_data(&pixels).map_err(png_err)?;
+    writer.finish().map_err(png_err)
+}

@@ -1,0 +1,127 @@
+//! DDIM (`DDIMScheduler`): deterministic for eta = 0; eta > 0 adds σ_t·noise.
+
+use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::{axpby, NoiseSource, Sampler};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub struct DdimScheduler {
+    alphas_cumprod: Vec<f32>,
+    final_alpha_cumprod: f32,
+    step_ratio: usize,
+    timesteps: Vec<f32>,
+    prediction: Prediction,
+    clip: Option<f32>,
+    eta: f32,
+}
+
+impl DdimScheduler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize, eta: f32) -> Result<Self> {
+        let alphas_cumprod = cfg.alphas_cumprod();
+        let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
+        let timesteps = cfg.discrete_timesteps(steps, spacing)?;
+        Ok(DdimScheduler {
+            final_alpha_cumprod: if cfg.set_alpha_to_one {
+                1.0
+            } else {
+                alphas_cumprod[0]
+            },
+            alphas_cumprod,
+            step_ratio: cfg.num_train_timesteps / steps,
+            timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
+            prediction: cfg.prediction_type,
+            clip: cfg
+                .clip_sample
+                .unwrap_or(true)
+                .then_some(cfg.clip_sample_range),
+            eta,
+        })
+    }
+}
+
+/// x̂₀ and ε̂ from a model output, for ᾱ_t (DDPM-family parameterisations).
+pub(crate) fn predict(
+    prediction: Prediction,
+    alpha_prod_t: f32,
+    output: &Tensor,
+    sample: &Tensor,
+) -> (Tensor, Tensor) {
+    let (a, b) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
+    match prediction {
+        Prediction::Epsilon => {
+            let x0 = sample
+                .data()
+                .iter()
+                .zip(output.data())
+                .map(|(&x, &e)| (x - b * e) / a)
+                .collect();
+            (
+                Tensor::from_parts(sample.shape().to_vec(), x0),
+                output.clone(),
+            )
+        }
+        Prediction::Sample => {
+            let eps = sample
+                .data()
+                .iter()
+                .zip(output.data())
+                .map(|(&x, &x0)| (x - a * x0) / b)
+                .collect();
+            (
+                output.clone(),
+                Tensor::from_parts(sample.shape().to_vec(), eps),
+            )
+        }
+        Prediction::VPrediction => (axpby(a, sample, -b, output), axpby(a, output, b, sample)),
+    }
+}
+
+impl Sampler for DdimScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Tensor {
+        sample.clone()
+    }
+
+    fn step(
+        &mut self,
+        output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let t = self.timesteps[i] as usize;
+        let prev = t as i64 - self.step_ratio as i64;
+        let alpha_prod_t = self.alphas_cumprod[t];
+        let alpha_prod_prev = if prev >= 0 {
+            self.alphas_cumprod[prev as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let (mut x0, eps) = predict(self.prediction, alpha_prod_t, output, sample);
+        if let Some(r) = self.clip {
+            x0.data_mut().iter_mut().for_each(|v| *v = v.clamp(-r, r));
+        }
+        let variance =
+            (1.0 - alpha_prod_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_prev);
+        let std_dev = self.eta * variance.sqrt();
+        let dir = (1.0 - alpha_prod_prev - std_dev * std_dev).sqrt();
+        let mut prev_sample = axpby(alpha_prod_prev.sqrt(), &x0, dir, &eps);
+        if self.eta > 0.0 {
+            let z = noise.noise(i, sample.shape())?;
+            prev_sample
+                .data_mut()
+                .iter_mut()
+                .zip(z.data())
+                .for_each(|(p, &z)| *p += std_dev * z);
+        }
+        Ok(prev_sample)
+    }
+}

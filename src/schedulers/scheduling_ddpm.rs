@@ -1,0 +1,82 @@
+//! Ancestral DDPM (`DDPMScheduler`, fixed_small variance).
+
+use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::scheduling_ddim::predict;
+use super::{axpby, NoiseSource, Sampler};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+pub struct DdpmScheduler {
+    alphas_cumprod: Vec<f32>,
+    timesteps: Vec<f32>,
+    prediction: Prediction,
+    clip: Option<f32>,
+}
+
+impl DdpmScheduler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
+        Ok(DdpmScheduler {
+            alphas_cumprod: cfg.alphas_cumprod(),
+            timesteps: cfg
+                .discrete_timesteps(steps, spacing)?
+                .into_iter()
+                .map(|t| t as f32)
+                .collect(),
+            prediction: cfg.prediction_type,
+            clip: cfg
+                .clip_sample
+                .unwrap_or(true)
+                .then_some(cfg.clip_sample_range),
+        })
+    }
+}
+
+impl Sampler for DdpmScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Tensor {
+        sample.clone()
+    }
+
+    fn step(
+        &mut self,
+        output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let t = self.timesteps[i] as usize;
+        let alpha_prod_t = self.alphas_cumprod[t];
+        let alpha_prod_prev = match self.timesteps.get(i + 1) {
+            Some(&p) => self.alphas_cumprod[p as usize],
+            None => 1.0,
+        };
+        let (beta_prod_t, beta_prod_prev) = (1.0 - alpha_prod_t, 1.0 - alpha_prod_prev);
+        let current_alpha = alpha_prod_t / alpha_prod_prev;
+        let current_beta = 1.0 - current_alpha;
+        let (mut x0, _) = predict(self.prediction, alpha_prod_t, output, sample);
+        if let Some(r) = self.clip {
+            x0.data_mut().iter_mut().for_each(|v| *v = v.clamp(-r, r));
+        }
+        let x0_coeff = alpha_prod_prev.sqrt() * current_beta / beta_prod_t;
+        let x_coeff = current_alpha.sqrt() * beta_prod_prev / beta_prod_t;
+        let mut prev = axpby(x0_coeff, &x0, x_coeff, sample);
+        if t > 0 {
+            let variance = (beta_prod_prev / beta_prod_t * current_beta).max(1e-20);
+            let std = variance.sqrt();
+            let z = noise.noise(i, sample.shape())?;
+            prev.data_mut()
+                .iter_mut()
+                .zip(z.data())
+                .for_each(|(p, &z)| *p += std * z);
+        }
+        Ok(prev)
+    }
+}

@@ -1,0 +1,141 @@
+//! Euler (`EulerDiscreteScheduler`), optionally on Karras sigmas; s_churn = 0 (deterministic).
+
+use super::config::{numpy_linspace, Prediction, SchedulerConfig, Spacing};
+use super::{NoiseSource, Sampler};
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+pub struct EulerScheduler {
+    /// σ per call, then a final 0.
+    sigmas: Vec<f32>,
+    timesteps: Vec<f32>,
+    init_noise_sigma: f32,
+    prediction: Prediction,
+}
+
+impl EulerScheduler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let n = cfg.num_train_timesteps;
+        if steps == 0 || steps > n {
+            return Err(Error::Msg(format!("steps must be in 1..={n}, got {steps}")));
+        }
+        let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
+        let ts: Vec<f64> = match spacing {
+            // Euler keeps fractional linspace timesteps (f32), unlike DDIM.
+            Spacing::Linspace => numpy_linspace(0.0, (n - 1) as f64, steps)
+                .into_iter()
+                .rev()
+                .map(|v| v as f32 as f64)
+                .collect(),
+            s => cfg
+                .discrete_timesteps(steps, s)?
+                .into_iter()
+                .map(|t| t as f64)
+                .collect(),
+        };
+        // σ_t = √((1 − ᾱ)/ᾱ), computed in f32 as torch does, interpolated linearly in t.
+        let train_sigmas: Vec<f64> = cfg
+            .alphas_cumprod()
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt() as f64)
+            .collect();
+        let interp = |t: f64| {
+            let lo = (t.floor() as usize).min(n - 1);
+            let hi = (lo + 1).min(n - 1);
+            let w = t - lo as f64;
+            train_sigmas[lo] * (1.0 - w) + train_sigmas[hi] * w
+        };
+        let mut sigmas: Vec<f64> = ts.iter().map(|&t| interp(t)).collect();
+        let mut timesteps = ts;
+        if cfg.use_karras_sigmas {
+            let (smin, smax) = (sigmas[steps - 1], sigmas[0]);
+            let rho = 7.0;
+            let (min_inv, max_inv) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
+            sigmas = numpy_linspace(0.0, 1.0, steps)
+                .into_iter()
+                .map(|r| (max_inv + r * (min_inv - max_inv)).powf(rho))
+                .collect();
+            let log_sigmas: Vec<f64> = train_sigmas
+                .iter()
+                .map(|s| (*s as f32).ln() as f64)
+                .collect();
+            timesteps = sigmas.iter().map(|&s| sigma_to_t(s, &log_sigmas)).collect();
+        }
+        let mut sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        sigmas.push(0.0);
+        let max = sigmas.iter().copied().fold(0.0f32, f32::max);
+        let init_noise_sigma = match spacing {
+            Spacing::Linspace | Spacing::Trailing => max,
+            Spacing::Leading => (max * max + 1.0).sqrt(),
+        };
+        Ok(EulerScheduler {
+            sigmas,
+            timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
+            init_noise_sigma,
+            prediction: cfg.prediction_type,
+        })
+    }
+
+    pub fn sigmas(&self) -> &[f32] {
+        &self.sigmas
+    }
+}
+
+/// diffusers' `_sigma_to_t`: the (fractional) training timestep of σ, interpolating log σ.
+fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+    let log_sigma = sigma.max(1e-10).ln();
+    let n = log_sigmas.len();
+    let low = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
+    let (lo, hi) = (log_sigmas[low], log_sigmas[low + 1]);
+    let w = ((lo - log_sigma) / (lo - hi)).clamp(0.0, 1.0);
+    (1.0 - w) * low as f64 + w * (low + 1) as f64
+}
+
+impl Sampler for EulerScheduler {
+    fn timesteps(&self) -> &[f32] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f32 {
+        self.init_noise_sigma
+    }
+
+    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
+        let s = self.sigmas[i];
+        let k = (s * s + 1.0).sqrt();
+        let data = sample.data().iter().map(|&x| x / k).collect();
+        Tensor::from_parts(sample.shape().to_vec(), data)
+    }
+
+    fn step(
+        &mut self,
+        output: &Tensor,
+        i: usize,
+        sample: &Tensor,
+        _noise: &mut dyn NoiseSource,
+    ) -> Result<Tensor> {
+        let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let dt = next - sigma;
+        let data = sample
+            .data()
+            .iter()
+            .zip(output.data())
+            .map(|(&x, &o)| {
+                let x0 = match self.prediction {
+                    Prediction::Epsilon => x - sigma * o,
+                    Prediction::Sample => o,
+                    Prediction::VPrediction => {
+                        o * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0)
+                    }
+                };
+                let derivative = (x - x0) / sigma;
+                x + derivative * dt
+            })
+            .collect();
+        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+    }
+}

@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Generate sampler-loop golden fixtures for the `freelunch` crate from diffusers.
+
+How to run (from the repo root, after `tools/gen_goldens.py` has produced the
+`ddpm_basic` and `sd15_like` model fixtures):
+
+    python -m pip install -r tools/requirements.txt && python tools/gen_sampler_goldens.py [case ...]
+
+Output: `tests/fixtures/samplers/<case>/` (located from this script's own path):
+
+    scheduler_config.json     scheduler.save_config(dir) (has `_class_name`)
+    case.json                 {"model", "steps", "guidance", "eta", "step_noise", "batch",
+                               "timesteps": scheduler.timesteps as floats,
+                               "sigmas": scheduler.sigmas as floats or null}
+    noise.safetensors         `sample`: initial noise, N(0,1), UNSCALED, f32 [B,C,H,W]
+    cond.safetensors          (conditional cases) `encoder_hidden_states` [B,7,48] and,
+                              with guidance, `uncond_hidden_states` [B,7,48]
+    step_noise.safetensors    (stochastic cases) `noise_0`, `noise_1`, ... one per loop
+                              iteration (shape of latents, N(0,1)); the step consumes
+                              noise_i instead of drawing from a generator
+    expected.safetensors      `sample`: final latents (unclamped, no post-processing)
+
+The loop is the one diffusers pipelines run (CPU, f32, torch.no_grad()):
+
+    scheduler = Cls.from_config(config); scheduler.set_timesteps(steps)
+    latents = noise * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = cat([latents] * 2) if guidance else latents
+        x_in = scheduler.scale_model_input(x_in, t)
+        out = unet(x_in, t[, encoder_hidden_states=cat([uncond, cond])]).sample
+        if guidance: u, c = out.chunk(2); out = u + g * (c - u)
+        latents = scheduler.step(out, t, latents, **kw).prev_sample
+
+Noise injection: DDPMScheduler draws its variance noise via `randn_tensor` imported
+into `diffusers.schedulers.scheduling_ddpm`; that name is monkeypatched to return
+noise_i (it is only called when t > 0, so with "leading" spacing the last noise
+tensor, for t = 0, is not consumed). DDIMScheduler (eta > 0) gets noise_i through
+`step(..., variance_noise=noise_i)`. Both injections are verified by re-running
+with negated step noise and checking that the result changes (and, for DDPM, that
+the patched function was called the expected number of times).
+"""
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+import diffusers
+import diffusers.schedulers.scheduling_ddpm as ddpm_mod
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    UNet2DConditionModel,
+    UNet2DModel,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+OUT_ROOT = os.path.join(FIXTURES, "samplers")
+
+MODELS = {
+    # name -> (class, latent shape of one sample, conditional)
+    "ddpm_basic": (UNet2DModel, (3, 16, 16), False),
+    "sd15_like": (UNet2DConditionModel, (4, 16, 16), True),
+}
+SEQ_LEN = 7
+CROSS_DIM = 48
+
+
+def C(cls, steps, model="ddpm_basic", batch=None, guidance=None, eta=None, step_noise=False, **config):
+    if batch is None:
+        batch = 2 if model == "ddpm_basic" else 1
+    return dict(
+        cls=cls,
+        steps=steps,
+        model=model,
+        batch=batch,
+        guidance=guidance,
+        eta=eta,
+        step_noise=step_noise,
+        config=dict(num_train_timesteps=1000, **config),
+    )
+
+
+# fmt: off
+CASES = {
+    # ---- DDIM, eta 0: beta_schedule x timestep_spacing, each value at least once ----
+    "ddim_linear_leading_offset1": C(
+        DDIMScheduler, 10, eta=0.0, beta_schedule="linear", timestep_spacing="leading",
+        steps_offset=1, clip_sample=False, prediction_type="epsilon"),
+    "ddim_scaled_trailing_alpha1false": C(
+        DDIMScheduler, 10, eta=0.0, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        timestep_spacing="trailing", set_alpha_to_one=False, clip_sample=False, prediction_type="epsilon"),
+    "ddim_cos_linspace_clip": C(
+        DDIMScheduler, 10, eta=0.0, beta_schedule="squaredcos_cap_v2", timestep_spacing="linspace",
+        clip_sample=True, prediction_type="epsilon"),
+    "ddim_linear_trailing_v": C(
+        DDIMScheduler, 10, eta=0.0, beta_schedule="linear", timestep_spacing="trailing",
+        clip_sample=False, prediction_type="v_prediction"),
+    "ddim_scaled_leading_sample": C(
+        DDIMScheduler, 10, eta=0.0, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        timestep_spacing="leading", clip_sample=False, prediction_type="sample"),
+    # ---- Euler ----
+    "euler_eps_linear_leading": C(
+        EulerDiscreteScheduler, 10, beta_schedule="linear", timestep_spacing="leading",
+        prediction_type="epsilon"),
+    "euler_eps_scaled_karras": C(
+        EulerDiscreteScheduler, 10, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        use_karras_sigmas=True, prediction_type="epsilon"),
+    "euler_v_trailing": C(
+        EulerDiscreteScheduler, 10, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        timestep_spacing="trailing", prediction_type="v_prediction"),
+    "euler_eps_linear_linspace": C(
+        EulerDiscreteScheduler, 10, beta_schedule="linear", timestep_spacing="linspace",
+        prediction_type="epsilon"),
+    # ---- Heun (timesteps are doubled: 2*steps-1 model calls) ----
+    "heun_eps": C(
+        HeunDiscreteScheduler, 6, beta_schedule="linear", prediction_type="epsilon"),
+    "heun_v": C(
+        HeunDiscreteScheduler, 6, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        prediction_type="v_prediction"),
+    # ---- DPM-Solver++ 2M ----
+    "dpmpp2m_eps": C(
+        DPMSolverMultistepScheduler, 8, algorithm_type="dpmsolver++", solver_order=2,
+        beta_schedule="linear", prediction_type="epsilon"),
+    "dpmpp2m_v": C(
+        DPMSolverMultistepScheduler, 8, algorithm_type="dpmsolver++", solver_order=2,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction"),
+    "dpmpp2m_eps_karras": C(
+        DPMSolverMultistepScheduler, 8, algorithm_type="dpmsolver++", solver_order=2,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, use_karras_sigmas=True,
+        prediction_type="epsilon"),
+    # ---- stochastic ----
+    "ddpm_eps_stepnoise": C(
+        DDPMScheduler, 10, step_noise=True, beta_schedule="linear", prediction_type="epsilon",
+        clip_sample=True, variance_type="fixed_small"),
+    "ddim_eta05_stepnoise": C(
+        DDIMScheduler, 10, eta=0.5, step_noise=True, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
+        clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon"),
+    # ---- classifier-free guidance on the conditional UNet ----
+    "cfg_ddim_sd15": C(
+        DDIMScheduler, 10, model="sd15_like", guidance=7.5, eta=0.0, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
+        clip_sample=False, set_alpha_to_one=False, prediction_type="epsilon"),
+    "cfg_euler_sd15": C(
+        EulerDiscreteScheduler, 10, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
+        prediction_type="epsilon"),
+}
+# fmt: on
+
+
+_unets = {}
+
+
+def load_unet(name):
+    if name not in _unets:
+        cls = MODELS[name][0]
+        _unets[name] = cls.from_pretrained(os.path.join(FIXTURES, name)).to(torch.float32).eval()
+    return _unets[name]
+
+
+def make_scheduler(spec):
+    cls = spec["cls"]
+    sched = cls.from_config(cls(**spec["config"]).config)
+    sched.set_timesteps(spec["steps"])
+    return sched
+
+
+class DDPMNoisePatch:
+    """Replace scheduling_ddpm.randn_tensor so that the k-th call returns `noises[idx()]`."""
+
+    def __init__(self):
+        self.orig = ddpm_mod.randn_tensor
+        self.current = None
+        self.calls = 0
+
+    def __enter__(self):
+        def fake(shape, generator=None, device=None, dtype=None, layout=None):
+            assert self.current is not None, "DDPM drew noise outside of a step"
+            assert tuple(shape) == tuple(self.current.shape), (shape, self.current.shape)
+            self.calls += 1
+            return self.current.to(dtype=dtype or torch.float32)
+
+        ddpm_mod.randn_tensor = fake
+        return self
+
+    def __exit__(self, *exc):
+        ddpm_mod.randn_tensor = self.orig
+        return False
+
+
+def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
+    sched = make_scheduler(spec)
+    guidance = spec["guidance"]
+    is_ddpm = isinstance(sched, DDPMScheduler)
+    patch = DDPMNoisePatch() if is_ddpm else None
+    n_model_calls = 0
+    latents = noise * sched.init_noise_sigma
+    if patch:
+        patch.__enter__()
+    try:
+        for i, t in enumerate(sched.timesteps):
+            x_in = torch.cat([latents] * 2) if guidance is not None else latents
+            x_in = sched.scale_model_input(x_in, t)
+            kwargs = {}
+            if cond is not None:
+                ehs = torch.cat([uncond, cond]) if guidance is not None else cond
+                kwargs["encoder_hidden_states"] = ehs
+            out = unet(x_in, t, **kwargs).sample
+            n_model_calls += 1
+            if guidance is not None:
+                u, c = out.chunk(2)
+                out = u + guidance * (c - u)
+            step_kw = {}
+            if isinstance(sched, DDIMScheduler):
+                step_kw["eta"] = spec["eta"]
+                if spec["eta"] and spec["eta"] > 0:
+                    step_kw["variance_noise"] = step_noise[i]
+            if patch:
+                patch.current = step_noise[i]
+            latents = sched.step(out, t, latents, **step_kw).prev_sample
+            if patch:
+                patch.current = None
+    finally:
+        if patch:
+            patch.__exit__(None, None, None)
+    return latents, sched, n_model_calls, (patch.calls if patch else None)
+
+
+def dir_size(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+def floats(x):
+    return [float(v) for v in x.detach().to(torch.float64).flatten().tolist()]
+
+
+def run_case(seed, name, spec):
+    torch.manual_seed(seed)
+    case_dir = os.path.join(OUT_ROOT, name)
+    if os.path.exists(case_dir):
+        shutil.rmtree(case_dir)
+    os.makedirs(case_dir)
+
+    _, shape, conditional = MODELS[spec["model"]]
+    unet = load_unet(spec["model"])
+    B = spec["batch"]
+    noise = torch.randn(B, *shape)
+    cond = uncond = None
+    if conditional:
+        cond = torch.randn(B, SEQ_LEN, CROSS_DIM)
+        if spec["guidance"] is not None:
+            uncond = torch.randn(B, SEQ_LEN, CROSS_DIM)
+    probe = make_scheduler(spec)
+    n_iters = len(probe.timesteps)
+    step_noise = [torch.randn(B, *shape) for _ in range(n_iters)] if spec["step_noise"] else None
+
+    with torch.no_grad():
+        out, sched, n_calls, noise_calls = run_loop(spec, unet, noise, cond, uncond, step_noise)
+        if not torch.isfinite(out).all():
+            raise RuntimeError(f"{name}: non-finite output")
+        # determinism
+        out2, *_ = run_loop(spec, unet, noise, cond, uncond, step_noise)
+        assert torch.equal(out, out2), f"{name}: non-deterministic"
+        # injection really used
+        if step_noise is not None:
+            neg = [-n for n in step_noise]
+            out3, *_ = run_loop(spec, unet, noise, cond, uncond, neg)
+            diff = float((out - out3).abs().max())
+            assert diff > 1e-3, f"{name}: step noise injection had no effect ({diff})"
+            if noise_calls is not None:
+                expected_calls = int((sched.timesteps > 0).sum())
+                assert noise_calls == expected_calls, (noise_calls, expected_calls)
+        # rough conditioning estimate for choosing test tolerances
+        eps = 1e-4
+        outp, *_ = run_loop(spec, unet, noise + eps * torch.randn_like(noise), cond, uncond, step_noise)
+        amp = float((outp - out).abs().max()) / eps
+
+    sched.save_config(case_dir)
+    sigmas = getattr(sched, "sigmas", None)
+    case = {
+        "model": spec["model"],
+        "steps": spec["steps"],
+        "guidance": spec["guidance"],
+        "eta": spec["eta"],
+        "step_noise": spec["step_noise"],
+        "batch": B,
+        "timesteps": floats(sched.timesteps),
+        "sigmas": floats(sigmas) if sigmas is not None else None,
+    }
+    with open(os.path.join(case_dir, "case.json"), "w") as f:
+        json.dump(case, f, indent=2)
+        f.write("\n")
+    save_file({"sample": noise.contiguous()}, os.path.join(case_dir, "noise.safetensors"))
+    if conditional:
+        c = {"encoder_hidden_states": cond.contiguous()}
+        if uncond is not None:
+            c["uncond_hidden_states"] = uncond.contiguous()
+        save_file(c, os.path.join(case_dir, "cond.safetensors"))
+    if step_noise is not None:
+        save_file(
+            {f"noise_{i}": n.contiguous() for i, n in enumerate(step_noise)},
+            os.path.join(case_dir, "step_noise.safetensors"),
+        )
+    save_file({"sample": out.contiguous()}, os.path.join(case_dir, "expected.safetensors"))
+
+    ts = sched.timesteps
+    print(
+        f"{name:34s} {type(sched).__name__:28s} iters={n_calls:2d} ts_dtype={str(ts.dtype).replace('torch.', '')} "
+        f"init_sigma={float(sched.init_noise_sigma):.4f} out_std={float(out.std()):.4f} "
+        f"out_maxabs={float(out.abs().max()):.3f} noise_amp~{amp:.2f}"
+        + (f" ddpm_noise_calls={noise_calls}" if noise_calls is not None else ""),
+        flush=True,
+    )
+
+
+def main():
+    diffusers.utils.logging.set_verbosity_error()
+    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.makedirs(OUT_ROOT, exist_ok=True)
+    print(f"torch {torch.__version__}  diffusers {diffusers.__version__}  -> {OUT_ROOT}")
+    only = set(sys.argv[1:])
+    unknown = only - set(CASES)
+    if unknown:
+        sys.exit(f"unknown cases: {sorted(unknown)}")
+    for idx, (name, spec) in enumerate(CASES.items()):
+        if only and name not in only:
+            continue
+        run_case(5000 + 17 * idx, name, spec)
+    total = dir_size(OUT_ROOT)
+    print(f"total samplers fixtures size: {total / 1e6:.3f} MB ({total} bytes)")
+    if total > 2 * 1024 * 1024:
+        print("WARNING: sampler fixtures exceed 2 MB", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
