@@ -69,7 +69,7 @@ enum Command {
         /// pipeline folder).
         #[arg(long, value_name = "DIR_OR_JSON")]
         scheduler: Option<PathBuf>,
-        /// Overrides the config's `_class_name`: ddpm, ddim, euler.
+        /// Overrides the config's `_class_name`: ddpm, ddim, euler, heun, dpmpp-2m.
         #[arg(long)]
         sampler: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -345,7 +345,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     (None, Some(k)) => k,
                     (None, None) => {
                         return Err(freelunch::Error::Msg(format!(
-                            "{}: its _class_name names no sampler implemented here; pick one with                              --sampler ddpm|ddim|euler",
+                            "{}: its _class_name names no sampler implemented here; pick one with                              --sampler ddpm|ddim|euler|heun|dpmpp-2m",
                             scheduler_path.display()
                         )))
                     }

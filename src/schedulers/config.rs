@@ -13,6 +13,8 @@ pub enum SamplerKind {
     Ddpm,
     Ddim,
     Euler,
+    Heun,
+    DpmSolverMultistep,
 }
 
 impl SamplerKind {
@@ -22,9 +24,14 @@ impl SamplerKind {
             "DDPMScheduler" => Ok(SamplerKind::Ddpm),
             "DDIMScheduler" => Ok(SamplerKind::Ddim),
             "EulerDiscreteScheduler" => Ok(SamplerKind::Euler),
+            "HeunDiscreteScheduler" => Ok(SamplerKind::Heun),
+            "DPMSolverMultistepScheduler" => Ok(SamplerKind::DpmSolverMultistep),
             other => Err(Error::Unsupported {
                 field: "_class_name".into(),
-                value: format!("\"{other}\" (implemented: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler)"),
+                value: format!(
+                    "\"{other}\" (implemented: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, \
+                     HeunDiscreteScheduler, DPMSolverMultistepScheduler)"
+                ),
             }),
         }
     }
@@ -35,8 +42,10 @@ impl SamplerKind {
             "ddpm" => Ok(SamplerKind::Ddpm),
             "ddim" => Ok(SamplerKind::Ddim),
             "euler" => Ok(SamplerKind::Euler),
+            "heun" => Ok(SamplerKind::Heun),
+            "dpmpp-2m" => Ok(SamplerKind::DpmSolverMultistep),
             other => Err(Error::Msg(format!(
-                "unknown sampler `{other}` (implemented: ddpm, ddim, euler)"
+                "unknown sampler `{other}` (implemented: ddpm, ddim, euler, heun, dpmpp-2m)"
             ))),
         }
     }
@@ -72,6 +81,10 @@ pub struct SchedulerConfig {
     pub clip_sample_range: f32,
     pub set_alpha_to_one: bool,
     pub use_karras_sigmas: bool,
+    /// DPM-Solver's `solver_order` (1 or 2 implemented).
+    pub dpm_solver_order: usize,
+    /// `beta_schedule` is squaredcos_cap_v2 (DPM-Solver keeps fractional Karras timesteps then).
+    pub beta_schedule_is_cosine: bool,
 }
 
 impl SchedulerConfig {
@@ -154,7 +167,33 @@ impl SchedulerConfig {
                 }
             }
         }
-        for k in ["sigma_min", "sigma_max", "trained_betas"] {
+        for (k, ok) in [
+            ("algorithm_type", "dpmsolver++"),
+            ("solver_type", "midpoint"),
+        ] {
+            if let Some(v) = string(k)? {
+                if v != ok {
+                    return Err(bad(k, &get(k).cloned().unwrap_or_default()));
+                }
+            }
+        }
+        for k in [
+            "use_lu_lambdas",
+            "euler_at_final",
+            "use_flow_sigmas",
+            "use_dynamic_shifting",
+        ] {
+            if flag(k)? == Some(true) {
+                return Err(bad(k, &Value::Bool(true)));
+            }
+        }
+        // −inf (written by Python as `-Infinity`, read as null) is the only value implemented.
+        for k in [
+            "sigma_min",
+            "sigma_max",
+            "trained_betas",
+            "lambda_min_clipped",
+        ] {
             if let Some(v) = get(k) {
                 return Err(bad(k, v));
             }
@@ -173,7 +212,8 @@ impl SchedulerConfig {
         }
         let n = n as usize;
         let (start, end) = (num("beta_start", 0.0001)?, num("beta_end", 0.02)?);
-        let betas = match string("beta_schedule")?.unwrap_or("linear") {
+        let schedule = string("beta_schedule")?.unwrap_or("linear");
+        let betas = match schedule {
             "linear" => torch_linspace(start as f32, end as f32, n),
             "scaled_linear" => torch_linspace(start.sqrt() as f32, end.sqrt() as f32, n)
                 .into_iter()
@@ -210,6 +250,8 @@ impl SchedulerConfig {
             clip_sample_range: num("clip_sample_range", 1.0)? as f32,
             set_alpha_to_one: flag("set_alpha_to_one")?.unwrap_or(true),
             use_karras_sigmas: flag("use_karras_sigmas")?.unwrap_or(false),
+            dpm_solver_order: num("solver_order", 2.0)? as usize,
+            beta_schedule_is_cosine: schedule == "squaredcos_cap_v2",
         })
     }
 

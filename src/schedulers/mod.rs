@@ -5,7 +5,9 @@
 pub mod config;
 pub mod scheduling_ddim;
 pub mod scheduling_ddpm;
+pub mod scheduling_dpmsolver_multistep;
 pub mod scheduling_euler_discrete;
+pub mod scheduling_heun_discrete;
 
 pub use config::{SamplerKind, SchedulerConfig};
 
@@ -223,5 +225,9 @@ pub fn build(
         SamplerKind::Euler => Box::new(scheduling_euler_discrete::EulerScheduler::new(
             config, steps,
         )?),
+        SamplerKind::Heun => Box::new(scheduling_heun_discrete::HeunScheduler::new(config, steps)?),
+        SamplerKind::DpmSolverMultistep => Box::new(
+            scheduling_dpmsolver_multistep::DpmSolverMultistepScheduler::new(config, steps)?,
+        ),
     })
 }

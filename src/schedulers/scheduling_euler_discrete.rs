@@ -13,7 +13,16 @@ pub struct EulerScheduler {
     prediction: Prediction,
 }
 
-impl EulerScheduler {
+/// The σ schedule of diffusers' discrete Euler-family samplers (Euler, Heun): timesteps by the
+/// config's spacing (linspace by default, kept fractional), σ interpolated linearly in t from
+/// the training σ's (or on Karras' schedule), a final σ = 0, and the initial noise scale.
+pub(crate) struct DiscreteSigmas {
+    pub timesteps: Vec<f32>,
+    pub sigmas: Vec<f32>,
+    pub init_noise_sigma: f32,
+}
+
+impl DiscreteSigmas {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let n = cfg.num_train_timesteps;
         if steps == 0 || steps > n {
@@ -68,10 +77,21 @@ impl EulerScheduler {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
         };
-        Ok(EulerScheduler {
-            sigmas,
+        Ok(DiscreteSigmas {
             timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
+            sigmas,
             init_noise_sigma,
+        })
+    }
+}
+
+impl EulerScheduler {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        let s = DiscreteSigmas::new(cfg, steps)?;
+        Ok(EulerScheduler {
+            sigmas: s.sigmas,
+            timesteps: s.timesteps,
+            init_noise_sigma: s.init_noise_sigma,
             prediction: cfg.prediction_type,
         })
     }
@@ -82,7 +102,7 @@ impl EulerScheduler {
 }
 
 /// diffusers' `_sigma_to_t`: the (fractional) training timestep of σ, interpolating log σ.
-fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
+pub(crate) fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     let log_sigma = sigma.max(1e-10).ln();
     let n = log_sigmas.len();
     let low = log_sigmas
@@ -95,6 +115,39 @@ fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     (1.0 - w) * low as f64 + w * (low + 1) as f64
 }
 
+/// x̂₀ of the σ-parameterised (Karras) samplers at noise level σ, clamped when `clip` is set.
+pub(crate) fn denoised(
+    prediction: Prediction,
+    sigma: f32,
+    output: &Tensor,
+    sample: &Tensor,
+    clip: Option<f32>,
+) -> Tensor {
+    let data = sample
+        .data()
+        .iter()
+        .zip(output.data())
+        .map(|(&x, &o)| {
+            let x0 = match prediction {
+                Prediction::Epsilon => x - sigma * o,
+                Prediction::Sample => o,
+                Prediction::VPrediction => {
+                    o * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0)
+                }
+            };
+            clip.map_or(x0, |r| x0.clamp(-r, r))
+        })
+        .collect();
+    Tensor::from_parts(sample.shape().to_vec(), data)
+}
+
+/// `x / √(σ² + 1)`.
+pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
+    let k = (sigma * sigma + 1.0).sqrt();
+    let data = sample.data().iter().map(|&x| x / k).collect();
+    Tensor::from_parts(sample.shape().to_vec(), data)
+}
+
 impl Sampler for EulerScheduler {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
@@ -105,10 +158,7 @@ impl Sampler for EulerScheduler {
     }
 
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
-        let s = self.sigmas[i];
-        let k = (s * s + 1.0).sqrt();
-        let data = sample.data().iter().map(|&x| x / k).collect();
-        Tensor::from_parts(sample.shape().to_vec(), data)
+        scale_by_sigma(sample, self.sigmas[i])
     }
 
     fn step(
@@ -119,22 +169,13 @@ impl Sampler for EulerScheduler {
         _noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let x0 = denoised(self.prediction, sigma, output, sample, None);
         let dt = next - sigma;
         let data = sample
             .data()
             .iter()
-            .zip(output.data())
-            .map(|(&x, &o)| {
-                let x0 = match self.prediction {
-                    Prediction::Epsilon => x - sigma * o,
-                    Prediction::Sample => o,
-                    Prediction::VPrediction => {
-                        o * (-sigma / (sigma * sigma + 1.0).sqrt()) + x / (sigma * sigma + 1.0)
-                    }
-                };
-                let derivative = (x - x0) / sigma;
-                x + derivative * dt
-            })
+            .zip(x0.data())
+            .map(|(&x, &x0)| x + (x - x0) / sigma * dt)
             .collect();
         Ok(Tensor::from_parts(sample.shape().to_vec(), data))
     }
