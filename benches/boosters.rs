@@ -7,6 +7,8 @@
 //! round, and each is reported as its ratio to the plain forward of the same round (min and
 //! median over rounds), so machine drift between variants does not enter the figures.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,14 +39,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let threads = std::env::var("FREELUNCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let threads = common::threads();
+    let pool = common::pool();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/configs/sd15-small.json");
     let unet = UNet::load(
         UNetConfig::from_file(&path).unwrap(),

@@ -2,6 +2,8 @@
 //! BENCHMARKS.md sets against `tools/bench_diffusers_cpu.py` on the same config and threads.
 //! Threads: FREELUNCH_THREADS (default: all cores).
 
+mod common;
+
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -9,14 +11,8 @@ use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 
 fn ddpm_cifar10(c: &mut Criterion) {
-    let threads = std::env::var("FREELUNCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let threads = common::threads();
+    let pool = common::pool();
     let config_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/configs/ddpm-cifar10-32.json");
     let config = UNetConfig::from_file(&config_path).unwrap();

@@ -1,23 +1,14 @@
 //! CPU building blocks at the shapes of the DDPM-CIFAR10 and SD1.5 U-Nets. Threads:
 //! FREELUNCH_THREADS (default: all cores).
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use freelunch::cpu::{self, Padding};
 use freelunch::Tensor;
 
-fn pool() -> rayon::ThreadPool {
-    let threads = std::env::var("FREELUNCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-}
-
 fn conv(c: &mut Criterion) {
-    let pool = pool();
+    let pool = common::pool();
     let mut g = c.benchmark_group("cpu_conv3x3");
     g.sample_size(10);
     for (b, cin, cout, hw) in [(8, 128, 128, 32), (8, 256, 256, 16), (8, 384, 128, 32)] {
@@ -34,7 +25,7 @@ fn conv(c: &mut Criterion) {
 }
 
 fn gemm(c: &mut Criterion) {
-    let pool = pool();
+    let pool = common::pool();
     let mut g = c.benchmark_group("cpu_linear");
     g.sample_size(10);
     for (rows, fin, fout) in [(8192, 320, 320), (8192, 320, 2560), (1024, 1024, 1024)] {

@@ -1,10 +1,12 @@
 #![doc = include_str!("../README.md")]
 
 pub mod boosters;
+pub mod builtin;
 pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod image;
 pub mod models;
 pub mod nn;

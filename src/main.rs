@@ -62,9 +62,9 @@ enum Command {
     },
     /// Generate samples: diffusers' sampling loop with any booster of `forward`.
     Sample {
-        /// diffusers model or pipeline folder.
+        /// diffusers model or pipeline folder (default: the built-in MNIST digit model).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// scheduler_config.json, its folder, or a pipeline folder (default: the model's
         /// pipeline folder).
         #[arg(long, value_name = "DIR_OR_JSON")]
@@ -101,6 +101,13 @@ enum Command {
         /// .png (image grid; pixel models) or .safetensors (the final sample, unclamped).
         #[arg(long)]
         output: PathBuf,
+    },
+    /// Score digit samples (like the built-in model's): the built-in classifier's mean
+    /// confidence, and the FID of its features against the real digits.
+    Eval {
+        /// safetensors with `sample` [B, 1, 28, 28] in [-1, 1] (`sample --output X.safetensors`).
+        #[arg(long)]
+        images: PathBuf,
     },
     /// DeMe: merge timestep experts by task arithmetic, θ = θ0 + Σ w_i (θ_i − θ0), into a
     /// diffusers folder.
@@ -334,19 +341,34 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             }
             let pool = thread_pool(threads)?;
             pool.install(|| {
-                let unet = load_reporting_unused(&model)?;
-                let scheduler_path = match scheduler {
-                    Some(p) => p,
-                    None => scheduler_beside(&model)?,
+                let (unet, config, origin) = match &model {
+                    Some(m) => {
+                        let path = match scheduler {
+                            Some(p) => p,
+                            None => scheduler_beside(m)?,
+                        };
+                        let config = SchedulerConfig::from_path(&path)?;
+                        (
+                            load_reporting_unused(m)?,
+                            config,
+                            path.display().to_string(),
+                        )
+                    }
+                    None => {
+                        let config = match scheduler {
+                            Some(p) => SchedulerConfig::from_path(&p)?,
+                            None => freelunch::builtin::scheduler()?,
+                        };
+                        (freelunch::builtin::unet()?, config, "built-in".to_string())
+                    }
                 };
-                let config = SchedulerConfig::from_path(&scheduler_path)?;
                 let kind = match (&sampler, config.class) {
                     (Some(s), _) => SamplerKind::from_short_name(s)?,
                     (None, Some(k)) => k,
                     (None, None) => {
                         return Err(freelunch::Error::Msg(format!(
-                            "{}: its _class_name names no sampler implemented here; pick one with                              --sampler ddpm|ddim|euler|heun|dpmpp-2m",
-                            scheduler_path.display()
+                            "{origin}: its _class_name names no sampler implemented here; \
+                             pick one with --sampler ddpm|ddim|euler|heun|dpmpp-2m"
                         )))
                     }
                 };
@@ -379,7 +401,10 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 };
                 let conditioning = match &cond {
                     Some(p) => Conditioning {
-                        encoder_hidden_states: UNetInputs::load_optional(p, "encoder_hidden_states")?,
+                        encoder_hidden_states: UNetInputs::load_optional(
+                            p,
+                            "encoder_hidden_states",
+                        )?,
                         uncond_hidden_states: UNetInputs::load_optional(p, "uncond_hidden_states")?,
                         class_labels: UNetInputs::load_optional(p, "class_labels")?
                             .map(Tensor::into_data),
@@ -394,7 +419,8 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     boosters: boosters.boosters(&unet)?,
                     progress: Some(&mut tick),
                 };
-                let out = schedulers::sample(&unet, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
+                let out =
+                    schedulers::sample(&unet, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
                 bar.finish_and_clear();
                 if ext == "png" {
                     freelunch::image::save_png_grid(&output, &out)
@@ -402,6 +428,23 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     safetensors_io::save(&output, &[("sample", &out)])
                 }
             })
+        }
+        Command::Eval { images } => {
+            let images = UNetInputs::load_tensor(&images, "sample")?;
+            let mut clamped = images.clone();
+            clamped
+                .data_mut()
+                .iter_mut()
+                .for_each(|v| *v = v.clamp(-1.0, 1.0));
+            let out = freelunch::builtin::classifier()?.classify(&clamped)?;
+            let (mu, sigma) = freelunch::builtin::real_stats()?;
+            let (m, s) = freelunch::eval::gaussian(&out.features);
+            let fid = freelunch::eval::frechet_distance(&m, &s, &mu, &sigma);
+            let conf = freelunch::eval::mean_confidence(&out.logits);
+            println!("samples: {}", images.shape()[0]);
+            println!("fid: {fid:.3}");
+            println!("mean_confidence: {conf:.4}");
+            Ok(())
         }
         Command::Merge {
             base,

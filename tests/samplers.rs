@@ -38,7 +38,7 @@ fn run_case(dir: &Path) -> Option<f64> {
         let s = freelunch::schedulers::build(kind, &cfg, steps, 0.0).unwrap();
         return Some(finish(dir, &case, s, steps));
     }
-    let mut sampler: Box<dyn Sampler> = match kind {
+    let sampler: Box<dyn Sampler> = match kind {
         SamplerKind::Ddim => Box::new(DdimScheduler::new(&cfg, steps, eta).unwrap()),
         SamplerKind::Ddpm => Box::new(DdpmScheduler::new(&cfg, steps).unwrap()),
         SamplerKind::Euler => {

@@ -58,15 +58,15 @@ UNET_CONFIG = dict(
     sample_size=28,
     in_channels=1,
     out_channels=1,
-    block_out_channels=(32, 64, 64),
+    block_out_channels=(16, 32, 32),
     down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
     up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     layers_per_block=1,
     norm_num_groups=8,
 )
-UNET_STEPS = int(os.environ.get("MNIST_UNET_STEPS", "1500"))
+UNET_STEPS = int(os.environ.get("MNIST_UNET_STEPS", "2000"))
 UNET_BATCH = 64
-UNET_LR = 1e-3
+UNET_LR = 2e-3
 UNET_WARMUP = 100
 EMA_MAX_DECAY = 0.999
 
@@ -75,6 +75,7 @@ CLF_C1, CLF_C2, CLF_FEAT = 32, 64, 64
 CLF_EPOCHS = 40
 CLF_BATCH = 64
 CLF_LR = 2e-3
+CLF_FC1_BIAS_INIT = 0.5
 
 
 def log(*a):
@@ -103,6 +104,9 @@ class Classifier(nn.Module):
         self.fc1 = nn.Linear(CLF_C2 * 7 * 7, CLF_FEAT)
         self.fc2 = nn.Linear(CLF_FEAT, 10)
         self.drop = nn.Dropout(0.3)
+        # a positive initial fc1 bias keeps every feature unit alive (no all-zero
+        # ReLU features, so the 64x64 feature covariance stays non-singular)
+        nn.init.constant_(self.fc1.bias, CLF_FC1_BIAS_INIT)
 
     def features(self, x):
         h = F.relu(self.conv1(x))

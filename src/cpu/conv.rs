@@ -120,12 +120,12 @@ pub fn conv2d_masked(
             let staged;
             let (wt, w_off) = match mask {
                 Some(mask) => {
-                    let m = mask(bi);
-                    let mut tile = vec![0.0f32; (r1 - r0) * row_len];
-                    for (r, dst) in (r0..r1).zip(tile.chunks_mut(row_len)) {
-                        m.apply_row(r, &weight.data()[r * row_len..(r + 1) * row_len], dst);
-                    }
-                    staged = tile;
+                    staged = super::masked::stage_masked_rows(
+                        weight.data(),
+                        row_len,
+                        (r0, r1),
+                        mask(bi),
+                    );
                     (&staged[..], 0)
                 }
                 None => (weight.data(), r0 * row_len),

@@ -17,6 +17,20 @@ use crate::tensor::Tensor;
 
 const TILE: usize = 64;
 
+/// Rows r0..r1 of a weight with rows of `row_len`, each multiplied by its mask row.
+pub fn stage_masked_rows(
+    weight: &[f32],
+    row_len: usize,
+    (r0, r1): (usize, usize),
+    mask: MaskView,
+) -> Vec<f32> {
+    let mut tile = vec![0.0f32; (r1 - r0) * row_len];
+    for (r, dst) in (r0..r1).zip(tile.chunks_mut(row_len)) {
+        mask.apply_row(r, &weight[r * row_len..(r + 1) * row_len], dst);
+    }
+    tile
+}
+
 /// Gives sample b's mask.
 pub type MaskFn<'a, 'm> = &'a (dyn Fn(usize) -> MaskView<'m> + Sync);
 
@@ -45,12 +59,7 @@ pub fn masked_linear(
         let staged;
         let (tile, tile_offset) = match mask {
             Some(mask) => {
-                let m = mask(bi);
-                let mut t = vec![0.0f32; (r1 - r0) * in_f];
-                for (r, dst) in (r0..r1).zip(t.chunks_mut(in_f)) {
-                    m.apply_row(r, &weight.data()[r * in_f..(r + 1) * in_f], dst);
-                }
-                staged = t;
+                staged = stage_masked_rows(weight.data(), in_f, (r0, r1), mask(bi));
                 (&staged[..], 0)
             }
             None => (weight.data(), r0 * in_f),

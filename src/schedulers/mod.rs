@@ -18,7 +18,7 @@ use crate::models::Denoiser;
 use crate::tensor::Tensor;
 
 /// Where stochastic samplers get their per-step noise.
-pub trait NoiseSource {
+pub trait NoiseSource: Send {
     /// Standard-normal noise of `shape` for sampler step `step`.
     fn noise(&mut self, step: usize, shape: &[usize]) -> Result<Tensor>;
 }
@@ -55,13 +55,17 @@ impl NoiseSource for GivenNoise {
 }
 
 /// A diffusion sampler: a schedule of timesteps and the update that follows each model call.
-pub trait Sampler {
+pub trait Sampler: Send {
     /// The timesteps the model is evaluated at, in order (one model call each).
     fn timesteps(&self) -> &[f32];
-    /// The scale of the initial noise.
-    fn init_noise_sigma(&self) -> f32;
-    /// The model input at call `i` (identity for DDPM/DDIM, `x/√(σ²+1)` for Euler).
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor;
+    /// The scale of the initial noise (1 for the DDPM-parameterised samplers).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+    /// The model input at call `i` (identity unless overridden; `x/√(σ²+1)` for Euler and Heun).
+    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Tensor {
+        sample.clone()
+    }
     /// The sample after call `i`, from that call's model output.
     fn step(
         &mut self,
@@ -92,7 +96,7 @@ pub struct SampleOptions<'a> {
     /// Boosters for every call; the loop sets `mask_step` to the call index.
     pub boosters: Boosters,
     /// Called after every step with (steps done, total).
-    pub progress: Option<&'a mut dyn FnMut(usize, usize)>,
+    pub progress: Option<&'a mut (dyn FnMut(usize, usize) + Send)>,
 }
 
 /// The loop of diffusers' pipelines: scale the noise by the sampler's initial sigma, then per

@@ -81,14 +81,6 @@ impl Sampler for DdimScheduler {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Tensor {
-        sample.clone()
-    }
-
     fn step(
         &mut self,
         output: &Tensor,
