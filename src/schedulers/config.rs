@@ -267,6 +267,13 @@ impl SchedulerConfig {
             .collect()
     }
 
+    /// The x̂₀ clamp range when `clip_sample` is on; `default` is the sampler's own default.
+    pub fn clip(&self, default: bool) -> Option<f32> {
+        self.clip_sample
+            .unwrap_or(default)
+            .then_some(self.clip_sample_range)
+    }
+
     /// Training timesteps for `steps` inference steps with `spacing` (diffusers' DDPM/DDIM rule).
     pub fn discrete_timesteps(&self, steps: usize, spacing: Spacing) -> Result<Vec<usize>> {
         let n = self.num_train_timesteps;

@@ -30,10 +30,7 @@ impl DdimScheduler {
             step_ratio: cfg.num_train_timesteps / steps,
             timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
             prediction: cfg.prediction_type,
-            clip: cfg
-                .clip_sample
-                .unwrap_or(true)
-                .then_some(cfg.clip_sample_range),
+            clip: cfg.clip(true),
             eta,
         })
     }

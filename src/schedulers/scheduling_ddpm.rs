@@ -24,10 +24,7 @@ impl DdpmScheduler {
                 .map(|t| t as f32)
                 .collect(),
             prediction: cfg.prediction_type,
-            clip: cfg
-                .clip_sample
-                .unwrap_or(true)
-                .then_some(cfg.clip_sample_range),
+            clip: cfg.clip(true),
         })
     }
 }

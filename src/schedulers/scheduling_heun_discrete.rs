@@ -39,10 +39,7 @@ impl HeunScheduler {
             timesteps: twice(&s.timesteps, false),
             init_noise_sigma: s.init_noise_sigma,
             prediction: cfg.prediction_type,
-            clip: cfg
-                .clip_sample
-                .unwrap_or(false)
-                .then_some(cfg.clip_sample_range),
+            clip: cfg.clip(false),
             pending: None,
         })
     }
