@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the built-in MNIST model of `freelunch` and write `assets/mnist/`.
 
-How to run (from the repo root; CPU only, about 15-20 minutes on 2 cores):
+How to run (from the repo root; CPU only, about 13-20 minutes on 2 cores):
 
     python -m pip install -r tools/requirements.txt && python tools/train_mnist.py
 
@@ -23,6 +23,9 @@ It writes (relative to the repository root, located from this script's path):
     assets/mnist/golden/classifier_io.safetensors  images/features/logits/confidence
     assets/mnist/golden/fid_io.safetensors         a, b [200,64] and fid (f64 scalar)
     assets/mnist/metrics.json                      figures measured by this script
+
+(`assets/mnist/README.md` is hand-written and kept; update its figures from
+metrics.json after a rerun.)
 
 Everything is seeded; on the same machine/torch build a rerun reproduces the
 files (float summation order may differ across CPUs / thread counts).
@@ -267,9 +270,14 @@ def main():
     perm = np.random.default_rng(SEED).permutation(len(X))
     va, tr = np.sort(perm[:N_VAL]), np.sort(perm[N_VAL:])
 
+    # start from a clean folder, keeping the hand-written README.md
     if os.path.isdir(OUT):
-        shutil.rmtree(OUT)
-    os.makedirs(os.path.join(OUT, "golden"))
+        for name in os.listdir(OUT):
+            if name == "README.md":
+                continue
+            path = os.path.join(OUT, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(os.path.join(OUT, "golden"), exist_ok=True)
 
     # ---------------- classifier ----------------
     t0 = time.time()
