@@ -1,7 +1,9 @@
-//! Where a model runs. The CPU backend is always there; the CUDA backend is the subject of its
-//! own issue and, until it lands, asking for it is a clear error rather than a silent fallback.
+//! Where a model runs and in which storage type: `--device cpu|cuda[:N]`, `--dtype f32|f16|bf16`.
+//! Opening a CUDA device checks for the driver library and a GPU first and answers with an
+//! error, never a panic, where either is missing.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -31,14 +33,66 @@ impl FromStr for Device {
     }
 }
 
-impl Device {
-    /// Ok when models can run on this device in this build.
-    pub fn ensure_available(self) -> Result<()> {
+/// The storage type of weights and activations on a device; arithmetic accumulates in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// The kernel-name suffix.
+    pub fn suffix(self) -> &'static str {
         match self {
-            Device::Cpu => Ok(()),
-            Device::Cuda(n) => Err(Error::Msg(format!(
-                "device cuda:{n}: this build has no CUDA backend yet; use --device cpu"
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+impl FromStr for DType {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "fp16" | "float16" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(Error::Unsupported {
+                field: "dtype".into(),
+                value: s.into(),
+            }),
+        }
+    }
+}
+
+/// An opened device, ready to run models.
+#[derive(Clone)]
+pub enum Exec {
+    Cpu,
+    Cuda(Arc<crate::cuda::Gpu>),
+}
+
+impl Device {
+    /// Opens the device; the CPU only computes in f32.
+    pub fn open(self, dtype: DType) -> Result<Exec> {
+        match self {
+            Device::Cpu if dtype != DType::F32 => Err(Error::Msg(format!(
+                "the CPU backend computes in f32; --dtype {} needs --device cuda",
+                dtype.suffix()
             ))),
+            Device::Cpu => Ok(Exec::Cpu),
+            Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::new(n, dtype)?))),
         }
     }
 }

@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod backend;
 pub mod boosters;
 pub mod builtin;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;

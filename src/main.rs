@@ -11,8 +11,8 @@ use freelunch::boosters::deme::{self, Router};
 use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
-use freelunch::device::Device;
-use freelunch::models::Denoiser;
+use freelunch::device::{DType, Device, Exec};
+use freelunch::models::{Placed, Runnable};
 use freelunch::schedulers::{
     self, Conditioning, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise,
 };
@@ -51,9 +51,8 @@ enum Command {
         /// safetensors to write; holds `sample`, f32 [B, C_out, H, W].
         #[arg(long)]
         output: PathBuf,
-        /// cpu, cuda or cuda:N.
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -93,6 +92,8 @@ enum Command {
         /// models.
         #[arg(long, value_name = "COND.safetensors")]
         cond: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// CPU threads (default: all cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -134,6 +135,26 @@ enum Command {
 }
 
 /// The training-free boosters (SPEC §3–5).
+/// Where the U-Net runs.
+#[derive(Args)]
+struct DeviceArgs {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Storage type of weights and activations on the GPU: f32, f16 or bf16 (f32
+    /// accumulation throughout). The CPU computes in f32 only.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+impl DeviceArgs {
+    fn open(&self) -> freelunch::Result<Exec> {
+        let device: Device = self.device.parse()?;
+        let dtype: DType = self.dtype.parse()?;
+        device.open(dtype)
+    }
+}
+
 #[derive(Args)]
 struct BoosterArgs {
     /// FreeU: B1,B2,S1,S2 or a preset (sd14, sd15, sd21, sdxl).
@@ -297,8 +318,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             threads,
             boosters,
         } => {
-            let device: Device = device.parse()?;
-            device.ensure_available()?;
+            let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
                 let inputs = UNetInputs::load(&input)?;
@@ -306,11 +326,11 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     (_, Some(dirs)) => {
                         let router = Router::from_dirs(&dirs, route_timesteps)?;
                         let b = boosters.boosters(&router.experts()[0])?;
-                        router.forward_with(&inputs, &b)?
+                        router.run(&exec, &inputs, &b)?
                     }
                     (Some(model), None) => {
                         let unet = load_reporting_unused(&model)?;
-                        unet.forward_with(&inputs, &boosters.boosters(&unet)?)?
+                        unet.run(&exec, &inputs, &boosters.boosters(&unet)?)?
                     }
                     (None, None) => unreachable!("clap requires --model or --route"),
                 };
@@ -328,10 +348,12 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             eta,
             guidance,
             cond,
+            device,
             threads,
             boosters,
             output,
         } => {
+            let exec = device.open()?;
             let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext != "png" && ext != "safetensors" {
                 return Err(freelunch::Error::Msg(format!(
@@ -419,8 +441,9 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     boosters: boosters.boosters(&unet)?,
                     progress: Some(&mut tick),
                 };
+                let model = Placed { model: unet, exec };
                 let out =
-                    schedulers::sample(&unet, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
+                    schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
                 bar.finish_and_clear();
                 if ext == "png" {
                     freelunch::image::save_png_grid(&output, &out)

@@ -16,6 +16,12 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
+/// A process-unique id for a layer's parameters, so a device backend can key its own copies.
+pub fn fresh_uid() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What every layer's forward receives for this call: MaskUNet masks (by weight name) and the
 /// sampler step that selects per-step masks. Any linear or convolution named in the masks runs
 /// the masked path; the rest run dense.
@@ -26,6 +32,8 @@ pub struct LayerCtx<'a> {
 }
 
 pub struct Linear {
+    /// Identifies these parameters (see `fresh_uid`).
+    pub uid: u64,
     /// The weight's state-dict name, which masks are keyed by.
     pub name: String,
     pub weight: Tensor,
@@ -47,7 +55,12 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { name, weight, bias })
+        Ok(Linear {
+            uid: fresh_uid(),
+            name,
+            weight,
+            bias,
+        })
     }
 
     pub fn in_features(&self) -> usize {
@@ -66,6 +79,8 @@ impl Linear {
 }
 
 pub struct Conv2d {
+    /// Identifies these parameters (see `fresh_uid`).
+    pub uid: u64,
     /// The weight's state-dict name, which masks are keyed by.
     pub name: String,
     pub weight: Tensor,
@@ -94,6 +109,7 @@ impl Conv2d {
             None
         };
         Ok(Conv2d {
+            uid: fresh_uid(),
             name,
             weight,
             bias,
@@ -120,6 +136,8 @@ impl Conv2d {
 }
 
 pub struct GroupNorm {
+    /// Identifies these parameters (see `fresh_uid`).
+    pub uid: u64,
     pub groups: usize,
     pub eps: f32,
     pub weight: Tensor,
@@ -141,6 +159,7 @@ impl GroupNorm {
             ));
         }
         Ok(GroupNorm {
+            uid: fresh_uid(),
             groups,
             eps,
             weight: ws.take(&join(prefix, "weight"), &[channels])?,
@@ -162,6 +181,8 @@ impl GroupNorm {
 }
 
 pub struct LayerNorm {
+    /// Identifies these parameters (see `fresh_uid`).
+    pub uid: u64,
     pub eps: f32,
     pub weight: Tensor,
     pub bias: Tensor,
@@ -170,6 +191,7 @@ pub struct LayerNorm {
 impl LayerNorm {
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
         Ok(LayerNorm {
+            uid: fresh_uid(),
             eps,
             weight: ws.take(&join(prefix, "weight"), &[dim])?,
             bias: ws.take(&join(prefix, "bias"), &[dim])?,

@@ -11,7 +11,8 @@ use crate::boosters::Boosters;
 use crate::config::UNetConfig;
 use crate::error::{Error, Result};
 use crate::models::unet_2d::{UNet, UNetInputs};
-use crate::models::Denoiser;
+use crate::device::Exec;
+use crate::models::{Denoiser, Runnable};
 use crate::safetensors_io;
 use crate::tensor::Tensor;
 use crate::weights::{Checkpoint, ModelFiles};
@@ -188,6 +189,12 @@ impl Router {
 
 impl Denoiser for Router {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+        self.run(&Exec::Cpu, inputs, boosters)
+    }
+}
+
+impl Runnable for Router {
+    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         let b = inputs.sample.shape().first().copied().unwrap_or(0);
         let expert_of = |i: usize| {
             let t = if inputs.timesteps.len() == 1 {
@@ -199,7 +206,7 @@ impl Denoiser for Router {
         };
         let first = expert_of(0);
         if (0..b).all(|i| expert_of(i) == first) {
-            return self.experts[first].forward_with(inputs, boosters);
+            return self.experts[first].run(exec, inputs, boosters);
         }
         // Samples served by different experts: run each expert on its samples, then reassemble.
         if boosters.masks.as_ref().is_some_and(|m| m.has_per_sample()) {
@@ -216,7 +223,7 @@ impl Denoiser for Router {
             if idx.is_empty() {
                 continue;
             }
-            let y = self.experts[e].forward_with(&inputs.select(&idx)?, boosters)?;
+            let y = self.experts[e].run(exec, &inputs.select(&idx)?, boosters)?;
             let per = y.numel() / idx.len();
             if out.is_none() {
                 out_shape = y.shape().to_vec();

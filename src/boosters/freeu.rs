@@ -3,7 +3,7 @@
 //! low-pass filter the skip by scaling its lowest frequencies by `s`.
 
 use crate::boosters::SkipSite;
-use crate::cpu::fourier::{fourier_filter, FilterForm};
+use crate::cpu::fourier::FilterForm;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -72,7 +72,7 @@ impl FreeU {
     }
 
     /// (b, s) for the resnet at `site` whose incoming `h` has `channels` channels.
-    fn select(&self, site: &SkipSite, channels: usize) -> Option<(f32, f32)> {
+    pub(crate) fn select(&self, site: &SkipSite, channels: usize) -> Option<(f32, f32)> {
         match self.blocks {
             FreeUBlocks::Stage => match site.up_block {
                 0 => Some((self.b1, self.s1)),
@@ -89,14 +89,6 @@ impl FreeU {
                 }
             }
         }
-    }
-
-    pub(crate) fn apply(&self, site: &SkipSite, h: &mut Tensor, skip: &mut Tensor) {
-        let Some((b, s)) = self.select(site, h.shape()[1]) else {
-            return;
-        };
-        scale_backbone(h, b, self.v2);
-        *skip = fourier_filter(skip, self.threshold, s, self.filter);
     }
 }
 

@@ -15,7 +15,7 @@ use safetensors::tensor::{Dtype, SafeTensors};
 use crate::error::{Error, Result};
 
 /// The masks of one weight, bit-packed: `[steps][batch][rows][row_words]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct WeightMask {
     /// The weight's shape; rows are `shape[0]`, a row holds the rest.
     pub shape: Vec<usize>,
@@ -25,6 +25,14 @@ pub struct WeightMask {
     pub batch: Option<usize>,
     row_words: usize,
     bits: Vec<u64>,
+    /// Identifies these (immutable) bits for a device backend's cache; clones share it.
+    uid: u64,
+}
+
+impl PartialEq for WeightMask {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.shape, self.steps, self.batch, &self.bits) == (&o.shape, o.steps, o.batch, &o.bits)
+    }
 }
 
 /// One (step, sample)'s mask of a weight.
@@ -35,6 +43,12 @@ pub struct MaskView<'a> {
 }
 
 impl MaskView<'_> {
+    /// Whether row `r` keeps element `i`.
+    #[inline]
+    pub fn bit(&self, r: usize, i: usize) -> bool {
+        self.words[r * self.row_words + i / 64] >> (i % 64) & 1 == 1
+    }
+
     /// `out[i] = w[i]` where row `r`'s bit i is set, else 0.
     #[inline]
     pub fn apply_row(&self, r: usize, w: &[f32], out: &mut [f32]) {
@@ -48,6 +62,10 @@ impl MaskView<'_> {
 }
 
 impl WeightMask {
+    pub fn uid(&self) -> u64 {
+        self.uid
+    }
+
     pub fn rows(&self) -> usize {
         self.shape[0]
     }
@@ -81,6 +99,7 @@ impl WeightMask {
             batch,
             row_words,
             bits,
+            uid: crate::nn::fresh_uid(),
         }
     }
 

@@ -17,8 +17,8 @@ pub use skip_tuning::SkipScales;
 
 use std::sync::Arc;
 
+use crate::backend::Backend;
 use crate::error::Result;
-use crate::tensor::Tensor;
 
 /// Per-call booster settings; the default does nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -67,16 +67,31 @@ impl Boosters {
         Ok(())
     }
 
-    /// The skip hook: runs just before `h` and `skip` are concatenated.
-    pub fn before_concat(&self, site: &SkipSite, h: &mut Tensor, skip: &mut Tensor) {
-        if let Some(scales) = &self.skip_scales {
-            let rho = scales.rho(site.skip_index, site.num_skips);
-            if rho != 1.0 {
-                skip.data_mut().iter_mut().for_each(|v| *v *= rho);
+    /// The skip hook: joins `h` and `skip` along channels after, in this order, Skip-Tuning's
+    /// scale of the skip and FreeU's backbone scaling of `h` and low-pass filter of the skip.
+    /// The filter is linear, so the skip scale rides along in the concatenation kernel.
+    pub fn join_skip<B: Backend>(
+        &self,
+        be: &B,
+        site: &SkipSite,
+        mut h: B::Tensor,
+        skip: B::Tensor,
+    ) -> Result<B::Tensor> {
+        let rho = match &self.skip_scales {
+            Some(scales) => scales.rho(site.skip_index, site.num_skips),
+            None => 1.0,
+        };
+        let selected = self
+            .freeu
+            .as_ref()
+            .and_then(|f| Some((f, f.select(site, be.shape(&h)[1])?)));
+        match selected {
+            Some((freeu, (b, s))) => {
+                be.freeu_backbone(&mut h, b, freeu.v2)?;
+                let filtered = be.fourier_filter(&skip, freeu.threshold, s, freeu.filter)?;
+                be.cat_channels(&h, &filtered, rho)
             }
-        }
-        if let Some(freeu) = &self.freeu {
-            freeu.apply(site, h, skip);
+            None => be.cat_channels(&h, &skip, rho),
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn py_slice(start: isize, stop: isize, len: usize) -> Range<usize> {
 }
 
 /// Unshifted frequency indices selected by the window along an axis of `len`.
-fn window(len: usize, t: usize) -> Vec<usize> {
+pub(crate) fn window(len: usize, t: usize) -> Vec<usize> {
     let c = (len / 2) as isize;
     py_slice(c - t as isize, c + t as isize, len)
         .map(|i| (i + len - len / 2) % len)

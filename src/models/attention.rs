@@ -2,10 +2,9 @@
 //! each with a residual) and `FeedForward`.
 
 use super::attention_processor::{Attention, AttentionSpec};
-use crate::cpu;
+use crate::backend::{Backend, Epilogue};
 use crate::error::Result;
 use crate::nn::{join, LayerCtx, LayerNorm, Linear};
-use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 /// GEGLU projection to 2·4·dim, gate, then back to dim (`ff.net.0.proj`, `ff.net.2`).
@@ -23,9 +22,15 @@ impl FeedForward {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
-        self.proj_out
-            .forward(&cpu::geglu(&self.proj_in.forward(x, lc)), lc)
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        lc: LayerCtx,
+        epi: Epilogue<B::Tensor>,
+    ) -> Result<B::Tensor> {
+        let h = be.linear(&self.proj_in, x, lc, Epilogue::default())?;
+        be.linear(&self.proj_out, &be.geglu(&h)?, lc, epi)
     }
 }
 
@@ -77,16 +82,23 @@ impl BasicTransformerBlock {
     }
 
     /// `x`: [B, N, dim]; `context`: [B, M, cross_attention_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor, lc: LayerCtx) -> Tensor {
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        context: &B::Tensor,
+        lc: LayerCtx,
+    ) -> Result<B::Tensor> {
         let ctx1 = self.only_cross_attention.then_some(context);
-        let mut h = self.attn1.forward(&self.norm1.forward(x), ctx1, lc);
-        cpu::add_inplace(&mut h, x, 1.0);
-        let mut h2 = self
+        let n1 = be.layer_norm(&self.norm1, x)?;
+        let h = self
+            .attn1
+            .forward(be, &n1, ctx1, lc, Epilogue::residual(x, 1.0))?;
+        let n2 = be.layer_norm(&self.norm2, &h)?;
+        let h2 = self
             .attn2
-            .forward(&self.norm2.forward(&h), Some(context), lc);
-        cpu::add_inplace(&mut h2, &h, 1.0);
-        let mut h3 = self.ff.forward(&self.norm3.forward(&h2), lc);
-        cpu::add_inplace(&mut h3, &h2, 1.0);
-        h3
+            .forward(be, &n2, Some(context), lc, Epilogue::residual(&h, 1.0))?;
+        let n3 = be.layer_norm(&self.norm3, &h2)?;
+        self.ff.forward(be, &n3, lc, Epilogue::residual(&h2, 1.0))
     }
 }

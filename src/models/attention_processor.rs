@@ -2,10 +2,9 @@
 //! dot-product attention, output projection; for image inputs also the GroupNorm, residual and
 //! rescale of the old `AttentionBlock` that `AttnDownBlock2D` & co. use.
 
-use crate::cpu;
+use crate::backend::{Backend, Epilogue};
 use crate::error::Result;
 use crate::nn::{join, GroupNorm, LayerCtx, Linear};
-use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 pub struct Attention {
@@ -54,32 +53,41 @@ impl Attention {
         self.to_k.in_features()
     }
 
-    /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim], or None for self-attention.
-    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, lc: LayerCtx) -> Tensor {
+    /// `x`: [B, N, query_dim]; `context`: [B, M, context_dim], or None for self-attention;
+    /// `epi` is fused into the output projection.
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        context: Option<&B::Tensor>,
+        lc: LayerCtx,
+        epi: Epilogue<B::Tensor>,
+    ) -> Result<B::Tensor> {
         let ctx = context.unwrap_or(x);
-        let q = self.to_q.forward(x, lc);
-        let k = self.to_k.forward(ctx, lc);
-        let v = self.to_v.forward(ctx, lc);
-        let dim_head = q.shape()[2] / self.heads;
-        let o = cpu::attention(&q, &k, &v, self.heads, 1.0 / (dim_head as f32).sqrt());
-        self.to_out.forward(&o, lc)
+        let q = be.linear(&self.to_q, x, lc, Epilogue::default())?;
+        let k = be.linear(&self.to_k, ctx, lc, Epilogue::default())?;
+        let v = be.linear(&self.to_v, ctx, lc, Epilogue::default())?;
+        let dim_head = self.to_q.weight.shape()[0] / self.heads;
+        let o = be.attention(&q, &k, &v, self.heads, 1.0 / (dim_head as f32).sqrt())?;
+        be.linear(&self.to_out, &o, lc, epi)
     }
 
     /// Image-space self-attention with residual: `x`: [B, C, H, W].
-    pub fn forward_spatial(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
-        let (h, w) = (x.shape()[2], x.shape()[3]);
-        let normed;
-        let src = match &self.group_norm {
-            Some(gn) => {
-                normed = gn.forward(x, false);
-                &normed
-            }
-            None => x,
+    pub fn forward_spatial<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        lc: LayerCtx,
+    ) -> Result<B::Tensor> {
+        let s = be.shape(x);
+        let (h, w) = (s[2], s[3]);
+        let seq = match &self.group_norm {
+            Some(gn) => be.to_tokens(&be.group_norm(gn, x, None, false)?)?,
+            None => be.to_tokens(x)?,
         };
-        let seq = cpu::nchw_to_nlc(src);
-        let out = self.forward(&seq, None, lc);
-        let mut out = cpu::nlc_to_nchw(&out, h, w);
-        cpu::add_inplace(&mut out, x, 1.0 / self.rescale_output_factor);
-        out
+        let residual = be.to_tokens(x)?;
+        let epi = Epilogue::residual(&residual, 1.0 / self.rescale_output_factor);
+        let out = self.forward(be, &seq, None, lc, epi)?;
+        be.to_image(&out, h, w)
     }
 }

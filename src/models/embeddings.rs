@@ -1,6 +1,6 @@
 //! Timestep embeddings: diffusers' `get_timestep_embedding`, `Timesteps` and `TimestepEmbedding`.
 
-use crate::cpu;
+use crate::backend::{Backend, Epilogue};
 use crate::error::Result;
 use crate::nn::{join, LayerCtx, Linear};
 use crate::tensor::Tensor;
@@ -74,9 +74,8 @@ impl TimestepEmbedding {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
-        let mut h = self.linear_1.forward(x, lc);
-        cpu::silu_inplace(h.data_mut());
-        self.linear_2.forward(&h, lc)
+    pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
+        let h = be.linear(&self.linear_1, x, lc, Epilogue::default())?;
+        be.linear(&self.linear_2, &be.silu(&h)?, lc, Epilogue::default())
     }
 }

@@ -11,6 +11,7 @@ pub mod unet_2d;
 pub mod unet_2d_blocks;
 
 use crate::boosters::Boosters;
+use crate::device::Exec;
 use crate::error::Result;
 use crate::tensor::Tensor;
 use unet_2d::UNetInputs;
@@ -19,4 +20,21 @@ use unet_2d::UNetInputs;
 pub trait Denoiser: Send + Sync {
     /// The model output for `inputs` with this call's boosters.
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
+}
+
+/// A model that can run on any execution device.
+pub trait Runnable: Send + Sync {
+    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
+}
+
+/// A model bound to the device it runs on: what samplers take when the device is not the CPU.
+pub struct Placed<M> {
+    pub model: M,
+    pub exec: Exec,
+}
+
+impl<M: Runnable> Denoiser for Placed<M> {
+    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+        self.model.run(&self.exec, inputs, boosters)
+    }
 }

@@ -1,10 +1,10 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
 
+use crate::backend::{Backend, Epilogue};
 use crate::config::TimeScaleShift;
 use crate::cpu;
 use crate::error::Result;
 use crate::nn::{join, Conv2d, GroupNorm, LayerCtx, Linear};
-use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 /// norm1 → SiLU → conv1 → (+ time embedding, or scale/shift after norm2) → norm2 → SiLU →
@@ -73,44 +73,36 @@ impl ResnetBlock2D {
     }
 
     /// `x`: [B, Cin, H, W]; `temb_act`: SiLU(time embedding), [B, temb_channels].
-    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, lc: LayerCtx) -> Tensor {
-        let h = self.norm1.forward(x, true);
-        let mut h = self.conv1.forward(&h, lc);
-        let t = self.time_emb_proj.forward(temb_act, lc);
-        let c = h.shape()[1];
-        let plane = h.shape()[2] * h.shape()[3];
-        let tc = t.shape()[1];
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        temb_act: &B::Tensor,
+        lc: LayerCtx,
+    ) -> Result<B::Tensor> {
+        let h = be.group_norm(&self.norm1, x, None, true)?;
+        let t = be.linear(&self.time_emb_proj, temb_act, lc, Epilogue::default())?;
         let h = match self.time_scale_shift {
             TimeScaleShift::Default => {
-                for (i, p) in h.data_mut().chunks_mut(plane).enumerate() {
-                    let v = t.data()[(i / c) * tc + i % c];
-                    p.iter_mut().for_each(|x| *x += v);
-                }
-                self.norm2.forward(&h, true)
+                let epi = Epilogue {
+                    add_bc: Some(&t),
+                    ..Epilogue::default()
+                };
+                let h = be.conv2d(&self.conv1, &h, lc, epi)?;
+                be.group_norm(&self.norm2, &h, None, true)?
             }
             TimeScaleShift::ScaleShift => {
-                let mut n = self.norm2.forward(&h, false);
-                for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
-                    let row = &t.data()[(i / c) * tc..];
-                    let (scale, shift) = (row[i % c], row[c + i % c]);
-                    p.iter_mut().for_each(|x| {
-                        *x = cpu::activation::silu_scalar(*x * (1.0 + scale) + shift)
-                    });
-                }
-                n
+                let h = be.conv2d(&self.conv1, &h, lc, Epilogue::default())?;
+                be.group_norm(&self.norm2, &h, Some(&t), true)?
             }
         };
-        let mut h = self.conv2.forward(&h, lc);
-        let shortcut;
-        let residual = match &self.conv_shortcut {
-            Some(conv) => {
-                shortcut = conv.forward(x, lc);
-                &shortcut
-            }
-            None => x,
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => Some(be.conv2d(conv, x, lc, Epilogue::default())?),
+            None => None,
         };
-        cpu::add_inplace(&mut h, residual, 1.0 / self.output_scale_factor);
-        h
+        let residual = shortcut.as_ref().unwrap_or(x);
+        let epi = Epilogue::residual(residual, 1.0 / self.output_scale_factor);
+        be.conv2d(&self.conv2, &h, lc, epi)
     }
 }
 
@@ -147,8 +139,8 @@ impl Downsample2D {
         Ok(Downsample2D { conv })
     }
 
-    pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
-        self.conv.forward(x, lc)
+    pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
+        be.conv2d(&self.conv, x, lc, Epilogue::default())
     }
 }
 
@@ -164,9 +156,16 @@ impl Upsample2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>, lc: LayerCtx) -> Tensor {
-        let (h, w) = (x.shape()[2], x.shape()[3]);
-        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
-        self.conv.forward(&cpu::upsample_nearest(x, oh, ow), lc)
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        size: Option<(usize, usize)>,
+        lc: LayerCtx,
+    ) -> Result<B::Tensor> {
+        let s = be.shape(x);
+        let (oh, ow) = size.unwrap_or((2 * s[2], 2 * s[3]));
+        let up = be.upsample_nearest(x, oh, ow)?;
+        be.conv2d(&self.conv, &up, lc, Epilogue::default())
     }
 }

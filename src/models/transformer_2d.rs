@@ -3,10 +3,9 @@
 //! projection out, residual.
 
 use super::attention::BasicTransformerBlock;
-use crate::cpu;
+use crate::backend::{Backend, Epilogue};
 use crate::error::Result;
 use crate::nn::{join, Conv2d, GroupNorm, LayerCtx, Linear};
-use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 enum Proj {
@@ -69,21 +68,30 @@ impl Transformer2DModel {
     }
 
     /// `x`: [B, C, H, W]; `context`: [B, M, cross_attention_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor, lc: LayerCtx) -> Tensor {
-        let (h, w) = (x.shape()[2], x.shape()[3]);
-        let normed = self.norm.forward(x, false);
+    pub fn forward<B: Backend>(
+        &self,
+        be: &B,
+        x: &B::Tensor,
+        context: &B::Tensor,
+        lc: LayerCtx,
+    ) -> Result<B::Tensor> {
+        let s = be.shape(x);
+        let (h, w) = (s[2], s[3]);
+        let normed = be.group_norm(&self.norm, x, None, false)?;
         let mut seq = match &self.proj_in {
-            Proj::Conv(c) => cpu::nchw_to_nlc(&c.forward(&normed, lc)),
-            Proj::Linear(l) => l.forward(&cpu::nchw_to_nlc(&normed), lc),
+            Proj::Conv(c) => be.to_tokens(&be.conv2d(c, &normed, lc, Epilogue::default())?)?,
+            Proj::Linear(l) => be.linear(l, &be.to_tokens(&normed)?, lc, Epilogue::default())?,
         };
         for block in &self.transformer_blocks {
-            seq = block.forward(&seq, context, lc);
+            seq = block.forward(be, &seq, context, lc)?;
         }
-        let mut out = match &self.proj_out {
-            Proj::Conv(c) => c.forward(&cpu::nlc_to_nchw(&seq, h, w), lc),
-            Proj::Linear(l) => cpu::nlc_to_nchw(&l.forward(&seq, lc), h, w),
-        };
-        cpu::add_inplace(&mut out, x, 1.0);
-        out
+        match &self.proj_out {
+            Proj::Conv(c) => be.conv2d(c, &be.to_image(&seq, h, w)?, lc, Epilogue::residual(x, 1.0)),
+            Proj::Linear(l) => {
+                let residual = be.to_tokens(x)?;
+                let out = be.linear(l, &seq, lc, Epilogue::residual(&residual, 1.0))?;
+                be.to_image(&out, h, w)
+            }
+        }
     }
 }

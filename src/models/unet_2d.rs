@@ -7,10 +7,11 @@ use std::path::Path;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
-use super::Denoiser;
+use super::{Denoiser, Runnable};
+use crate::backend::{Backend, Cpu, Epilogue};
+use crate::device::Exec;
 use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
-use crate::cpu;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Embedding, GroupNorm, LayerCtx};
 use crate::safetensors_io;
@@ -528,6 +529,30 @@ impl UNet2DConditionModel {
 
 impl Denoiser for UNet2DConditionModel {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+        self.run(&Exec::Cpu, inputs, boosters)
+    }
+}
+
+impl Runnable for UNet2DConditionModel {
+    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+        match exec {
+            Exec::Cpu => self.forward_on(&Cpu, inputs, boosters),
+            Exec::Cuda(gpu) => {
+                let y = self.forward_on(gpu.as_ref(), inputs, boosters)?;
+                gpu.download(&y)
+            }
+        }
+    }
+}
+
+impl UNet2DConditionModel {
+    /// The forward pass on backend `be`; inputs and boosters are host-side.
+    pub fn forward_on<B: Backend>(
+        &self,
+        be: &B,
+        inputs: &UNetInputs,
+        boosters: &Boosters,
+    ) -> Result<B::Tensor> {
         self.check_inputs(inputs)?;
         boosters.validate(self.num_skips(), inputs.sample.shape()[0])?;
         let lc = LayerCtx {
@@ -542,11 +567,11 @@ impl Denoiser for UNet2DConditionModel {
         } else {
             inputs.timesteps.clone()
         };
-        let mut emb = self
-            .time_embedding
-            .forward(&self.time_proj.forward(&timesteps), lc);
+        let t_proj = be.timestep_embedding(&self.time_proj, &timesteps)?;
+        let mut emb = self.time_embedding.forward(be, &t_proj, lc)?;
         if let (Some(ce), Some(labels)) = (&self.class_embedding, &inputs.class_labels) {
-            cpu::add_inplace(&mut emb, &ce.forward(labels, "class_labels")?, 1.0);
+            let class_emb = be.upload(&ce.forward(labels, "class_labels")?)?;
+            emb = be.add(&emb, &class_emb, 1.0)?;
         }
         if let (Some(proj), Some(add), Some(te), Some(ti)) = (
             &self.add_time_proj,
@@ -554,6 +579,7 @@ impl Denoiser for UNet2DConditionModel {
             &inputs.text_embeds,
             &inputs.time_ids,
         ) {
+            // SDXL's added conditioning: a few hundred numbers, assembled on the host.
             let time_embeds = proj.forward(ti.data());
             let per = time_embeds.numel() / b;
             let e = te.shape()[1];
@@ -562,64 +588,82 @@ impl Denoiser for UNet2DConditionModel {
                 cat.extend_from_slice(&te.data()[i * e..(i + 1) * e]);
                 cat.extend_from_slice(&time_embeds.data()[i * per..(i + 1) * per]);
             }
-            let aug = add.forward(&Tensor::from_parts(vec![b, e + per], cat), lc);
-            cpu::add_inplace(&mut emb, &aug, 1.0);
+            let cat = be.upload(&Tensor::from_parts(vec![b, e + per], cat))?;
+            let aug = add.forward(be, &cat, lc)?;
+            emb = be.add(&emb, &aug, 1.0)?;
         }
-        let temb_act = cpu::silu(&emb);
+        let temb_act = be.silu(&emb)?;
+        let context = match &inputs.encoder_hidden_states {
+            Some(ehs) => Some(be.upload(ehs)?),
+            None => None,
+        };
         let block_inputs = BlockInputs {
+            be,
             temb_act: &temb_act,
-            context: inputs.encoder_hidden_states.as_ref(),
+            context: context.as_ref(),
             boosters,
             lc,
             num_skips: self.num_skips(),
             base_channels: c.levels[0].out_channels,
         };
 
-        let centered;
         let sample = if c.center_input_sample {
             let mut s = inputs.sample.clone();
             s.data_mut().iter_mut().for_each(|v| *v = 2.0 * *v - 1.0);
-            centered = s;
-            &centered
+            be.upload(&s)?
         } else {
-            &inputs.sample
+            be.upload(&inputs.sample)?
         };
 
         let adapters = self.adapters.as_ref();
-        let mut skips = vec![self.conv_in.forward(sample, lc)];
+        let project = |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv, x, lc, Epilogue::default());
+        let mut skips = vec![be.conv2d(&self.conv_in, &sample, lc, Epilogue::default())?];
         // The running sample is the last skip, unless a DeMe projection made its own copy.
-        let mut projected: Option<Tensor> = None;
+        let mut projected: Option<B::Tensor> = None;
         for (i, block) in self.down_blocks.iter().enumerate() {
             let input = projected
                 .as_ref()
                 .unwrap_or_else(|| skips.last().expect("conv_in"));
-            let outs = block.forward(input, &block_inputs);
+            let outs = block.forward(input, &block_inputs)?;
             skips.extend(outs);
-            projected = adapters.map(|a| a.after_down[i].forward(skips.last().expect("out"), lc));
+            projected = match adapters {
+                Some(a) => Some(project(&a.after_down[i], skips.last().expect("out"))?),
+                None => None,
+            };
         }
         let running = projected
             .as_ref()
             .unwrap_or_else(|| skips.last().expect("non-empty"));
         let mut h = match &self.mid_block {
-            Some(mid) => mid.forward(running, &block_inputs),
-            None => running.clone(),
+            Some(mid) => mid.forward(running, &block_inputs)?,
+            None => be.scale(running, 1.0)?,
         };
         if let Some(a) = adapters {
-            h = a.after_mid.forward(&h, lc);
+            h = project(&a.after_mid, &h)?;
         }
         // diffusers passes explicit upsample sizes when H or W is not a multiple of the overall
         // upsampling factor (odd latents); the UNet2DModel path was checked divisible above.
         let factor = 1usize << (self.up_blocks.len() - 1);
         let forward_upsample_size = h_w_not_multiple(h_w(&inputs.sample), factor);
         let n_up = self.up_blocks.len();
+        // MaskUNet's hyper-network runs on the host, from the block input and first skip.
+        let host_emb = match &boosters.mask_generator {
+            Some(_) => Some(be.download(&emb)?),
+            None => None,
+        };
         for (i, block) in self.up_blocks.iter().enumerate() {
             let remaining = skips.len() - block.num_skips();
-            let size = (forward_upsample_size && i + 1 < n_up).then(|| h_w(&skips[remaining - 1]));
-            // MaskUNet's hyper-network: this block's masks, from its input and first skip.
-            let generated = boosters
-                .mask_generator
-                .as_ref()
-                .and_then(|g| g.block_masks(i, &h, skips.last()?, &emb, boosters.mask_step));
+            let size = (forward_upsample_size && i + 1 < n_up).then(|| {
+                let s = be.shape(&skips[remaining - 1]);
+                (s[2], s[3])
+            });
+            let generated = match (&boosters.mask_generator, &host_emb, skips.last()) {
+                (Some(g), Some(emb), Some(skip)) => {
+                    let (h_host, skip_host) = (be.download(&h)?, be.download(skip)?);
+                    g.block_masks(i, &h_host, &skip_host, emb, boosters.mask_step)
+                }
+                _ => None,
+            };
             let inputs_i = match &generated {
                 Some(set) => BlockInputs {
                     lc: LayerCtx {
@@ -630,14 +674,14 @@ impl Denoiser for UNet2DConditionModel {
                 },
                 None => block_inputs,
             };
-            h = block.forward(i, h, &mut skips, &inputs_i, size);
+            h = block.forward(i, h, &mut skips, &inputs_i, size)?;
             if let Some(a) = adapters {
-                h = a.after_up[i].forward(&h, lc);
+                h = project(&a.after_up[i], &h)?;
             }
         }
         debug_assert!(skips.is_empty());
-        let h = self.conv_norm_out.forward(&h, true);
-        Ok(self.conv_out.forward(&h, lc))
+        let h = be.group_norm(&self.conv_norm_out, &h, None, true)?;
+        be.conv2d(&self.conv_out, &h, lc, Epilogue::default())
     }
 }
 

@@ -5,21 +5,20 @@
 use super::attention_processor::{Attention, AttentionSpec};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetOptions, Upsample2D};
 use super::transformer_2d::{Transformer2DModel, TransformerSpec};
+use crate::backend::Backend;
 use crate::boosters::{Boosters, SkipSite};
 use crate::config::{BlockKind, LevelConfig, UNetConfig};
-use crate::cpu;
 use crate::error::Result;
 use crate::nn::{join, LayerCtx};
-use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
 /// What every block call receives besides its input.
-#[derive(Clone, Copy)]
-pub struct BlockInputs<'a> {
+pub struct BlockInputs<'a, B: Backend> {
+    pub be: &'a B,
     /// SiLU of the time embedding, [B, temb] (every resnet applies SiLU first; done once).
-    pub temb_act: &'a Tensor,
+    pub temb_act: &'a B::Tensor,
     /// `encoder_hidden_states`, [B, M, D]; present whenever the model has transformers.
-    pub context: Option<&'a Tensor>,
+    pub context: Option<&'a B::Tensor>,
     /// This call's boosters, for the skip hook.
     pub boosters: &'a Boosters,
     /// This call's masks, for every layer.
@@ -28,6 +27,14 @@ pub struct BlockInputs<'a> {
     pub num_skips: usize,
     pub base_channels: usize,
 }
+
+// Manual impls: a derive would demand `B: Clone`, but only references are copied.
+impl<B: Backend> Clone for BlockInputs<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for BlockInputs<'_, B> {}
 
 /// The layer after a resnet.
 pub enum AttnLayer {
@@ -79,10 +86,11 @@ impl AttnLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
+    fn forward<B: Backend>(&self, x: &B::Tensor, inputs: &BlockInputs<B>) -> Result<B::Tensor> {
         match self {
-            AttnLayer::Spatial(a) => a.forward_spatial(x, inputs.lc),
+            AttnLayer::Spatial(a) => a.forward_spatial(inputs.be, x, inputs.lc),
             AttnLayer::Transformer(t) => t.forward(
+                inputs.be,
                 x,
                 inputs
                     .context
@@ -110,11 +118,16 @@ pub struct Layers {
 }
 
 impl Layers {
-    fn layer(&self, i: usize, x: &Tensor, inputs: &BlockInputs) -> Tensor {
-        let h = self.resnets[i].forward(x, inputs.temb_act, inputs.lc);
+    fn layer<B: Backend>(
+        &self,
+        i: usize,
+        x: &B::Tensor,
+        inputs: &BlockInputs<B>,
+    ) -> Result<B::Tensor> {
+        let h = self.resnets[i].forward(inputs.be, x, inputs.temb_act, inputs.lc)?;
         match self.attentions.get(i) {
             Some(a) => a.forward(&h, inputs),
-            None => h,
+            None => Ok(h),
         }
     }
 }
@@ -176,20 +189,22 @@ impl DownBlock2D {
     }
 
     /// The block's outputs in order; each is both a skip for the decoder and the next input.
-    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Vec<Tensor> {
-        let mut outs: Vec<Tensor> = Vec::new();
+    pub fn forward<B: Backend>(
+        &self,
+        x: &B::Tensor,
+        inputs: &BlockInputs<B>,
+    ) -> Result<Vec<B::Tensor>> {
+        let mut outs: Vec<B::Tensor> = Vec::new();
         for i in 0..self.layers.resnets.len() {
-            let h = self.layers.layer(i, outs.last().unwrap_or(x), inputs);
+            let h = self.layers.layer(i, outs.last().unwrap_or(x), inputs)?;
             outs.push(h);
         }
         if let Some(d) = &self.downsampler {
-            let h = d.forward(
-                outs.last().expect("a block has at least one layer"),
-                inputs.lc,
-            );
+            let last = outs.last().expect("a block has at least one layer");
+            let h = d.forward(inputs.be, last, inputs.lc)?;
             outs.push(h);
         }
-        outs
+        Ok(outs)
     }
 
     /// How many skips this block pushes.
@@ -256,16 +271,17 @@ impl UNetMidBlock2D {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, inputs: &BlockInputs) -> Tensor {
+    pub fn forward<B: Backend>(&self, x: &B::Tensor, inputs: &BlockInputs<B>) -> Result<B::Tensor> {
         let l = &self.layers;
-        let mut h = l.resnets[0].forward(x, inputs.temb_act, inputs.lc);
+        let be = inputs.be;
+        let mut h = l.resnets[0].forward(be, x, inputs.temb_act, inputs.lc)?;
         for i in 1..l.resnets.len() {
             if let Some(a) = l.attentions.get(i - 1) {
-                h = a.forward(&h, inputs);
+                h = a.forward(&h, inputs)?;
             }
-            h = l.resnets[i].forward(&h, inputs.temb_act, inputs.lc);
+            h = l.resnets[i].forward(be, &h, inputs.temb_act, inputs.lc)?;
         }
-        h
+        Ok(h)
     }
 }
 
@@ -331,14 +347,14 @@ impl UpBlock2D {
 
     /// Consumes one skip per resnet from the top of `skips` (innermost first); the boosters'
     /// skip hook sees each pair just before it is joined.
-    pub fn forward(
+    pub fn forward<B: Backend>(
         &self,
         index: usize,
-        x: Tensor,
-        skips: &mut Vec<Tensor>,
-        inputs: &BlockInputs,
+        x: B::Tensor,
+        skips: &mut Vec<B::Tensor>,
+        inputs: &BlockInputs<B>,
         upsample_size: Option<(usize, usize)>,
-    ) -> Tensor {
+    ) -> Result<B::Tensor> {
         let mut h = x;
         for i in 0..self.layers.resnets.len() {
             let site = SkipSite {
@@ -347,16 +363,15 @@ impl UpBlock2D {
                 num_skips: inputs.num_skips,
                 base_channels: inputs.base_channels,
             };
-            let mut skip = skips
+            let skip = skips
                 .pop()
                 .expect("the U-Net pushes one skip per up-block resnet");
-            inputs.boosters.before_concat(&site, &mut h, &mut skip);
-            let joined = cpu::cat_channels(&h, &skip);
-            h = self.layers.layer(i, &joined, inputs);
+            let joined = inputs.boosters.join_skip(inputs.be, &site, h, skip)?;
+            h = self.layers.layer(i, &joined, inputs)?;
         }
         match &self.upsampler {
-            Some(u) => u.forward(&h, upsample_size, inputs.lc),
-            None => h,
+            Some(u) => u.forward(inputs.be, &h, upsample_size, inputs.lc),
+            None => Ok(h),
         }
     }
 

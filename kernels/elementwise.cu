@@ -1,0 +1,125 @@
+// Pointwise and data-movement kernels: layout changes at the API boundary (NCHW f32 <-> NHWC
+// in the model dtype), casts, adds, SiLU, GEGLU, nearest upsampling, the sinusoidal timestep
+// embedding, and the decoder's channel concatenation with Skip-Tuning's scale fused in.
+// All are grid-stride loops over output elements (any grid works; the host launches
+// min(ceil(n/256), 65535·4) blocks of 256), arithmetic in f32.
+
+#include "common.cuh"
+
+#define GRID_STRIDE(i, n)                                                                      \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);              \
+         i += (long long)gridDim.x * blockDim.x)
+
+// torch's nearest index for an output coordinate (exact 2× and identity are the common cases).
+__device__ __forceinline__ int nearest_src(int o, int in, int out) {
+    if (out == in) return o;
+    if (out == 2 * in) return o >> 1;
+    const float scale = (float)in / (float)out;
+    return min((int)floorf((float)o * scale), in - 1);
+}
+
+__device__ __forceinline__ float gelu_erf(float x) {
+    return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+}
+
+#define ELEMENTWISE_KERNELS(SUFFIX, T)                                                         \
+    /* x: f32 [B, C, HW] -> y: [B, HW, C] */                                                   \
+    extern "C" __global__ void nchw_f32_to_nhwc_##SUFFIX(const float* x, T* y, int B, int C,   \
+                                                         int HW) {                             \
+        GRID_STRIDE(i, (long long)B * C * HW) {                                                \
+            const int c = (int)(i % C);                                                        \
+            const long long bp = i / C;                                                        \
+            const int p = (int)(bp % HW);                                                      \
+            const long long b = bp / HW;                                                       \
+            y[i] = from_f32<T>(x[(b * C + c) * HW + p]);                                       \
+        }                                                                                      \
+    }                                                                                          \
+    /* x: [B, HW, C] -> y: f32 [B, C, HW] */                                                   \
+    extern "C" __global__ void nhwc_##SUFFIX##_to_nchw_f32(const T* x, float* y, int B, int C, \
+                                                           int HW) {                           \
+        GRID_STRIDE(i, (long long)B * C * HW) {                                                \
+            const int p = (int)(i % HW);                                                       \
+            const long long bc = i / HW;                                                       \
+            const int c = (int)(bc % C);                                                       \
+            const long long b = bc / C;                                                        \
+            y[i] = to_f32(x[(b * HW + p) * C + c]);                                            \
+        }                                                                                      \
+    }                                                                                          \
+    /* y = (a + b) · scale */                                                                  \
+    extern "C" __global__ void add_##SUFFIX(const T* a, const T* b, T* y, long long n,         \
+                                            float scale) {                                     \
+        GRID_STRIDE(i, n) y[i] = from_f32<T>((to_f32(a[i]) + to_f32(b[i])) * scale);           \
+    }                                                                                          \
+    extern "C" __global__ void scale_##SUFFIX(const T* x, T* y, long long n, float s) {        \
+        GRID_STRIDE(i, n) y[i] = from_f32<T>(to_f32(x[i]) * s);                                \
+    }                                                                                          \
+    extern "C" __global__ void silu_##SUFFIX(const T* x, T* y, long long n) {                  \
+        GRID_STRIDE(i, n) y[i] = from_f32<T>(silu_f32(to_f32(x[i])));                          \
+    }                                                                                          \
+    /* x: [M, 2·inner] (value, gate) -> y: [M, inner] = value · gelu(gate) */                  \
+    extern "C" __global__ void geglu_##SUFFIX(const T* x, T* y, long long M, int inner) {      \
+        GRID_STRIDE(i, M * inner) {                                                            \
+            const long long m = i / inner;                                                     \
+            const int j = (int)(i - m * inner);                                                \
+            const T* row = x + m * 2 * inner;                                                  \
+            y[i] = from_f32<T>(to_f32(row[j]) * gelu_erf(to_f32(row[inner + j])));             \
+        }                                                                                      \
+    }                                                                                          \
+    /* x: [B, H, W, C] -> y: [B, Ho, Wo, C] */                                                 \
+    extern "C" __global__ void upsample_nearest_##SUFFIX(const T* x, T* y, int B, int H,       \
+                                                         int W, int C, int Ho, int Wo) {       \
+        GRID_STRIDE(i, (long long)B * Ho * Wo * C) {                                           \
+            const int c = (int)(i % C);                                                        \
+            long long r = i / C;                                                               \
+            const int ox = (int)(r % Wo);                                                      \
+            r /= Wo;                                                                           \
+            const int oy = (int)(r % Ho);                                                      \
+            const long long b = r / Ho;                                                        \
+            const int iy = nearest_src(oy, H, Ho), ix = nearest_src(ox, W, Wo);                \
+            y[i] = x[((b * H + iy) * W + ix) * C + c];                                         \
+        }                                                                                      \
+    }                                                                                          \
+    /* y[r] = [h[r], skip[r] · skip_scale] over rows r of [rows, Ch] and [rows, Cs] */         \
+    extern "C" __global__ void concat_channels_##SUFFIX(const T* h, const T* skip, T* y,       \
+                                                        long long rows, int Ch, int Cs,        \
+                                                        float skip_scale) {                    \
+        const int C = Ch + Cs;                                                                 \
+        GRID_STRIDE(i, rows * C) {                                                             \
+            const long long r = i / C;                                                         \
+            const int c = (int)(i - r * C);                                                    \
+            y[i] = c < Ch ? h[r * Ch + c]                                                      \
+                          : from_f32<T>(to_f32(skip[r * Cs + (c - Ch)]) * skip_scale);         \
+        }                                                                                      \
+    }                                                                                          \
+    /* diffusers' get_timestep_embedding: [B] -> [B, dim] */                                   \
+    extern "C" __global__ void timestep_embedding_##SUFFIX(const float* t, T* y, int B,        \
+                                                           int dim, int flip_sin_to_cos,       \
+                                                           float downscale_freq_shift) {       \
+        const int half = dim / 2;                                                              \
+        GRID_STRIDE(i, (long long)B * dim) {                                                   \
+            const int b = (int)(i / dim), j = (int)(i % dim);                                  \
+            float v = 0.0f; /* the zero column of an odd dim */                                \
+            if (j < 2 * half) {                                                                \
+                const bool first = j < half;                                                   \
+                const int f = first ? j : j - half;                                            \
+                const float freq =                                                             \
+                    expf((-9.210340371976184f * (float)f) / ((float)half - downscale_freq_shift)); \
+                const float arg = t[b] * freq;                                                 \
+                const bool is_sin = first != (bool)flip_sin_to_cos;                            \
+                v = is_sin ? sinf(arg) : cosf(arg);                                            \
+            }                                                                                  \
+            y[i] = from_f32<T>(v);                                                             \
+        }                                                                                      \
+    }
+FOR_EACH_DTYPE(ELEMENTWISE_KERNELS)
+
+// Casts between f32 and the 16-bit storage types (f32 needs none).
+#define CAST_KERNELS(SUFFIX, T)                                                                \
+    extern "C" __global__ void cast_f32_to_##SUFFIX(const float* x, T* y, long long n) {       \
+        GRID_STRIDE(i, n) y[i] = from_f32<T>(x[i]);                                            \
+    }                                                                                          \
+    extern "C" __global__ void cast_##SUFFIX##_to_f32(const T* x, float* y, long long n) {     \
+        GRID_STRIDE(i, n) y[i] = to_f32(x[i]);                                                 \
+    }
+CAST_KERNELS(f16, half_t)
+CAST_KERNELS(bf16, bf16_t)

@@ -1,0 +1,261 @@
+//! The one seam between the model graph and the hardware. Every module in `models` is written
+//! once against `Backend`; the CPU backend (`Cpu`, this file) is the reference, the CUDA backend
+//! (`cuda::Gpu`) runs the same graph on hand-written kernels.
+//!
+//! Tensors are opaque to the graph. Shapes are semantic: an image is `[B, C, H, W]` (the CPU
+//! stores it NCHW, the GPU NHWC), a token sequence `[B, N, C]`, a vector batch `[B, C]`.
+//! Layers carry their CPU parameters; a device backend keeps its own copies keyed by the layer's
+//! `uid`, made on first use.
+
+use crate::boosters::freeu::scale_backbone;
+use crate::cpu;
+use crate::cpu::fourier::{fourier_filter, FilterForm};
+use crate::error::Result;
+use crate::models::embeddings::Timesteps;
+use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
+use crate::tensor::Tensor;
+
+/// What a linear or convolution adds to its output, fused into the GEMM where the backend can:
+/// `y = (x·Wᵀ + bias + add_bc[b, c] + residual) · scale`.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, T> {
+    /// Added per sample and output channel (a resnet's time embedding), `[B, C]`.
+    pub add_bc: Option<&'a T>,
+    /// Added elementwise, same shape as the output.
+    pub residual: Option<&'a T>,
+    /// Applied last (a resnet's `1 / output_scale_factor`); 1 is exact.
+    pub scale: f32,
+}
+
+impl<T> Default for Epilogue<'_, T> {
+    fn default() -> Self {
+        Epilogue {
+            add_bc: None,
+            residual: None,
+            scale: 1.0,
+        }
+    }
+}
+
+impl<'a, T> Epilogue<'a, T> {
+    pub fn residual(r: &'a T, scale: f32) -> Self {
+        Epilogue {
+            add_bc: None,
+            residual: Some(r),
+            scale,
+        }
+    }
+}
+
+pub trait Backend {
+    type Tensor;
+
+    /// The semantic shape (see the module docs).
+    fn shape(&self, x: &Self::Tensor) -> Vec<usize>;
+    /// From a host tensor with a semantic shape (images NCHW).
+    fn upload(&self, x: &Tensor) -> Result<Self::Tensor>;
+    /// To a host tensor with the semantic shape (images NCHW), in f32.
+    fn download(&self, x: &Self::Tensor) -> Result<Tensor>;
+
+    /// Image `[B, C, H, W]` in, image out.
+    fn conv2d(
+        &self,
+        conv: &Conv2d,
+        x: &Self::Tensor,
+        lc: LayerCtx,
+        epi: Epilogue<Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// `[.., in]` to `[.., out]`.
+    fn linear(
+        &self,
+        lin: &Linear,
+        x: &Self::Tensor,
+        lc: LayerCtx,
+        epi: Epilogue<Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// GroupNorm of an image; then `x·(1+scale)+shift` from `scale_shift` (`[B, 2C]`) if
+    /// given; then SiLU if `silu`.
+    fn group_norm(
+        &self,
+        gn: &GroupNorm,
+        x: &Self::Tensor,
+        scale_shift: Option<&Self::Tensor>,
+        silu: bool,
+    ) -> Result<Self::Tensor>;
+    fn layer_norm(&self, ln: &LayerNorm, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Multi-head SDPA over token sequences.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Self::Tensor>;
+    fn geglu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    fn silu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `(a + b) · scale`.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor, scale: f32) -> Result<Self::Tensor>;
+    fn scale(&self, x: &Self::Tensor, s: f32) -> Result<Self::Tensor>;
+    fn upsample_nearest(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
+    /// `[h, skip · skip_scale]` along channels (Skip-Tuning's scale fused).
+    fn cat_channels(
+        &self,
+        h: &Self::Tensor,
+        skip: &Self::Tensor,
+        skip_scale: f32,
+    ) -> Result<Self::Tensor>;
+    /// Image to tokens `[B, H·W, C]` (free on an NHWC backend).
+    fn to_tokens(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Tokens `[B, H·W, C]` to an image (free on an NHWC backend).
+    fn to_image(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
+    /// FreeU's backbone scaling, in place.
+    fn freeu_backbone(&self, h: &mut Self::Tensor, b: f32, v2: bool) -> Result<()>;
+    /// FreeU's Fourier filter of every H×W plane of an image.
+    fn fourier_filter(
+        &self,
+        x: &Self::Tensor,
+        threshold: usize,
+        scale: f32,
+        form: FilterForm,
+    ) -> Result<Self::Tensor>;
+    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Self::Tensor>;
+}
+
+/// The multi-threaded CPU reference backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+fn apply_epilogue(y: &mut Tensor, epi: Epilogue<Tensor>) {
+    if let Some(t) = epi.add_bc {
+        let (b, c) = (y.shape()[0], y.shape()[1]);
+        let plane = y.numel() / (b * c);
+        let tc = t.shape()[1];
+        for (i, p) in y.data_mut().chunks_mut(plane).enumerate() {
+            let v = t.data()[(i / c) * tc + i % c];
+            p.iter_mut().for_each(|x| *x += v);
+        }
+    }
+    match epi.residual {
+        Some(r) => cpu::add_inplace(y, r, epi.scale),
+        None if epi.scale != 1.0 => y.data_mut().iter_mut().for_each(|v| *v *= epi.scale),
+        None => {}
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = Tensor;
+
+    fn shape(&self, x: &Tensor) -> Vec<usize> {
+        x.shape().to_vec()
+    }
+
+    fn upload(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn download(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+
+    fn conv2d(&self, conv: &Conv2d, x: &Tensor, lc: LayerCtx, epi: Epilogue<Tensor>) -> Result<Tensor> {
+        let mut y = conv.forward(x, lc);
+        apply_epilogue(&mut y, epi);
+        Ok(y)
+    }
+
+    fn linear(&self, lin: &Linear, x: &Tensor, lc: LayerCtx, epi: Epilogue<Tensor>) -> Result<Tensor> {
+        let mut y = lin.forward(x, lc);
+        apply_epilogue(&mut y, epi);
+        Ok(y)
+    }
+
+    fn group_norm(
+        &self,
+        gn: &GroupNorm,
+        x: &Tensor,
+        scale_shift: Option<&Tensor>,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let Some(ss) = scale_shift else {
+            return Ok(gn.forward(x, silu));
+        };
+        let mut n = gn.forward(x, false);
+        let c = n.shape()[1];
+        let plane = n.numel() / (n.shape()[0] * c);
+        let tc = ss.shape()[1];
+        for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
+            let row = &ss.data()[(i / c) * tc..];
+            let (scale, shift) = (row[i % c], row[c + i % c]);
+            p.iter_mut().for_each(|x| {
+                let v = *x * (1.0 + scale) + shift;
+                *x = if silu {
+                    cpu::activation::silu_scalar(v)
+                } else {
+                    v
+                }
+            });
+        }
+        Ok(n)
+    }
+
+    fn layer_norm(&self, ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        Ok(ln.forward(x))
+    }
+
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+        Ok(cpu::attention(q, k, v, heads, scale))
+    }
+
+    fn geglu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(cpu::geglu(x))
+    }
+
+    fn silu(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(cpu::silu(x))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
+        let mut y = a.clone();
+        cpu::add_inplace(&mut y, b, scale);
+        Ok(y)
+    }
+
+    fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
+        let mut y = x.clone();
+        y.data_mut().iter_mut().for_each(|v| *v *= s);
+        Ok(y)
+    }
+
+    fn upsample_nearest(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        Ok(cpu::upsample_nearest(x, h, w))
+    }
+
+    fn cat_channels(&self, h: &Tensor, skip: &Tensor, skip_scale: f32) -> Result<Tensor> {
+        if skip_scale == 1.0 {
+            return Ok(cpu::cat_channels(h, skip));
+        }
+        Ok(cpu::cat_channels(h, &self.scale(skip, skip_scale)?))
+    }
+
+    fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(cpu::nchw_to_nlc(x))
+    }
+
+    fn to_image(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        Ok(cpu::nlc_to_nchw(x, h, w))
+    }
+
+    fn freeu_backbone(&self, h: &mut Tensor, b: f32, v2: bool) -> Result<()> {
+        scale_backbone(h, b, v2);
+        Ok(())
+    }
+
+    fn fourier_filter(&self, x: &Tensor, threshold: usize, scale: f32, form: FilterForm) -> Result<Tensor> {
+        Ok(fourier_filter(x, threshold, scale, form))
+    }
+
+    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Tensor> {
+        Ok(ts.forward(t))
+    }
+}

@@ -1,0 +1,836 @@
+//! `Backend` on the GPU: each op is one (or, for layout changes and cuFFT, a few) kernel
+//! launches on the device's stream. Parameters are copied to the device on a layer's first use,
+//! converted to the storage dtype and, for convolutions, reordered to `[Cout, KH, KW, Cin]` so
+//! the implicit GEMM reads one contiguous K row per output channel; masks are repacked in that
+//! same K order, as 32-bit words, once per (mask, sampler step).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::params::{AttentionParams, ConvGemmParams};
+use super::{driver, Gpu, GpuTensor};
+use crate::backend::{Backend, Epilogue};
+use crate::boosters::masks::WeightMask;
+use crate::cpu::fourier::{window, FilterForm};
+use crate::device::DType;
+use crate::error::{Error, Result};
+use crate::models::embeddings::Timesteps;
+use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
+use crate::tensor::Tensor;
+
+/// Device copies of layer parameters, masks and cuFFT plans, made on first use.
+#[derive(Default)]
+pub struct ParamCache {
+    layers: Mutex<HashMap<u64, Arc<LayerParams>>>,
+    norms: Mutex<HashMap<u64, Arc<NormParams>>>,
+    masks: Mutex<HashMap<(u64, usize), Arc<GpuMask>>>,
+    ffts: Mutex<HashMap<(usize, usize, usize), FftPlans>>,
+}
+
+struct LayerParams {
+    w: CudaSlice<u8>,
+    bias: Option<CudaSlice<f32>>,
+}
+
+struct NormParams {
+    gamma: CudaSlice<f32>,
+    beta: CudaSlice<f32>,
+}
+
+/// Masks of one weight at one step: `[samples][N][kwords]` words, GEMM K order.
+struct GpuMask {
+    words: CudaSlice<u32>,
+    samples: usize,
+    kwords: usize,
+}
+
+struct FftPlans {
+    r2c: cudarc::cufft::CudaFft,
+    c2r: cudarc::cufft::CudaFft,
+}
+
+/// Generated masks (MaskUNet's hyper-network) are new every call: past this many cached mask
+/// buffers the cache starts over rather than grow without bound.
+const MASK_CACHE_LIMIT: usize = 512;
+
+/// f32 values as `dtype` storage bytes (round to nearest even, as the GPU's `cvt.rn`).
+fn to_storage(data: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice(data).to_vec(),
+        DType::F16 => data
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+        DType::BF16 => data
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+    }
+}
+
+/// `[Cout, Cin, KH, KW]` → `[Cout, KH, KW, Cin]`; the index map is shared with the masks.
+fn conv_k_order(cin: usize, kh: usize, kw: usize) -> Vec<usize> {
+    let mut order = Vec::with_capacity(cin * kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            for ci in 0..cin {
+                order.push((ci * kh + ky) * kw + kx);
+            }
+        }
+    }
+    order
+}
+
+fn launch_1d(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Msg(format!("{what} = {v} is too large for the GPU kernels")))
+}
+
+fn shape_err(what: &str, msg: String) -> Error {
+    Error::input(what, msg)
+}
+
+/// Where a GEMM reads its A operand: the implicit-im2col geometry of kernels/gemm.cu.
+#[derive(Clone, Copy)]
+struct Geometry {
+    samples: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    ho: usize,
+    wo: usize,
+    kw: usize,
+    stride: usize,
+    pad_top: usize,
+    pad_left: usize,
+}
+
+impl Gpu {
+    fn new_tensor(&self, shape: Vec<usize>) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        Ok(GpuTensor {
+            buf: Arc::new(self.alloc::<u8>(n * self.dtype.size())?),
+            shape,
+            dtype: self.dtype,
+        })
+    }
+
+    fn kernel(&self, family: &str) -> String {
+        format!("{family}_{}", self.dtype.suffix())
+    }
+
+    fn check_dtype(&self, t: &GpuTensor) -> Result<()> {
+        if t.dtype != self.dtype {
+            return Err(Error::Msg(format!(
+                "a {:?} tensor given to a {:?} device",
+                t.dtype, self.dtype
+            )));
+        }
+        Ok(())
+    }
+
+    fn layer_params(
+        &self,
+        uid: u64,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<Arc<LayerParams>> {
+        if let Some(p) = self.cache.layers.lock().expect("cache").get(&uid) {
+            return Ok(p.clone());
+        }
+        let w = match weight.shape() {
+            [n, cin, kh, kw] if kh * kw > 1 => {
+                let order = conv_k_order(*cin, *kh, *kw);
+                let k = order.len();
+                let mut out = Vec::with_capacity(n * k);
+                for row in weight.data().chunks(k) {
+                    out.extend(order.iter().map(|&i| row[i]));
+                }
+                out
+            }
+            _ => weight.data().to_vec(),
+        };
+        let params = Arc::new(LayerParams {
+            w: self.upload_slice(&to_storage(&w, self.dtype))?,
+            bias: bias.map(|b| self.upload_slice(b.data())).transpose()?,
+        });
+        self.cache
+            .layers
+            .lock()
+            .expect("cache")
+            .insert(uid, params.clone());
+        Ok(params)
+    }
+
+    fn norm_params(&self, uid: u64, gamma: &Tensor, beta: &Tensor) -> Result<Arc<NormParams>> {
+        if let Some(p) = self.cache.norms.lock().expect("cache").get(&uid) {
+            return Ok(p.clone());
+        }
+        let params = Arc::new(NormParams {
+            gamma: self.upload_slice(gamma.data())?,
+            beta: self.upload_slice(beta.data())?,
+        });
+        self.cache
+            .norms
+            .lock()
+            .expect("cache")
+            .insert(uid, params.clone());
+        Ok(params)
+    }
+
+    /// The device masks of `weight`'s layer at `lc.step`, if it is masked.
+    fn layer_mask(&self, name: &str, weight: &Tensor, lc: LayerCtx) -> Result<Option<Arc<GpuMask>>> {
+        let Some(mask) = lc.masks.and_then(|m| m.get(name)) else {
+            return Ok(None);
+        };
+        let key = (mask.uid(), if mask.steps.is_some() { lc.step } else { 0 });
+        if let Some(m) = self.cache.masks.lock().expect("cache").get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let m = Arc::new(self.pack_mask(mask, weight, lc.step)?);
+        let mut cache = self.cache.masks.lock().expect("cache");
+        if cache.len() >= MASK_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
+    fn pack_mask(&self, mask: &WeightMask, weight: &Tensor, step: usize) -> Result<GpuMask> {
+        let order = match weight.shape() {
+            [_, cin, kh, kw] => conv_k_order(*cin, *kh, *kw),
+            s => (0..s[1..].iter().product()).collect(),
+        };
+        let (n, k) = (mask.rows(), order.len());
+        let kwords = k.div_ceil(32);
+        let samples = mask.batch.unwrap_or(1);
+        let mut words = vec![0u32; samples * n * kwords];
+        for b in 0..samples {
+            let view = mask.view(step, b);
+            for r in 0..n {
+                let row = &mut words[(b * n + r) * kwords..][..kwords];
+                for (kk, &i) in order.iter().enumerate() {
+                    if view.bit(r, i) {
+                        row[kk / 32] |= 1 << (kk % 32);
+                    }
+                }
+            }
+        }
+        Ok(GpuMask {
+            words: self.upload_slice(&words)?,
+            samples,
+            kwords,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        x: &GpuTensor,
+        params: &LayerParams,
+        n: usize,
+        g: Geometry,
+        mask: Option<&GpuMask>,
+        epi: Epilogue<GpuTensor>,
+        out_shape: Vec<usize>,
+    ) -> Result<GpuTensor> {
+        self.check_dtype(x)?;
+        let y = self.new_tensor(out_shape)?;
+        let k = g.cin * (params.w.len() / self.dtype.size() / n / g.cin);
+        let m = g.ho * g.wo;
+        if let Some(r) = epi.residual {
+            self.check_dtype(r)?;
+            if r.numel() != y.numel() {
+                return Err(shape_err(
+                    "residual",
+                    format!("{:?} does not match the output {:?}", r.shape, y.shape),
+                ));
+            }
+        }
+        if let Some(t) = epi.add_bc {
+            if t.numel() != g.samples * n {
+                return Err(shape_err(
+                    "time embedding",
+                    format!("{:?} is not [{}, {n}]", t.shape, g.samples),
+                ));
+            }
+        }
+        let p = ConvGemmParams {
+            x: self.ptr(&x.buf),
+            w: self.ptr(&params.w),
+            mask: mask.map_or(0, |m| self.ptr(&m.words)),
+            bias: params.bias.as_ref().map_or(0, |b| self.ptr(b)),
+            add_bn: epi.add_bc.map_or(0, |t| self.ptr(&t.buf)),
+            residual: epi.residual.map_or(0, |r| self.ptr(&r.buf)),
+            y: self.ptr(&y.buf),
+            mask_sample_stride: mask.map_or(0, |m| {
+                if m.samples > 1 {
+                    (n * m.kwords) as i64
+                } else {
+                    0
+                }
+            }),
+            h: i32_of(g.h, "height")?,
+            w_in: i32_of(g.w, "width")?,
+            cin: i32_of(g.cin, "channels")?,
+            ho: i32_of(g.ho, "output height")?,
+            wo: i32_of(g.wo, "output width")?,
+            n: i32_of(n, "output channels")?,
+            k: i32_of(k, "reduction length")?,
+            kw: i32_of(g.kw, "kernel width")?,
+            stride: i32_of(g.stride, "stride")?,
+            pad_top: i32_of(g.pad_top, "padding")?,
+            pad_left: i32_of(g.pad_left, "padding")?,
+            kwords: i32_of(k.div_ceil(32), "mask words")?,
+            out_scale: epi.scale,
+        };
+        i32_of(m * n, "output elements per sample")?;
+        let (name, tile) = match self.dtype {
+            DType::F32 => ("gemm_conv_f32".to_string(), 64),
+            _ if g.cin % 8 == 0 => (format!("{}_vec", self.kernel("gemm_conv")), 128),
+            _ => (self.kernel("gemm_conv"), 128),
+        };
+        if g.samples > 65535 {
+            return Err(Error::Msg(format!("batch {} exceeds 65535", g.samples)));
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (
+                m.div_ceil(tile) as u32,
+                n.div_ceil(tile) as u32,
+                g.samples as u32,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.function(&name)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: the parameter struct matches the kernel's, and every address in it is a live
+        // buffer of the size the geometry implies (checked above or built here).
+        unsafe { b.launch(cfg) }.map_err(driver("launching the GEMM"))?;
+        Ok(y)
+    }
+
+    /// One launch of an elementwise kernel over `n` outputs with the given arguments.
+    fn launch(&self, name: &str, n: usize, args: &[&dyn Arg]) -> Result<()> {
+        let f = self.function(name)?;
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: callers pass the kernel's parameters in order with live buffers.
+        unsafe { b.launch(launch_1d(n)) }.map_err(driver(name))?;
+        Ok(())
+    }
+
+    fn image_dims(&self, x: &GpuTensor, what: &str) -> Result<[usize; 4]> {
+        match x.shape[..] {
+            [b, c, h, w] => Ok([b, c, h, w]),
+            _ => Err(shape_err(what, format!("{:?} is not an image [B, C, H, W]", x.shape))),
+        }
+    }
+}
+
+/// A kernel argument of any device-representable type (lets `launch` take a plain list).
+trait Arg {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+impl<T: cudarc::driver::DeviceRepr> Arg for T {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+impl Backend for Gpu {
+    type Tensor = GpuTensor;
+
+    fn shape(&self, x: &GpuTensor) -> Vec<usize> {
+        x.shape.clone()
+    }
+
+    fn upload(&self, x: &Tensor) -> Result<GpuTensor> {
+        let y = self.new_tensor(x.shape().to_vec())?;
+        let n = x.numel();
+        if let [b, c, h, w] = x.shape()[..] {
+            let tmp = self.upload_slice(x.data())?;
+            let (pt, py) = (self.ptr(&tmp), self.ptr(&y.buf));
+            let (b, c, hw) = (i32_of(b, "batch")?, i32_of(c, "channels")?, i32_of(h * w, "pixels")?);
+            let name = format!("nchw_f32_to_nhwc_{}", self.dtype.suffix());
+            self.launch(&name, n, &[&pt, &py, &b, &c, &hw])?;
+            return Ok(y);
+        }
+        match self.dtype {
+            DType::F32 => {
+                let buf = self.upload_slice(bytemuck::cast_slice::<f32, u8>(x.data()))?;
+                Ok(GpuTensor {
+                    buf: Arc::new(buf),
+                    ..y
+                })
+            }
+            dt => {
+                let tmp = self.upload_slice(x.data())?;
+                let (pt, py, nn) = (self.ptr(&tmp), self.ptr(&y.buf), n as i64);
+                self.launch(&format!("cast_f32_to_{}", dt.suffix()), n, &[&pt, &py, &nn])?;
+                Ok(y)
+            }
+        }
+    }
+
+    fn download(&self, x: &GpuTensor) -> Result<Tensor> {
+        let n = x.numel();
+        let data = if let [b, c, h, w] = x.shape[..] {
+            let tmp = self.alloc::<f32>(n)?;
+            let (px, pt) = (self.ptr(&x.buf), self.ptr(&tmp));
+            let (b, c, hw) = (i32_of(b, "batch")?, i32_of(c, "channels")?, i32_of(h * w, "pixels")?);
+            let name = format!("nhwc_{}_to_nchw_f32", x.dtype.suffix());
+            self.launch(&name, n, &[&px, &pt, &b, &c, &hw])?;
+            self.download_slice(&tmp, n)?
+        } else if x.dtype == DType::F32 {
+            let bytes = self.download_slice(&x.buf, n * 4)?;
+            bytemuck::pod_collect_to_vec(&bytes)
+        } else {
+            let tmp = self.alloc::<f32>(n)?;
+            let (px, pt, nn) = (self.ptr(&x.buf), self.ptr(&tmp), n as i64);
+            self.launch(&format!("cast_{}_to_f32", x.dtype.suffix()), n, &[&px, &pt, &nn])?;
+            self.download_slice(&tmp, n)?
+        };
+        Tensor::new(x.shape.clone(), data)
+    }
+
+    fn conv2d(
+        &self,
+        conv: &Conv2d,
+        x: &GpuTensor,
+        lc: LayerCtx,
+        epi: Epilogue<GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let [b, c, h, w] = self.image_dims(x, &conv.name)?;
+        let [cout, cin, kh, kw] = conv.weight.shape()[..] else {
+            unreachable!("convolution weights are rank 4")
+        };
+        if c != cin {
+            return Err(shape_err(&conv.name, format!("input has {c} channels, the layer takes {cin}")));
+        }
+        let p = conv.padding;
+        let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
+        if hp < kh || wp < kw {
+            return Err(shape_err(&conv.name, format!("input {h}×{w} is smaller than the kernel")));
+        }
+        let (ho, wo) = ((hp - kh) / conv.stride + 1, (wp - kw) / conv.stride + 1);
+        let params = self.layer_params(conv.uid, &conv.weight, conv.bias.as_ref())?;
+        let mask = self.layer_mask(&conv.name, &conv.weight, lc)?;
+        let g = Geometry {
+            samples: b,
+            h,
+            w,
+            cin,
+            ho,
+            wo,
+            kw,
+            stride: conv.stride,
+            pad_top: p.top,
+            pad_left: p.left,
+        };
+        self.gemm(x, &params, cout, g, mask.as_deref(), epi, vec![b, cout, ho, wo])
+    }
+
+    fn linear(
+        &self,
+        lin: &Linear,
+        x: &GpuTensor,
+        lc: LayerCtx,
+        epi: Epilogue<GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let [n, k] = lin.weight.shape()[..] else {
+            unreachable!("linear weights are rank 2")
+        };
+        let last = *x.shape.last().unwrap_or(&0);
+        if x.shape.len() < 2 || last != k {
+            return Err(shape_err(&lin.name, format!("input {:?} does not end in {k}", x.shape)));
+        }
+        let params = self.layer_params(lin.uid, &lin.weight, lin.bias.as_ref())?;
+        let mask = self.layer_mask(&lin.name, &lin.weight, lc)?;
+        let rows = x.numel() / k;
+        // One GEMM over all rows unless something differs per sample.
+        let per_sample = mask.as_ref().is_some_and(|m| m.samples > 1) || epi.add_bc.is_some();
+        let samples = if per_sample { x.shape[0] } else { 1 };
+        let m = rows / samples;
+        let g = Geometry {
+            samples,
+            h: 1,
+            w: m,
+            cin: k,
+            ho: 1,
+            wo: m,
+            kw: 1,
+            stride: 1,
+            pad_top: 0,
+            pad_left: 0,
+        };
+        let mut out_shape = x.shape.clone();
+        *out_shape.last_mut().expect("rank ≥ 2") = n;
+        self.gemm(x, &params, n, g, mask.as_deref(), epi, out_shape)
+    }
+
+    fn group_norm(
+        &self,
+        gn: &GroupNorm,
+        x: &GpuTensor,
+        scale_shift: Option<&GpuTensor>,
+        silu: bool,
+    ) -> Result<GpuTensor> {
+        let [b, c, h, w] = self.image_dims(x, "group_norm")?;
+        if c != gn.weight.numel() {
+            return Err(shape_err("group_norm", format!("{c} channels, the layer has {}", gn.weight.numel())));
+        }
+        let params = self.norm_params(gn.uid, &gn.weight, &gn.bias)?;
+        let y = self.new_tensor(x.shape.clone())?;
+        let f = self.function(&self.kernel("group_norm"))?;
+        let (px, pg, pb, py) = (
+            self.ptr(&x.buf),
+            self.ptr(&params.gamma),
+            self.ptr(&params.beta),
+            self.ptr(&y.buf),
+        );
+        let pss = scale_shift.map_or(0u64, |t| self.ptr(&t.buf));
+        let (hw, ci, gi) = (i32_of(h * w, "pixels")?, c as i32, gn.groups as i32);
+        let silu = i32::from(silu);
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&px).arg(&pg).arg(&pb).arg(&pss).arg(&py);
+        l.arg(&hw).arg(&ci).arg(&gi).arg(&gn.eps).arg(&silu);
+        let cfg = LaunchConfig {
+            grid_dim: (gn.groups as u32, b as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments in the kernel's order; buffers sized by the checked shape.
+        unsafe { l.launch(cfg) }.map_err(driver("launching group_norm"))?;
+        Ok(y)
+    }
+
+    fn layer_norm(&self, ln: &LayerNorm, x: &GpuTensor) -> Result<GpuTensor> {
+        let d = ln.weight.numel();
+        if x.shape.last() != Some(&d) {
+            return Err(shape_err("layer_norm", format!("{:?} does not end in {d}", x.shape)));
+        }
+        let params = self.norm_params(ln.uid, &ln.weight, &ln.bias)?;
+        let y = self.new_tensor(x.shape.clone())?;
+        let f = self.function(&self.kernel("layer_norm"))?;
+        let (px, pg, pb, py) = (
+            self.ptr(&x.buf),
+            self.ptr(&params.gamma),
+            self.ptr(&params.beta),
+            self.ptr(&y.buf),
+        );
+        let di = d as i32;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&px).arg(&pg).arg(&pb).arg(&py).arg(&di).arg(&ln.eps);
+        let cfg = LaunchConfig {
+            grid_dim: ((x.numel() / d) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above.
+        unsafe { l.launch(cfg) }.map_err(driver("launching layer_norm"))?;
+        Ok(y)
+    }
+
+    fn attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<GpuTensor> {
+        let ([b, nq, inner], [bk, nk, ik], [bv, nv, iv]) = (
+            q.shape[..].try_into().map_err(|_| shape_err("q", format!("{:?}", q.shape)))?,
+            k.shape[..].try_into().map_err(|_| shape_err("k", format!("{:?}", k.shape)))?,
+            v.shape[..].try_into().map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
+        );
+        if (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0 {
+            return Err(shape_err(
+                "attention",
+                format!("q {:?}, k {:?}, v {:?}, {heads} heads", q.shape, k.shape, v.shape),
+            ));
+        }
+        let d = inner / heads;
+        let dpl = match d {
+            0..=64 => 2,
+            65..=96 => 3,
+            97..=160 => 5,
+            161..=256 => 8,
+            257..=512 => 16,
+            _ => {
+                return Err(Error::Unsupported {
+                    field: "attention head dim".into(),
+                    value: d.to_string(),
+                })
+            }
+        };
+        let o = self.new_tensor(q.shape.clone())?;
+        let p = AttentionParams {
+            q: self.ptr(&q.buf),
+            k: self.ptr(&k.buf),
+            v: self.ptr(&v.buf),
+            o: self.ptr(&o.buf),
+            q_batch: (nq * inner) as i64,
+            k_batch: (nk * inner) as i64,
+            v_batch: (nk * inner) as i64,
+            o_batch: (nq * inner) as i64,
+            q_row: inner as i32,
+            k_row: inner as i32,
+            v_row: inner as i32,
+            o_row: inner as i32,
+            nq: i32_of(nq, "query tokens")?,
+            nk: i32_of(nk, "key tokens")?,
+            heads: heads as i32,
+            d: d as i32,
+            scale,
+        };
+        let f = self.function(&format!("attention_{}_d{dpl}", self.dtype.suffix()))?;
+        let smem = ((80 * d + 32) * 4) as u32;
+        if smem > 48 * 1024 {
+            use cudarc::driver::sys::CUfunction_attribute_enum as A;
+            f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+                .map_err(driver("raising attention's shared memory limit"))?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (nq.div_ceil(16) as u32, heads as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&p);
+        // SAFETY: the struct matches the kernel's; buffers are sized by the checked shapes.
+        unsafe { l.launch(cfg) }.map_err(driver("launching attention"))?;
+        Ok(o)
+    }
+
+    fn geglu(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        let last = *x.shape.last().unwrap_or(&0);
+        if last % 2 != 0 {
+            return Err(shape_err("geglu", format!("{:?} has an odd last dimension", x.shape)));
+        }
+        let inner = last / 2;
+        let mut shape = x.shape.clone();
+        *shape.last_mut().expect("checked") = inner;
+        let y = self.new_tensor(shape)?;
+        let (px, py) = (self.ptr(&x.buf), self.ptr(&y.buf));
+        let (m, i) = ((x.numel() / last) as i64, inner as i32);
+        self.launch(&self.kernel("geglu"), y.numel(), &[&px, &py, &m, &i])?;
+        Ok(y)
+    }
+
+    fn silu(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        let y = self.new_tensor(x.shape.clone())?;
+        let (px, py, n) = (self.ptr(&x.buf), self.ptr(&y.buf), x.numel() as i64);
+        self.launch(&self.kernel("silu"), x.numel(), &[&px, &py, &n])?;
+        Ok(y)
+    }
+
+    fn add(&self, a: &GpuTensor, b: &GpuTensor, scale: f32) -> Result<GpuTensor> {
+        if a.shape != b.shape {
+            return Err(shape_err("add", format!("{:?} and {:?}", a.shape, b.shape)));
+        }
+        let y = self.new_tensor(a.shape.clone())?;
+        let (pa, pb, py, n) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf), a.numel() as i64);
+        self.launch(&self.kernel("add"), a.numel(), &[&pa, &pb, &py, &n, &scale])?;
+        Ok(y)
+    }
+
+    fn scale(&self, x: &GpuTensor, s: f32) -> Result<GpuTensor> {
+        let y = self.new_tensor(x.shape.clone())?;
+        let (px, py, n) = (self.ptr(&x.buf), self.ptr(&y.buf), x.numel() as i64);
+        self.launch(&self.kernel("scale"), x.numel(), &[&px, &py, &n, &s])?;
+        Ok(y)
+    }
+
+    fn upsample_nearest(&self, x: &GpuTensor, oh: usize, ow: usize) -> Result<GpuTensor> {
+        let [b, c, h, w] = self.image_dims(x, "upsample")?;
+        let y = self.new_tensor(vec![b, c, oh, ow])?;
+        let (px, py) = (self.ptr(&x.buf), self.ptr(&y.buf));
+        let dims = [b, h, w, c, oh, ow].map(|v| v as i32);
+        let [bi, hi, wi, ci, ohi, owi] = dims;
+        self.launch(
+            &self.kernel("upsample_nearest"),
+            y.numel(),
+            &[&px, &py, &bi, &hi, &wi, &ci, &ohi, &owi],
+        )?;
+        Ok(y)
+    }
+
+    fn cat_channels(&self, h: &GpuTensor, skip: &GpuTensor, skip_scale: f32) -> Result<GpuTensor> {
+        let [b, ch, hh, ww] = self.image_dims(h, "h")?;
+        let [bs, cs, hs, ws] = self.image_dims(skip, "skip")?;
+        if (b, hh, ww) != (bs, hs, ws) {
+            return Err(shape_err("skip", format!("{:?} does not match h {:?}", skip.shape, h.shape)));
+        }
+        let y = self.new_tensor(vec![b, ch + cs, hh, ww])?;
+        let (ph, ps, py) = (self.ptr(&h.buf), self.ptr(&skip.buf), self.ptr(&y.buf));
+        let (rows, chi, csi) = ((b * hh * ww) as i64, ch as i32, cs as i32);
+        self.launch(
+            &self.kernel("concat_channels"),
+            y.numel(),
+            &[&ph, &ps, &py, &rows, &chi, &csi, &skip_scale],
+        )?;
+        Ok(y)
+    }
+
+    fn to_tokens(&self, x: &GpuTensor) -> Result<GpuTensor> {
+        let [b, c, h, w] = self.image_dims(x, "to_tokens")?;
+        Ok(x.view(vec![b, h * w, c]))
+    }
+
+    fn to_image(&self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
+        match x.shape[..] {
+            [b, n, c] if n == h * w => Ok(x.view(vec![b, c, h, w])),
+            _ => Err(shape_err("to_image", format!("{:?} is not [B, {}, C]", x.shape, h * w))),
+        }
+    }
+
+    fn freeu_backbone(&self, h: &mut GpuTensor, b: f32, v2: bool) -> Result<()> {
+        let [batch, c, hh, ww] = self.image_dims(h, "h")?;
+        if Arc::strong_count(&h.buf) > 1 {
+            // Another view shares the buffer: scale a private copy.
+            *h = self.scale(h, 1.0)?;
+        }
+        let f = self.function(&self.kernel("freeu_backbone"))?;
+        let (ph, hw, ci, v2) = (self.ptr(&h.buf), (hh * ww) as i32, c as i32, i32::from(v2));
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&ph).arg(&hw).arg(&ci).arg(&b).arg(&v2);
+        let cfg = LaunchConfig {
+            grid_dim: (batch as u32, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments in the kernel's order; the buffer holds the checked shape.
+        unsafe { l.launch(cfg) }.map_err(driver("launching freeu_backbone"))?;
+        Ok(())
+    }
+
+    fn fourier_filter(
+        &self,
+        x: &GpuTensor,
+        threshold: usize,
+        scale: f32,
+        form: FilterForm,
+    ) -> Result<GpuTensor> {
+        let [b, c, h, w] = self.image_dims(x, "skip")?;
+        let (rows, cols) = (window(h, threshold), window(w, threshold));
+        if rows.is_empty() || cols.is_empty() || scale == 1.0 {
+            return Ok(x.clone());
+        }
+        let (u0, nu, v0, nv) = (rows[0] as i32, rows.len() as i32, cols[0] as i32, cols.len() as i32);
+        let few = rows.len() * cols.len() <= 16;
+        // cuFFT needs both extents above 1; the direct form is exact, so it serves those too.
+        let direct = few && (form == FilterForm::Direct || h == 1 || w == 1);
+        let y = self.new_tensor(x.shape.clone())?;
+        let (px, py) = (self.ptr(&x.buf), self.ptr(&y.buf));
+        let (hi, wi, ci) = (h as i32, w as i32, c as i32);
+        if direct {
+            let f = self.function(&self.kernel("freeu_filter_direct"))?;
+            let mut l = self.stream.launch_builder(&f);
+            l.arg(&px).arg(&py).arg(&hi).arg(&wi).arg(&ci);
+            l.arg(&u0).arg(&nu).arg(&v0).arg(&nv).arg(&scale);
+            let cfg = LaunchConfig {
+                grid_dim: (c.div_ceil(32) as u32, b as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: arguments in the kernel's order.
+            unsafe { l.launch(cfg) }.map_err(driver("launching freeu_filter_direct"))?;
+            return Ok(y);
+        }
+        if h == 1 || w == 1 {
+            return Err(Error::Unsupported {
+                field: "FreeU threshold on a 1-pixel-wide skip".into(),
+                value: threshold.to_string(),
+            });
+        }
+        // SAFETY: only tries to dlopen the library.
+        if !unsafe { cudarc::cufft::sys::is_culib_present() } {
+            return Err(Error::Msg(
+                "cuFFT (libcufft) is not installed; use the direct FreeU filter \
+                 (--freeu-filter direct), which is exact"
+                    .into(),
+            ));
+        }
+        let planes = b * c;
+        let (hw, wh) = (h * w, w / 2 + 1);
+        let mut real = self.alloc::<f32>(planes * hw)?;
+        let mut spec = self.alloc::<cudarc::cufft::sys::float2>(planes * h * wh)?;
+        let (pr, bi, hwi) = (self.ptr(&real), b as i32, hw as i32);
+        self.launch(&self.kernel("freeu_to_planes"), planes * hw, &[&px, &pr, &bi, &hwi, &ci])?;
+        {
+            let mut plans = self.cache.ffts.lock().expect("cache");
+            if !plans.contains_key(&(planes, h, w)) {
+                let make = |kind| {
+                    cudarc::cufft::CudaFft::plan_many(
+                        &[h as i32, w as i32],
+                        None,
+                        1,
+                        0,
+                        None,
+                        1,
+                        0,
+                        kind,
+                        planes as i32,
+                        self.stream.clone(),
+                    )
+                    .map_err(|e| Error::Msg(format!("cuFFT plan for {planes}×{h}×{w}: {e:?}")))
+                };
+                use cudarc::cufft::sys::cufftType as K;
+                let p = FftPlans {
+                    r2c: make(K::CUFFT_R2C)?,
+                    c2r: make(K::CUFFT_C2R)?,
+                };
+                plans.insert((planes, h, w), p);
+            }
+            let p = &plans[&(planes, h, w)];
+            p.r2c
+                .exec_r2c(&real, &mut spec)
+                .map_err(|e| Error::Msg(format!("cuFFT R2C: {e:?}")))?;
+            let ps = self.ptr(&spec);
+            let n = planes as i64;
+            self.launch(
+                "freeu_spectrum_scale",
+                planes * h * wh,
+                &[&ps, &n, &hi, &wi, &u0, &nu, &v0, &nv, &scale],
+            )?;
+            p.c2r
+                .exec_c2r(&mut spec, &mut real)
+                .map_err(|e| Error::Msg(format!("cuFFT C2R: {e:?}")))?;
+        }
+        let (pr, inv) = (self.ptr(&real), 1.0f32 / hw as f32);
+        self.launch(
+            &self.kernel("freeu_from_planes"),
+            planes * hw,
+            &[&pr, &py, &bi, &hwi, &ci, &inv],
+        )?;
+        Ok(y)
+    }
+
+    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<GpuTensor> {
+        let y = self.new_tensor(vec![t.len(), ts.dim])?;
+        let tb = self.upload_slice(t)?;
+        let (pt, py) = (self.ptr(&tb), self.ptr(&y.buf));
+        let (b, dim, flip) = (t.len() as i32, ts.dim as i32, i32::from(ts.flip_sin_to_cos));
+        self.launch(
+            &self.kernel("timestep_embedding"),
+            y.numel(),
+            &[&pt, &py, &b, &dim, &flip, &ts.downscale_freq_shift],
+        )?;
+        Ok(y)
+    }
+}

@@ -1,0 +1,254 @@
+//! The CUDA backend: one device, one stream, the kernels of `kernels/*.cu`.
+//!
+//! Libraries are loaded at run time (cudarc's dynamic loading), so this module builds and the
+//! crate's CPU paths run on machines with no CUDA at all; `Gpu::new` checks that the driver
+//! library and a device exist before touching either, and answers with an error otherwise.
+//! Kernels come as PTX embedded by build.rs (for sm_80 and sm_90) or, where the build had no
+//! NVRTC, are compiled with NVRTC at first use and cached on disk.
+
+pub mod backend;
+pub mod kernels;
+pub mod params;
+pub mod source;
+pub mod tensor;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError,
+};
+
+use crate::device::DType;
+use crate::error::{Error, Result};
+pub use tensor::GpuTensor;
+
+/// A driver error as this crate's error, naming what was being done.
+pub(crate) fn driver(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
+    move |e| {
+        let oom = e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
+        if oom {
+            Error::Msg(format!("CUDA out of memory while {what}"))
+        } else {
+            Error::Msg(format!("CUDA error while {what}: {e:?}"))
+        }
+    }
+}
+
+/// Whether a CUDA driver library can be loaded here (no GPU is needed to answer).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library by its usual names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// How many CUDA devices this machine has; 0 where there is no driver.
+pub fn device_count() -> usize {
+    if !driver_present() || cudarc::driver::result::init().is_err() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// One opened CUDA device with its kernels, stream and per-layer parameter copies.
+pub struct Gpu {
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) dtype: DType,
+    name: String,
+    compute_capability: (i32, i32),
+    modules: Vec<Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub(crate) cache: backend::ParamCache,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("name", &self.name)
+            .field("compute_capability", &self.compute_capability)
+            .field("dtype", &self.dtype)
+            .finish()
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal` for models stored in `dtype`.
+    pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
+        if !driver_present() {
+            return Err(Error::Msg(format!(
+                "device cuda:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \
+                 use --device cpu"
+            )));
+        }
+        cudarc::driver::result::init().map_err(driver("initialising the CUDA driver"))?;
+        let count = CudaContext::device_count().map_err(driver("counting CUDA devices"))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::Msg(format!(
+                "device cuda:{ordinal}: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(driver("reading the compute capability"))?;
+        if cc.0 < 8 {
+            return Err(Error::Msg(format!(
+                "device cuda:{ordinal} has compute capability {}.{}; the kernels need 8.0 or \
+                 newer (mma.sync with bf16, cvt.rn.bf16)",
+                cc.0, cc.1
+            )));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
+        // One stream only: cudarc's cross-stream event tracking has nothing to do.
+        // SAFETY: every buffer of this backend is used on `stream` alone.
+        unsafe { ctx.disable_event_tracking() };
+        let mut modules = Vec::new();
+        for (stem, src) in kernels::SOURCES {
+            let ptx = ptx_for(stem, src, cc)?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                .map_err(driver(&format!("loading kernels/{stem}.cu")))?;
+            modules.push(module);
+        }
+        Ok(Gpu {
+            stream,
+            dtype,
+            name,
+            compute_capability: cc,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            cache: backend::ParamCache::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.compute_capability
+    }
+
+    /// Waits for all queued work; kernel faults surface here.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver("waiting for the GPU"))
+    }
+
+    /// The kernel `name` from whichever kernel file defines it.
+    pub(crate) fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().expect("function cache");
+        if let Some(f) = cache.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .modules
+            .iter()
+            .find_map(|m| m.load_function(name).ok())
+            .ok_or_else(|| Error::Msg(format!("no CUDA kernel named `{name}`")))?;
+        cache.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Uninitialised device memory of `len` elements (at least one, so every pointer is
+    /// distinct and valid).
+    pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller writes the buffer before reading it.
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(driver("allocating GPU memory"))
+    }
+
+    pub(crate) fn upload_slice<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return self.alloc(1);
+        }
+        self.stream
+            .clone_htod(data)
+            .map_err(driver("copying to the GPU"))
+    }
+
+    pub(crate) fn download_slice<T: DeviceRepr + Default + Clone>(
+        &self,
+        data: &CudaSlice<T>,
+        len: usize,
+    ) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); data.len()];
+        self.stream
+            .memcpy_dtoh(data, &mut out)
+            .map_err(driver("copying from the GPU"))?;
+        self.synchronize()?;
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// The raw device address of a buffer, for kernel parameter structs.
+    pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+}
+
+/// PTX of kernel file `stem` for a device of compute capability `cc`: the embedded sm_90 PTX
+/// on 9.x, sm_80 on every other 8.0+ device (PTX JIT-compiles forward); without embedded PTX,
+/// NVRTC now, cached under the user's cache folder by a hash of source and options.
+fn ptx_for(stem: &str, src: &str, cc: (i32, i32)) -> Result<String> {
+    let arch = if cc.0 == 9 { "sm_90" } else { "sm_80" };
+    if let Some((_, _, ptx)) = kernels::PTX
+        .iter()
+        .find(|(s, a, _)| *s == stem && *a == arch)
+    {
+        return Ok(ptx.to_string());
+    }
+    let code = source::expand(src, kernels::COMMON);
+    let options = source::nvrtc_options(arch);
+    let key = fnv1a(code.as_bytes(), options.join(" ").as_bytes());
+    let cache = cache_dir().map(|d| d.join(format!("{stem}-{arch}-{key:016x}.ptx")));
+    if let Some(Ok(ptx)) = cache.as_ref().map(std::fs::read_to_string) {
+        return Ok(ptx);
+    }
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Msg(
+            "this build has no embedded PTX and NVRTC (libnvrtc) is not installed, so the \
+             CUDA kernels cannot be compiled; rebuild where NVRTC is found \
+             (tools/cuda_toolchain.sh) or install the CUDA toolkit"
+                .into(),
+        ));
+    }
+    let opts = cudarc::nvrtc::CompileOptions {
+        options,
+        name: Some(format!("{stem}.cu")),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&code, opts)
+        .map_err(|e| Error::Msg(format!("NVRTC failed on kernels/{stem}.cu: {e:?}")))?
+        .to_src();
+    if let Some(path) = cache {
+        // A cache that cannot be written only costs a recompile next time.
+        let _ = std::fs::create_dir_all(path.parent().expect("file in a folder"))
+            .and_then(|_| std::fs::write(&path, &ptx));
+    }
+    Ok(ptx)
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("freelunch").join("ptx"))
+}
+
+fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &x in a.iter().chain(b) {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

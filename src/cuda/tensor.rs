@@ -1,0 +1,40 @@
+//! Device tensors. Storage is `dtype` elements in the backend's layout: images NHWC (the shape
+//! says `[B, C, H, W]`), token sequences `[B, N, C]` and vectors `[B, C]` row-major. Buffers
+//! are shared (`Arc`), so the image ↔ token views and clones cost nothing.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+
+use crate::device::DType;
+
+#[derive(Clone, Debug)]
+pub struct GpuTensor {
+    pub(crate) buf: Arc<CudaSlice<u8>>,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+}
+
+impl GpuTensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The same buffer under another semantic shape of as many elements.
+    pub(crate) fn view(&self, shape: Vec<usize>) -> GpuTensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
+        GpuTensor {
+            buf: self.buf.clone(),
+            shape,
+            dtype: self.dtype,
+        }
+    }
+}
