@@ -17,7 +17,6 @@ use crate::tensor::Tensor;
 
 /// What a linear or convolution adds to its output, fused into the GEMM where the backend can:
 /// `y = (x·Wᵀ + bias + add_bc[b, c] + residual) · scale`.
-#[derive(Clone, Copy)]
 pub struct Epilogue<'a, T> {
     /// Added per sample and output channel (a resnet's time embedding), `[B, C]`.
     pub add_bc: Option<&'a T>,
@@ -26,6 +25,14 @@ pub struct Epilogue<'a, T> {
     /// Applied last (a resnet's `1 / output_scale_factor`); 1 is exact.
     pub scale: f32,
 }
+
+// Manual impls: a derive would demand `T: Copy`, but only references are copied.
+impl<T> Clone for Epilogue<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Epilogue<'_, T> {}
 
 impl<T> Default for Epilogue<'_, T> {
     fn default() -> Self {

@@ -150,82 +150,12 @@ fn bad_booster_settings_are_errors() {
 /// scales, at sizes where levels are 1×1, 2×2 or odd; each with both filter forms.
 #[test]
 fn booster_goldens() {
-    use freelunch::safetensors_io;
-    use serde_json::Value;
-    use std::collections::BTreeMap;
-
-    let root = fixture("boosters");
-    let mut models: BTreeMap<String, UNet> = BTreeMap::new();
-    let mut checked = 0;
-    let mut cases: Vec<_> = std::fs::read_dir(&root)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    for case in cases {
-        let inputs = UNetInputs::load(&case.join("inputs.safetensors")).unwrap();
-        let mut variants: Vec<_> = std::fs::read_dir(&case)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        variants.sort();
-        for json_path in variants {
-            let spec: Value =
-                serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
-            let model = spec["model"].as_str().unwrap().to_string();
-            let unet = models
-                .entry(model.clone())
-                .or_insert_with(|| UNet::from_dir(&fixture(&model)).unwrap());
-            let f = |v: &Value, k: &str| v[k].as_f64().unwrap() as f32;
-            let skip_scales = if let Some(list) = spec["skip_scales"].as_array() {
-                Some(SkipScales::Explicit(
-                    list.iter().map(|v| v.as_f64().unwrap() as f32).collect(),
-                ))
-            } else if spec["skip_tuning"].is_object() {
-                let st = &spec["skip_tuning"];
-                Some(SkipScales::Linear {
-                    top: f(st, "rho_top"),
-                    bottom: f(st, "rho_bottom"),
-                })
-            } else {
-                None
-            };
-            let expected = safetensors_io::load(&json_path.with_extension("safetensors"))
-                .unwrap()
-                .remove("sample")
-                .unwrap()
-                .tensor;
-            for form in [FilterForm::Direct, FilterForm::Fft] {
-                let freeu = spec["freeu"].as_object().map(|_| {
-                    let fu = &spec["freeu"];
-                    let mut freeu = FreeU::new(f(fu, "b1"), f(fu, "b2"), f(fu, "s1"), f(fu, "s2"));
-                    freeu.blocks = match fu["blocks"].as_str().unwrap() {
-                        "stage" => FreeUBlocks::Stage,
-                        "channels" => FreeUBlocks::Channels,
-                        other => panic!("unknown blocks {other}"),
-                    };
-                    freeu.v2 = fu["v2"].as_bool().unwrap();
-                    freeu.threshold = fu["threshold"].as_u64().unwrap() as usize;
-                    freeu.filter = form;
-                    freeu
-                });
-                let boosters = Boosters {
-                    skip_scales: skip_scales.clone(),
-                    freeu,
-                    ..Boosters::default()
-                };
-                let out = unet.forward_with(&inputs, &boosters).unwrap();
-                let err = out.rel_l2(&expected);
-                assert!(
-                    err <= 1e-4,
-                    "{}: {form:?}: rel L2 {err:.3e}",
-                    json_path.display()
-                );
-                checked += 1;
-            }
-        }
+    let mut models = common::goldens::Models::default();
+    let goldens = common::goldens::booster_goldens();
+    for g in &goldens {
+        let out = models.get(&g.model).forward_with(&g.inputs, &g.boosters).unwrap();
+        let err = out.rel_l2(&g.expected);
+        assert!(err <= 1e-4, "{}: rel L2 {err:.3e}", g.name);
     }
-    assert!(checked >= 40, "only {checked} booster goldens found");
+    assert!(goldens.len() >= 40, "only {} booster goldens found", goldens.len());
 }

@@ -3,27 +3,16 @@
 mod common;
 
 use common::fixture;
-use freelunch::safetensors_io;
 use freelunch::{UNet, UNetInputs};
 
 fn check(case: &str, model_subdir: &str) {
-    let dir = fixture(case);
-    let unet = UNet::from_dir(&dir.join(model_subdir)).unwrap_or_else(|e| panic!("{case}: {e}"));
-    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
-    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
-    assert!(
-        expected.data().iter().any(|&v| v != 0.0),
-        "{case}: reference is all zeros"
-    );
+    let g = common::goldens::model_golden(case, model_subdir);
+    let unet = UNet::from_dir(&g.model).unwrap_or_else(|e| panic!("{case}: {e}"));
     let out = unet
-        .forward(&inputs)
+        .forward(&g.inputs)
         .unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_eq!(out.shape(), expected.shape(), "{case}: shape");
-    let err = out.rel_l2(&expected);
+    assert_eq!(out.shape(), g.expected.shape(), "{case}: shape");
+    let err = out.rel_l2(&g.expected);
     eprintln!("{case}: rel L2 = {err:.3e}");
     assert!(err <= 1e-4, "{case}: relative L2 error {err:.3e} > 1e-4");
 }

@@ -14,29 +14,15 @@ use freelunch::{Tensor, UNet, UNetInputs};
 use proptest::prelude::*;
 
 fn golden(case: &str) {
-    let dir = fixture("masks").join(case);
-    let spec: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let unet = UNet::from_dir(&fixture(spec["model"].as_str().unwrap())).unwrap();
-    let masks = MaskSet::load(&dir.join("masks.safetensors"), unet.layers()).unwrap();
-    assert!(!masks.is_empty());
-    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
-    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
-    let boosters = Boosters {
-        masks: Some(Arc::new(masks)),
-        mask_step: spec["step"].as_u64().unwrap() as usize,
-        ..Boosters::default()
-    };
-    let out = unet.forward_with(&inputs, &boosters).unwrap();
-    let err = out.rel_l2(&expected);
+    let mut models = common::goldens::Models::default();
+    let g = common::goldens::mask_golden(case, &mut models);
+    let unet = models.get(&g.model);
+    let out = unet.forward_with(&g.inputs, &g.boosters).unwrap();
+    let err = out.rel_l2(&g.expected);
     eprintln!("{case}: rel L2 {err:.3e}");
     assert!(err <= 1e-4, "{case}: rel L2 {err:.3e}");
     // The masks matter: the plain output is far from the reference.
-    assert!(unet.forward(&inputs).unwrap().rel_l2(&expected) > 1e-2);
+    assert!(unet.forward(&g.inputs).unwrap().rel_l2(&g.expected) > 1e-2);
 }
 
 #[test]

@@ -116,9 +116,22 @@ struct Geometry {
 
 impl Gpu {
     fn new_tensor(&self, shape: Vec<usize>) -> Result<GpuTensor> {
-        let n: usize = shape.iter().product();
+        let bytes = shape.iter().product::<usize>() * self.dtype.size();
+        let buf = self.alloc::<u8>(bytes)?;
+        if self.poisoned() {
+            // SAFETY: the range is the buffer just allocated, on this backend's stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    self.ptr(&buf),
+                    0xff,
+                    bytes,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(driver("poisoning a buffer"))?;
+        }
         Ok(GpuTensor {
-            buf: Arc::new(self.alloc::<u8>(n * self.dtype.size())?),
+            buf: Arc::new(buf),
             shape,
             dtype: self.dtype,
         })

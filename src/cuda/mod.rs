@@ -60,6 +60,7 @@ pub struct Gpu {
     modules: Vec<Arc<CudaModule>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) cache: backend::ParamCache,
+    poison: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -120,6 +121,7 @@ impl Gpu {
             modules,
             functions: Mutex::new(HashMap::new()),
             cache: backend::ParamCache::default(),
+            poison: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -133,6 +135,16 @@ impl Gpu {
 
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
+    }
+
+    /// Tests: fill every new output buffer with all-ones bytes (NaN in f32, f16 and bf16) so
+    /// an element a kernel forgets to write cannot pass as a plausible value.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poison.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits for all queued work; kernel faults surface here.

@@ -1,0 +1,63 @@
+//! The GPU test harness: one opened device per dtype (or none, reported as skipped), and the
+//! comparison every GPU test makes against the CPU reference.
+
+use std::sync::{Arc, OnceLock};
+
+use freelunch::backend::Backend;
+use freelunch::cuda::{Gpu, GpuTensor};
+use freelunch::device::DType;
+use freelunch::Tensor;
+
+pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// SPEC §7: f32 within 1e-4 of the CPU (no TF32), f16/bf16 with f32 accumulation within 1e-2.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-4,
+        DType::F16 | DType::BF16 => 1e-2,
+    }
+}
+
+/// The devices to test on, one per dtype, with poisoned allocations; empty where this machine
+/// has no CUDA device (each test then prints `skipped: no CUDA device` and passes).
+pub fn gpus(test: &str) -> &'static [(DType, Arc<Gpu>)] {
+    static GPUS: OnceLock<Vec<(DType, Arc<Gpu>)>> = OnceLock::new();
+    let gpus = GPUS.get_or_init(|| {
+        if freelunch::cuda::device_count() == 0 {
+            return Vec::new();
+        }
+        DTYPES
+            .iter()
+            .map(|&dt| {
+                let gpu = Gpu::new(0, dt).unwrap_or_else(|e| panic!("opening cuda:0 ({dt:?}): {e}"));
+                gpu.set_poison(true);
+                (dt, Arc::new(gpu))
+            })
+            .collect()
+    });
+    if gpus.is_empty() {
+        println!("{test}: skipped: no CUDA device");
+    }
+    gpus
+}
+
+/// `got` (downloaded) against the CPU's `want`: same shape, no NaN (poisoned memory that a
+/// kernel never wrote reads as NaN), relative L2 within the dtype's tolerance. The reference
+/// must not be all zeros.
+pub fn compare(gpu: &Gpu, what: &str, got: &GpuTensor, want: &Tensor) -> Result<f64, String> {
+    let got = gpu.download(got).map_err(|e| format!("{what}: {e}"))?;
+    if got.shape() != want.shape() {
+        return Err(format!("{what}: shape {:?}, want {:?}", got.shape(), want.shape()));
+    }
+    if want.data().iter().all(|&v| v == 0.0) {
+        return Err(format!("{what}: the reference is all zeros"));
+    }
+    if let Some(i) = got.data().iter().position(|v| !v.is_finite()) {
+        return Err(format!("{what}: element {i} is {} ({:?})", got.data()[i], gpu.dtype()));
+    }
+    let err = got.rel_l2(want);
+    if err > tolerance(gpu.dtype()) {
+        return Err(format!("{what} ({:?}): rel L2 {err:.3e}", gpu.dtype()));
+    }
+    Ok(err)
+}
