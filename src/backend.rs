@@ -165,13 +165,25 @@ impl Backend for Cpu {
         Ok(x.clone())
     }
 
-    fn conv2d(&self, conv: &Conv2d, x: &Tensor, lc: LayerCtx, epi: Epilogue<Tensor>) -> Result<Tensor> {
+    fn conv2d(
+        &self,
+        conv: &Conv2d,
+        x: &Tensor,
+        lc: LayerCtx,
+        epi: Epilogue<Tensor>,
+    ) -> Result<Tensor> {
         let mut y = conv.forward(x, lc);
         apply_epilogue(&mut y, epi);
         Ok(y)
     }
 
-    fn linear(&self, lin: &Linear, x: &Tensor, lc: LayerCtx, epi: Epilogue<Tensor>) -> Result<Tensor> {
+    fn linear(
+        &self,
+        lin: &Linear,
+        x: &Tensor,
+        lc: LayerCtx,
+        epi: Epilogue<Tensor>,
+    ) -> Result<Tensor> {
         let mut y = lin.forward(x, lc);
         apply_epilogue(&mut y, epi);
         Ok(y)
@@ -210,7 +222,14 @@ impl Backend for Cpu {
         Ok(ln.forward(x))
     }
 
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Result<Tensor> {
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
         Ok(cpu::attention(q, k, v, heads, scale))
     }
 
@@ -258,7 +277,13 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn fourier_filter(&self, x: &Tensor, threshold: usize, scale: f32, form: FilterForm) -> Result<Tensor> {
+    fn fourier_filter(
+        &self,
+        x: &Tensor,
+        threshold: usize,
+        scale: f32,
+        form: FilterForm,
+    ) -> Result<Tensor> {
         Ok(fourier_filter(x, threshold, scale, form))
     }
 

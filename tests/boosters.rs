@@ -153,9 +153,16 @@ fn booster_goldens() {
     let mut models = common::goldens::Models::default();
     let goldens = common::goldens::booster_goldens();
     for g in &goldens {
-        let out = models.get(&g.model).forward_with(&g.inputs, &g.boosters).unwrap();
+        let out = models
+            .get(&g.model)
+            .forward_with(&g.inputs, &g.boosters)
+            .unwrap();
         let err = out.rel_l2(&g.expected);
         assert!(err <= 1e-4, "{}: rel L2 {err:.3e}", g.name);
     }
-    assert!(goldens.len() >= 40, "only {} booster goldens found", goldens.len());
+    assert!(
+        goldens.len() >= 40,
+        "only {} booster goldens found",
+        goldens.len()
+    );
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 
 use crate::boosters::Boosters;
 use crate::config::UNetConfig;
+use crate::device::Exec;
 use crate::error::{Error, Result};
 use crate::models::unet_2d::{UNet, UNetInputs};
-use crate::device::Exec;
 use crate::models::{Denoiser, Runnable};
 use crate::safetensors_io;
 use crate::tensor::Tensor;

@@ -92,7 +92,8 @@ fn launch_1d(n: usize) -> LaunchConfig {
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Msg(format!("{what} = {v} is too large for the GPU kernels")))
+    i32::try_from(v)
+        .map_err(|_| Error::Msg(format!("{what} = {v} is too large for the GPU kernels")))
 }
 
 fn shape_err(what: &str, msg: String) -> Error {
@@ -201,7 +202,12 @@ impl Gpu {
     }
 
     /// The device masks of `weight`'s layer at `lc.step`, if it is masked.
-    fn layer_mask(&self, name: &str, weight: &Tensor, lc: LayerCtx) -> Result<Option<Arc<GpuMask>>> {
+    fn layer_mask(
+        &self,
+        name: &str,
+        weight: &Tensor,
+        lc: LayerCtx,
+    ) -> Result<Option<Arc<GpuMask>>> {
         let Some(mask) = lc.masks.and_then(|m| m.get(name)) else {
             return Ok(None);
         };
@@ -348,7 +354,10 @@ impl Gpu {
     fn image_dims(&self, x: &GpuTensor, what: &str) -> Result<[usize; 4]> {
         match x.shape[..] {
             [b, c, h, w] => Ok([b, c, h, w]),
-            _ => Err(shape_err(what, format!("{:?} is not an image [B, C, H, W]", x.shape))),
+            _ => Err(shape_err(
+                what,
+                format!("{:?} is not an image [B, C, H, W]", x.shape),
+            )),
         }
     }
 }
@@ -377,7 +386,11 @@ impl Backend for Gpu {
         if let [b, c, h, w] = x.shape()[..] {
             let tmp = self.upload_slice(x.data())?;
             let (pt, py) = (self.ptr(&tmp), self.ptr(&y.buf));
-            let (b, c, hw) = (i32_of(b, "batch")?, i32_of(c, "channels")?, i32_of(h * w, "pixels")?);
+            let (b, c, hw) = (
+                i32_of(b, "batch")?,
+                i32_of(c, "channels")?,
+                i32_of(h * w, "pixels")?,
+            );
             let name = format!("nchw_f32_to_nhwc_{}", self.dtype.suffix());
             self.launch(&name, n, &[&pt, &py, &b, &c, &hw])?;
             return Ok(y);
@@ -404,7 +417,11 @@ impl Backend for Gpu {
         let data = if let [b, c, h, w] = x.shape[..] {
             let tmp = self.alloc::<f32>(n)?;
             let (px, pt) = (self.ptr(&x.buf), self.ptr(&tmp));
-            let (b, c, hw) = (i32_of(b, "batch")?, i32_of(c, "channels")?, i32_of(h * w, "pixels")?);
+            let (b, c, hw) = (
+                i32_of(b, "batch")?,
+                i32_of(c, "channels")?,
+                i32_of(h * w, "pixels")?,
+            );
             let name = format!("nhwc_{}_to_nchw_f32", x.dtype.suffix());
             self.launch(&name, n, &[&px, &pt, &b, &c, &hw])?;
             self.download_slice(&tmp, n)?
@@ -414,7 +431,11 @@ impl Backend for Gpu {
         } else {
             let tmp = self.alloc::<f32>(n)?;
             let (px, pt, nn) = (self.ptr(&x.buf), self.ptr(&tmp), n as i64);
-            self.launch(&format!("cast_{}_to_f32", x.dtype.suffix()), n, &[&px, &pt, &nn])?;
+            self.launch(
+                &format!("cast_{}_to_f32", x.dtype.suffix()),
+                n,
+                &[&px, &pt, &nn],
+            )?;
             self.download_slice(&tmp, n)?
         };
         Tensor::new(x.shape.clone(), data)
@@ -432,12 +453,18 @@ impl Backend for Gpu {
             unreachable!("convolution weights are rank 4")
         };
         if c != cin {
-            return Err(shape_err(&conv.name, format!("input has {c} channels, the layer takes {cin}")));
+            return Err(shape_err(
+                &conv.name,
+                format!("input has {c} channels, the layer takes {cin}"),
+            ));
         }
         let p = conv.padding;
         let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
         if hp < kh || wp < kw {
-            return Err(shape_err(&conv.name, format!("input {h}×{w} is smaller than the kernel")));
+            return Err(shape_err(
+                &conv.name,
+                format!("input {h}×{w} is smaller than the kernel"),
+            ));
         }
         let (ho, wo) = ((hp - kh) / conv.stride + 1, (wp - kw) / conv.stride + 1);
         let params = self.layer_params(conv.uid, &conv.weight, conv.bias.as_ref())?;
@@ -454,7 +481,15 @@ impl Backend for Gpu {
             pad_top: p.top,
             pad_left: p.left,
         };
-        self.gemm(x, &params, cout, g, mask.as_deref(), epi, vec![b, cout, ho, wo])
+        self.gemm(
+            x,
+            &params,
+            cout,
+            g,
+            mask.as_deref(),
+            epi,
+            vec![b, cout, ho, wo],
+        )
     }
 
     fn linear(
@@ -469,7 +504,10 @@ impl Backend for Gpu {
         };
         let last = *x.shape.last().unwrap_or(&0);
         if x.shape.len() < 2 || last != k {
-            return Err(shape_err(&lin.name, format!("input {:?} does not end in {k}", x.shape)));
+            return Err(shape_err(
+                &lin.name,
+                format!("input {:?} does not end in {k}", x.shape),
+            ));
         }
         let params = self.layer_params(lin.uid, &lin.weight, lin.bias.as_ref())?;
         let mask = self.layer_mask(&lin.name, &lin.weight, lc)?;
@@ -504,7 +542,10 @@ impl Backend for Gpu {
     ) -> Result<GpuTensor> {
         let [b, c, h, w] = self.image_dims(x, "group_norm")?;
         if c != gn.weight.numel() {
-            return Err(shape_err("group_norm", format!("{c} channels, the layer has {}", gn.weight.numel())));
+            return Err(shape_err(
+                "group_norm",
+                format!("{c} channels, the layer has {}", gn.weight.numel()),
+            ));
         }
         let params = self.norm_params(gn.uid, &gn.weight, &gn.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
@@ -534,7 +575,10 @@ impl Backend for Gpu {
     fn layer_norm(&self, ln: &LayerNorm, x: &GpuTensor) -> Result<GpuTensor> {
         let d = ln.weight.numel();
         if x.shape.last() != Some(&d) {
-            return Err(shape_err("layer_norm", format!("{:?} does not end in {d}", x.shape)));
+            return Err(shape_err(
+                "layer_norm",
+                format!("{:?} does not end in {d}", x.shape),
+            ));
         }
         let params = self.norm_params(ln.uid, &ln.weight, &ln.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
@@ -567,14 +611,23 @@ impl Backend for Gpu {
         scale: f32,
     ) -> Result<GpuTensor> {
         let ([b, nq, inner], [bk, nk, ik], [bv, nv, iv]) = (
-            q.shape[..].try_into().map_err(|_| shape_err("q", format!("{:?}", q.shape)))?,
-            k.shape[..].try_into().map_err(|_| shape_err("k", format!("{:?}", k.shape)))?,
-            v.shape[..].try_into().map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
+            q.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("q", format!("{:?}", q.shape)))?,
+            k.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("k", format!("{:?}", k.shape)))?,
+            v.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
         );
         if (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0 {
             return Err(shape_err(
                 "attention",
-                format!("q {:?}, k {:?}, v {:?}, {heads} heads", q.shape, k.shape, v.shape),
+                format!(
+                    "q {:?}, k {:?}, v {:?}, {heads} heads",
+                    q.shape, k.shape, v.shape
+                ),
             ));
         }
         let d = inner / heads;
@@ -615,8 +668,11 @@ impl Backend for Gpu {
         let smem = ((80 * d + 32) * 4) as u32;
         if smem > 48 * 1024 {
             use cudarc::driver::sys::CUfunction_attribute_enum as A;
-            f.set_attribute(A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-                .map_err(driver("raising attention's shared memory limit"))?;
+            f.set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(driver("raising attention's shared memory limit"))?;
         }
         let cfg = LaunchConfig {
             grid_dim: (nq.div_ceil(16) as u32, heads as u32, b as u32),
@@ -633,7 +689,10 @@ impl Backend for Gpu {
     fn geglu(&self, x: &GpuTensor) -> Result<GpuTensor> {
         let last = *x.shape.last().unwrap_or(&0);
         if last % 2 != 0 {
-            return Err(shape_err("geglu", format!("{:?} has an odd last dimension", x.shape)));
+            return Err(shape_err(
+                "geglu",
+                format!("{:?} has an odd last dimension", x.shape),
+            ));
         }
         let inner = last / 2;
         let mut shape = x.shape.clone();
@@ -657,7 +716,12 @@ impl Backend for Gpu {
             return Err(shape_err("add", format!("{:?} and {:?}", a.shape, b.shape)));
         }
         let y = self.new_tensor(a.shape.clone())?;
-        let (pa, pb, py, n) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf), a.numel() as i64);
+        let (pa, pb, py, n) = (
+            self.ptr(&a.buf),
+            self.ptr(&b.buf),
+            self.ptr(&y.buf),
+            a.numel() as i64,
+        );
         self.launch(&self.kernel("add"), a.numel(), &[&pa, &pb, &py, &n, &scale])?;
         Ok(y)
     }
@@ -687,7 +751,10 @@ impl Backend for Gpu {
         let [b, ch, hh, ww] = self.image_dims(h, "h")?;
         let [bs, cs, hs, ws] = self.image_dims(skip, "skip")?;
         if (b, hh, ww) != (bs, hs, ws) {
-            return Err(shape_err("skip", format!("{:?} does not match h {:?}", skip.shape, h.shape)));
+            return Err(shape_err(
+                "skip",
+                format!("{:?} does not match h {:?}", skip.shape, h.shape),
+            ));
         }
         let y = self.new_tensor(vec![b, ch + cs, hh, ww])?;
         let (ph, ps, py) = (self.ptr(&h.buf), self.ptr(&skip.buf), self.ptr(&y.buf));
@@ -708,7 +775,10 @@ impl Backend for Gpu {
     fn to_image(&self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
         match x.shape[..] {
             [b, n, c] if n == h * w => Ok(x.view(vec![b, c, h, w])),
-            _ => Err(shape_err("to_image", format!("{:?} is not [B, {}, C]", x.shape, h * w))),
+            _ => Err(shape_err(
+                "to_image",
+                format!("{:?} is not [B, {}, C]", x.shape, h * w),
+            )),
         }
     }
 
@@ -744,7 +814,12 @@ impl Backend for Gpu {
         if rows.is_empty() || cols.is_empty() || scale == 1.0 {
             return Ok(x.clone());
         }
-        let (u0, nu, v0, nv) = (rows[0] as i32, rows.len() as i32, cols[0] as i32, cols.len() as i32);
+        let (u0, nu, v0, nv) = (
+            rows[0] as i32,
+            rows.len() as i32,
+            cols[0] as i32,
+            cols.len() as i32,
+        );
         let few = rows.len() * cols.len() <= 16;
         // cuFFT needs both extents above 1; the direct form is exact, so it serves those too.
         let direct = few && (form == FilterForm::Direct || h == 1 || w == 1);
@@ -784,33 +859,39 @@ impl Backend for Gpu {
         let mut real = self.alloc::<f32>(planes * hw)?;
         let mut spec = self.alloc::<cudarc::cufft::sys::float2>(planes * h * wh)?;
         let (pr, bi, hwi) = (self.ptr(&real), b as i32, hw as i32);
-        self.launch(&self.kernel("freeu_to_planes"), planes * hw, &[&px, &pr, &bi, &hwi, &ci])?;
+        self.launch(
+            &self.kernel("freeu_to_planes"),
+            planes * hw,
+            &[&px, &pr, &bi, &hwi, &ci],
+        )?;
         {
             let mut plans = self.cache.ffts.lock().expect("cache");
-            if !plans.contains_key(&(planes, h, w)) {
-                let make = |kind| {
-                    cudarc::cufft::CudaFft::plan_many(
-                        &[h as i32, w as i32],
-                        None,
-                        1,
-                        0,
-                        None,
-                        1,
-                        0,
-                        kind,
-                        planes as i32,
-                        self.stream.clone(),
-                    )
-                    .map_err(|e| Error::Msg(format!("cuFFT plan for {planes}×{h}×{w}: {e:?}")))
-                };
-                use cudarc::cufft::sys::cufftType as K;
-                let p = FftPlans {
-                    r2c: make(K::CUFFT_R2C)?,
-                    c2r: make(K::CUFFT_C2R)?,
-                };
-                plans.insert((planes, h, w), p);
-            }
-            let p = &plans[&(planes, h, w)];
+            let p = match plans.entry((planes, h, w)) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let make = |kind| {
+                        cudarc::cufft::CudaFft::plan_many(
+                            &[h as i32, w as i32],
+                            None,
+                            1,
+                            0,
+                            None,
+                            1,
+                            0,
+                            kind,
+                            planes as i32,
+                            self.stream.clone(),
+                        )
+                        .map_err(|e| Error::Msg(format!("cuFFT plan for {planes}×{h}×{w}: {e:?}")))
+                    };
+                    use cudarc::cufft::sys::cufftType as K;
+                    let p = FftPlans {
+                        r2c: make(K::CUFFT_R2C)?,
+                        c2r: make(K::CUFFT_C2R)?,
+                    };
+                    slot.insert(p)
+                }
+            };
             p.r2c
                 .exec_r2c(&real, &mut spec)
                 .map_err(|e| Error::Msg(format!("cuFFT R2C: {e:?}")))?;

@@ -133,6 +133,16 @@ impl Gpu {
         self.dtype
     }
 
+    /// The stream every kernel of this device runs on (for peers such as cuBLAS in benches).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The device address of a tensor's storage (for peers such as cuBLAS in benches).
+    pub fn device_ptr(&self, t: &GpuTensor) -> u64 {
+        self.ptr(&t.buf)
+    }
+
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }

@@ -5,7 +5,10 @@ pub fn expand(source: &str, common: &str) -> String {
 }
 pub fn nvrtc_options(arch: &str) -> Vec<String> {
     vec![
-        format!("--gpu-architecture=compute_{}", arch.trim_start_matches("sm_")),
+        format!(
+            "--gpu-architecture=compute_{}",
+            arch.trim_start_matches("sm_")
+        ),
         "--std=c++17".into(),
         "-default-device".into(),
         "-lineinfo".into(),

@@ -86,7 +86,9 @@ impl Transformer2DModel {
             seq = block.forward(be, &seq, context, lc)?;
         }
         match &self.proj_out {
-            Proj::Conv(c) => be.conv2d(c, &be.to_image(&seq, h, w)?, lc, Epilogue::residual(x, 1.0)),
+            Proj::Conv(c) => {
+                be.conv2d(c, &be.to_image(&seq, h, w)?, lc, Epilogue::residual(x, 1.0))
+            }
             Proj::Linear(l) => {
                 let residual = be.to_tokens(x)?;
                 let out = be.linear(l, &seq, lc, Epilogue::residual(&residual, 1.0))?;

@@ -28,7 +28,11 @@ fn sample(path: &Path) -> Tensor {
         .remove("sample")
         .unwrap()
         .tensor;
-    assert!(t.data().iter().any(|&v| v != 0.0), "{}: reference is all zeros", path.display());
+    assert!(
+        t.data().iter().any(|&v| v != 0.0),
+        "{}: reference is all zeros",
+        path.display()
+    );
     t
 }
 
@@ -168,9 +172,9 @@ pub struct Models(BTreeMap<PathBuf, UNet>);
 
 impl Models {
     pub fn get(&mut self, dir: &Path) -> &UNet {
-        self.0
-            .entry(dir.to_path_buf())
-            .or_insert_with(|| UNet::from_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())))
+        self.0.entry(dir.to_path_buf()).or_insert_with(|| {
+            UNet::from_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        })
     }
 }
 

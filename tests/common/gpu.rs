@@ -29,7 +29,8 @@ pub fn gpus(test: &str) -> &'static [(DType, Arc<Gpu>)] {
         DTYPES
             .iter()
             .map(|&dt| {
-                let gpu = Gpu::new(0, dt).unwrap_or_else(|e| panic!("opening cuda:0 ({dt:?}): {e}"));
+                let gpu =
+                    Gpu::new(0, dt).unwrap_or_else(|e| panic!("opening cuda:0 ({dt:?}): {e}"));
                 gpu.set_poison(true);
                 (dt, Arc::new(gpu))
             })
@@ -47,13 +48,21 @@ pub fn gpus(test: &str) -> &'static [(DType, Arc<Gpu>)] {
 pub fn compare(gpu: &Gpu, what: &str, got: &GpuTensor, want: &Tensor) -> Result<f64, String> {
     let got = gpu.download(got).map_err(|e| format!("{what}: {e}"))?;
     if got.shape() != want.shape() {
-        return Err(format!("{what}: shape {:?}, want {:?}", got.shape(), want.shape()));
+        return Err(format!(
+            "{what}: shape {:?}, want {:?}",
+            got.shape(),
+            want.shape()
+        ));
     }
     if want.data().iter().all(|&v| v == 0.0) {
         return Err(format!("{what}: the reference is all zeros"));
     }
     if let Some(i) = got.data().iter().position(|v| !v.is_finite()) {
-        return Err(format!("{what}: element {i} is {} ({:?})", got.data()[i], gpu.dtype()));
+        return Err(format!(
+            "{what}: element {i} is {} ({:?})",
+            got.data()[i],
+            gpu.dtype()
+        ));
     }
     let err = got.rel_l2(want);
     if err > tolerance(gpu.dtype()) {

@@ -1,0 +1,113 @@
+//! One U-Net step of Stable Diffusion 1.5's size on the GPU (random weights, 64×64 latents,
+//! batch 2, 77×768 text states), plain and with each booster: FreeU (direct and cuFFT),
+//! Skip-Tuning, per-sample MaskUNet masks on the 72 decoder attention projections. Compare with
+//! `tools/bench_diffusers_gpu.py` run in the same call. `FREELUNCH_DTYPE` = f16 (default),
+//! bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use freelunch::backend::Backend;
+use freelunch::boosters::mask_generator::maskunet_layers;
+use freelunch::boosters::masks::WeightMask;
+use freelunch::boosters::{Boosters, FreeU, MaskSet, SkipScales};
+use freelunch::cpu::fourier::FilterForm;
+use freelunch::cuda::Gpu;
+use freelunch::device::DType;
+use freelunch::weights::RandomWeights;
+use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
+
+fn root() -> PathBuf {
+    std::env::var_os("FREELUNCH_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+fn unet_step(c: &mut Criterion) {
+    if freelunch::cuda::device_count() == 0 {
+        println!("skipped: no CUDA device");
+        return;
+    }
+    let dtype: DType = std::env::var("FREELUNCH_DTYPE")
+        .unwrap_or_else(|_| "f16".into())
+        .parse()
+        .expect("FREELUNCH_DTYPE");
+    let gpu = Arc::new(Gpu::new(0, dtype).expect("cuda:0"));
+    let config = UNetConfig::from_file(&root().join("tools/configs/sd15.json")).unwrap();
+    let unet = UNet::load(config, &mut RandomWeights::new(0)).unwrap();
+    let mut inputs = UNetInputs::new(Tensor::randn([2, 4, 64, 64], 1), 500.0);
+    inputs.encoder_hidden_states = Some(Tensor::randn([2, 77, 768], 2));
+
+    let mut masks = MaskSet::new();
+    for layers in maskunet_layers(&unet).values() {
+        for (name, [out, inp]) in layers {
+            let bytes: Vec<u8> = (0..2 * out * inp).map(|i| u8::from(i % 5 != 0)).collect();
+            masks.insert(
+                name.clone(),
+                WeightMask::from_bytes(vec![*out, *inp], None, Some(2), &bytes),
+            );
+        }
+    }
+    let freeu = |filter| {
+        let mut f = FreeU::preset("sd15").unwrap();
+        f.filter = filter;
+        Some(f)
+    };
+    let variants = [
+        ("plain", Boosters::default()),
+        (
+            "freeu_direct",
+            Boosters {
+                freeu: freeu(FilterForm::Direct),
+                ..Default::default()
+            },
+        ),
+        (
+            "freeu_cufft",
+            Boosters {
+                freeu: freeu(FilterForm::Fft),
+                ..Default::default()
+            },
+        ),
+        (
+            "skip_tuning",
+            Boosters {
+                skip_scales: Some(SkipScales::Linear {
+                    top: 1.0,
+                    bottom: 0.8,
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "masks_per_sample",
+            Boosters {
+                masks: Some(Arc::new(masks)),
+                ..Default::default()
+            },
+        ),
+    ];
+    println!(
+        "device: {} ({dtype:?}), SD1.5 U-Net, batch 2, 64×64 latents",
+        gpu.name()
+    );
+    let mut g = c.benchmark_group(format!("sd15_unet_step_{}", dtype.suffix()));
+    g.sample_size(20);
+    for (name, boosters) in &variants {
+        // Warm-up: weights and masks go to the device on first use.
+        gpu.download(&unet.forward_on(gpu.as_ref(), &inputs, boosters).unwrap())
+            .unwrap();
+        g.bench_function(*name, |b| {
+            b.iter(|| {
+                let y = unet.forward_on(gpu.as_ref(), &inputs, boosters).unwrap();
+                gpu.synchronize().unwrap();
+                y
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, unet_step);
+criterion_main!(benches);
