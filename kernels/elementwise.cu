@@ -2,7 +2,7 @@
 // in the model dtype), casts, adds, SiLU, GEGLU, nearest upsampling, the sinusoidal timestep
 // embedding, and the decoder's channel concatenation with Skip-Tuning's scale fused in.
 // All are grid-stride loops over output elements (any grid works; the host launches
-// min(ceil(n/256), 65535·4) blocks of 256), arithmetic in f32.
+// min(ceil(n/256), 2^20) blocks of 256), arithmetic in f32.
 
 #include "common.cuh"
 

@@ -152,7 +152,8 @@ extern "C" __global__ void freeu_spectrum_scale(float* X, long long planes, int 
 }
 
 #define FREEU_KERNELS(SUFFIX, T)                                                               \
-    extern "C" __global__ void freeu_backbone_##SUFFIX(T* h, int HW, int C, float b, int v2) { \
+    extern "C" __global__ void __launch_bounds__(1024)                                     \
+        freeu_backbone_##SUFFIX(T* h, int HW, int C, float b, int v2) {                        \
         freeu_backbone_impl<T>(h, HW, C, b, v2);                                               \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(256) freeu_filter_direct_##SUFFIX(            \

@@ -264,6 +264,9 @@ impl Gpu {
     ) -> Result<GpuTensor> {
         self.check_dtype(x)?;
         let y = self.new_tensor(out_shape)?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
         let k = g.cin * (params.w.len() / self.dtype.size() / n / g.cin);
         let m = g.ho * g.wo;
         if let Some(r) = epi.residual {
@@ -341,6 +344,9 @@ impl Gpu {
 
     /// One launch of an elementwise kernel over `n` outputs with the given arguments.
     fn launch(&self, name: &str, n: usize, args: &[&dyn Arg]) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         let f = self.function(name)?;
         let mut b = self.stream.launch_builder(&f);
         for a in args {
@@ -549,6 +555,12 @@ impl Backend for Gpu {
         }
         let params = self.norm_params(gn.uid, &gn.weight, &gn.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        if b > 65535 {
+            return Err(Error::Msg(format!("batch {b} exceeds 65535")));
+        }
         let f = self.function(&self.kernel("group_norm"))?;
         let (px, pg, pb, py) = (
             self.ptr(&x.buf),
@@ -574,7 +586,7 @@ impl Backend for Gpu {
 
     fn layer_norm(&self, ln: &LayerNorm, x: &GpuTensor) -> Result<GpuTensor> {
         let d = ln.weight.numel();
-        if x.shape.last() != Some(&d) {
+        if d == 0 || x.shape.last() != Some(&d) {
             return Err(shape_err(
                 "layer_norm",
                 format!("{:?} does not end in {d}", x.shape),
@@ -582,6 +594,9 @@ impl Backend for Gpu {
         }
         let params = self.norm_params(ln.uid, &ln.weight, &ln.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
         let f = self.function(&self.kernel("layer_norm"))?;
         let (px, pg, pb, py) = (
             self.ptr(&x.buf),
@@ -621,7 +636,9 @@ impl Backend for Gpu {
                 .try_into()
                 .map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
         );
-        if (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0 {
+        let bad = heads == 0 || nk == 0 || b > 65535 || heads > 65535;
+        if bad || (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0
+        {
             return Err(shape_err(
                 "attention",
                 format!(
@@ -645,6 +662,9 @@ impl Backend for Gpu {
             }
         };
         let o = self.new_tensor(q.shape.clone())?;
+        if o.numel() == 0 {
+            return Ok(o);
+        }
         let p = AttentionParams {
             q: self.ptr(&q.buf),
             k: self.ptr(&k.buf),
@@ -784,6 +804,9 @@ impl Backend for Gpu {
 
     fn freeu_backbone(&self, h: &mut GpuTensor, b: f32, v2: bool) -> Result<()> {
         let [batch, c, hh, ww] = self.image_dims(h, "h")?;
+        if h.numel() == 0 {
+            return Ok(());
+        }
         if Arc::strong_count(&h.buf) > 1 {
             // Another view shares the buffer: scale a private copy.
             *h = self.scale(h, 1.0)?;
@@ -811,8 +834,11 @@ impl Backend for Gpu {
     ) -> Result<GpuTensor> {
         let [b, c, h, w] = self.image_dims(x, "skip")?;
         let (rows, cols) = (window(h, threshold), window(w, threshold));
-        if rows.is_empty() || cols.is_empty() || scale == 1.0 {
+        if rows.is_empty() || cols.is_empty() || scale == 1.0 || x.numel() == 0 {
             return Ok(x.clone());
+        }
+        if b > 65535 {
+            return Err(Error::Msg(format!("batch {b} exceeds 65535")));
         }
         let (u0, nu, v0, nv) = (
             rows[0] as i32,
@@ -849,8 +875,8 @@ impl Backend for Gpu {
         // SAFETY: only tries to dlopen the library.
         if !unsafe { cudarc::cufft::sys::is_culib_present() } {
             return Err(Error::Msg(
-                "cuFFT (libcufft) is not installed; use the direct FreeU filter \
-                 (--freeu-filter direct), which is exact"
+                "cuFFT (libcufft) is not installed; the direct FreeU filter \
+                 (--freeu-filter direct) is exact and needs no cuFFT for thresholds up to 2"
                     .into(),
             ));
         }
