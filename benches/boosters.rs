@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use freelunch::boosters::mask_generator::{maskunet_layers, Gumbel, MaskGenerator};
@@ -41,7 +40,7 @@ fn main() {
     }
     let threads = common::threads();
     let pool = common::pool();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/configs/sd15-small.json");
+    let path = common::root().join("tools/configs/sd15-small.json");
     let unet = UNet::load(
         UNetConfig::from_file(&path).unwrap(),
         &mut RandomWeights::new(0),

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use criterion::{criterion_group, criterion_main, Criterion};
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
@@ -13,8 +11,7 @@ use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 fn ddpm_cifar10(c: &mut Criterion) {
     let threads = common::threads();
     let pool = common::pool();
-    let config_path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/configs/ddpm-cifar10-32.json");
+    let config_path = common::root().join("tools/configs/ddpm-cifar10-32.json");
     let config = UNetConfig::from_file(&config_path).unwrap();
     let unet = UNet::load(config, &mut RandomWeights::new(0)).unwrap();
     let mut inputs = UNetInputs::new(Tensor::randn([8, 3, 32, 32], 1), 0.0);

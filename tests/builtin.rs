@@ -1,13 +1,15 @@
 //! The README's main job: `freelunch sample` with the built-in model writes a PNG grid of digits
 //! that the built-in classifier reads with confidence far above chance, spread over the classes.
 
+mod common;
+
 use std::process::Command;
 
 use freelunch::eval::{frechet_distance, gaussian, mean_confidence};
 use freelunch::{builtin, safetensors_io};
 
 fn sample(args: &[&str], out: &std::path::Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    let o = Command::new(common::freelunch_bin())
         .arg("sample")
         .args(args)
         .arg("--output")
@@ -19,8 +21,7 @@ fn sample(args: &[&str], out: &std::path::Path) {
 
 #[test]
 fn main_job_writes_a_png_grid_of_digits() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("builtin");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("builtin");
     let png = dir.join("digits.png");
     sample(&["--steps", "20"], &png);
     let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()))
@@ -36,8 +37,7 @@ fn main_job_writes_a_png_grid_of_digits() {
 
 #[test]
 fn built_in_samples_are_digits() {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("builtin");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("builtin");
     let out = dir.join("digits.safetensors");
     sample(&["--steps", "20", "--batch", "64", "--seed", "7"], &out);
     let mut x = safetensors_io::load(&out)

@@ -8,7 +8,7 @@ use common::{fixture, scratch};
 use freelunch::safetensors_io;
 
 fn freelunch() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    Command::new(common::freelunch_bin())
 }
 
 #[test]

@@ -158,7 +158,7 @@ fn routing_errors() {
 fn merge_cli() {
     let out = scratch("merge-cli").join("merged");
     let expert = perturbed_sd15(0.05, 50);
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    let status = std::process::Command::new(common::freelunch_bin())
         .args(["merge", "--base"])
         .arg(fixture("sd15_like"))
         .arg("--experts")
@@ -236,7 +236,7 @@ fn forward_cli_routes() {
     ));
     let refs: Vec<(&str, &Tensor)> = tensors_in.iter().map(|(k, t)| (*k, t)).collect();
     safetensors_io::save(&dir.join("in.safetensors"), &refs).unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    let status = std::process::Command::new(common::freelunch_bin())
         .args(["forward", "--route"])
         .arg(format!(
             "{},{}",

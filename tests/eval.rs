@@ -1,12 +1,12 @@
 //! The digit classifier and FID against PyTorch / scipy (`tools/train_mnist.py`'s goldens).
 
-use std::path::Path;
+mod common;
 
 use freelunch::eval::{frechet_distance, gaussian, mean_confidence, DigitClassifier};
 use freelunch::safetensors_io;
 
 fn assets() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist")
+    common::root().join("assets/mnist")
 }
 
 #[test]

@@ -210,7 +210,7 @@ fn mask_errors() {
 fn forward_cli_takes_masks() {
     let case = fixture("masks").join("sd15_shared_u8");
     let out = scratch("mask-cli").join("out.safetensors");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    let status = std::process::Command::new(common::freelunch_bin())
         .args(["forward", "--model"])
         .arg(fixture("sd15_like"))
         .arg("--input")
@@ -312,7 +312,7 @@ fn mask_generator_errors() {
 fn forward_cli_takes_a_mask_generator() {
     let case = fixture("mask_generator").join("sd15_hyper");
     let out = scratch("gen-cli").join("out.safetensors");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    let status = std::process::Command::new(common::freelunch_bin())
         .args(["forward", "--no-gumbel", "--model"])
         .arg(fixture("sd15_like"))
         .arg("--input")

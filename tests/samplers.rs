@@ -161,7 +161,7 @@ fn sampling_loops_match_diffusers() {
 }
 
 fn freelunch(args: &[&std::ffi::OsStr]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_freelunch"))
+    std::process::Command::new(common::freelunch_bin())
         .args(args)
         .output()
         .unwrap()

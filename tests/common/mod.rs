@@ -7,16 +7,40 @@ pub mod gpu;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+/// The repo root: `FREELUNCH_ROOT` if set (test binaries carried to another machine and run from
+/// a copy of the repo), else the compiled-in manifest dir.
+pub fn root() -> PathBuf {
+    std::env::var_os("FREELUNCH_ROOT").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
 
-/// A fresh, empty scratch folder under the target dir.
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// The `freelunch` binary: `FREELUNCH_BIN` if set (carried test binaries), else the one cargo
+/// built alongside the tests.
+pub fn freelunch_bin() -> PathBuf {
+    std::env::var_os("FREELUNCH_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_freelunch").into(), Into::into)
+}
+
+/// Where scratch folders go: `FREELUNCH_SCRATCH` if set, else the target dir's tmp folder when
+/// the target dir exists (it does not where test binaries were carried to), else the system's.
+fn scratch_base() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FREELUNCH_SCRATCH") {
+        return dir.into();
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    match tmp.parent() {
+        Some(target) if target.is_dir() => tmp.to_path_buf(),
+        _ => std::env::temp_dir().join("freelunch-tests"),
+    }
+}
+
+/// A fresh, empty scratch folder under the target dir (see `scratch_base`).
 pub fn scratch(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let dir = scratch_base().join(format!(
         "{tag}-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
