@@ -4,9 +4,11 @@
 //! `tools/bench_diffusers_gpu.py` run in the same call. `FREELUNCH_DTYPE` = f16 (default),
 //! bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
+mod common;
+
+use common::root;
 use criterion::{criterion_group, criterion_main, Criterion};
 use freelunch::backend::Backend;
 use freelunch::boosters::mask_generator::maskunet_layers;
@@ -17,12 +19,6 @@ use freelunch::cuda::Gpu;
 use freelunch::device::DType;
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
-
-fn root() -> PathBuf {
-    std::env::var_os("FREELUNCH_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
-}
 
 fn unet_step(c: &mut Criterion) {
     if freelunch::cuda::device_count() == 0 {
