@@ -10,7 +10,16 @@
 // All arithmetic is f32 in base 2 (Q pre-scaled by scale·log2 e).
 // Limits: D ≤ 32·DPL of the chosen instantiation (64, 96, 160, 256 or 512); dynamic shared
 // memory is (80·D + 32)·4 bytes, over 48 KiB from D = 154 (the host raises the limit).
-// This is the exact SIMT form for every dtype; tensor-core (mma) attention is future work.
+// This SIMT form serves f32 (exact, no TF32) and head dims the tensor-core form does not take.
+//
+// Tensor-core form (attention_tc_{f16,bf16}_d{DP}), FlashAttention-2 style: grid
+// (ceil(Nq/64), heads, B), 4 warps × 16 query rows. Q's fragments stay in registers for the
+// whole pass; each 64-key tile of K and V is staged in shared memory (rows padded by 8 halves so
+// ldmatrix is conflict-free; head dims zero-padded to DP, a multiple of 16). S = Q·Kᵀ and
+// O += P·V are mma.sync m16n8k16 with f32 accumulation; P goes from S's accumulators straight
+// into A fragments (the m16n8 C layout of two adjacent key tiles is the m16n8k16 A layout), V's
+// B fragments come from ldmatrix.trans. Row max and sum live in the four threads of a quad.
+// Limits: D % 8 == 0, D ≤ DP ≤ 160, row strides % 8 == 0 (16-byte vector loads).
 
 #include "common.cuh"
 
@@ -135,3 +144,214 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p) {
     ATTENTION_KERNEL(SUFFIX, T, 8)                                                             \
     ATTENTION_KERNEL(SUFFIX, T, 16)
 FOR_EACH_DTYPE(ATTENTION_KERNELS)
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core flash attention (f16 / bf16).
+
+namespace attn_tc {
+constexpr int WARPS = 4, BQ = 16 * WARPS, BK = 64;
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+template <typename T> __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4],
+                                                          unsigned b0, unsigned b1);
+template <> __device__ __forceinline__ void mma<half_t>(float (&c)[4], const unsigned (&a)[4],
+                                                        unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma<bf16_t>(float (&c)[4], const unsigned (&a)[4],
+                                                        unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two f32 as one register of two 16-bit values: `lo` in bits 0..15, `hi` in 16..31.
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<half_t>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<bf16_t>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// rows × DP tile of 16-bit values from `src` (row stride `ld` elements, `n` valid rows, `d`
+// valid columns) into shared memory with row stride DP + 8; the rest is zero.
+template <int DP>
+__device__ __forceinline__ void stage(unsigned short* dst, const unsigned short* src, int rows,
+                                      long long ld, int n, int d) {
+    constexpr int VPR = DP / 8;  // 16-byte vectors per row
+    for (int e = threadIdx.x; e < rows * VPR; e += blockDim.x) {
+        const int r = e / VPR, c = (e - r * VPR) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < n && c < d) v = *(const uint4*)(src + r * ld + c);
+        *(uint4*)(dst + r * (DP + 8) + c) = v;
+    }
+}
+
+template <typename T, int DP>
+__device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
+    constexpr int LD = DP + 8, KS = DP / 16, NT = BK / 8, DT = DP / 8;
+    extern __shared__ __align__(16) unsigned short sm[];
+    unsigned short* Ks = sm;            // [BK][LD]; first holds Q's [BQ][LD]
+    unsigned short* Vs = sm + BK * LD;  // [BK][LD]
+
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQ;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int D = p.D;
+    const unsigned short* q = (const unsigned short*)p.q + b * p.q_batch + (long long)h * D;
+    const unsigned short* k = (const unsigned short*)p.k + b * p.k_batch + (long long)h * D;
+    const unsigned short* v = (const unsigned short*)p.v + b * p.v_batch + (long long)h * D;
+    T* o = (T*)p.o + b * p.o_batch + (long long)h * D;
+    const float sl2 = p.scale * 1.4426950408889634f;
+    const float neg_inf = __int_as_float(0xff800000);
+
+    // Q fragments for this warp's 16 rows, all of DP.
+    stage<DP>(Ks, q + (long long)q0 * p.q_row, BQ, p.q_row, p.Nq - q0, D);
+    __syncthreads();
+    unsigned qf[KS][4];
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk)
+        ldsm_x4(qf[kk], Ks + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+
+    float acc[DT][4];
+#pragma unroll
+    for (int j = 0; j < DT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};  // rows g and g + 8
+
+    for (int k0 = 0; k0 < p.Nk; k0 += BK) {
+        __syncthreads();  // Q's fragments are read / the previous tile is consumed
+        stage<DP>(Ks, k + (long long)k0 * p.k_row, BK, p.k_row, p.Nk - k0, D);
+        stage<DP>(Vs, v + (long long)k0 * p.v_row, BK, p.v_row, p.Nk - k0, D);
+        __syncthreads();
+
+        float s[NT][4];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk)
+#pragma unroll
+            for (int j = 0; j < NT; j += 2) {
+                unsigned r[4];
+                const int mi = lane >> 3;
+                ldsm_x4(r, Ks + (j * 8 + (mi >> 1) * 8 + (lane & 7)) * LD + kk * 16 + (mi & 1) * 8);
+                mma<T>(s[j], qf[kk], r[0], r[1]);
+                mma<T>(s[j + 1], qf[kk], r[2], r[3]);
+            }
+
+        // Online softmax over this tile; thread holds rows g (s[.][0..1]) and g+8 ([2..3]).
+        float mt[2] = {neg_inf, neg_inf};
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + j * 8 + 2 * t + (e & 1);
+                s[j][e] = key < p.Nk ? s[j][e] * sl2 : neg_inf;
+                mt[e >> 1] = fmaxf(mt[e >> 1], s[j][e]);
+            }
+        float corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 1));
+            mt[r] = fmaxf(mt[r], __shfl_xor_sync(0xffffffffu, mt[r], 2));
+            const float mnew = fmaxf(m[r], mt[r]);  // finite: key k0 is valid
+            corr[r] = exp2f(m[r] - mnew);
+            m[r] = mnew;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[j][e] = exp2f(s[j][e] - m[e >> 1]);
+                l[e >> 1] += s[j][e];
+            }
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            acc[j][0] *= corr[0];
+            acc[j][1] *= corr[0];
+            acc[j][2] *= corr[1];
+            acc[j][3] *= corr[1];
+        }
+
+        // O += P·V, 16 keys at a time.
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            unsigned a[4] = {
+                pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]),
+            };
+#pragma unroll
+            for (int j = 0; j < DT; j += 2) {
+                unsigned r[4];
+                const int mi = lane >> 3;
+                ldsm_x4_t(r, Vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LD + j * 8 + (mi >> 1) * 8);
+                mma<T>(acc[j], a, r[0], r[1]);
+                mma<T>(acc[j + 1], a, r[2], r[3]);
+            }
+        }
+    }
+
+    // The row sums are spread over the quad.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int qi = q0 + warp * 16 + g + 8 * r;
+        if (qi >= p.Nq) continue;
+        const float inv = 1.0f / l[r];
+        T* row = o + (long long)qi * p.o_row;
+#pragma unroll
+        for (int j = 0; j < DT; ++j) {
+            const int d = j * 8 + 2 * t;
+            if (d < D) row[d] = from_f32<T>(acc[j][2 * r] * inv);
+            if (d + 1 < D) row[d + 1] = from_f32<T>(acc[j][2 * r + 1] * inv);
+        }
+    }
+}
+}  // namespace attn_tc
+
+#define ATTENTION_TC_KERNEL(SUFFIX, T, DP)                                                     \
+    extern "C" __global__ void __launch_bounds__(128)                                          \
+        attention_tc_##SUFFIX##_d##DP(const AttentionParams p) {                               \
+        attn_tc::attention_tc_impl<T, DP>(p);                                                  \
+    }
+#define ATTENTION_TC_KERNELS(SUFFIX, T)                                                        \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 48)                                                         \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 64)                                                         \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 80)                                                         \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 96)                                                         \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 128)                                                        \
+    ATTENTION_TC_KERNEL(SUFFIX, T, 160)
+ATTENTION_TC_KERNELS(f16, half_t)
+ATTENTION_TC_KERNELS(bf16, bf16_t)

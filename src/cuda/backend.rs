@@ -648,7 +648,12 @@ impl Backend for Gpu {
             ));
         }
         let d = inner / heads;
-        let dpl = match d {
+        // Tensor cores for 16-bit storage at the head dims SD uses; the SIMT form otherwise.
+        let tc_dp = [48, 64, 80, 96, 128, 160]
+            .into_iter()
+            .find(|&dp| d <= dp)
+            .filter(|_| self.dtype != DType::F32 && d % 8 == 0);
+        let simt_dpl = match d {
             0..=64 => 2,
             65..=96 => 3,
             97..=160 => 5,
@@ -684,8 +689,17 @@ impl Backend for Gpu {
             d: d as i32,
             scale,
         };
-        let f = self.function(&format!("attention_{}_d{dpl}", self.dtype.suffix()))?;
-        let smem = ((80 * d + 32) * 4) as u32;
+        let suffix = self.dtype.suffix();
+        let (f, smem, rows) = match tc_dp {
+            Some(dp) => {
+                let f = self.function(&format!("attention_tc_{suffix}_d{dp}"))?;
+                (f, (2 * 64 * (dp + 8) * 2) as u32, 64)
+            }
+            None => {
+                let f = self.function(&format!("attention_{suffix}_d{simt_dpl}"))?;
+                (f, ((80 * d + 32) * 4) as u32, 16)
+            }
+        };
         if smem > 48 * 1024 {
             use cudarc::driver::sys::CUfunction_attribute_enum as A;
             f.set_attribute(
@@ -695,7 +709,7 @@ impl Backend for Gpu {
             .map_err(driver("raising attention's shared memory limit"))?;
         }
         let cfg = LaunchConfig {
-            grid_dim: (nq.div_ceil(16) as u32, heads as u32, b as u32),
+            grid_dim: (nq.div_ceil(rows) as u32, heads as u32, b as u32),
             block_dim: (128, 1, 1),
             shared_mem_bytes: smem,
         };
