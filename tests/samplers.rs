@@ -7,6 +7,8 @@ use std::path::Path;
 
 use common::fixture;
 use freelunch::boosters::Boosters;
+use freelunch::device::Exec;
+use freelunch::models::Placed;
 use freelunch::safetensors_io;
 use freelunch::schedulers::scheduling_ddim::DdimScheduler;
 use freelunch::schedulers::scheduling_ddpm::DdpmScheduler;
@@ -27,7 +29,7 @@ fn tensor(dir: &Path, file: &str, name: &str) -> Tensor {
 }
 
 /// Runs one fixture; None when its sampler is not implemented yet.
-fn run_case(dir: &Path) -> Option<f64> {
+fn run_case(dir: &Path, exec: &Exec) -> Option<f64> {
     let case: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
     let cfg = SchedulerConfig::from_path(&dir.join("scheduler_config.json")).unwrap();
@@ -36,7 +38,7 @@ fn run_case(dir: &Path) -> Option<f64> {
     let kind = cfg.class?;
     if matches!(kind, SamplerKind::Heun | SamplerKind::DpmSolverMultistep) {
         let s = freelunch::schedulers::build(kind, &cfg, steps, 0.0).unwrap();
-        return Some(finish(dir, &case, s, steps));
+        return Some(finish(dir, &case, s, steps, exec));
     }
     let sampler: Box<dyn Sampler> = match kind {
         SamplerKind::Ddim => Box::new(DdimScheduler::new(&cfg, steps, eta).unwrap()),
@@ -61,10 +63,16 @@ fn run_case(dir: &Path) -> Option<f64> {
         }
         SamplerKind::Heun | SamplerKind::DpmSolverMultistep => unreachable!(),
     };
-    Some(finish(dir, &case, sampler, steps))
+    Some(finish(dir, &case, sampler, steps, exec))
 }
 
-fn finish(dir: &Path, case: &Value, mut sampler: Box<dyn Sampler>, steps: usize) -> f64 {
+fn finish(
+    dir: &Path,
+    case: &Value,
+    mut sampler: Box<dyn Sampler>,
+    steps: usize,
+    exec: &Exec,
+) -> f64 {
     let want_ts: Vec<f64> = case["timesteps"]
         .as_array()
         .unwrap()
@@ -116,13 +124,29 @@ fn finish(dir: &Path, case: &Value, mut sampler: Box<dyn Sampler>, steps: usize)
         boosters: Boosters::default(),
         progress: None,
     };
-    let out = sample(&unet, sampler.as_mut(), &noise, opts, step_noise).unwrap();
+    let model = Placed {
+        model: unet,
+        exec: exec.clone(),
+    };
+    let out = sample(&model, sampler.as_mut(), &noise, opts, step_noise).unwrap();
     let expected = tensor(dir, "expected.safetensors", "sample");
     out.rel_l2(&expected)
 }
 
 #[test]
 fn sampling_loops_match_diffusers() {
+    sampling_loops_on(&Exec::Cpu, 1e-4);
+}
+
+/// The same loops with the U-Net on the GPU, in every dtype (SPEC §7 tolerances).
+#[test]
+fn sampling_loops_match_diffusers_on_gpu() {
+    for (dt, gpu) in common::gpu::gpus("sampling_loops_on_gpu") {
+        sampling_loops_on(&Exec::Cuda(gpu.clone()), common::gpu::tolerance(*dt));
+    }
+}
+
+fn sampling_loops_on(exec: &Exec, tolerance: f64) {
     let root = fixture("samplers");
     let mut cases: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
@@ -134,7 +158,7 @@ fn sampling_loops_match_diffusers() {
     let mut failures = Vec::new();
     let mut pending = Vec::new();
     for dir in &cases {
-        let Some(err) = run_case(dir) else {
+        let Some(err) = run_case(dir, exec) else {
             pending.push(dir.file_name().unwrap().to_string_lossy().to_string());
             continue;
         };
@@ -143,7 +167,7 @@ fn sampling_loops_match_diffusers() {
                 "{}: rel L2 {err:.3e}",
                 dir.file_name().unwrap().to_string_lossy()
             );
-            if err.is_nan() || err > 1e-4 {
+            if err.is_nan() || err > tolerance {
                 failures.push(format!("{}: {err:.3e}", dir.display()));
             }
             checked += 1;
