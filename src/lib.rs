@@ -4,6 +4,7 @@ pub mod boosters;
 pub mod builtin;
 pub mod config;
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;
