@@ -1,10 +1,6 @@
-//! TEMPORARY stand-in until build.rs generates this (merge replaces it).
-pub static COMMON: &str = include_str!("../../kernels/common.cuh");
-pub static SOURCES: &[(&str, &str)] = &[
-    ("attention", include_str!("../../kernels/attention.cu")),
-    ("elementwise", include_str!("../../kernels/elementwise.cu")),
-    ("freeu", include_str!("../../kernels/freeu.cu")),
-    ("gemm", include_str!("../../kernels/gemm.cu")),
-    ("norm", include_str!("../../kernels/norm.cu")),
-];
-pub static PTX: &[(&str, &str, &str)] = &[];
+//! The kernel sources and their PTX, embedded in the binary by `build.rs`: `COMMON` (the shared
+//! header `kernels/common.cuh`), `SOURCES` (every `kernels/*.cu` as written, sorted by file stem)
+//! and `PTX` (each source compiled by NVRTC for each of [`ARCHS`](super::source::ARCHS); empty
+//! when the build found no NVRTC, and then the kernels are compiled at first use).
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
