@@ -151,41 +151,6 @@ FOR_EACH_DTYPE(ATTENTION_KERNELS)
 namespace attn_tc {
 constexpr int WARPS = 4, BQ = 16 * WARPS, BK = 64;
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-__device__ __forceinline__ void ldsm_x4(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-template <typename T> __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4],
-                                                          unsigned b0, unsigned b1);
-template <> __device__ __forceinline__ void mma<half_t>(float (&c)[4], const unsigned (&a)[4],
-                                                        unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma<bf16_t>(float (&c)[4], const unsigned (&a)[4],
-                                                        unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two f32 as one register of two 16-bit values: `lo` in bits 0..15, `hi` in 16..31.
 template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
 template <> __device__ __forceinline__ unsigned pack2<half_t>(float lo, float hi) {
@@ -237,7 +202,7 @@ __device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
     unsigned qf[KS][4];
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk)
-        ldsm_x4(qf[kk], Ks + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+        ldmatrix_x4(qf[kk], Ks + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
 
     float acc[DT][4];
 #pragma unroll
@@ -259,9 +224,9 @@ __device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
             for (int j = 0; j < NT; j += 2) {
                 unsigned r[4];
                 const int mi = lane >> 3;
-                ldsm_x4(r, Ks + (j * 8 + (mi >> 1) * 8 + (lane & 7)) * LD + kk * 16 + (mi & 1) * 8);
-                mma<T>(s[j], qf[kk], r[0], r[1]);
-                mma<T>(s[j + 1], qf[kk], r[2], r[3]);
+                ldmatrix_x4(r, Ks + (j * 8 + (mi >> 1) * 8 + (lane & 7)) * LD + kk * 16 + (mi & 1) * 8);
+                mma_16816<T>(s[j], qf[kk], r[0], r[1]);
+                mma_16816<T>(s[j + 1], qf[kk], r[2], r[3]);
             }
 
         // Online softmax over this tile; thread holds rows g (s[.][0..1]) and g+8 ([2..3]).
@@ -312,9 +277,9 @@ __device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
             for (int j = 0; j < DT; j += 2) {
                 unsigned r[4];
                 const int mi = lane >> 3;
-                ldsm_x4_t(r, Vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LD + j * 8 + (mi >> 1) * 8);
-                mma<T>(acc[j], a, r[0], r[1]);
-                mma<T>(acc[j + 1], a, r[2], r[3]);
+                ldmatrix_x4_trans(r, Vs + (kk * 16 + (mi & 1) * 8 + (lane & 7)) * LD + j * 8 + (mi >> 1) * 8);
+                mma_16816<T>(acc[j], a, r[0], r[1]);
+                mma_16816<T>(acc[j + 1], a, r[2], r[3]);
             }
         }
     }

@@ -60,7 +60,17 @@ __device__ __forceinline__ void freeu_backbone_impl(T* h, int HW, int C, float b
 
 namespace fdirect {
 constexpr int MAXF = 16, WARPS = 8;
+
+// cos and sin of θ = 2π(u·py/H + v·px/W) for window frequency f, the phase reduced exactly in
+// integers before the float maths.
+__device__ __forceinline__ void twiddle(int f, int u0, int v0, int nv, int py, int px, int H,
+                                        int W, float* sn, float* cs) {
+    const int u = (u0 + f / nv) % H, v = (v0 + f % nv) % W;
+    const float t =
+        2.0f * ((float)((u * py) % H) / (float)H + (float)((v * px) % W) / (float)W);
+    sincospif(t, sn, cs);
 }
+}  // namespace fdirect
 
 // grid (ceil(C/32), B), block 256: lane = channel within a 32-channel slice, warps split pixels.
 template <typename T>
@@ -83,12 +93,8 @@ __device__ __forceinline__ void freeu_filter_direct_impl(const T* x, T* y, int H
 #pragma unroll
         for (int f = 0; f < MAXF; ++f) {
             if (f >= nf) break;
-            const int u = (u0 + f / nv) % H, v = (v0 + f % nv) % W;
-            // θ/π = 2·(u·py mod H)/H + 2·(v·px mod W)/W, reduced before the float maths.
-            const float t = 2.0f * ((float)((u * py) % H) / (float)H +
-                                    (float)((v * px) % W) / (float)W);
             float sn, cs;
-            sincospif(t, &sn, &cs);
+            twiddle(f, u0, v0, nv, py, px, H, W, &sn, &cs);
             re[f] += val * cs;
             im[f] -= val * sn;
         }
@@ -118,11 +124,8 @@ __device__ __forceinline__ void freeu_filter_direct_impl(const T* x, T* y, int H
 #pragma unroll
         for (int f = 0; f < MAXF; ++f) {
             if (f >= nf) break;
-            const int u = (u0 + f / nv) % H, v = (v0 + f % nv) % W;
-            const float t = 2.0f * ((float)((u * py) % H) / (float)H +
-                                    (float)((v * px) % W) / (float)W);
             float sn, cs;
-            sincospif(t, &sn, &cs);
+            twiddle(f, u0, v0, nv, py, px, H, W, &sn, &cs);
             corr += re[f] * cs - im[f] * sn;  // Re(X · e^{+iθ})
         }
         const long long i = base + (long long)p * C + c;

@@ -68,37 +68,6 @@ namespace tc {
 constexpr int BM = 128, BN = 128, BK = 32, LDS = BK + 8;  // +8 halves: ldmatrix conflict-free
 constexpr int THREADS = 256;
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    unsigned a;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
-    return a;
-}
-
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-template <typename T> __device__ __forceinline__ void mma(float (&c)[4], const unsigned (&a)[4],
-                                                          unsigned b0, unsigned b1);
-template <> __device__ __forceinline__ void mma<half_t>(float (&c)[4], const unsigned (&a)[4],
-                                                        unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma<bf16_t>(float (&c)[4], const unsigned (&a)[4],
-                                                        unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Zeroes the 16-bit lanes of `v` (8 values at k..k+7) whose mask bit is clear.
 __device__ __forceinline__ uint4 apply_mask8(uint4 v, unsigned bits) {
     unsigned w[4] = {v.x, v.y, v.z, v.w};
@@ -226,7 +195,7 @@ __device__ __forceinline__ void gemm_conv_tc(const ConvGemmParams& p) {
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) mma<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                for (int j = 0; j < 4; ++j) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
         }
         if (kt + 1 < ktiles) stage(buf ^ 1);
         __syncthreads();
