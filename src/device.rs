@@ -9,6 +9,8 @@ use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
+    /// The first CUDA device if one can be opened, else the CPU.
+    Auto,
     Cpu,
     Cuda(usize),
 }
@@ -18,6 +20,7 @@ impl FromStr for Device {
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
             _ => s
@@ -26,7 +29,7 @@ impl FromStr for Device {
                 .map(Device::Cuda)
                 .ok_or_else(|| {
                     Error::Msg(format!(
-                        "unknown device `{s}` (expected cpu, cuda or cuda:N)"
+                        "unknown device `{s}` (expected auto, cpu, cuda or cuda:N)"
                     ))
                 }),
         }
@@ -87,6 +90,11 @@ impl Device {
     /// Opens the device; the CPU only computes in f32.
     pub fn open(self, dtype: DType) -> Result<Exec> {
         match self {
+            Device::Auto if crate::cuda::device_count() == 0 => Device::Cpu.open(dtype),
+            Device::Auto => Device::Cuda(0).open(dtype).or_else(|e| {
+                eprintln!("freelunch: {e}; running on the CPU");
+                Device::Cpu.open(dtype)
+            }),
             Device::Cpu if dtype != DType::F32 => Err(Error::Msg(format!(
                 "the CPU backend computes in f32; --dtype {} needs --device cuda",
                 dtype.suffix()

@@ -138,8 +138,8 @@ enum Command {
 /// Where the U-Net runs.
 #[derive(Args)]
 struct DeviceArgs {
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
+    /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: String,
     /// Storage type of weights and activations on the GPU: f32, f16 or bf16 (f32
     /// accumulation throughout). The CPU computes in f32 only.

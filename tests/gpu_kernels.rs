@@ -266,6 +266,11 @@ fn no_device_is_an_error_not_a_panic() {
         };
         assert!(err.contains("CUDA") || err.contains("cuda"), "{err}");
     }
+    // `auto` falls back to the CPU.
+    assert!(matches!(
+        Device::Auto.open(DType::F32),
+        Ok(freelunch::device::Exec::Cpu)
+    ));
     let err = match Device::Cpu.open(DType::F16) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("the CPU accepted f16"),
