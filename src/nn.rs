@@ -152,7 +152,7 @@ impl GroupNorm {
         channels: usize,
         eps: f32,
     ) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::Error::weight(
                 prefix,
                 format!("GroupNorm of {channels} channels cannot be split into {groups} groups"),

@@ -25,7 +25,7 @@ pub fn group_norm(
     let c = x.shape()[1];
     let spatial: usize = x.shape()[2..].iter().product();
     assert!(
-        c % groups == 0,
+        c.is_multiple_of(groups),
         "group_norm: {c} channels in {groups} groups"
     );
     let cg = c / groups;

@@ -318,7 +318,7 @@ impl Gpu {
         i32_of(m * n, "output elements per sample")?;
         let (name, tile) = match self.dtype {
             DType::F32 => ("gemm_conv_f32".to_string(), 64),
-            _ if g.cin % 8 == 0 => (format!("{}_vec", self.kernel("gemm_conv")), 128),
+            _ if g.cin.is_multiple_of(8) => (format!("{}_vec", self.kernel("gemm_conv")), 128),
             _ => (self.kernel("gemm_conv"), 128),
         };
         if g.samples > 65535 {
@@ -652,7 +652,7 @@ impl Backend for Gpu {
         let tc_dp = [48, 64, 80, 96, 128, 160]
             .into_iter()
             .find(|&dp| d <= dp)
-            .filter(|_| self.dtype != DType::F32 && d % 8 == 0);
+            .filter(|_| self.dtype != DType::F32 && d.is_multiple_of(8));
         let simt_dpl = match d {
             0..=64 => 2,
             65..=96 => 3,
@@ -722,7 +722,7 @@ impl Backend for Gpu {
 
     fn geglu(&self, x: &GpuTensor) -> Result<GpuTensor> {
         let last = *x.shape.last().unwrap_or(&0);
-        if last % 2 != 0 {
+        if !last.is_multiple_of(2) {
             return Err(shape_err(
                 "geglu",
                 format!("{:?} has an odd last dimension", x.shape),
