@@ -83,6 +83,45 @@ fn conv_k_order(cin: usize, kh: usize, kw: usize) -> Vec<usize> {
     order
 }
 
+/// The K order of a weight's rows in the GEMM: `(ky, kx, ci)` for a convolution, as stored.
+fn k_order(shape: &[usize]) -> Vec<usize> {
+    match shape {
+        [_, cin, kh, kw] => conv_k_order(*cin, *kh, *kw),
+        s => (0..s[1..].iter().product()).collect(),
+    }
+}
+
+/// A weight as the GEMM reads it: `[N, K]` rows in `k_order`.
+fn gemm_weight(weight: &Tensor) -> Vec<f32> {
+    let order = k_order(weight.shape());
+    let mut out = Vec::with_capacity(weight.numel());
+    for row in weight.data().chunks(order.len()) {
+        out.extend(order.iter().map(|&i| row[i]));
+    }
+    out
+}
+
+/// A weight's masks at `step` as the GEMM reads them: `[samples][N][kwords]` 32-bit words, bit
+/// `kk % 32` of word `kk / 32` keeping element `kk` of the row in `k_order`.
+fn gemm_mask_words(mask: &WeightMask, shape: &[usize], step: usize) -> (Vec<u32>, usize, usize) {
+    let order = k_order(shape);
+    let (n, kwords) = (mask.rows(), order.len().div_ceil(32));
+    let samples = mask.batch.unwrap_or(1);
+    let mut words = vec![0u32; samples * n * kwords];
+    for b in 0..samples {
+        let view = mask.view(step, b);
+        for r in 0..n {
+            let row = &mut words[(b * n + r) * kwords..][..kwords];
+            for (kk, &i) in order.iter().enumerate() {
+                if view.bit(r, i) {
+                    row[kk / 32] |= 1 << (kk % 32);
+                }
+            }
+        }
+    }
+    (words, samples, kwords)
+}
+
 fn launch_1d(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(256).clamp(1, 1 << 20) as u32, 1, 1),
@@ -161,18 +200,7 @@ impl Gpu {
         if let Some(p) = self.cache.layers.lock().expect("cache").get(&uid) {
             return Ok(p.clone());
         }
-        let w = match weight.shape() {
-            [n, cin, kh, kw] if kh * kw > 1 => {
-                let order = conv_k_order(*cin, *kh, *kw);
-                let k = order.len();
-                let mut out = Vec::with_capacity(n * k);
-                for row in weight.data().chunks(k) {
-                    out.extend(order.iter().map(|&i| row[i]));
-                }
-                out
-            }
-            _ => weight.data().to_vec(),
-        };
+        let w = gemm_weight(weight);
         let params = Arc::new(LayerParams {
             w: self.upload_slice(&to_storage(&w, self.dtype))?,
             bias: bias.map(|b| self.upload_slice(b.data())).transpose()?,
@@ -225,25 +253,7 @@ impl Gpu {
     }
 
     fn pack_mask(&self, mask: &WeightMask, weight: &Tensor, step: usize) -> Result<GpuMask> {
-        let order = match weight.shape() {
-            [_, cin, kh, kw] => conv_k_order(*cin, *kh, *kw),
-            s => (0..s[1..].iter().product()).collect(),
-        };
-        let (n, k) = (mask.rows(), order.len());
-        let kwords = k.div_ceil(32);
-        let samples = mask.batch.unwrap_or(1);
-        let mut words = vec![0u32; samples * n * kwords];
-        for b in 0..samples {
-            let view = mask.view(step, b);
-            for r in 0..n {
-                let row = &mut words[(b * n + r) * kwords..][..kwords];
-                for (kk, &i) in order.iter().enumerate() {
-                    if view.bit(r, i) {
-                        row[kk / 32] |= 1 << (kk % 32);
-                    }
-                }
-            }
-        }
+        let (words, samples, kwords) = gemm_mask_words(mask, weight.shape(), step);
         Ok(GpuMask {
             words: self.upload_slice(&words)?,
             samples,
@@ -966,5 +976,127 @@ impl Backend for Gpu {
             &[&pt, &py, &b, &dim, &flip, &ts.downscale_freq_shift],
         )?;
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use crate::boosters::MaskSet;
+    use crate::cpu::Padding;
+    use crate::nn::fresh_uid;
+
+    /// The kernel's addressing (`a_offset`, the mask-bit test and the row layout of
+    /// kernels/gemm.cu), run on the host over the data this module prepares for it.
+    #[allow(clippy::too_many_arguments)]
+    fn mirror(
+        x_nhwc: &[f32],
+        w: &[f32],
+        words: &[u32],
+        kwords: usize,
+        per_sample: bool,
+        [b, cin, h, wd]: [usize; 4],
+        (n, kw, k): (usize, usize, usize),
+        (ho, wo, stride, top, left): (usize, usize, usize, usize, usize),
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; b * n * ho * wo]; // NCHW, to compare with the CPU
+        for s in 0..b {
+            let mask = &words[if per_sample { s * n * kwords } else { 0 }..];
+            for m in 0..ho * wo {
+                let (oy, ox) = (m / wo, m % wo);
+                for nn in 0..n {
+                    let mut acc = 0f64;
+                    for kk in 0..k {
+                        let (tap, ci) = (kk / cin, kk % cin);
+                        let (ky, kx) = (tap / kw, tap % kw);
+                        let iy = (oy * stride + ky) as isize - top as isize;
+                        let ix = (ox * stride + kx) as isize - left as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                            continue;
+                        }
+                        if mask[nn * kwords + kk / 32] >> (kk % 32) & 1 == 0 {
+                            continue;
+                        }
+                        let a = x_nhwc[((s * h + iy as usize) * wd + ix as usize) * cin + ci];
+                        acc += a as f64 * w[nn * k + kk] as f64;
+                    }
+                    y[((s * n + nn) * ho + oy) * wo + ox] = acc as f32;
+                }
+            }
+        }
+        y
+    }
+
+    /// Weight reordering, mask packing and the implicit-im2col addressing together give the CPU's
+    /// masked convolution (stride 2, asymmetric padding, per-sample masks, ragged sizes).
+    #[test]
+    fn gemm_operands_reproduce_the_cpu_masked_conv() {
+        for (seed, (cin, cout, k, stride, pad)) in [
+            (
+                3usize,
+                5usize,
+                3usize,
+                2usize,
+                Padding {
+                    top: 0,
+                    bottom: 1,
+                    left: 0,
+                    right: 1,
+                },
+            ),
+            (4, 7, 3, 1, Padding::same(1)),
+            (6, 3, 1, 1, Padding::same(0)),
+            (5, 9, 3, 2, Padding::same(1)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (b, h, wd) = (2, 7, 6);
+            let seed = seed as u64 * 10;
+            let weight = Tensor::randn([cout, cin, k, k], seed);
+            let x = Tensor::randn([b, cin, h, wd], seed + 1);
+            let bytes: Vec<u8> = Tensor::randn([b * cout * cin * k * k], seed + 2)
+                .data()
+                .iter()
+                .map(|&v| u8::from(v > -0.3))
+                .collect();
+            let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes);
+            let (words, samples, kwords) = gemm_mask_words(&mask, weight.shape(), 0);
+            assert_eq!(samples, b);
+            let conv = Conv2d {
+                uid: fresh_uid(),
+                name: "c.weight".into(),
+                weight: weight.clone(),
+                bias: None,
+                stride,
+                padding: pad,
+            };
+            let mut set = MaskSet::new();
+            set.insert("c.weight".into(), mask);
+            let lc = LayerCtx {
+                masks: Some(&set),
+                step: 0,
+            };
+            let want = Cpu.conv2d(&conv, &x, lc, Epilogue::default()).unwrap();
+            let x_nhwc = crate::cpu::nchw_to_nlc(&x);
+            let (ho, wo) = (want.shape()[2], want.shape()[3]);
+            let got = mirror(
+                x_nhwc.data(),
+                &gemm_weight(&weight),
+                &words,
+                kwords,
+                true,
+                [b, cin, h, wd],
+                (cout, k, cin * k * k),
+                (ho, wo, stride, pad.top, pad.left),
+            );
+            let got = Tensor::new(want.shape().to_vec(), got).unwrap();
+            assert!(
+                got.rel_l2(&want) < 1e-6,
+                "case {seed}: {}",
+                got.rel_l2(&want)
+            );
+        }
     }
 }
