@@ -101,6 +101,9 @@ impl Gpu {
             )));
         }
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        if ctx.has_async_alloc() {
+            keep_freed_memory(ctx.cu_device());
+        }
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         // One stream only: cudarc's cross-stream event tracking has nothing to do.
         // SAFETY: every buffer of this backend is used on `stream` alone.
@@ -213,6 +216,27 @@ impl Gpu {
     pub(crate) fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(&self.stream);
         p
+    }
+}
+
+/// Buffers are allocated and freed stream-ordered (`cuMemAllocAsync`) from the device's default
+/// pool, whose release threshold is 0: every synchronisation (one per U-Net call, when the
+/// output is copied back) would hand all freed memory back to the driver and the next call
+/// would map it again. Keeping it makes the pool a caching allocator, like PyTorch's. Failing
+/// to set this costs speed only, so errors are ignored.
+fn keep_freed_memory(dev: cudarc::driver::sys::CUdevice) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: plain driver calls on a valid device with out-pointers to locals.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, dev) == sys::CUresult::CUDA_SUCCESS {
+            let mut threshold = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
+        }
     }
 }
 
