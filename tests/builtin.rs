@@ -5,8 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use freelunch::builtin;
 use freelunch::eval::{frechet_distance, gaussian, mean_confidence};
-use freelunch::{builtin, safetensors_io};
 
 fn sample(args: &[&str], out: &std::path::Path) {
     let o = Command::new(common::freelunch_bin())
@@ -40,11 +40,7 @@ fn built_in_samples_are_digits() {
     let dir = common::scratch("builtin");
     let out = dir.join("digits.safetensors");
     sample(&["--steps", "20", "--batch", "64", "--seed", "7"], &out);
-    let mut x = safetensors_io::load(&out)
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let mut x = common::load_sample(&out);
     assert_eq!(x.shape(), &[64, 1, 28, 28]);
     x.data_mut()
         .iter_mut()

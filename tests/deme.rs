@@ -178,13 +178,7 @@ fn channel_projections_match_deme() {
     let dir = fixture("deme").join("ddpm_adapters");
     let unet = UNet::from_dir(&dir).unwrap();
     let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
-    let load = |f: &str| {
-        safetensors_io::load(&dir.join(f))
-            .unwrap()
-            .remove("sample")
-            .unwrap()
-            .tensor
-    };
+    let load = |f: &str| common::load_sample(&dir.join(f));
     let out = unet.forward(&inputs).unwrap();
     let err = out.rel_l2(&load("expected.safetensors"));
     assert!(err <= 1e-4, "rel L2 {err:.3e}");
@@ -212,11 +206,7 @@ fn identity_projections_give_the_plain_model() {
         .unwrap()
         .forward(&UNetInputs::load(&src.join("inputs.safetensors")).unwrap())
         .unwrap();
-    let want = safetensors_io::load(&src.join("expected_identity.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let want = common::load_sample(&src.join("expected_identity.safetensors"));
     assert!(out.rel_l2(&want) <= 1e-4);
 }
 
@@ -250,11 +240,7 @@ fn forward_cli_routes() {
         .status()
         .unwrap();
     assert!(status.success());
-    let got = safetensors_io::load(&dir.join("out.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let got = common::load_sample(&dir.join("out.safetensors"));
     assert_eq!(
         got,
         UNet::from_dir(&high).unwrap().forward(&inputs).unwrap()

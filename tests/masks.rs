@@ -9,7 +9,6 @@ use common::{fixture, scratch, write_raw_safetensors};
 use freelunch::boosters::masks::{MaskSet, WeightMask};
 use freelunch::boosters::Boosters;
 use freelunch::cpu::{self, masked, Padding};
-use freelunch::safetensors_io;
 use freelunch::{Tensor, UNet, UNetInputs};
 use proptest::prelude::*;
 
@@ -210,28 +209,20 @@ fn mask_errors() {
 fn forward_cli_takes_masks() {
     let case = fixture("masks").join("sd15_shared_u8");
     let out = scratch("mask-cli").join("out.safetensors");
-    let status = std::process::Command::new(common::freelunch_bin())
-        .args(["forward", "--model"])
-        .arg(fixture("sd15_like"))
-        .arg("--input")
-        .arg(case.join("inputs.safetensors"))
-        .arg("--masks")
-        .arg(case.join("masks.safetensors"))
-        .arg("--output")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let got = safetensors_io::load(&out)
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
-    let want = safetensors_io::load(&case.join("expected.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let model = fixture("sd15_like");
+    let got = common::cli_sample(
+        [
+            "forward".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--input".as_ref(),
+            case.join("inputs.safetensors").as_os_str(),
+            "--masks".as_ref(),
+            case.join("masks.safetensors").as_os_str(),
+        ],
+        &out,
+    );
+    let want = common::load_sample(&case.join("expected.safetensors"));
     assert!(got.rel_l2(&want) <= 1e-4);
 }
 
@@ -239,24 +230,12 @@ fn forward_cli_takes_masks() {
 /// official `training/hyperunet.py` (which it reproduces exactly with its noise zeroed).
 #[test]
 fn mask_generator_golden() {
-    use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
-    let dir = fixture("mask_generator").join("sd15_hyper");
     let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
-    let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
-    let expected = safetensors_io::load(&dir.join("expected.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
-    let gen = MaskGenerator::load(&dir.join("generator.safetensors"), &unet, Gumbel::Off).unwrap();
-    let b = Boosters {
-        mask_generator: Some(Arc::new(gen)),
-        ..Boosters::default()
-    };
-    let out = unet.forward_with(&inputs, &b).unwrap();
-    let err = out.rel_l2(&expected);
+    let g = common::goldens::mask_generator_golden(&unet);
+    let out = unet.forward_with(&g.inputs, &g.boosters).unwrap();
+    let err = out.rel_l2(&g.expected);
     assert!(err <= 1e-4, "rel L2 {err:.3e}");
-    assert!(unet.forward(&inputs).unwrap().rel_l2(&expected) > 1e-2);
+    assert!(unet.forward(&g.inputs).unwrap().rel_l2(&g.expected) > 1e-2);
 }
 
 /// With noise, masks are reproducible for a seed and step, and change with either.
@@ -312,27 +291,20 @@ fn mask_generator_errors() {
 fn forward_cli_takes_a_mask_generator() {
     let case = fixture("mask_generator").join("sd15_hyper");
     let out = scratch("gen-cli").join("out.safetensors");
-    let status = std::process::Command::new(common::freelunch_bin())
-        .args(["forward", "--no-gumbel", "--model"])
-        .arg(fixture("sd15_like"))
-        .arg("--input")
-        .arg(case.join("inputs.safetensors"))
-        .arg("--mask-generator")
-        .arg(case.join("generator.safetensors"))
-        .arg("--output")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let got = safetensors_io::load(&out)
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
-    let want = safetensors_io::load(&case.join("expected.safetensors"))
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let model = fixture("sd15_like");
+    let got = common::cli_sample(
+        [
+            "forward".as_ref(),
+            "--no-gumbel".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--input".as_ref(),
+            case.join("inputs.safetensors").as_os_str(),
+            "--mask-generator".as_ref(),
+            case.join("generator.safetensors").as_os_str(),
+        ],
+        &out,
+    );
+    let want = common::load_sample(&case.join("expected.safetensors"));
     assert!(got.rel_l2(&want) <= 1e-4);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
-use freelunch::{safetensors_io, Tensor, UNet, UNetInputs};
+use freelunch::{Tensor, UNet, UNetInputs};
 use serde_json::Value;
 
 use super::fixture;
@@ -23,11 +23,7 @@ pub struct Golden {
 }
 
 fn sample(path: &Path) -> Tensor {
-    let t = safetensors_io::load(path)
-        .unwrap()
-        .remove("sample")
-        .unwrap()
-        .tensor;
+    let t = super::load_sample(path);
     assert!(
         t.data().iter().any(|&v| v != 0.0),
         "{}: reference is all zeros",

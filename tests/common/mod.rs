@@ -37,6 +37,31 @@ fn scratch_base() -> PathBuf {
     }
 }
 
+/// The `sample` tensor of a safetensors file (a golden or a CLI output).
+pub fn load_sample(path: &Path) -> freelunch::Tensor {
+    freelunch::safetensors_io::load(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .remove("sample")
+        .unwrap_or_else(|| panic!("{}: no `sample`", path.display()))
+        .tensor
+}
+
+/// Runs the `freelunch` CLI with `args`, asserts success, and returns the `sample` it wrote to
+/// `out`.
+pub fn cli_sample<S: AsRef<std::ffi::OsStr>>(
+    args: impl IntoIterator<Item = S>,
+    out: &Path,
+) -> freelunch::Tensor {
+    let o = std::process::Command::new(freelunch_bin())
+        .args(args)
+        .arg("--output")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    load_sample(out)
+}
+
 /// A fresh, empty scratch folder under the target dir (see `scratch_base`).
 pub fn scratch(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
