@@ -11,28 +11,11 @@ mod common;
 
 use std::sync::Arc;
 
-use freelunch::boosters::mask_generator::{maskunet_layers, Gumbel, MaskGenerator};
-use freelunch::boosters::masks::{MaskSet, WeightMask};
+use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
-use freelunch::rng::Rng;
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
-
-fn official_masks(unet: &UNet, per_sample: bool, batch: usize) -> MaskSet {
-    let mut set = MaskSet::new();
-    let mut rng = Rng::new(7);
-    for (name, [out, inp]) in maskunet_layers(unet).into_values().flatten() {
-        let n = if per_sample { batch } else { 1 };
-        let bytes: Vec<u8> = (0..n * out * inp)
-            .map(|_| u8::from(rng.uniform() < 0.9))
-            .collect();
-        let mask =
-            WeightMask::from_bytes(vec![out, inp], None, per_sample.then_some(batch), &bytes);
-        set.insert(name, mask);
-    }
-    set
-}
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -94,14 +77,14 @@ fn main() {
         (
             "masks_shared",
             Boosters {
-                masks: Some(Arc::new(official_masks(&unet, false, 2))),
+                masks: Some(Arc::new(common::official_masks(&unet, false, 2))),
                 ..Default::default()
             },
         ),
         (
             "masks_per_sample",
             Boosters {
-                masks: Some(Arc::new(official_masks(&unet, true, 2))),
+                masks: Some(Arc::new(common::official_masks(&unet, true, 2))),
                 ..Default::default()
             },
         ),

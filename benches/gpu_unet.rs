@@ -1,8 +1,8 @@
 //! One U-Net step of Stable Diffusion 1.5's size on the GPU (random weights, 64×64 latents,
 //! batch 2, 77×768 text states), plain and with each booster: FreeU (direct and cuFFT),
-//! Skip-Tuning, per-sample MaskUNet masks on the 72 decoder attention projections. Compare with
-//! `tools/bench_diffusers_gpu.py` run in the same call. `FREELUNCH_DTYPE` = f16 (default),
-//! bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU.
+//! Skip-Tuning, per-sample MaskUNet masks (keep 0.9) on the 72 decoder attention projections.
+//! Compare with `tools/bench_diffusers_gpu.py` run in the same call. `FREELUNCH_DTYPE` = f16
+//! (default), bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU.
 
 use std::sync::Arc;
 
@@ -11,9 +11,7 @@ mod common;
 use common::root;
 use criterion::{criterion_group, criterion_main, Criterion};
 use freelunch::backend::Backend;
-use freelunch::boosters::mask_generator::maskunet_layers;
-use freelunch::boosters::masks::WeightMask;
-use freelunch::boosters::{Boosters, FreeU, MaskSet, SkipScales};
+use freelunch::boosters::{Boosters, FreeU, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::cuda::Gpu;
 use freelunch::device::DType;
@@ -35,16 +33,7 @@ fn unet_step(c: &mut Criterion) {
     let mut inputs = UNetInputs::new(Tensor::randn([2, 4, 64, 64], 1), 500.0);
     inputs.encoder_hidden_states = Some(Tensor::randn([2, 77, 768], 2));
 
-    let mut masks = MaskSet::new();
-    for layers in maskunet_layers(&unet).values() {
-        for (name, [out, inp]) in layers {
-            let bytes: Vec<u8> = (0..2 * out * inp).map(|i| u8::from(i % 5 != 0)).collect();
-            masks.insert(
-                name.clone(),
-                WeightMask::from_bytes(vec![*out, *inp], None, Some(2), &bytes),
-            );
-        }
-    }
+    let masks = common::official_masks(&unet, true, 2);
     let freeu = |filter| {
         let mut f = FreeU::preset("sd15").unwrap();
         f.filter = filter;

@@ -55,7 +55,8 @@ impl<'a, T> Epilogue<'a, T> {
 }
 
 pub trait Backend {
-    type Tensor;
+    /// Cloning copies on the CPU and shares the buffer on the GPU.
+    type Tensor: Clone;
 
     /// The semantic shape (see the module docs).
     fn shape(&self, x: &Self::Tensor) -> Vec<usize>;

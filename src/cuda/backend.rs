@@ -397,11 +397,20 @@ impl Backend for Gpu {
     }
 
     fn upload(&self, x: &Tensor) -> Result<GpuTensor> {
-        let y = self.new_tensor(x.shape().to_vec())?;
         let n = x.numel();
+        if self.dtype == DType::F32 && x.rank() != 4 {
+            // Already the storage layout and type: one copy.
+            let buf = self.upload_slice(bytemuck::cast_slice::<f32, u8>(x.data()))?;
+            return Ok(GpuTensor {
+                buf: Arc::new(buf),
+                shape: x.shape().to_vec(),
+                dtype: DType::F32,
+            });
+        }
+        let y = self.new_tensor(x.shape().to_vec())?;
+        let tmp = self.upload_slice(x.data())?;
+        let (pt, py) = (self.ptr(&tmp), self.ptr(&y.buf));
         if let [b, c, h, w] = x.shape()[..] {
-            let tmp = self.upload_slice(x.data())?;
-            let (pt, py) = (self.ptr(&tmp), self.ptr(&y.buf));
             let (b, c, hw) = (
                 i32_of(b, "batch")?,
                 i32_of(c, "channels")?,
@@ -409,23 +418,11 @@ impl Backend for Gpu {
             );
             let name = format!("nchw_f32_to_nhwc_{}", self.dtype.suffix());
             self.launch(&name, n, &[&pt, &py, &b, &c, &hw])?;
-            return Ok(y);
+        } else {
+            let nn = n as i64;
+            self.launch(&self.kernel("cast_f32_to"), n, &[&pt, &py, &nn])?;
         }
-        match self.dtype {
-            DType::F32 => {
-                let buf = self.upload_slice(bytemuck::cast_slice::<f32, u8>(x.data()))?;
-                Ok(GpuTensor {
-                    buf: Arc::new(buf),
-                    ..y
-                })
-            }
-            dt => {
-                let tmp = self.upload_slice(x.data())?;
-                let (pt, py, nn) = (self.ptr(&tmp), self.ptr(&y.buf), n as i64);
-                self.launch(&format!("cast_f32_to_{}", dt.suffix()), n, &[&pt, &py, &nn])?;
-                Ok(y)
-            }
-        }
+        Ok(y)
     }
 
     fn download(&self, x: &GpuTensor) -> Result<Tensor> {

@@ -636,7 +636,7 @@ impl UNet2DConditionModel {
             .unwrap_or_else(|| skips.last().expect("non-empty"));
         let mut h = match &self.mid_block {
             Some(mid) => mid.forward(running, &block_inputs)?,
-            None => be.scale(running, 1.0)?,
+            None => running.clone(),
         };
         if let Some(a) = adapters {
             h = project(&a.after_mid, &h)?;
