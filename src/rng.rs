@@ -39,3 +39,10 @@ impl Rng {
         (r * theta.cos()) as f32
     }
 }
+
+/// FNV-1a, 64-bit: a stable hash for seeds and cache keys (not for security).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}

@@ -216,15 +216,12 @@ impl RandomWeights {
     }
 }
 
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 impl WeightSource for RandomWeights {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let mut t = Tensor::randn(shape.to_vec(), self.seed ^ fnv1a(name));
+        let mut t = Tensor::randn(
+            shape.to_vec(),
+            self.seed ^ crate::rng::fnv1a(name.as_bytes()),
+        );
         let is_norm = name.contains("norm");
         let scale = if shape.len() == 1 {
             0.1

@@ -24,11 +24,6 @@ fn cfg() -> ProptestConfig {
     }
 }
 
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let r = Tensor::randn([n], seed);
-    r.data().iter().map(|&v| u8::from(v > -0.6)).collect()
-}
-
 /// Runs `f` on every test device; a failure names the dtype.
 fn on_gpus(
     test: &str,
@@ -67,8 +62,8 @@ proptest! {
         let mut set = MaskSet::new();
         let n = cout * cin * k * k;
         match mask {
-            1 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, None, &bytes(n, seed + 3))),
-            2 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes(b * n, seed + 3))),
+            1 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, None, &common::random_mask_bytes(n, 0.7, seed + 3))),
+            2 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &common::random_mask_bytes(b * n, 0.7, seed + 3))),
             _ => {}
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };
@@ -99,8 +94,8 @@ proptest! {
         let x = Tensor::randn([b, n, k], seed + 2);
         let mut set = MaskSet::new();
         match mask {
-            1 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, None, &bytes(out * k, seed + 3))),
-            2 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, Some(b), &bytes(b * out * k, seed + 3))),
+            1 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, None, &common::random_mask_bytes(out * k, 0.7, seed + 3))),
+            2 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, Some(b), &common::random_mask_bytes(b * out * k, 0.7, seed + 3))),
             _ => {}
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };

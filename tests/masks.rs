@@ -44,11 +44,6 @@ fn unet2dmodel_per_sample_masks() {
     golden("ddpm_per_sample");
 }
 
-fn random_bytes(n: usize, keep: f64, seed: u64) -> Vec<u8> {
-    let mut rng = freelunch::rng::Rng::new(seed);
-    (0..n).map(|_| u8::from(rng.uniform() < keep)).collect()
-}
-
 fn naive_masked_rows(w: &[f32], bytes: &[u8]) -> Vec<f32> {
     w.iter()
         .zip(bytes)
@@ -68,7 +63,7 @@ proptest! {
         let w = Tensor::randn([fout, fin], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
         let nb = if shared { 1 } else { b };
-        let bytes = random_bytes(nb * fout * fin, 0.7, seed ^ 3);
+        let bytes = common::random_mask_bytes(nb * fout * fin, 0.7, seed ^ 3);
         let mask = WeightMask::from_bytes(vec![fout, fin], None, (!shared).then_some(b), &bytes);
         let got = masked::masked_linear(&x, &w, bias.then_some(&bv[..]), Some(&|s| mask.view(0, s)));
         for s in 0..b {
@@ -117,7 +112,7 @@ proptest! {
         let w = Tensor::randn([cout, cin, k, k], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
         let n = cout * cin * k * k;
-        let bytes = random_bytes(b * n, 0.6, seed ^ 3);
+        let bytes = common::random_mask_bytes(b * n, 0.6, seed ^ 3);
         let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes);
         let got = masked::masked_conv2d(&x, &w, Some(&bv), stride, pad, &|s| mask.view(0, s));
         for s in 0..b {

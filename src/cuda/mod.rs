@@ -253,7 +253,7 @@ fn ptx_for(stem: &str, src: &str, cc: (i32, i32)) -> Result<String> {
     }
     let code = source::expand(src, kernels::COMMON);
     let options = source::nvrtc_options(arch);
-    let key = fnv1a(code.as_bytes(), options.join(" ").as_bytes());
+    let key = crate::rng::fnv1a(format!("{code}\n{}", options.join(" ")).as_bytes());
     let cache = cache_dir().map(|d| d.join(format!("{stem}-{arch}-{key:016x}.ptx")));
     if let Some(Ok(ptx)) = cache.as_ref().map(std::fs::read_to_string) {
         return Ok(ptx);
@@ -288,13 +288,4 @@ fn cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("freelunch").join("ptx"))
-}
-
-fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for &x in a.iter().chain(b) {
-        h ^= x as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }

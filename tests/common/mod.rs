@@ -37,6 +37,12 @@ fn scratch_base() -> PathBuf {
     }
 }
 
+/// `n` mask bytes, each 1 (keep) with probability `keep`.
+pub fn random_mask_bytes(n: usize, keep: f64, seed: u64) -> Vec<u8> {
+    let mut rng = freelunch::rng::Rng::new(seed);
+    (0..n).map(|_| u8::from(rng.uniform() < keep)).collect()
+}
+
 /// The `sample` tensor of a safetensors file (a golden or a CLI output).
 pub fn load_sample(path: &Path) -> freelunch::Tensor {
     freelunch::safetensors_io::load(path)
