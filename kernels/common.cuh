@@ -108,6 +108,11 @@ template <> __device__ __forceinline__ void mma_16816<bf16_t>(float (&c)[4], con
 
 __device__ __forceinline__ float silu_f32(float x) { return x / (1.0f + expf(-x)); }
 
+// A grid-stride loop of `i` over [0, n): any grid size covers any n.
+#define GRID_STRIDE(i, n)                                                                      \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);              \
+         i += (long long)gridDim.x * blockDim.x)
+
 // Instantiates `MACRO(suffix, type)` once per storage type: kernels are `extern "C"` entry
 // points named `<family>_<suffix>` so the host finds them without C++ name mangling.
 #define FOR_EACH_DTYPE(MACRO) MACRO(f32, float) MACRO(f16, half_t) MACRO(bf16, bf16_t)

@@ -6,10 +6,6 @@
 
 #include "common.cuh"
 
-#define GRID_STRIDE(i, n)                                                                      \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);              \
-         i += (long long)gridDim.x * blockDim.x)
-
 // torch's nearest index for an output coordinate (exact 2× and identity are the common cases).
 __device__ __forceinline__ int nearest_src(int o, int in, int out) {
     if (out == in) return o;

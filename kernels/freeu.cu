@@ -142,8 +142,7 @@ __device__ __forceinline__ bool in_window(int u, int u0, int nu, int n) {
 extern "C" __global__ void freeu_spectrum_scale(float* X, long long planes, int H, int W, int u0,
                                                 int nu, int v0, int nv, float s) {
     const int Wh = W / 2 + 1;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < planes * H * Wh;
-         i += (long long)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, planes * H * Wh) {
         const int v = (int)(i % Wh), u = (int)((i / Wh) % H);
         const float f1 = in_window(u, u0, nu, H) && in_window(v, v0, nv, W) ? s : 1.0f;
         const int mu = (H - u) % H, mv = (W - v) % W;
@@ -166,8 +165,7 @@ extern "C" __global__ void freeu_spectrum_scale(float* X, long long planes, int 
     /* x: [B, HW, C] -> planes: f32 [B, C, HW] (the cuFFT input) */                            \
     extern "C" __global__ void freeu_to_planes_##SUFFIX(const T* x, float* planes, int B,      \
                                                         int HW, int C) {                       \
-        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                   \
-             i < (long long)B * C * HW; i += (long long)gridDim.x * blockDim.x) {              \
+        GRID_STRIDE(i, (long long)B * C * HW) {                                                \
             const int p = (int)(i % HW);                                                       \
             const long long bc = i / HW;                                                       \
             const int c = (int)(bc % C);                                                       \
@@ -178,8 +176,7 @@ extern "C" __global__ void freeu_spectrum_scale(float* X, long long planes, int 
     /* planes (cuFFT's unnormalised C2R output) -> y: [B, HW, C] = planes · scale */           \
     extern "C" __global__ void freeu_from_planes_##SUFFIX(const float* planes, T* y, int B,    \
                                                           int HW, int C, float scale) {        \
-        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                   \
-             i < (long long)B * C * HW; i += (long long)gridDim.x * blockDim.x) {              \
+        GRID_STRIDE(i, (long long)B * C * HW) {                                                \
             const int c = (int)(i % C);                                                        \
             const long long bp = i / C;                                                        \
             const int p = (int)(bp % HW);                                                      \
