@@ -43,14 +43,13 @@ import torch
 from safetensors.torch import save_file
 
 import diffusers
-from diffusers import UNet2DConditionModel, UNet2DModel
+from diffusers import UNet2DConditionModel
 from diffusers.utils.torch_utils import fourier_filter as diffusers_fourier_filter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_boosters import FreeU, boosted, count_encoder_skips, fourier_filter  # noqa: E402
+from golden_common import FIXTURES, dir_size, load_model, rel_l2  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
 OUT_DIR = os.path.join(FIXTURES, "boosters")
 MAX_BYTES = 2 * 1024 * 1024
 
@@ -193,30 +192,6 @@ DESCRIPTIONS = {
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    a = a.double()
-    b = b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def dir_size(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total
-
-
-def load_model(name):
-    path = os.path.join(FIXTURES, name)
-    with open(os.path.join(path, "config.json")) as f:
-        cls_name = json.load(f)["_class_name"]
-    cls = {"UNet2DConditionModel": UNet2DConditionModel, "UNet2DModel": UNet2DModel}[cls_name]
-    model = cls.from_pretrained(path, torch_dtype=torch.float32)
-    model = model.to(torch.float32).eval()  # default attention processor, as in gen_goldens.py
-    return model
 
 
 def make_inputs(unet, hw):

@@ -53,7 +53,9 @@ from safetensors.torch import load_file, save_file
 import diffusers
 from diffusers import UNet2DModel
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import REPO_ROOT, dir_size, perturb_, rel_l2  # noqa: E402
+
 OUT_ROOT = os.path.join(REPO_ROOT, "tests", "fixtures", "deme")
 CASE = "ddpm_adapters"
 SEED = 4000
@@ -62,34 +64,6 @@ MAX_BYTES = 2 * 1024 * 1024
 IDENTITY_TOL = 1e-6  # reference loop with identity adapters vs diffusers, rel L2
 MIN_EFFECT = 1e-2  # adapters vs plain, rel L2
 ADAPTER_NOISE = 0.1
-
-NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-
-
-def perturb_(model: torch.nn.Module) -> None:
-    """Move every parameter off its init value (same recipe as tools/gen_goldens.py)."""
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if isinstance(module, NORM_TYPES):
-                    if name == "weight":
-                        p.copy_(1.0 + 0.1 * torch.randn_like(p))
-                    else:
-                        p.copy_(0.1 * torch.randn_like(p))
-                else:
-                    p.add_(0.05 * torch.randn_like(p))
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            assert (p != 0).all(), f"zero in bias {name}"
-        assert not torch.all(p == 1), f"param {name} is all ones"
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
-def dir_size(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 # --------------------------------------------------------------------------------------

@@ -39,29 +39,8 @@ from safetensors.torch import save_file
 import diffusers
 from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
-
-NORM_TYPES = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
-
-
-def perturb_(model: torch.nn.Module) -> None:
-    """Move every parameter off its init value (deterministic given the RNG state)."""
-    with torch.no_grad():
-        for module in model.modules():
-            for name, p in module.named_parameters(recurse=False):
-                if isinstance(module, NORM_TYPES):
-                    if name == "weight":
-                        p.copy_(1.0 + 0.1 * torch.randn_like(p))
-                    else:
-                        p.copy_(0.1 * torch.randn_like(p))
-                else:
-                    p.add_(0.05 * torch.randn_like(p))
-    # sanity: no zero biases, no all-ones norm weights
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            assert (p != 0).all(), f"zero in bias {name}"
-        assert not torch.all(p == 1), f"param {name} is all ones"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import FIXTURES, dir_size, perturb_  # noqa: E402
 
 
 def round_weights_(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -285,14 +264,6 @@ CASES = {
     "sdxl_like": (case_sdxl_like, {}),
     "sd_mid_only_cross": (case_sd_mid_only_cross, {}),
 }
-
-
-def dir_size(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total
 
 
 def run_case(seed, name, builder, opts):

@@ -70,13 +70,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import diffusers
-from diffusers import UNet2DConditionModel
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
-OUT_DIR = os.path.join(FIXTURES, "mask_generator")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convert_maskunet_checkpoint  # noqa: E402
+from golden_common import FIXTURES, dir_size, load_model, rel_l2  # noqa: E402
+
+OUT_DIR = os.path.join(FIXTURES, "mask_generator")
 
 MODEL = "sd15_like"
 CASE = "sd15_hyper"
@@ -311,22 +310,6 @@ class HyperMasks:
 # --------------------------------------------------------------------------------------
 
 
-def rel_l2(a, b):
-    a = a.double()
-    b = b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def dir_size(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-
-def load_model():
-    path = os.path.join(FIXTURES, MODEL)
-    unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=torch.float32)
-    return unet.to(torch.float32).eval()  # default attention processor, as in gen_goldens.py
-
-
 def make_inputs(unet, gen):
     cfg = unet.config
     inputs = {
@@ -383,7 +366,7 @@ def main():
     np.random.seed(SEED)
     print(f"torch {torch.__version__}  diffusers {diffusers.__version__}  -> {OUT_DIR}")
 
-    unet = load_model()
+    unet = load_model(MODEL)
     gen = torch.Generator().manual_seed(SEED)
     params = make_params(unet, gen)
     inputs = make_inputs(unet, gen)

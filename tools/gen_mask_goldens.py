@@ -53,10 +53,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 import diffusers
-from diffusers import UNet2DConditionModel, UNet2DModel
+from diffusers import UNet2DConditionModel
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import FIXTURES, dir_size, load_model, rel_l2  # noqa: E402
+
 OUT_DIR = os.path.join(FIXTURES, "masks")
 MAX_BYTES = 3 * 1024 * 1024
 BATCH = 2
@@ -165,29 +166,6 @@ def masked(unet, masks, step):
 # --------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------
-
-
-def rel_l2(a, b):
-    a = a.double()
-    b = b.double()
-    return float((a - b).norm() / b.norm())
-
-
-def dir_size(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            total += os.path.getsize(os.path.join(root, f))
-    return total
-
-
-def load_model(name):
-    path = os.path.join(FIXTURES, name)
-    with open(os.path.join(path, "config.json")) as f:
-        cls_name = json.load(f)["_class_name"]
-    cls = {"UNet2DConditionModel": UNet2DConditionModel, "UNet2DModel": UNet2DModel}[cls_name]
-    model = cls.from_pretrained(path, torch_dtype=torch.float32)
-    return model.to(torch.float32).eval()  # default attention processor, as in gen_goldens.py
 
 
 def make_inputs(unet):

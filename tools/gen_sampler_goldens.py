@@ -60,8 +60,9 @@ from diffusers import (
     UNet2DModel,
 )
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import FIXTURES, dir_size  # noqa: E402
+
 OUT_ROOT = os.path.join(FIXTURES, "samplers")
 
 MODELS = {
@@ -233,10 +234,6 @@ def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
         if patch:
             patch.__exit__(None, None, None)
     return latents, sched, n_model_calls, (patch.calls if patch else None)
-
-
-def dir_size(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 def floats(x):
