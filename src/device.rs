@@ -1,6 +1,7 @@
-//! Where a model runs and in which storage type: `--device cpu|cuda[:N]`, `--dtype f32|f16|bf16`.
-//! Opening a CUDA device checks for the driver library and a GPU first and answers with an
-//! error, never a panic, where either is missing.
+//! Where a model runs and in which storage type: `--device cpu|cuda[:N]|emu[:N]`, `--dtype
+//! f32|f16|bf16`. Opening a CUDA device checks for the driver library and a GPU first and answers
+//! with an error, never a panic, where either is missing. `emu` is the CUDA backend on the PTX
+//! executor (`emu/` in this workspace): the same host code and kernels, run on the CPU.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -13,6 +14,9 @@ pub enum Device {
     Auto,
     Cpu,
     Cuda(usize),
+    /// The CUDA backend on the PTX executor, which stands in for the driver (never chosen by
+    /// `auto`).
+    Emu(usize),
 }
 
 impl FromStr for Device {
@@ -23,15 +27,18 @@ impl FromStr for Device {
             "auto" => Ok(Device::Auto),
             "cpu" => Ok(Device::Cpu),
             "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| {
-                    Error::Msg(format!(
-                        "unknown device `{s}` (expected auto, cpu, cuda or cuda:N)"
-                    ))
-                }),
+            "emu" => Ok(Device::Emu(0)),
+            _ => {
+                let ordinal = |prefix: &str| s.strip_prefix(prefix).and_then(|n| n.parse().ok());
+                ordinal("cuda:")
+                    .map(Device::Cuda)
+                    .or_else(|| ordinal("emu:").map(Device::Emu))
+                    .ok_or_else(|| {
+                        Error::Msg(format!(
+                            "unknown device `{s}` (expected auto, cpu, cuda, cuda:N, emu or emu:N)"
+                        ))
+                    })
+            }
         }
     }
 }
@@ -87,6 +94,20 @@ pub enum Exec {
 }
 
 impl Device {
+    /// The device the test and bench binaries use: `FREELUNCH_DEVICE` (`emu`, `emu:N`, `cuda`,
+    /// `cuda:N`), or `None` where it is unset and they use a real GPU if there is one.
+    pub fn from_env() -> Result<Option<Device>> {
+        match std::env::var("FREELUNCH_DEVICE") {
+            Ok(v) if !v.is_empty() => match v.parse()? {
+                d @ (Device::Emu(_) | Device::Cuda(_)) => Ok(Some(d)),
+                d => Err(Error::Msg(format!(
+                    "FREELUNCH_DEVICE={v}: {d:?} is not a GPU device (emu, emu:N, cuda, cuda:N)"
+                ))),
+            },
+            _ => Ok(None),
+        }
+    }
+
     /// Opens the device; the CPU only computes in f32.
     pub fn open(self, dtype: DType) -> Result<Exec> {
         match self {
@@ -101,6 +122,7 @@ impl Device {
             ))),
             Device::Cpu => Ok(Exec::Cpu),
             Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::new(n, dtype)?))),
+            Device::Emu(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::emulated(n, dtype)?))),
         }
     }
 }

@@ -138,7 +138,9 @@ enum Command {
 /// Where the U-Net runs.
 #[derive(Args)]
 struct DeviceArgs {
-    /// auto (the first GPU if there is one, else the CPU), cpu, cuda or cuda:N.
+    /// auto (the first GPU if there is one, else the CPU), cpu, cuda, cuda:N, or emu / emu:N
+    /// (the CUDA backend on the PTX executor, which runs the kernels on the CPU and checks them:
+    /// for developing and testing kernels without a GPU).
     #[arg(long, default_value = "auto")]
     device: String,
     /// Storage type of weights and activations on the GPU: f32, f16 or bf16 (f32

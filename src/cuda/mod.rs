@@ -7,6 +7,7 @@
 //! NVRTC, are compiled with NVRTC at first use and cached on disk.
 
 pub mod backend;
+pub mod emu;
 pub mod kernels;
 pub mod params;
 pub mod source;
@@ -43,9 +44,10 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
-/// How many CUDA devices this machine has; 0 where there is no driver.
+/// How many CUDA devices this machine has; 0 where there is no driver, and where the PTX
+/// executor stands in for it (its devices are `emu`, never `cuda`).
 pub fn device_count() -> usize {
-    if !driver_present() || cudarc::driver::result::init().is_err() {
+    if emu::is_loaded() || !driver_present() || cudarc::driver::result::init().is_err() {
         return 0;
     }
     CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
@@ -74,8 +76,29 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Opens device `ordinal` for models stored in `dtype`.
+    /// Opens GPU `ordinal` for models stored in `dtype`.
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
+        if emu::is_loaded() {
+            return Err(Error::Msg(format!(
+                "device cuda:{ordinal}: the PTX executor stands in for the CUDA driver in this \
+                 process (--device emu), so no GPU can be opened alongside it"
+            )));
+        }
+        Self::open(ordinal, dtype)
+    }
+
+    /// Opens device `ordinal` of the PTX executor (`--device emu`), loading it first.
+    pub fn emulated(ordinal: usize, dtype: DType) -> Result<Self> {
+        emu::load()?;
+        Self::open(ordinal, dtype).map_err(|e| Error::Msg(e.to_string().replace("cuda:", "emu:")))
+    }
+
+    /// Whether this device is the PTX executor.
+    pub fn is_emulated(&self) -> bool {
+        emu::is_loaded()
+    }
+
+    fn open(ordinal: usize, dtype: DType) -> Result<Self> {
         if !driver_present() {
             return Err(Error::Msg(format!(
                 "device cuda:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use freelunch::backend::Backend;
 use freelunch::cuda::{Gpu, GpuTensor};
-use freelunch::device::DType;
+use freelunch::device::{DType, Device};
 use freelunch::Tensor;
 
 pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -18,19 +18,28 @@ pub fn tolerance(dtype: DType) -> f64 {
     }
 }
 
-/// The devices to test on, one per dtype, with poisoned allocations; empty where this machine
-/// has no CUDA device (each test then prints `skipped: no CUDA device` and passes).
+/// The devices to test on, one per dtype, with poisoned allocations. `FREELUNCH_DEVICE` (`emu`
+/// for the PTX executor, or `cuda`) names the device, and then opening it must succeed; unset,
+/// the first GPU is used where there is one, and where there is none the list is empty (each
+/// test then prints `skipped: no CUDA device` and passes).
 pub fn gpus(test: &str) -> &'static [(DType, Arc<Gpu>)] {
     static GPUS: OnceLock<Vec<(DType, Arc<Gpu>)>> = OnceLock::new();
     let gpus = GPUS.get_or_init(|| {
-        if freelunch::cuda::device_count() == 0 {
-            return Vec::new();
-        }
+        let device = Device::from_env().unwrap_or_else(|e| panic!("{e}"));
+        let device = match device {
+            Some(d) => d,
+            None if freelunch::cuda::device_count() == 0 => return Vec::new(),
+            None => Device::Cuda(0),
+        };
         DTYPES
             .iter()
             .map(|&dt| {
-                let gpu =
-                    Gpu::new(0, dt).unwrap_or_else(|e| panic!("opening cuda:0 ({dt:?}): {e}"));
+                let gpu = match device {
+                    Device::Emu(n) => Gpu::emulated(n, dt),
+                    Device::Cuda(n) => Gpu::new(n, dt),
+                    _ => unreachable!("from_env gives GPU devices"),
+                }
+                .unwrap_or_else(|e| panic!("opening {device:?} ({dt:?}): {e}"));
                 gpu.set_poison(true);
                 (dt, Arc::new(gpu))
             })
