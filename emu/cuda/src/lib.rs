@@ -161,9 +161,11 @@ fn options_from_env() -> Result<RunOptions, String> {
                     match part.trim() {
                         "init" => ch.init = true,
                         "races" => ch.races = true,
-                        p => return Err(format!(
+                        p => {
+                            return Err(format!(
                             "FREELUNCH_EMU_CHECKS: unknown check `{p}` (all, none, init, races)"
-                        )),
+                        ))
+                        }
                     }
                 }
                 ch

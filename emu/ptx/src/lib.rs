@@ -16,4 +16,4 @@ pub mod parse;
 
 pub use error::{EmuError, Fault, FaultKind, Result};
 pub use exec::{Checks, LaunchStats, Order, RunOptions};
-pub use machine::{Device, DeviceConfig, LaunchRequest, Module};
+pub use machine::{pack_params, Device, DeviceConfig, LaunchRequest, Module};

@@ -343,3 +343,27 @@ impl Device {
         exec::run(&launch, &self.workers, k.id).map_err(|f| EmuError::Fault(Box::new(f)))
     }
 }
+
+/// The parameter buffer of a launch of `k`: `values[i]` is parameter i's bytes (a u64 device
+/// address, an i32, a whole struct), copied to its offset. Panics if a size is wrong.
+pub fn pack_params(k: &Kernel, values: &[&[u8]]) -> Vec<u8> {
+    assert_eq!(
+        values.len(),
+        k.params.len(),
+        "kernel `{}` takes {} parameters",
+        k.name,
+        k.params.len()
+    );
+    let mut buf = vec![0u8; k.param_bytes as usize];
+    for (p, v) in k.params.iter().zip(values) {
+        assert_eq!(
+            v.len(),
+            p.size as usize,
+            "a parameter of kernel `{}` has {} bytes",
+            k.name,
+            p.size
+        );
+        buf[p.offset as usize..(p.offset + p.size) as usize].copy_from_slice(v);
+    }
+    buf
+}
