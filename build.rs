@@ -114,7 +114,7 @@ fn compile_all(nvrtc: &Nvrtc, sources: &[Source], common: &str, out_dir: &Path) 
         .collect();
     let expanded: Vec<String> = sources
         .iter()
-        .map(|s| source::expand(&s.text, common))
+        .map(|s| source::expand(&s.stem, &s.text, common))
         .collect();
     let results: Vec<Mutex<Option<Result<Compiled, String>>>> =
         jobs.iter().map(|_| Mutex::new(None)).collect();

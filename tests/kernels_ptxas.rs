@@ -355,7 +355,7 @@ fn expanded_sources_include_nothing() {
                 "kernels/{stem}.cu includes a missing common.cuh"
             );
         }
-        let expanded = expand(text, COMMON);
+        let expanded = expand(stem, text, COMMON);
         let includes: Vec<&str> = expanded
             .lines()
             .filter(|line| {

@@ -274,7 +274,7 @@ fn ptx_for(stem: &str, src: &str, cc: (i32, i32)) -> Result<String> {
     {
         return Ok(ptx.to_string());
     }
-    let code = source::expand(src, kernels::COMMON);
+    let code = source::expand(stem, src, kernels::COMMON);
     let options = source::nvrtc_options(arch);
     let key = crate::rng::fnv1a(format!("{code}\n{}", options.join(" ")).as_bytes());
     let cache = cache_dir().map(|d| d.join(format!("{stem}-{arch}-{key:016x}.ptx")));

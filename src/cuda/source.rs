@@ -9,17 +9,26 @@ pub const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 /// The line, first in every `kernels/*.cu`, that [`expand`] replaces with `kernels/common.cuh`.
 pub const COMMON_INCLUDE: &str = "#include \"common.cuh\"";
 
-/// `source` with each line that reads [`COMMON_INCLUDE`] (surrounding blanks allowed) replaced by
-/// `common`, the text of `kernels/common.cuh`: NVRTC then needs no include path. A source without
-/// that line comes back unchanged. Line numbers in compiler messages count lines of the result.
-pub fn expand(source: &str, common: &str) -> String {
-    let mut out = String::with_capacity(source.len() + common.len());
-    for line in source.split_inclusive('\n') {
+/// `source` (the text of `kernels/{stem}.cu`) with each line that reads [`COMMON_INCLUDE`]
+/// (surrounding blanks allowed) replaced by `common`, the text of `kernels/common.cuh`: NVRTC then
+/// needs no include path. `#line` directives around the header keep file names and line numbers
+/// true to `kernels/`, so compiler messages and the PTX's `.loc` debug lines (which the PTX
+/// executor's fault messages quote) name `kernels/{stem}.cu:N` and `kernels/common.cuh:N`. A
+/// source without that line comes back unchanged.
+pub fn expand(stem: &str, source: &str, common: &str) -> String {
+    if !source.lines().any(|line| line.trim() == COMMON_INCLUDE) {
+        return source.to_owned();
+    }
+    let mut out = String::with_capacity(source.len() + common.len() + 128);
+    out.push_str(&format!("#line 1 \"kernels/{stem}.cu\"\n"));
+    for (index, line) in source.split_inclusive('\n').enumerate() {
         if line.trim() == COMMON_INCLUDE {
+            out.push_str("#line 1 \"kernels/common.cuh\"\n");
             out.push_str(common);
             if !common.ends_with('\n') {
                 out.push('\n');
             }
+            out.push_str(&format!("#line {} \"kernels/{stem}.cu\"\n", index + 2));
         } else {
             out.push_str(line);
         }
@@ -52,23 +61,27 @@ mod tests {
 
     #[test]
     fn expand_replaces_only_the_include_line() {
-        let source = "#include \"common.cuh\"\nextern \"C\" __global__ void k() {}\n";
-        let out = expand(source, "struct half_t {};\n");
+        let source = "// k\n#include \"common.cuh\"\nextern \"C\" __global__ void k() {}\n";
+        let out = expand("k", source, "struct half_t {};\n");
         assert_eq!(
             out,
-            "struct half_t {};\nextern \"C\" __global__ void k() {}\n"
+            "#line 1 \"kernels/k.cu\"\n// k\n#line 1 \"kernels/common.cuh\"\nstruct half_t {};\n\
+             #line 3 \"kernels/k.cu\"\nextern \"C\" __global__ void k() {}\n"
         );
         // A header without a final newline still ends its line.
-        assert_eq!(expand("#include \"common.cuh\"\nx\n", "h"), "h\nx\n");
+        assert_eq!(
+            expand("x", "#include \"common.cuh\"\nx\n", "h"),
+            "#line 1 \"kernels/x.cu\"\n#line 1 \"kernels/common.cuh\"\nh\n#line 2 \"kernels/x.cu\"\nx\n"
+        );
         // CRLF line ends and a missing final newline are kept as they are.
-        assert_eq!(expand("#include \"common.cuh\"\r\ny", "h\n"), "h\ny");
+        assert!(expand("y", "#include \"common.cuh\"\r\ny", "h\n").ends_with("\"kernels/y.cu\"\ny"));
     }
 
     #[test]
     fn expand_without_the_include_is_the_identity() {
         let source = "// #include \"common.cuh\" in a comment stays\n__global__ void k() {}";
-        assert_eq!(expand(source, "h\n"), source);
-        assert_eq!(expand("", "h\n"), "");
+        assert_eq!(expand("k", source, "h\n"), source);
+        assert_eq!(expand("k", "", "h\n"), "");
     }
 
     #[test]

@@ -209,7 +209,46 @@ impl FOp2 for FMul {
         fp::mul_f32(a, b, r)
     }
 }
-/// `div.rn.f32` (IEEE), also `div.full/approx.f32` whose documented error this is within.
+/// `div.approx.f32` (ISA §9.7.3.8): a·(1/b) within 2 ulp, except that for 2^126 < |b| < 2^128
+/// it gives a sign-preserving zero (NaN when a is infinite).
+pub struct FDivApprox;
+impl FOp2 for FDivApprox {
+    #[inline(always)]
+    fn op(a: f32, b: f32, _: Round) -> f32 {
+        let mb = b.abs();
+        if mb > f32::from_bits(0x7e80_0000) && mb < f32::INFINITY && !a.is_nan() {
+            if a.is_infinite() {
+                return f32::NAN;
+            }
+            return f32::from_bits((a.to_bits() ^ b.to_bits()) & 0x8000_0000);
+        }
+        a / b
+    }
+}
+/// `min.NaN/max.NaN .f32`: NaN when either input is NaN.
+pub struct FMinNaN;
+impl FOp2 for FMinNaN {
+    #[inline(always)]
+    fn op(a: f32, b: f32, _: Round) -> f32 {
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else {
+            fp::min_f32(a, b)
+        }
+    }
+}
+pub struct FMaxNaN;
+impl FOp2 for FMaxNaN {
+    #[inline(always)]
+    fn op(a: f32, b: f32, _: Round) -> f32 {
+        if a.is_nan() || b.is_nan() {
+            f32::NAN
+        } else {
+            fp::max_f32(a, b)
+        }
+    }
+}
+/// `div.rn.f32` (IEEE), also `div.full.f32` whose documented 2-ulp error this is within.
 pub struct FDiv;
 impl FOp2 for FDiv {
     #[inline(always)]
@@ -288,14 +327,48 @@ pub fn bin_f32(op: &str, m: FMods) -> Option<Bin32> {
         "sub" => select_mods!(m, f2, FSub),
         "mul" => select_mods!(m, f2, FMul),
         "div" if exact_only => select_mods!(m, f2, FDiv),
+        "div.approx" if exact_only => select_mods!(m, f2, FDivApprox),
         "min" if exact_only && !m.sat => select_mods!(m, f2, FMin),
         "max" if exact_only && !m.sat => select_mods!(m, f2, FMax),
+        "min.NaN" if exact_only && !m.sat => select_mods!(m, f2, FMinNaN),
+        "max.NaN" if exact_only && !m.sat => select_mods!(m, f2, FMaxNaN),
         _ => return None,
     })
 }
 
+/// `fma.f32` with its modifiers. Where the host CPU has FMA instructions the lane loop is
+/// compiled for them (the portable `mul_add` is a libm call, ~10× slower).
 pub fn fma_f32(m: FMods) -> Tern32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("fma") {
+        return select_mods!(m, fma3_hw);
+    }
     select_mods!(m, fma3)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn fma3_fma<const R: u8, const FTZ: bool, const SAT: bool>(
+    d: &mut R32,
+    x: &R32,
+    y: &R32,
+    z: &R32,
+) {
+    for l in 0..32 {
+        let v = fp::fma_f32(
+            fin::<FTZ>(x[l]),
+            fin::<FTZ>(y[l]),
+            fin::<FTZ>(z[l]),
+            round_of(R),
+        );
+        d[l] = fout::<FTZ, SAT>(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn fma3_hw<const R: u8, const FTZ: bool, const SAT: bool>(d: &mut R32, x: &R32, y: &R32, z: &R32) {
+    // SAFETY: chosen by `fma_f32` only where the CPU has FMA.
+    unsafe { fma3_fma::<R, FTZ, SAT>(d, x, y, z) }
 }
 
 pub struct FNeg;
@@ -495,6 +568,30 @@ pub fn bin_i32(op: &str, signed: bool) -> Option<Bin32> {
             }
         }),
         ("shr", true) => lanes!(|a: u32, b: u32| -> u32 { ((a as i32) >> b.min(31)) as u32 }),
+        _ => return None,
+    })
+}
+
+/// `shl/shr` on 16-bit values (held zero-extended in the 32-bit file).
+pub fn shift_i16(op: &str, signed: bool) -> Option<Bin32> {
+    Some(match (op, signed) {
+        ("shl", _) => lanes!(|a: u32, b: u32| -> u32 {
+            if b >= 16 {
+                0
+            } else {
+                (a << b) & 0xffff
+            }
+        }),
+        ("shr", false) => lanes!(|a: u32, b: u32| -> u32 {
+            if b >= 16 {
+                0
+            } else {
+                (a & 0xffff) >> b
+            }
+        }),
+        ("shr", true) => {
+            lanes!(|a: u32, b: u32| -> u32 { (((a as u16 as i16) >> b.min(15)) as u16) as u32 })
+        }
         _ => return None,
     })
 }
@@ -800,16 +897,28 @@ fn f2int<const K: u8, const R: u8, const B: u32, const S: bool, const FTZ: bool>
     }
 }
 
+/// Float to a 64-bit integer: clamped; NaN gives 1 << 63 (ISA §9.7.9.21, Integer Notes).
 fn f2int64<const K: u8, const R: u8, const S: bool, const FTZ: bool>(d: &mut R64, x: &R32) {
     for l in 0..32 {
         let v = fp::round_int(fin::<FTZ>(float_in::<K>(x[l]).to_bits()), round_of(R));
-        d[l] = if S { v as i64 as u64 } else { v as u64 };
+        d[l] = if v.is_nan() {
+            1 << 63
+        } else if S {
+            v as i64 as u64
+        } else {
+            v as u64
+        };
     }
 }
 
+/// f64 to a 16- or 32-bit integer: clamped; NaN gives 1 << (bits - 1) (ISA §9.7.9.21).
 fn d2int<const R: u8, const B: u32, const S: bool>(d: &mut R32, x: &R64) {
     for l in 0..32 {
         let v = fp::round_int64(f64::from_bits(x[l]), round_of(R));
+        if v.is_nan() {
+            d[l] = 1 << (B - 1);
+            continue;
+        }
         d[l] = match (B, S) {
             (16, false) => v as u16 as u32,
             (16, true) => v as i16 as u16 as u32,
@@ -822,21 +931,38 @@ fn d2int<const R: u8, const B: u32, const S: bool>(d: &mut R32, x: &R64) {
 fn d2int64<const R: u8, const S: bool>(d: &mut R64, x: &R64) {
     for l in 0..32 {
         let v = fp::round_int64(f64::from_bits(x[l]), round_of(R));
-        d[l] = if S { v as i64 as u64 } else { v as u64 };
+        d[l] = if v.is_nan() {
+            1 << 63
+        } else if S {
+            v as i64 as u64
+        } else {
+            v as u64
+        };
     }
 }
 
 fn int2f<const B: u32, const S: bool, const R: u8, const K: u8>(d: &mut R32, x: &R32) {
     for l in 0..32 {
         let v = extend::<B, S>(x[l] as u64);
-        // Exact in f64 for 32-bit integers; one rounding to the destination.
-        let exact = if S { v as i64 as f64 } else { v as f64 };
-        let r = fp::f64_to_f32(exact, round_of(R));
-        d[l] = match K {
-            0 => fp::canon(r),
-            1 => fp::f32_to_f16(exact as f32, round_of(R)) as u32,
-            _ => fp::f32_to_bf16(exact as f32, round_of(R)) as u32,
-        };
+        let exact = if S { v as i64 as i128 } else { v as i128 };
+        d[l] = int_to_k::<K>(exact, round_of(R));
+    }
+}
+
+/// An exact integer rounded once to float kind K (0 f32, 1 f16, 2 bf16), as bits.
+#[inline(always)]
+fn int_to_k<const K: u8>(v: i128, r: Round) -> u32 {
+    match K {
+        0 => fp::canon(fp::int_to_float(v, fp::F32, r) as f32),
+        1 => fp::f64_to_16(fp::int_to_float(v, fp::F16, r), fp::F16, Round::Nearest) as u32,
+        _ => fp::f64_to_16(fp::int_to_float(v, fp::BF16, r), fp::BF16, Round::Nearest) as u32,
+    }
+}
+
+fn int64_to_f<const S: bool, const R: u8, const K: u8>(d: &mut R32, x: &R64) {
+    for l in 0..32 {
+        let v = if S { x[l] as i64 as i128 } else { x[l] as i128 };
+        d[l] = int_to_k::<K>(v, round_of(R));
     }
 }
 
@@ -963,10 +1089,8 @@ pub fn cvt(
         });
     }
     if int(dst) && float(src) {
+        // `.sat` is redundant: float-to-integer conversions always clamp (ISA §9.7.9.21).
         let r = int_round.unwrap_or(Round::Zero);
-        if sat {
-            return None; // saturation is the default for float-to-int
-        }
         if src == Ty::F64 {
             return Some(by_round!(r, |R| if dst.is_wide() {
                 by_bool!(dst.is_signed(), |S| Cvt::R64(d2int64::<R, S>))
@@ -1013,16 +1137,10 @@ pub fn cvt(
             return None;
         }
         if src.is_wide() {
-            // 64-bit integers to f32: Rust's `as` rounds to nearest; directed modes would
-            // need exact wide arithmetic and are not used.
-            if round != Round::Nearest || k != 0 {
-                return None;
-            }
-            return Some(if src.is_signed() {
-                Cvt::Narrow(lanes!(|a: u64| -> u32 { fp::canon(a as i64 as f32) }))
-            } else {
-                Cvt::Narrow(lanes!(|a: u64| -> u32 { fp::canon(a as f32) }))
-            });
+            return Some(by_bool!(src.is_signed(), |S| by_round!(
+                round,
+                |R| by_kind!(k, |K| Cvt::Narrow(int64_to_f::<S, R, K>))
+            )));
         }
         return Some(by_bits!(
             src.bytes() * 8,
@@ -1055,6 +1173,35 @@ pub fn cvt(
                 }
                 Cvt::Narrow(g::<R>)
             }))
+        }
+        (Ty::F64, Ty::F16 | Ty::BF16) => {
+            if ftz || sat {
+                return None;
+            }
+            Some(if src == Ty::F16 {
+                Cvt::Widen(lanes!(|a: u32| -> u64 {
+                    fp::canon64(f(fp::f16_to_f32(a as u16)) as f64)
+                }))
+            } else {
+                Cvt::Widen(lanes!(|a: u32| -> u64 {
+                    fp::canon64(f(fp::bf16_to_f32(a as u16)) as f64)
+                }))
+            })
+        }
+        (Ty::F16 | Ty::BF16, Ty::F64) => {
+            if ftz || sat || int_round.is_some() {
+                return None;
+            }
+            let k = kind_of(dst)?;
+            Some(by_round!(round, |R| by_kind!(k, |K| {
+                fn g<const RR: u8, const KK: u8>(d: &mut R32, x: &R64) {
+                    let fmt = if KK == 1 { fp::F16 } else { fp::BF16 };
+                    for l in 0..32 {
+                        d[l] = fp::f64_to_16(f64::from_bits(x[l]), fmt, round_of(RR)) as u32;
+                    }
+                }
+                Cvt::Narrow(g::<R, K>)
+            })))
         }
         (Ty::F64, Ty::F64) => {
             let r = int_round?;
@@ -1092,6 +1239,28 @@ pub fn cvt(
             ))))
         }
     }
+}
+
+/// `.relu` (negative results become +0, NaN the canonical NaN) and `.satfinite` (±inf become
+/// the largest finite value of the sign) on a 16-bit float result (ISA §9.7.9.21).
+pub fn clamp16(v: u16, bf16: bool, relu: bool, satfinite: bool) -> u16 {
+    let (inf, max) = if bf16 {
+        (0x7f80, 0x7f7f)
+    } else {
+        (0x7c00, 0x7bff)
+    };
+    let nan = (v & 0x7fff) > inf;
+    if nan {
+        return fp::CANONICAL_NAN_16;
+    }
+    let mut v = v;
+    if satfinite && v & 0x7fff == inf {
+        v = (v & 0x8000) | max;
+    }
+    if relu && v & 0x8000 != 0 {
+        v = 0;
+    }
+    v
 }
 
 /// `cvt.rn.{f16x2,bf16x2}.f32 d, a, b`.

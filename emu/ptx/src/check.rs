@@ -209,6 +209,57 @@ pub fn write(
     Ok(())
 }
 
+/// `read` for the bytes `[off, off + len)`: once for the whole range when its records agree
+/// (bytes written and read together, the common case), else byte by byte. The error carries
+/// the offending byte.
+#[inline]
+pub fn read_range(
+    rec: &mut Records,
+    off: usize,
+    len: usize,
+    who: &Who,
+    warp_of: impl Fn(u32) -> u32 + Copy,
+    block_start: Option<u32>,
+) -> Result<(), (usize, Conflict)> {
+    let (w0, r0) = (rec.w[off], rec.r[off]);
+    if rec.w[off..off + len].iter().all(|&x| x == w0)
+        && rec.r[off..off + len].iter().all(|&x| x == r0)
+    {
+        read(rec, off, who, warp_of, block_start).map_err(|c| (off, c))?;
+        let r = rec.r[off];
+        rec.r[off..off + len].fill(r);
+        return Ok(());
+    }
+    for k in off..off + len {
+        read(rec, k, who, warp_of, block_start).map_err(|c| (k, c))?;
+    }
+    Ok(())
+}
+
+/// `write` for the bytes `[off, off + len)`, as `read_range`.
+#[inline]
+pub fn write_range(
+    rec: &mut Records,
+    off: usize,
+    len: usize,
+    who: &Who,
+    warp_of: impl Fn(u32) -> u32 + Copy,
+) -> Result<(), (usize, Conflict)> {
+    let (w0, r0) = (rec.w[off], rec.r[off]);
+    if rec.w[off..off + len].iter().all(|&x| x == w0)
+        && rec.r[off..off + len].iter().all(|&x| x == r0)
+    {
+        write(rec, off, who, warp_of).map_err(|c| (off, c))?;
+        let w = rec.w[off];
+        rec.w[off..off + len].fill(w);
+        return Ok(());
+    }
+    for k in off..off + len {
+        write(rec, k, who, warp_of).map_err(|c| (k, c))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -665,6 +665,11 @@ impl<'m> Decoder<'m> {
                     let (a, b) = (self.src64(&o[1], ty)?, self.src32(&o[2], Ty::U32)?);
                     let d = self.dst(&o[0], ty)?;
                     Ok(Some(Op::Shift64 { f, d, a, b }))
+                } else if ty.bytes() == 2 {
+                    let f = alu::shift_i16(opc.base, signed).ok_or_else(|| self.err("shift"))?;
+                    let (a, b) = (self.src32(&o[1], ty)?, self.src32(&o[2], Ty::U32)?);
+                    let d = self.dst(&o[0], ty)?;
+                    Ok(Some(Op::Bin32 { f, d, a, b }))
                 } else if ty.bytes() == 4 {
                     let f = alu::bin_i32(opc.base, signed).ok_or_else(|| self.err("shift"))?;
                     let (a, b) = (self.src32(&o[1], ty)?, self.src32(&o[2], Ty::U32)?);
@@ -1052,7 +1057,9 @@ impl<'m> Decoder<'m> {
         let o = &i.operands;
         match ty {
             Ty::F32 => {
-                if !opc.only(&["rn", "rz", "rm", "rp", "ftz", "sat", "approx", "full"]) {
+                if !opc.only(&[
+                    "rn", "rz", "rm", "rp", "ftz", "sat", "approx", "full", "NaN",
+                ]) {
                     return self.unsupported(i);
                 }
                 if opc.base == "div"
@@ -1062,7 +1069,14 @@ impl<'m> Decoder<'m> {
                 {
                     return self.unsupported(i);
                 }
-                let f = alu::bin_f32(opc.base, opc.fmods())
+                let name = if opc.base == "div" && opc.has("approx") {
+                    "div.approx".to_string()
+                } else if matches!(opc.base, "min" | "max") && opc.has("NaN") {
+                    format!("{}.NaN", opc.base)
+                } else {
+                    opc.base.to_string()
+                };
+                let f = alu::bin_f32(&name, opc.fmods())
                     .ok_or_else(|| self.err("this combination of modifiers"))?;
                 let (a, b) = (self.src32(&o[1], ty)?, self.src32(&o[2], ty)?);
                 let d = self.dst(&o[0], ty)?;
@@ -1150,7 +1164,18 @@ impl<'m> Decoder<'m> {
             return Err(self.err("cvt needs a destination and a source type"));
         };
         if !opc.only(&[
-            "rn", "rz", "rm", "rp", "rni", "rzi", "rmi", "rpi", "ftz", "sat",
+            "rn",
+            "rz",
+            "rm",
+            "rp",
+            "rni",
+            "rzi",
+            "rmi",
+            "rpi",
+            "ftz",
+            "sat",
+            "relu",
+            "satfinite",
         ]) {
             return Err(self.err(format!(
                 "cvt modifiers of `{}` are not implemented",
@@ -1163,10 +1188,43 @@ impl<'m> Decoder<'m> {
             if src != Ty::F32 || opc.has("ftz") || opc.has("sat") {
                 return Err(self.err("packed conversions are implemented from f32 only"));
             }
+            if opc.has("relu") || opc.has("satfinite") {
+                return Err(
+                    self.err("packed conversions with .relu/.satfinite are not implemented")
+                );
+            }
             let f = alu::cvt_pack(dst, round).ok_or_else(|| self.err("packed conversion"))?;
             let (a, b) = (self.src32(&o[1], Ty::F32)?, self.src32(&o[2], Ty::F32)?);
             let d = self.dst(&o[0], Ty::B32)?;
             return Ok(Some(Op::Bin32 { f, d, a, b }));
+        }
+        let (relu, satfinite) = (opc.has("relu"), opc.has("satfinite"));
+        if relu || satfinite {
+            // cvt.frnd{.relu}{.satfinite}.{f16,bf16}.f32 (ISA §9.7.9.21): the conversion, then the
+            // clamp on its 16-bit result.
+            self.n_ops(i, 2)?;
+            if !matches!(dst, Ty::F16 | Ty::BF16)
+                || src != Ty::F32
+                || opc.has("ftz")
+                || opc.has("sat")
+            {
+                return Err(self.err(".relu/.satfinite are implemented for f32 to f16/bf16"));
+            }
+            let Some(alu::Cvt::R32(f)) = alu::cvt(dst, src, round, None, false, false) else {
+                return Err(self.err("conversion"));
+            };
+            let a = self.src32(&o[1], src)?;
+            let d = self.dst(&o[0], dst)?;
+            self.post.insert(
+                0,
+                Op::Clamp16 {
+                    d,
+                    bf16: dst == Ty::BF16,
+                    relu,
+                    satfinite,
+                },
+            );
+            return Ok(Some(Op::Un32 { f, d, a }));
         }
         self.n_ops(i, 2)?;
         let c = alu::cvt(

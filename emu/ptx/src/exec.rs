@@ -149,21 +149,49 @@ impl Default for Worker {
     }
 }
 
-/// Race records for global bytes, by 4 KiB page of the address space.
+/// Race records for the global bytes one block touches, by 4 KiB page of the address space.
+/// Only the current block's records matter (earlier ones carry older epochs and read as ordered
+/// before it), so at each block start the pages go back to a free list and are reused as they
+/// are: memory stays bounded by what one block touches.
 #[derive(Default)]
 struct GlobalRecords {
     pages: std::collections::HashMap<u64, Box<Records>>,
+    free: Vec<Box<Records>>,
+    /// The last page looked up (most accesses of a warp hit it).
+    last: Option<(u64, *mut Records)>,
 }
+
+// SAFETY: `last` points into a page owned by `pages`, which moves with the struct.
+unsafe impl Send for GlobalRecords {}
 
 const PAGE: u64 = 4096;
 
 impl GlobalRecords {
+    fn recycle(&mut self) {
+        self.last = None;
+        self.free.extend(self.pages.drain().map(|(_, p)| p));
+    }
+
     fn page(&mut self, addr: u64) -> &mut Records {
-        self.pages.entry(addr / PAGE).or_insert_with(|| {
-            let mut r = Records::new();
-            r.ensure(PAGE as usize);
-            Box::new(r)
-        })
+        let key = addr / PAGE;
+        if let Some((k, p)) = self.last {
+            if k == key {
+                // SAFETY: the page is alive in `pages` until the next recycle, which clears `last`.
+                return unsafe { &mut *p };
+            }
+        }
+        let free = &mut self.free;
+        let page = self.pages.entry(key).or_insert_with(|| {
+            free.pop().unwrap_or_else(|| {
+                let mut r = Records::new();
+                r.ensure(PAGE as usize);
+                Box::new(r)
+            })
+        });
+        let p: *mut Records = &mut **page;
+        self.last = Some((key, p));
+        // SAFETY: as above.
+        unsafe { &mut *p }
     }
 }
 
@@ -445,6 +473,7 @@ fn run_block(
     let nwarps = nthreads.div_ceil(32) as usize;
     let smem_len = (k.dynamic_smem_offset + l.dynamic_smem).max(k.static_smem) as usize;
     w.prepare(k, nwarps, smem_len, kernel_id);
+    w.global_rec.recycle();
     w.epoch += 1;
     let block_start = w.epoch;
     if !l.options.checks.init && !l.options.checks.races {
@@ -531,6 +560,7 @@ fn run_block(
                     shared_rec,
                     global_rec,
                     epoch: *epoch,
+                    last_alloc: None,
                 };
                 if let Err(t) = m.run_warp(&mut warps[i]) {
                     let lane = t.lane;
@@ -599,6 +629,8 @@ struct Machine<'c, 'a> {
     shared_rec: &'c mut Records,
     global_rec: &'c mut GlobalRecords,
     epoch: u32,
+    /// The allocation the last global access hit.
+    last_alloc: Option<&'a Allocation>,
 }
 
 enum Resolved<'m> {
@@ -956,6 +988,18 @@ impl<'c, 'a> Machine<'c, 'a> {
                 f(&mut o, &w.r64[*a as usize]);
                 store32(&mut w.r32[*d as usize], &o, m);
             }
+            Op::Clamp16 {
+                d,
+                bf16,
+                relu,
+                satfinite,
+            } => {
+                let mut o = w.r32[*d as usize];
+                for v in o.iter_mut() {
+                    *v = crate::alu::clamp16(*v as u16, *bf16, *relu, *satfinite) as u32;
+                }
+                store32(&mut w.r32[*d as usize], &o, m);
+            }
             Op::Div32 { f, d, a, b } => {
                 let div = &w.r32[*b as usize];
                 let zero = (0..32).fold(0u32, |z, l| z | (((div[l] == 0) as u32) << l)) & m;
@@ -1220,7 +1264,7 @@ impl<'c, 'a> Machine<'c, 'a> {
     }
 
     /// Resolves `len` bytes at `addr` in `space` for `lane`.
-    fn resolve(&self, space: MemSpace, addr: u64, len: u64, lane: usize) -> Step<Resolved<'a>> {
+    fn resolve(&mut self, space: MemSpace, addr: u64, len: u64, lane: usize) -> Step<Resolved<'a>> {
         let l = self.ctx.l;
         let (space, addr) = match space {
             MemSpace::Generic => {
@@ -1235,14 +1279,27 @@ impl<'c, 'a> Machine<'c, 'a> {
             s => (s, addr),
         };
         match space {
-            MemSpace::Global | MemSpace::Const => match l.memory.find(addr, len) {
-                Some(a) => Ok(Resolved::Global(a)),
-                None => trap(
-                    FaultKind::OutOfBounds,
-                    lane as u32,
-                    format!("global access: {}", l.memory.describe(addr, len)),
-                ),
-            },
+            MemSpace::Global | MemSpace::Const => {
+                if let Some(a) = self.last_alloc {
+                    if addr >= a.base
+                        && addr.wrapping_add(len) <= a.end()
+                        && addr.wrapping_add(len) >= addr
+                    {
+                        return Ok(Resolved::Global(a));
+                    }
+                }
+                match l.memory.find(addr, len) {
+                    Some(a) => {
+                        self.last_alloc = Some(a);
+                        Ok(Resolved::Global(a))
+                    }
+                    None => trap(
+                        FaultKind::OutOfBounds,
+                        lane as u32,
+                        format!("global access: {}", l.memory.describe(addr, len)),
+                    ),
+                }
+            }
             MemSpace::Shared => {
                 if addr
                     .checked_add(len)
@@ -1305,20 +1362,35 @@ impl<'c, 'a> Machine<'c, 'a> {
         let checks = self.ctx.l.options.checks;
         let addr = a.base + off;
         if let Some(t) = a.tags_ptr(off) {
-            for k in 0..len as usize {
-                // SAFETY: off + len is within the allocation (resolved above).
-                let tag = unsafe { *t.add(k) };
+            // SAFETY: off + len is within the allocation (resolved above).
+            let tags = unsafe { std::slice::from_raw_parts(t, len as usize) };
+            let t0 = tags[0];
+            let uniform = tags.iter().all(|&x| x == t0);
+            let list: &[u64] = if uniform { &tags[..1] } else { tags };
+            for (k, &tag) in list.iter().enumerate() {
                 if tag == 0 && checks.init {
                     return trap(
                         FaultKind::Uninitialised,
                         lane as u32,
-                        format!("read of {len} bytes at {addr:#x}: byte {k} was never written (allocation at {:#x}, {} bytes)", a.base, a.size),
+                        format!(
+                            "read of {len} bytes at {addr:#x}: byte {} was never written (allocation at {:#x}, {} bytes)",
+                            if uniform { 0 } else { k },
+                            a.base,
+                            a.size
+                        ),
                     );
                 }
                 if checks.races && tag != memory::HOST && (tag >> 32) as u32 == self.ctx.l.seq {
                     let writer = (tag as u32).wrapping_sub(1);
                     if nc {
-                        return trap(FaultKind::Race, lane as u32, format!("ld.global.nc of {addr:#x}, which this launch wrote (block {writer})"));
+                        return trap(
+                            FaultKind::Race,
+                            lane as u32,
+                            format!(
+                                "ld.global.nc of {addr:#x}, which this launch wrote (block {})",
+                                self.block_name(writer)
+                            ),
+                        );
                     }
                     if writer != self.ctx.block_linear {
                         return trap(
@@ -1332,12 +1404,17 @@ impl<'c, 'a> Machine<'c, 'a> {
         }
         if checks.races {
             let who = self.who(w, lane);
-            for k in 0..len {
-                let ad = addr + k;
-                let rec = self.global_rec.page(ad);
-                if let Err(c) = check::read(rec, (ad % PAGE) as usize, &who, |t| t / 32, None) {
-                    return Err(self.conflict(c, lane, "global read", ad));
-                }
+            let rec = self.global_rec.page(addr);
+            if let Err((k, c)) = check::read_range(
+                rec,
+                (addr % PAGE) as usize,
+                len as usize,
+                &who,
+                |t| t / 32,
+                None,
+            ) {
+                let at = addr - addr % PAGE + k as u64;
+                return Err(self.conflict(c, lane, "global read", at));
             }
         }
         Ok(())
@@ -1355,36 +1432,33 @@ impl<'c, 'a> Machine<'c, 'a> {
         let addr = a.base + off;
         let mine = memory::kernel_tag(self.ctx.l.seq, self.ctx.block_linear);
         if let Some(t) = a.tags_ptr(off) {
-            for k in 0..len as usize {
-                // SAFETY: in range, as above.
-                let p = unsafe { t.add(k) };
-                let tag = unsafe { *p };
-                if checks.races
-                    && tag != memory::HOST
-                    && tag != mine
-                    && (tag >> 32) as u32 == self.ctx.l.seq
-                {
-                    let writer = (tag as u32).wrapping_sub(1);
-                    return trap(
-                        FaultKind::BlockRace,
-                        lane as u32,
-                        format!(
-                            "write of {addr:#x}, which block {} of this launch also wrote",
-                            self.block_name(writer)
-                        ),
-                    );
+            // SAFETY: in range, as above.
+            let tags = unsafe { std::slice::from_raw_parts_mut(t, len as usize) };
+            if checks.races {
+                for &tag in tags.iter() {
+                    if tag != memory::HOST && tag != mine && (tag >> 32) as u32 == self.ctx.l.seq {
+                        let writer = (tag as u32).wrapping_sub(1);
+                        return trap(
+                            FaultKind::BlockRace,
+                            lane as u32,
+                            format!(
+                                "write of {addr:#x}, which block {} of this launch also wrote",
+                                self.block_name(writer)
+                            ),
+                        );
+                    }
                 }
-                unsafe { *p = mine };
             }
+            tags.fill(mine);
         }
         if checks.races {
             let who = self.who(w, lane);
-            for k in 0..len {
-                let ad = addr + k;
-                let rec = self.global_rec.page(ad);
-                if let Err(c) = check::write(rec, (ad % PAGE) as usize, &who, |t| t / 32) {
-                    return Err(self.conflict(c, lane, "global write", ad));
-                }
+            let rec = self.global_rec.page(addr);
+            if let Err((k, c)) =
+                check::write_range(rec, (addr % PAGE) as usize, len as usize, &who, |t| t / 32)
+            {
+                let at = addr - addr % PAGE + k as u64;
+                return Err(self.conflict(c, lane, "global write", at));
             }
         }
         Ok(())
@@ -1407,20 +1481,16 @@ impl<'c, 'a> Machine<'c, 'a> {
         }
         let who = self.who(w, lane);
         let start = checks.init.then_some(self.ctx.block_start);
-        for k in off..off + len {
-            let r = if checks.races {
-                check::read(self.shared_rec, k, &who, |t| t / 32, start)
-            } else {
-                // Initialisation only: was the byte written in this block?
-                match start {
-                    Some(s) if (self.shared_rec.w[k] >> 32) < s as u64 => {
-                        Err(Conflict::Uninitialised)
-                    }
-                    _ => Ok(()),
-                }
-            };
-            if let Err(c) = r {
+        if checks.races {
+            if let Err((k, c)) =
+                check::read_range(self.shared_rec, off, len, &who, |t| t / 32, start)
+            {
                 return Err(self.conflict(c, lane, "shared read", k as u64));
+            }
+        } else if let Some(s) = start {
+            // Initialisation only: was every byte written in this block?
+            if let Some(k) = (off..off + len).find(|&k| (self.shared_rec.w[k] >> 32) < s as u64) {
+                return Err(self.conflict(Conflict::Uninitialised, lane, "shared read", k as u64));
             }
         }
         Ok(())
@@ -1432,14 +1502,12 @@ impl<'c, 'a> Machine<'c, 'a> {
             return Ok(());
         }
         let who = self.who(w, lane);
-        for k in off..off + len {
-            if checks.races {
-                if let Err(c) = check::write(self.shared_rec, k, &who, |t| t / 32) {
-                    return Err(self.conflict(c, lane, "shared write", k as u64));
-                }
-            } else {
-                self.shared_rec.w[k] = ((who.epoch as u64) << 32) | who.tid as u64;
+        if checks.races {
+            if let Err((k, c)) = check::write_range(self.shared_rec, off, len, &who, |t| t / 32) {
+                return Err(self.conflict(c, lane, "shared write", k as u64));
             }
+        } else {
+            self.shared_rec.w[off..off + len].fill(((who.epoch as u64) << 32) | who.tid as u64);
         }
         Ok(())
     }

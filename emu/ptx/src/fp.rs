@@ -138,6 +138,7 @@ fn zero_sum(a: f64, b: f64, mode: Round) -> f32 {
     }
 }
 
+#[inline(always)]
 pub fn add_f32(a: f32, b: f32, mode: Round) -> f32 {
     if mode == Round::Nearest {
         return a + b;
@@ -150,6 +151,7 @@ pub fn add_f32(a: f32, b: f32, mode: Round) -> f32 {
     round_pair(hi, lo, mode)
 }
 
+#[inline(always)]
 pub fn mul_f32(a: f32, b: f32, mode: Round) -> f32 {
     if mode == Round::Nearest {
         return a * b;
@@ -158,6 +160,7 @@ pub fn mul_f32(a: f32, b: f32, mode: Round) -> f32 {
     round_pair(a as f64 * b as f64, 0.0, mode)
 }
 
+#[inline(always)]
 pub fn fma_f32(a: f32, b: f32, c: f32, mode: Round) -> f32 {
     if mode == Round::Nearest {
         return a.mul_add(b, c);
@@ -278,6 +281,126 @@ fn directed_16(x: f32, rn: u16, mode: Round, widen: impl Fn(u16) -> f32, inf: u1
     // Overflow to infinity is only allowed where the mode rounds away from zero.
     let _ = inf;
     out
+}
+
+/// A binary floating-point format's parameters, for exact rounding into it.
+#[derive(Clone, Copy, Debug)]
+pub struct Format {
+    /// Significand bits including the implicit one (f16: 11, bf16: 8, f32: 24).
+    pub precision: u32,
+    /// The smallest normal exponent (f16: -14, bf16 and f32: -126).
+    pub emin: i32,
+    /// The largest finite value.
+    pub max: f64,
+}
+
+pub const F16: Format = Format {
+    precision: 11,
+    emin: -14,
+    max: 65504.0,
+};
+pub const BF16: Format = Format {
+    precision: 8,
+    emin: -126,
+    max: 3.3895313892515355e38,
+};
+pub const F32: Format = Format {
+    precision: 24,
+    emin: -126,
+    max: f32::MAX as f64,
+};
+
+/// The exact value `±m·2^e` rounded once, in `mode`, to `fmt`: the result as an f64 (exactly
+/// representable in `fmt`), ±inf where it overflows in a mode that rounds away from zero.
+pub fn round_exact(neg: bool, m: u128, e: i32, fmt: Format, mode: Round) -> f64 {
+    if m == 0 {
+        return if neg { -0.0 } else { 0.0 };
+    }
+    let top = 127 - m.leading_zeros() as i32;
+    let exp = top + e;
+    let qexp = exp.max(fmt.emin) - (fmt.precision as i32 - 1);
+    let shift = qexp - e;
+    let (n, inexact, above_half, at_half) = if shift <= 0 {
+        (m << (-shift) as u32, false, false, false)
+    } else if shift > 127 {
+        // Everything is below the quantum; m < 2^128 <= half a quantum when shift > 128.
+        let half = shift == 128 && m == 1u128 << 127;
+        (0, true, false, half)
+    } else {
+        let rem = m & ((1u128 << shift) - 1);
+        let half = 1u128 << (shift - 1);
+        (m >> shift, rem != 0, rem > half, rem == half)
+    };
+    let up = match mode {
+        Round::Nearest => above_half || (at_half && n & 1 == 1),
+        Round::Zero => false,
+        Round::Down => neg && inexact,
+        Round::Up => !neg && inexact,
+    };
+    let n = n + up as u128;
+    let scale = if qexp >= -1022 {
+        f64::from_bits(((qexp + 1023) as u64) << 52)
+    } else {
+        2f64.powi(qexp)
+    };
+    let mag = n as f64 * scale;
+    let mag = if mag > fmt.max {
+        let away = match mode {
+            Round::Nearest => true,
+            Round::Zero => false,
+            Round::Down => neg,
+            Round::Up => !neg,
+        };
+        if away {
+            f64::INFINITY
+        } else {
+            fmt.max
+        }
+    } else {
+        mag
+    };
+    if neg {
+        -mag
+    } else {
+        mag
+    }
+}
+
+/// An f64 as an exact (sign, significand, exponent).
+pub fn decompose(x: f64) -> (bool, u128, i32) {
+    let b = x.to_bits();
+    let neg = b >> 63 != 0;
+    let exp = ((b >> 52) & 0x7ff) as i32;
+    let frac = b & ((1u64 << 52) - 1);
+    if exp == 0 {
+        (neg, frac as u128, -1074)
+    } else {
+        (neg, (frac | (1u64 << 52)) as u128, exp - 1075)
+    }
+}
+
+/// Rounds an f64 once to f16 or bf16 bits (NaN to the canonical NaN).
+pub fn f64_to_16(x: f64, fmt: Format, mode: Round) -> u16 {
+    if x.is_nan() {
+        return CANONICAL_NAN_16;
+    }
+    let v = if x.is_infinite() {
+        x
+    } else {
+        let (neg, m, e) = decompose(x);
+        round_exact(neg, m, e, fmt, mode)
+    };
+    // `v` is exactly representable in the target, hence in f32.
+    if fmt.precision == F16.precision {
+        half::f16::from_f32(v as f32).to_bits()
+    } else {
+        half::bf16::from_f32(v as f32).to_bits()
+    }
+}
+
+/// Rounds an integer once to f16, bf16 or f32 (as an f64 of the result).
+pub fn int_to_float(v: i128, fmt: Format, mode: Round) -> f64 {
+    round_exact(v < 0, v.unsigned_abs(), 0, fmt, mode)
 }
 
 /// `cvt.f32.f16`: exact.
@@ -405,6 +528,22 @@ mod tests {
             let u = half::f16::from_bits(f32_to_f16(x, Round::Up)).to_f32();
             assert!(d <= x && x <= u, "{x}: {d} {u}");
         }
+    }
+
+    #[test]
+    fn exact_rounding_of_wide_integers() {
+        // 2^25 - 1 toward zero in bf16 is the value below 2^25, not 2^25.
+        let v = int_to_float((1 << 25) - 1, BF16, Round::Zero);
+        assert_eq!(half::bf16::from_f32(v as f32).to_bits(), 0x4bff);
+        assert_eq!(
+            int_to_float((1 << 25) - 1, BF16, Round::Nearest),
+            33554432.0
+        );
+        assert_eq!(int_to_float(-16777217, BF16, Round::Down), -16908288.0);
+        assert_eq!(f64_to_16(1e6, F16, Round::Nearest), 0x7c00);
+        assert_eq!(f64_to_16(1e6, F16, Round::Zero), 0x7bff);
+        assert_eq!(f64_to_16(-1e-10, F16, Round::Down), 0x8001);
+        assert_eq!(f64_to_16(1e-10, F16, Round::Nearest), 0);
     }
 
     #[test]

@@ -195,6 +195,13 @@ pub enum Op {
         d: Slot,
         a: Slot,
     },
+    /// `.relu`/`.satfinite` on a 16-bit float result, in place.
+    Clamp16 {
+        d: Slot,
+        bf16: bool,
+        relu: bool,
+        satfinite: bool,
+    },
     /// Integer division or remainder: active lanes with a zero divisor are reported.
     Div32 {
         f: alu::Bin32,
