@@ -4,10 +4,12 @@
 #
 #   bash gpu-bundle/run.sh
 #
-# Runs the carried test binaries, the gpu* bench binaries and bench_diffusers_gpu.py, and writes
-# a report into ${OUT:-gpu-report}: device.txt, tests.log, benches.log, diffusers.json,
-# diffusers.log and summary.md (also printed at the end). It carries on past every failure and
-# exits 1 at the end if a test binary failed, crashed or timed out.
+# Runs the carried test binaries (the hardware probe first, then the gpu* ones, then the rest), the
+# gpu* bench binaries and bench_diffusers_gpu.py, and writes a report into ${OUT:-gpu-report}:
+# device.txt, tests.log, benches.log, diffusers.json, diffusers.log, summary.md (also printed at
+# the end) and probe/<device>.json, the raw bits the hardware probe recorded
+# (tests/hardware_probe.rs; commit it as bench/gpu/probe/h200.json). It carries on past every
+# failure and exits 1 at the end if a test binary failed, crashed or timed out.
 #
 # Environment (all optional):
 #   SKIP_TESTS=1 SKIP_BENCHES=1 SKIP_DIFFUSERS=1   leave a part out
@@ -17,6 +19,7 @@
 #   BENCH_ARGS="..."      extra arguments for the benches, e.g. a criterion filter
 #   DIFFUSERS_ARGS="..."  arguments for bench_diffusers_gpu.py (default --fp32-strict)
 #   PYTHON=python3        the Python that has torch
+#   FREELUNCH_PROBE_OUT=dir   where the hardware probe writes its record (default $OUT/probe)
 #   BUDGET_S=540          the whole run's time budget in seconds; later parts keep a reserve
 #   TEST_TIMEOUT=300 BENCH_TIMEOUT=240 DIFFUSERS_TIMEOUT=240   per-binary limits in seconds
 set -uo pipefail
@@ -77,6 +80,8 @@ fi
 export FREELUNCH_ROOT=${FREELUNCH_ROOT:-$PWD}
 export FREELUNCH_BIN=${FREELUNCH_BIN:-$bindir/bin/freelunch}
 export FREELUNCH_SCRATCH=${FREELUNCH_SCRATCH:-$tmp/scratch}
+# The hardware probe's record (tests/hardware_probe.rs) comes back with the report.
+export FREELUNCH_PROBE_OUT=${FREELUNCH_PROBE_OUT:-$out/probe}
 export CRITERION_HOME=${CRITERION_HOME:-$tmp/criterion}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 mkdir -p "$FREELUNCH_SCRATCH"
@@ -249,7 +254,8 @@ elif [[ ! -d $bindir/tests ]]; then
     tests_failed=1
 else
     bins=()
-    for f in "$bindir"/tests/gpu* "$bindir"/tests/*; do
+    # The hardware probe first: its record is worth the most if the run is cut short.
+    for f in "$bindir"/tests/hardware_probe "$bindir"/tests/gpu* "$bindir"/tests/*; do
         [[ -f $f && -x $f ]] || continue
         name=$(basename "$f")
         [[ $name =~ $TEST_FILTER ]] || continue
@@ -259,7 +265,7 @@ else
     keep=$((reserve_diffusers + reserve_benches + 10))
     for f in "${bins[@]}"; do
         name=$(basename "$f")
-        if [[ $name == gpu* ]]; then
+        if [[ $name == gpu* || $name == hardware_probe ]]; then
             args=(--test-threads=1 --nocapture)
         else
             args=(--show-output)
@@ -434,6 +440,28 @@ total=$(($(date +%s) - start))
     else
         head -n 3 "$out/tests.log"
     fi
+    echo
+    echo "## Hardware probe"
+    echo
+    shopt -s nullglob
+    probe_files=("$FREELUNCH_PROBE_OUT"/*.json)
+    shopt -u nullglob
+    if ((${#probe_files[@]})); then
+        for f in "${probe_files[@]}"; do
+            case $f in
+                "$out"/*) shown="\`${f#"$out"/}\` in this report's folder" ;;
+                *) shown="\`$f\`" ;;
+            esac
+            echo "- record: $shown ($(du -k "$f" | cut -f1) KiB); commit it as \`bench/gpu/probe/h200.json\` (bench/gpu/README.md)"
+        done
+    else
+        echo "- no record in $FREELUNCH_PROBE_OUT (the hardware_probe binary did not run, or found no GPU)"
+    fi
+    # Its verdict, the approximations' errors, the NaN bits it saw and the first disagreements,
+    # from its log.
+    awk '/^==== hardware_probe:/ { on = 1; next } /^==== / { on = 0 }
+        on && /hardware_probe: |NaN results:| ulp |differs from|beyond the ISA|did not run|not written/ {
+            print "    " $0 }' "$out/tests.log" | head -n 60
     echo
     echo "## Benches"
     echo

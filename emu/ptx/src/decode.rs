@@ -1631,7 +1631,7 @@ pub fn decode_entry(module: &parse::Module, e: &parse::Entry, globals: &Globals)
     consts64.sort_unstable();
     let mut specials: Vec<(Slot, Special)> = d.specials.iter().map(|(&sp, &s)| (s, sp)).collect();
     specials.sort_unstable_by_key(|&(s, _)| s);
-    Ok(Kernel {
+    let mut kernel = Kernel {
         name: e.name.clone(),
         id: 0,
         params,
@@ -1649,5 +1649,7 @@ pub fn decode_entry(module: &parse::Module, e: &parse::Entry, globals: &Globals)
         local_bytes: local,
         maxntid: e.maxntid,
         reqntid: e.reqntid,
-    })
+    };
+    crate::regalloc::compact(&mut kernel);
+    Ok(kernel)
 }

@@ -1512,105 +1512,130 @@ impl<'c, 'a> Machine<'c, 'a> {
         Ok(())
     }
 
+    #[inline(never)]
     fn load(&mut self, w: &mut Warp, mo: &MemOp, m: u32) -> Step<()> {
+        // A power of two (1, 2, 4 or 8 bytes, times 1, 2 or 4 elements).
         let total = mo.width as u64 * mo.n as u64;
-        let mut vals = [[0u64; 32]; 4];
+        let local_bytes = self.ctx.l.kernel.local_bytes as usize;
+        let checks = self.ctx.l.options.checks;
+        let checking = checks.init || checks.races;
+        // Consecutive lanes reading one address (a broadcast): checking the first two of the
+        // run is the same as checking all. At most one of them can be the byte's writer, and
+        // whether an access is ordered depends on the warp and its clock, not the lane; from
+        // the second reader on, the read record says "several lanes of this warp".
+        let (mut run_addr, mut run_len) = (u64::MAX, 0u32);
         for lane in 0..32 {
             if !bit(m, lane) {
                 continue;
             }
             let addr = Self::lane_addr(w, mo.addr, mo.addr_wide, mo.offset, lane);
-            if addr % total != 0 {
+            if addr & (total - 1) != 0 {
                 return trap(
                     FaultKind::Misaligned,
                     lane as u32,
                     format!("a {total}-byte load at {addr:#x}"),
                 );
             }
-            let mut bytes = [0u8; 32];
-            match self.resolve(mo.space, addr, total, lane)? {
+            if addr == run_addr {
+                run_len += 1;
+            } else {
+                (run_addr, run_len) = (addr, 1);
+            }
+            let check = checking && run_len <= 2;
+            if mo.space == MemSpace::Shared
+                && addr.wrapping_add(total) <= self.ctx.smem_len as u64
+                && addr < addr.wrapping_add(total)
+            {
+                let off = addr as usize;
+                if check {
+                    self.check_shared_read(w, off, total as usize, lane)?;
+                }
+                for e in 0..mo.n as usize {
+                    let at = off + e * mo.width as usize;
+                    // SAFETY: at + width <= off + total <= smem_len, checked above.
+                    let v =
+                        unsafe { read_element(self.smem.as_ptr().add(at), mo.width, mo.signed) };
+                    if mo.wide[e] {
+                        w.r64[mo.regs[e] as usize][lane] = v;
+                    } else {
+                        w.r32[mo.regs[e] as usize][lane] = v as u32;
+                    }
+                }
+                continue;
+            }
+            let p: *const u8 = match self.resolve(mo.space, addr, total, lane)? {
                 Resolved::Global(a) => {
                     let off = addr - a.base;
-                    self.check_global_read(w, a, off, total, lane, mo.nc)?;
-                    // SAFETY: resolved to be inside the allocation.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            a.ptr(off),
-                            bytes.as_mut_ptr(),
-                            total as usize,
-                        )
-                    };
+                    if check {
+                        self.check_global_read(w, a, off, total, lane, mo.nc)?;
+                    }
+                    a.ptr(off)
                 }
                 Resolved::Shared(off) => {
-                    self.check_shared_read(w, off, total as usize, lane)?;
-                    bytes[..total as usize].copy_from_slice(&self.smem[off..off + total as usize]);
+                    if check {
+                        self.check_shared_read(w, off, total as usize, lane)?;
+                    }
+                    // SAFETY: resolve checked off + total against the block's shared memory.
+                    unsafe { self.smem.as_ptr().add(off) }
                 }
-                Resolved::Local(off) => {
-                    let base = lane * self.ctx.l.kernel.local_bytes as usize + off;
-                    bytes[..total as usize].copy_from_slice(&w.local[base..base + total as usize]);
-                }
-            }
+                // SAFETY: resolve checked off + total against the thread's local memory.
+                Resolved::Local(off) => unsafe { w.local.as_ptr().add(lane * local_bytes + off) },
+            };
+            // Each lane's registers take its own value as it goes (a masked write, lane by
+            // lane); the lane's address was read above, so `ld r, [r]` is fine.
             for e in 0..mo.n as usize {
-                let mut v = 0u64;
-                for i in 0..mo.width as usize {
-                    v |= (bytes[e * mo.width as usize + i] as u64) << (8 * i);
+                // SAFETY: p points at `total` readable bytes.
+                let v = unsafe { read_element(p.add(e * mo.width as usize), mo.width, mo.signed) };
+                if mo.wide[e] {
+                    w.r64[mo.regs[e] as usize][lane] = v;
+                } else {
+                    w.r32[mo.regs[e] as usize][lane] = v as u32;
                 }
-                vals[e][lane] = extend(v, mo.width, mo.signed);
-            }
-        }
-        for e in 0..mo.n as usize {
-            if mo.wide[e] {
-                store64(&mut w.r64[mo.regs[e] as usize], &vals[e], m);
-            } else {
-                let v32 = vals[e].map(|x| x as u32);
-                store32(&mut w.r32[mo.regs[e] as usize], &v32, m);
             }
         }
         Ok(())
     }
 
+    #[inline(never)]
     fn store(&mut self, w: &mut Warp, mo: &MemOp, m: u32) -> Step<()> {
         let total = mo.width as u64 * mo.n as u64;
+        let local_bytes = self.ctx.l.kernel.local_bytes as usize;
         for lane in 0..32 {
             if !bit(m, lane) {
                 continue;
             }
             let addr = Self::lane_addr(w, mo.addr, mo.addr_wide, mo.offset, lane);
-            if addr % total != 0 {
+            if addr & (total - 1) != 0 {
                 return trap(
                     FaultKind::Misaligned,
                     lane as u32,
                     format!("a {total}-byte store at {addr:#x}"),
                 );
             }
-            let mut bytes = [0u8; 32];
+            let p: *mut u8 = match self.resolve(mo.space, addr, total, lane)? {
+                Resolved::Global(a) => {
+                    let off = addr - a.base;
+                    self.check_global_write(w, a, off, total, lane)?;
+                    a.ptr(off)
+                }
+                Resolved::Shared(off) => {
+                    self.check_shared_write(w, off, total as usize, lane)?;
+                    // SAFETY: resolve checked the range.
+                    unsafe { self.smem.as_mut_ptr().add(off) }
+                }
+                // SAFETY: resolve checked the range.
+                Resolved::Local(off) => unsafe {
+                    w.local.as_mut_ptr().add(lane * local_bytes + off)
+                },
+            };
             for e in 0..mo.n as usize {
                 let v = if mo.wide[e] {
                     w.r64[mo.regs[e] as usize][lane]
                 } else {
                     w.r32[mo.regs[e] as usize][lane] as u64
                 };
-                for i in 0..mo.width as usize {
-                    bytes[e * mo.width as usize + i] = (v >> (8 * i)) as u8;
-                }
-            }
-            match self.resolve(mo.space, addr, total, lane)? {
-                Resolved::Global(a) => {
-                    let off = addr - a.base;
-                    self.check_global_write(w, a, off, total, lane)?;
-                    // SAFETY: resolved to be inside the allocation.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr(), a.ptr(off), total as usize)
-                    };
-                }
-                Resolved::Shared(off) => {
-                    self.check_shared_write(w, off, total as usize, lane)?;
-                    self.smem[off..off + total as usize].copy_from_slice(&bytes[..total as usize]);
-                }
-                Resolved::Local(off) => {
-                    let base = lane * self.ctx.l.kernel.local_bytes as usize + off;
-                    w.local[base..base + total as usize].copy_from_slice(&bytes[..total as usize]);
-                }
+                // SAFETY: p points at `total` writable bytes.
+                unsafe { write_element(p.add(e * mo.width as usize), mo.width, v) };
             }
         }
         Ok(())
@@ -1618,18 +1643,18 @@ impl<'c, 'a> Machine<'c, 'a> {
 
     /// `shfl.sync` (ISA §9.7.8.6): lane j's `a` to each lane, by mode, with the clamp and
     /// segment mask of `c`.
+    #[inline(never)]
     fn shfl(&mut self, w: &mut Warp, s: &Shfl, m: u32) -> Step<()> {
-        let mm = w.r32[s.membermask as usize];
-        for lane in 0..32 {
-            if bit(m, lane) && mm[lane] != mm[m.trailing_zeros() as usize] {
-                return trap(
-                    FaultKind::Divergence,
-                    lane as u32,
-                    "shfl.sync lanes disagree on membermask".into(),
-                );
-            }
-        }
+        let mm = &w.r32[s.membermask as usize];
         let member = mm[m.trailing_zeros() as usize];
+        let differ = (0..32).fold(0u32, |acc, l| acc | (((mm[l] != member) as u32) << l)) & m;
+        if differ != 0 {
+            return trap(
+                FaultKind::Divergence,
+                differ.trailing_zeros(),
+                "shfl.sync lanes disagree on membermask".into(),
+            );
+        }
         if m & !member != 0 {
             return trap(
                 FaultKind::Divergence,
@@ -1640,43 +1665,51 @@ impl<'c, 'a> Machine<'c, 'a> {
                 ),
             );
         }
-        let (a, b, c) = (
-            w.r32[s.a as usize],
-            w.r32[s.b as usize],
-            w.r32[s.c as usize],
-        );
-        let mut d = [0u32; 32];
+        let (b, c) = (&w.r32[s.b as usize], &w.r32[s.c as usize]);
+        // Source lane j and predicate of every lane, per the ISA's pseudocode; a lane whose
+        // predicate is false reads itself.
+        let mut j = [0u32; 32];
         let mut p = 0u32;
-        for lane in 0..32usize {
-            if !bit(m, lane) {
-                continue;
-            }
-            let l = lane as i32;
-            let bval = (b[lane] & 0x1f) as i32;
-            let cval = (c[lane] & 0x1f) as i32;
-            let seg = ((c[lane] >> 8) & 0x1f) as i32;
-            let max_lane = (l & seg) | (cval & !seg);
-            let min_lane = l & seg;
-            let (j, pval) = match s.mode {
-                ShflMode::Up => (l - bval, l - bval >= max_lane),
-                ShflMode::Down => (l + bval, l + bval <= max_lane),
-                ShflMode::Bfly => (l ^ bval, (l ^ bval) <= max_lane),
-                ShflMode::Idx => {
-                    let j = min_lane | (bval & !seg);
-                    (j, j <= max_lane)
+        macro_rules! sources {
+            (|$l:ident, $bval:ident, $max:ident, $min:ident, $seg:ident| $calc:expr) => {
+                for lane in 0..32usize {
+                    let $l = lane as i32;
+                    let $bval = (b[lane] & 0x1f) as i32;
+                    let cval = (c[lane] & 0x1f) as i32;
+                    let $seg = ((c[lane] >> 8) & 0x1f) as i32;
+                    let $max = ($l & $seg) | (cval & !$seg);
+                    let $min = $l & $seg;
+                    let (src, pval): (i32, bool) = $calc;
+                    j[lane] = if pval { src as u32 } else { lane as u32 };
+                    p |= (pval as u32) << lane;
                 }
             };
-            let j = if pval { j } else { l } as usize;
-            if !bit(m, j) {
-                return trap(
-                    FaultKind::Divergence,
-                    lane as u32,
-                    format!("shfl.sync reads lane {j}, which does not execute it (exited or inactive): the value is undefined"),
-                );
-            }
-            d[lane] = a[j];
-            p |= (pval as u32) << lane;
         }
+        match s.mode {
+            ShflMode::Up => sources!(|l, bval, max, _min, _seg| (l - bval, l - bval >= max)),
+            ShflMode::Down => sources!(|l, bval, max, _min, _seg| (l + bval, l + bval <= max)),
+            ShflMode::Bfly => sources!(|l, bval, max, _min, _seg| (l ^ bval, (l ^ bval) <= max)),
+            ShflMode::Idx => sources!(|_l, bval, max, min, seg| {
+                let src = min | (bval & !seg);
+                (src, src <= max)
+            }),
+        }
+        let read = (0..32).fold(0u32, |acc, l| acc | if bit(m, l) { 1 << j[l] } else { 0 });
+        if read & !m != 0 {
+            let bad = (0..32)
+                .find(|&l| bit(m, l) && !bit(m, j[l] as usize))
+                .unwrap_or(0);
+            return trap(
+                FaultKind::Divergence,
+                bad as u32,
+                format!(
+                    "shfl.sync reads lane {}, which does not execute it (exited or inactive): the value is undefined",
+                    j[bad]
+                ),
+            );
+        }
+        let a = &w.r32[s.a as usize];
+        let d: [u32; 32] = std::array::from_fn(|l| a[j[l] as usize & 31]);
         store32(&mut w.r32[s.d as usize], &d, m);
         if s.p != NONE {
             let dp = &mut w.pred[s.p as usize];
@@ -1716,6 +1749,7 @@ impl<'c, 'a> Machine<'c, 'a> {
     /// the first 8·num lanes gives the address of row L%8 of matrix L/8; register i of lane L
     /// receives matrix i's elements (L/4, 2(L%4)) and (L/4, 2(L%4)+1), or with `.trans` the
     /// elements (2(L%4), L/4) and (2(L%4)+1, L/4).
+    #[inline(never)]
     fn ldmatrix(&mut self, w: &mut Warp, x: &Ldmatrix, m: u32, mask: u32) -> Step<()> {
         self.aligned_full(w, "ldmatrix", m, mask)?;
         let mut rows = [[0u16; 8]; 32];
@@ -1769,6 +1803,7 @@ impl<'c, 'a> Machine<'c, 'a> {
     /// hold (g, 2t..2t+1), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..); B's (k = 2t..2t+1, n = g) and
     /// (k = 2t+8.., n = g); C and D (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). Products of
     /// 16-bit values are exact in f32; each dot product is summed in f64 and rounded once.
+    #[inline(never)]
     fn mma(&mut self, w: &mut Warp, x: &Mma, m: u32, mask: u32) -> Step<()> {
         self.aligned_full(w, "mma", m, mask)?;
         let table = f16_table();
@@ -1778,45 +1813,96 @@ impl<'c, 'a> Machine<'c, 'a> {
                 MmaType::BF16 => f32::from_bits((h & 0xffff) << 16),
             }
         };
-        let mut a = [[0f32; 16]; 16];
-        let mut b = [[0f32; 8]; 16]; // b[k][n]
-        let mut c = [[0f32; 8]; 16];
+        let mut a = [[0f64; 16]; 16];
+        let mut b = [[0f64; 8]; 16]; // b[k][n]
+        let mut c = [[0f64; 8]; 16];
         for lane in 0..32 {
             let (g, t) = (lane / 4, lane % 4);
             for (r, &slot) in x.a.iter().enumerate() {
                 let v = w.r32[slot as usize][lane];
                 let row = g + 8 * (r & 1);
                 let col = 2 * t + 8 * (r >> 1);
-                a[row][col] = cv(v);
-                a[row][col + 1] = cv(v >> 16);
+                a[row][col] = cv(v) as f64;
+                a[row][col + 1] = cv(v >> 16) as f64;
             }
             for (r, &slot) in x.b.iter().enumerate() {
                 let v = w.r32[slot as usize][lane];
                 let k = 2 * t + 8 * r;
-                b[k][g] = cv(v);
-                b[k + 1][g] = cv(v >> 16);
+                b[k][g] = cv(v) as f64;
+                b[k + 1][g] = cv(v >> 16) as f64;
             }
             for (r, &slot) in x.c.iter().enumerate() {
                 let v = f32::from_bits(w.r32[slot as usize][lane]);
-                c[g + 8 * (r >> 1)][2 * t + (r & 1)] = v;
+                c[g + 8 * (r >> 1)][2 * t + (r & 1)] = v as f64;
+            }
+        }
+        // D = C + A·B, each sum in k order (products are exact); the 8 columns of a row go
+        // together so the loop vectorises without reordering any sum.
+        let mut acc = c;
+        for row in 0..16 {
+            let out = &mut acc[row];
+            for k in 0..16 {
+                let av = a[row][k];
+                let bk = &b[k];
+                for col in 0..8 {
+                    out[col] += av * bk[col];
+                }
             }
         }
         let mut d = [[0u32; 32]; 4];
         for lane in 0..32 {
             let (g, t) = (lane / 4, lane % 4);
             for (r, out) in d.iter_mut().enumerate() {
-                let (row, col) = (g + 8 * (r >> 1), 2 * t + (r & 1));
-                let mut s = c[row][col] as f64;
-                for k in 0..16 {
-                    s += a[row][k] as f64 * b[k][col] as f64;
-                }
-                out[lane] = fp::canon(s as f32);
+                out[lane] = fp::canon(acc[g + 8 * (r >> 1)][2 * t + (r & 1)] as f32);
             }
         }
         for (r, &slot) in x.d.iter().enumerate() {
             store32(&mut w.r32[slot as usize], &d[r], m);
         }
         Ok(())
+    }
+}
+
+/// One little-endian element of `width` bytes at `p`, sign- or zero-extended.
+///
+/// # Safety
+/// `p` must point at `width` readable bytes.
+#[inline(always)]
+unsafe fn read_element(p: *const u8, width: u8, signed: bool) -> u64 {
+    // SAFETY: the caller's pointer; unaligned reads are allowed here (alignment was checked
+    // against the emulated address, not the host's).
+    unsafe {
+        match width {
+            1 => extend(*p as u64, 1, signed),
+            2 => extend(
+                u16::from_le(std::ptr::read_unaligned(p as *const u16)) as u64,
+                2,
+                signed,
+            ),
+            4 => extend(
+                u32::from_le(std::ptr::read_unaligned(p as *const u32)) as u64,
+                4,
+                signed,
+            ),
+            _ => u64::from_le(std::ptr::read_unaligned(p as *const u64)),
+        }
+    }
+}
+
+/// Writes the low `width` bytes of `v` at `p`, little-endian.
+///
+/// # Safety
+/// `p` must point at `width` writable bytes.
+#[inline(always)]
+unsafe fn write_element(p: *mut u8, width: u8, v: u64) {
+    // SAFETY: the caller's pointer.
+    unsafe {
+        match width {
+            1 => *p = v as u8,
+            2 => std::ptr::write_unaligned(p as *mut u16, (v as u16).to_le()),
+            4 => std::ptr::write_unaligned(p as *mut u32, (v as u32).to_le()),
+            _ => std::ptr::write_unaligned(p as *mut u64, v.to_le()),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod ir;
 pub mod machine;
 pub mod memory;
 pub mod parse;
+pub mod regalloc;
 
 pub use error::{EmuError, Fault, FaultKind, Result};
 pub use exec::{Checks, LaunchStats, Order, RunOptions};
