@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: installs NVRTC and ptxas into .cache/cuda (once; see
-# tools/cuda_toolchain.sh), then runs the tests in release mode, where the kernel test fails
-# rather than skips if they are missing. Arguments go to `cargo test`.
+# tools/cuda_toolchain.sh), builds the workspace (the PTX executor's libraries among it), then
+# runs every test in release mode with FREELUNCH_DEVICE=emu: the GPU suites (tests/gpu_*.rs, the
+# sampler loops on the GPU) run the CUDA backend on the PTX executor, with its checks on, and
+# fail rather than skip; the kernel test fails rather than skips if NVRTC or ptxas is missing.
+# Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/cuda_toolchain.sh
-FREELUNCH_REQUIRE_CUDA_TOOLS=1 exec cargo test --release "$@"
+cargo build --release --workspace
+FREELUNCH_REQUIRE_CUDA_TOOLS=1 FREELUNCH_DEVICE=emu exec cargo test --release --workspace "$@"

@@ -26,37 +26,45 @@ pub fn is_loaded() -> bool {
     matches!(LOADED.get(), Some(Ok(_)))
 }
 
-/// Where the libraries are: `$FREELUNCH_EMU_DIR`, else the executable's folder or its parent
-/// (cargo puts test and bench binaries in `target/<profile>/deps`, the libraries one up).
+/// Where the libraries are: `$FREELUNCH_EMU_DIR`, else the newest pair among the executable's
+/// folder, its `deps/` and its parent (cargo puts test and bench binaries in
+/// `target/<profile>/deps`, and `cargo test` refreshes the libraries there without copying them
+/// up to `target/<profile>`).
 fn find() -> std::result::Result<PathBuf, String> {
-    let mut tried = Vec::new();
     let mut candidates = Vec::new();
     if let Some(d) = std::env::var_os(DIR_ENV) {
         candidates.push(PathBuf::from(d));
     } else if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
             candidates.push(dir.to_path_buf());
+            candidates.push(dir.join("deps"));
             if let Some(up) = dir.parent() {
                 candidates.push(up.to_path_buf());
             }
         }
     }
-    for dir in candidates {
-        if dir.join(DRIVER_FILE).is_file() && dir.join(CUFFT_FILE).is_file() {
-            return Ok(dir);
-        }
-        tried.push(dir.display().to_string());
-    }
-    Err(format!(
-        "the PTX executor ({DRIVER_FILE}, {CUFFT_FILE}) is not built: run `cargo build --release \
-         --workspace` (it builds emu/cuda and emu/cufft), or point {DIR_ENV} at their folder \
-         (looked in: {})",
-        if tried.is_empty() {
-            "nowhere".to_string()
-        } else {
-            tried.join(", ")
-        }
-    ))
+    let modified = |dir: &Path| -> Option<std::time::SystemTime> {
+        let driver = std::fs::metadata(dir.join(DRIVER_FILE)).ok()?;
+        dir.join(CUFFT_FILE).is_file().then_some(())?;
+        driver.modified().ok()
+    };
+    let newest = candidates
+        .iter()
+        .filter_map(|d| modified(d).map(|t| (t, d)))
+        .max_by_key(|(t, _)| *t)
+        .map(|(_, d)| d.clone());
+    newest.ok_or_else(|| {
+        format!(
+            "the PTX executor ({DRIVER_FILE}, {CUFFT_FILE}) is not built: run `cargo build --release \
+             --workspace` (it builds emu/cuda and emu/cufft), or point {DIR_ENV} at their folder \
+             (looked in: {})",
+            if candidates.is_empty() {
+                "nowhere".to_string()
+            } else {
+                candidates.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            }
+        )
+    })
 }
 
 /// Whether a CUDA driver is already loaded in this process, and if so whether it is ours.

@@ -89,8 +89,29 @@ impl Gpu {
 
     /// Opens device `ordinal` of the PTX executor (`--device emu`), loading it first.
     pub fn emulated(ordinal: usize, dtype: DType) -> Result<Self> {
+        Self::emulated_with_sources(ordinal, dtype, &[])
+    }
+
+    /// As [`Gpu::emulated`], with `sources` — (file stem, CUDA source) pairs — in place of the
+    /// embedded kernels of those stems, compiled now with NVRTC (`tools/cuda_toolchain.sh`
+    /// installs it): to run a changed kernel without rebuilding the crate, and for the mutation
+    /// tests.
+    pub fn emulated_with_sources(
+        ordinal: usize,
+        dtype: DType,
+        sources: &[(&str, &str)],
+    ) -> Result<Self> {
         emu::load()?;
-        Self::open(ordinal, dtype).map_err(|e| Error::Msg(e.to_string().replace("cuda:", "emu:")))
+        if let Some((stem, _)) = sources
+            .iter()
+            .find(|(s, _)| !kernels::SOURCES.iter().any(|(k, _)| k == s))
+        {
+            return Err(Error::Msg(format!(
+                "there is no kernels/{stem}.cu to replace"
+            )));
+        }
+        Self::open_with(ordinal, dtype, sources)
+            .map_err(|e| Error::Msg(e.to_string().replace("cuda:", "emu:")))
     }
 
     /// Whether this device is the PTX executor.
@@ -99,6 +120,10 @@ impl Gpu {
     }
 
     fn open(ordinal: usize, dtype: DType) -> Result<Self> {
+        Self::open_with(ordinal, dtype, &[])
+    }
+
+    fn open_with(ordinal: usize, dtype: DType, overrides: &[(&str, &str)]) -> Result<Self> {
         if !driver_present() {
             return Err(Error::Msg(format!(
                 "device cuda:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \
@@ -133,7 +158,10 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         let mut modules = Vec::new();
         for (stem, src) in kernels::SOURCES {
-            let ptx = ptx_for(stem, src, cc)?;
+            let ptx = match overrides.iter().find(|(s, _)| s == stem) {
+                Some((_, text)) => compile_ptx(stem, text, arch_of(cc))?,
+                None => ptx_for(stem, src, cc)?,
+            };
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
                 .map_err(driver(&format!("loading kernels/{stem}.cu")))?;
@@ -267,13 +295,48 @@ fn keep_freed_memory(dev: cudarc::driver::sys::CUdevice) {
 /// on 9.x, sm_80 on every other 8.0+ device (PTX JIT-compiles forward); without embedded PTX,
 /// NVRTC now, cached under the user's cache folder by a hash of source and options.
 fn ptx_for(stem: &str, src: &str, cc: (i32, i32)) -> Result<String> {
-    let arch = if cc.0 == 9 { "sm_90" } else { "sm_80" };
+    let arch = arch_of(cc);
     if let Some((_, _, ptx)) = kernels::PTX
         .iter()
         .find(|(s, a, _)| *s == stem && *a == arch)
     {
         return Ok(ptx.to_string());
     }
+    compile_ptx(stem, src, arch)
+}
+
+/// The embedded PTX's architecture for a device: sm_90 on 9.x, sm_80 on every other 8.0+.
+fn arch_of(cc: (i32, i32)) -> &'static str {
+    if cc.0 == 9 {
+        "sm_90"
+    } else {
+        "sm_80"
+    }
+}
+
+/// Loads NVRTC by path where the dynamic loader would not find it: `$FREELUNCH_NVRTC`, else
+/// the copy `tools/cuda_toolchain.sh` installs in this checkout's `.cache/cuda` (its SONAME is
+/// then what cudarc's `dlopen("libnvrtc.so.12")` finds).
+fn preload_nvrtc() {
+    let candidates = [
+        std::env::var_os("FREELUNCH_NVRTC").map(PathBuf::from),
+        Some(PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/.cache/cuda/site/nvidia/cuda_nvrtc/lib/libnvrtc.so.12"
+        ))),
+    ];
+    for path in candidates.into_iter().flatten().filter(|p| p.is_file()) {
+        // SAFETY: NVRTC's initialisers have no preconditions; it stays loaded for the process.
+        if let Ok(lib) = unsafe { libloading::Library::new(&path) } {
+            std::mem::forget(lib);
+            return;
+        }
+    }
+}
+
+/// `src` (kernels/{stem}.cu) compiled with NVRTC for `arch`, cached under the user's cache
+/// folder by a hash of source and options.
+fn compile_ptx(stem: &str, src: &str, arch: &str) -> Result<String> {
     let code = source::expand(stem, src, kernels::COMMON);
     let options = source::nvrtc_options(arch);
     let key = crate::rng::fnv1a(format!("{code}\n{}", options.join(" ")).as_bytes());
@@ -282,6 +345,10 @@ fn ptx_for(stem: &str, src: &str, cc: (i32, i32)) -> Result<String> {
         return Ok(ptx);
     }
     // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        preload_nvrtc();
+    }
+    // SAFETY: as above.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::Msg(
             "this build has no embedded PTX and NVRTC (libnvrtc) is not installed, so the \

@@ -92,6 +92,9 @@ struct DeviceState {
     pool: usize,
     /// The fault that spoiled this context (CUDA's sticky errors).
     sticky: Mutex<Option<CUresult>>,
+    /// References to the primary context; when the last is released the context is destroyed
+    /// (its memory, modules and sticky error go) and the next retain makes a fresh one.
+    retains: u32,
 }
 
 struct State {
@@ -236,6 +239,7 @@ fn init_state() -> Result<Mutex<State>, CUresult> {
             ctx: Box::into_raw(Box::new(Ctx { device: i })) as usize,
             pool: Box::into_raw(Box::new(Pool { device: i })) as usize,
             sticky: Mutex::new(None),
+            retains: 0,
         })
         .collect();
     Ok(Mutex::new(State {
@@ -520,23 +524,72 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, d: CUdevice) -> CUresult {
     result((|| {
-        let s = state()?;
-        let dev = device_of(&s, d)?;
+        let mut s = state()?;
+        device_of(&s, d)?;
+        let dev = &mut s.devices[d as usize];
+        dev.retains += 1;
         unsafe { out(ctx, dev.ctx as Handle) }
     })())
+}
+
+/// Destroys device `d`'s primary context: a fresh device memory, no modules, no sticky error.
+fn reset_context(s: &mut State, d: usize) {
+    let config = s.devices[d].device.config.clone();
+    let options = s.devices[d].device.options();
+    s.devices[d].device = Arc::new(Device::new(config, options));
+    *s.devices[d]
+        .sticky
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = None;
+    s.allocations.retain(|_, dev| *dev != d);
+    let gone: Vec<usize> = s
+        .modules
+        .iter()
+        .copied()
+        // SAFETY: registered module handles are live.
+        .filter(|&m| unsafe { (*(m as *const ModuleH)).device } == d)
+        .collect();
+    for m in gone {
+        s.modules.remove(&m);
+        // SAFETY: a live module handle, now unregistered; its functions go with it.
+        let module = unsafe { Box::from_raw(m as *mut ModuleH) };
+        for (_, f) in module
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            s.functions.remove(&f);
+            drop(unsafe { Box::from_raw(f as *mut Function) });
+        }
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn cuDevicePrimaryCtxRelease_v2(d: CUdevice) -> CUresult {
     result((|| {
-        let s = state()?;
-        device_of(&s, d).map(drop)
+        let mut s = state()?;
+        device_of(&s, d)?;
+        let dev = &mut s.devices[d as usize];
+        if dev.retains == 0 {
+            return Err(INVALID_CONTEXT);
+        }
+        dev.retains -= 1;
+        if dev.retains == 0 {
+            reset_context(&mut s, d as usize);
+        }
+        Ok(())
     })())
 }
 
 #[no_mangle]
 pub extern "C" fn cuDevicePrimaryCtxReset_v2(d: CUdevice) -> CUresult {
-    cuDevicePrimaryCtxRelease_v2(d)
+    result((|| {
+        let mut s = state()?;
+        device_of(&s, d)?;
+        reset_context(&mut s, d as usize);
+        Ok(())
+    })())
 }
 
 fn ctx_device(s: &State, ctx: Handle) -> Result<usize, CUresult> {
@@ -1061,7 +1114,7 @@ pub extern "C" fn cuMemsetD8Async(dst: CUdeviceptr, v: u8, n: usize, stream: Han
 }
 
 fn memset32(dst: CUdeviceptr, v: u32, n: usize) -> Result<(), CUresult> {
-    if dst % 4 != 0 {
+    if !dst.is_multiple_of(4) {
         return Err(INVALID_VALUE);
     }
     let bytes: Vec<u8> = std::iter::repeat_n(v.to_le_bytes(), n).flatten().collect();
@@ -1414,7 +1467,9 @@ pub unsafe extern "C" fn cuOccupancyMaxActiveBlocksPerMultiprocessor(
         let by_smem = if per == 0 {
             32
         } else {
-            c.shared_per_multiprocessor as usize / per
+            (c.shared_per_multiprocessor as usize)
+                .checked_div(per)
+                .unwrap_or(32)
         } as u32;
         unsafe { out(n, by_warps.min(by_smem).min(32) as c_int) }
     })())

@@ -155,7 +155,10 @@ impl Default for Worker {
 /// are: memory stays bounded by what one block touches.
 #[derive(Default)]
 struct GlobalRecords {
+    // Boxed so that `last` stays valid when the map rehashes.
+    #[allow(clippy::vec_box)]
     pages: std::collections::HashMap<u64, Box<Records>>,
+    #[allow(clippy::vec_box)]
     free: Vec<Box<Records>>,
     /// The last page looked up (most accesses of a warp hit it).
     last: Option<(u64, *mut Records)>,
@@ -213,7 +216,6 @@ struct BlockCtx<'a> {
     l: &'a Launch<'a>,
     block: [u32; 3],
     block_linear: u32,
-    nthreads: u32,
     smem_len: usize,
     block_start: u32,
     steps: u64,
@@ -333,6 +335,7 @@ impl Worker {
 }
 
 /// Runs every block of a launch. Returns the first fault in block order, if any.
+#[allow(clippy::result_large_err)]
 pub fn run(
     l: &Launch,
     workers: &Mutex<Vec<Worker>>,
@@ -527,7 +530,6 @@ fn run_block(
         l,
         block,
         block_linear: linear,
-        nthreads,
         smem_len,
         block_start,
         steps: 0,
@@ -720,7 +722,7 @@ impl<'c, 'a> Machine<'c, 'a> {
                 )
             })
             .collect();
-        let exited = if w.exited & !0 != 0 {
+        let exited = if w.exited != 0 {
             format!("; lanes {} exited", lanes_text(w.exited))
         } else {
             String::new()
@@ -1185,13 +1187,13 @@ impl<'c, 'a> Machine<'c, 'a> {
                     _ => 0,
                 };
                 let mut o = [0u64; 32];
-                for l in 0..32 {
+                for (l, out) in o.iter_mut().enumerate() {
                     let x = if *a_wide {
                         w.r64[*a as usize][l]
                     } else {
                         w.r32[*a as usize][l] as u64
                     };
-                    o[l] = if *to_generic {
+                    *out = if *to_generic {
                         x.wrapping_add(base)
                     } else {
                         x.wrapping_sub(base)
@@ -1753,6 +1755,7 @@ impl<'c, 'a> Machine<'c, 'a> {
     fn ldmatrix(&mut self, w: &mut Warp, x: &Ldmatrix, m: u32, mask: u32) -> Step<()> {
         self.aligned_full(w, "ldmatrix", m, mask)?;
         let mut rows = [[0u16; 8]; 32];
+        #[allow(clippy::needless_range_loop)]
         for lane in 0..8 * x.num as usize {
             let addr = Self::lane_addr(w, x.addr, x.addr_wide, x.offset, lane);
             if addr % 16 != 0 {

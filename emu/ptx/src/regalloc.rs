@@ -402,7 +402,7 @@ pub fn compact(k: &mut Kernel) {
     // Hull of positions where each register is live or defined.
     let mut lo = vec![usize::MAX; total];
     let mut hi = vec![0usize; total];
-    let mut touch = |r: usize, p: usize, lo: &mut Vec<usize>, hi: &mut Vec<usize>| {
+    let touch = |r: usize, p: usize, lo: &mut Vec<usize>, hi: &mut Vec<usize>| {
         lo[r] = lo[r].min(p);
         hi[r] = hi[r].max(p);
     };
