@@ -2,7 +2,8 @@
 //! batch 2, 77×768 text states), plain and with each booster: FreeU (direct and cuFFT),
 //! Skip-Tuning, per-sample MaskUNet masks (keep 0.9) on the 72 decoder attention projections.
 //! Compare with `tools/bench_diffusers_gpu.py` run in the same call. `FREELUNCH_DTYPE` = f16
-//! (default), bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU.
+//! (default), bf16 or f32. Prints `skipped: no CUDA device` where there is no GPU;
+//! `FREELUNCH_DEVICE=emu` runs it on the PTX executor (slowly: its speed, not a GPU's).
 
 use std::sync::Arc;
 
@@ -13,21 +14,12 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use freelunch::backend::Backend;
 use freelunch::boosters::{Boosters, FreeU, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
-use freelunch::cuda::Gpu;
-use freelunch::device::DType;
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 
 fn unet_step(c: &mut Criterion) {
-    if freelunch::cuda::device_count() == 0 {
-        println!("skipped: no CUDA device");
-        return;
-    }
-    let dtype: DType = std::env::var("FREELUNCH_DTYPE")
-        .unwrap_or_else(|_| "f16".into())
-        .parse()
-        .expect("FREELUNCH_DTYPE");
-    let gpu = Arc::new(Gpu::new(0, dtype).expect("cuda:0"));
+    let Some(gpu) = common::gpu() else { return };
+    let dtype = gpu.dtype();
     let config = UNetConfig::from_file(&root().join("tools/configs/sd15.json")).unwrap();
     let unet = UNet::load(config, &mut RandomWeights::new(0)).unwrap();
     let mut inputs = UNetInputs::new(Tensor::randn([2, 4, 64, 64], 1), 500.0);

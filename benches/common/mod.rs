@@ -1,5 +1,5 @@
 //! Shared by the benches: the thread pool they run in (FREELUNCH_THREADS, default all cores),
-//! the repo root they read configs from, and MaskUNet masks for a model.
+//! the repo root they read configs from, the GPU they run on, and MaskUNet masks for a model.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -8,6 +8,37 @@ use std::path::PathBuf;
 /// from a copy of the repo), else the compiled-in manifest dir.
 pub fn root() -> PathBuf {
     std::env::var_os("FREELUNCH_ROOT").map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
+/// The GPU benches' device in `FREELUNCH_DTYPE` (f16 by default): `FREELUNCH_DEVICE` (`emu` for
+/// the PTX executor, where the figures are the executor's speed, not a GPU's; or `cuda`), else
+/// the first GPU; None (after printing `skipped: no CUDA device`) where there is none.
+pub fn gpu() -> Option<std::sync::Arc<freelunch::cuda::Gpu>> {
+    use freelunch::device::{DType, Device};
+    let dtype: DType = std::env::var("FREELUNCH_DTYPE")
+        .unwrap_or_else(|_| "f16".into())
+        .parse()
+        .expect("FREELUNCH_DTYPE");
+    let gpu = match Device::from_env().expect("FREELUNCH_DEVICE") {
+        Some(Device::Emu(n)) => freelunch::cuda::Gpu::emulated(n, dtype),
+        Some(Device::Cuda(n)) => freelunch::cuda::Gpu::new(n, dtype),
+        _ if freelunch::cuda::device_count() == 0 => {
+            println!("skipped: no CUDA device");
+            return None;
+        }
+        _ => freelunch::cuda::Gpu::new(0, dtype),
+    }
+    .expect("opening the GPU");
+    println!(
+        "device: {} ({dtype:?}){}",
+        gpu.name(),
+        if gpu.is_emulated() {
+            " — the PTX executor: these are its speeds, not a GPU's"
+        } else {
+            ""
+        }
+    );
+    Some(std::sync::Arc::new(gpu))
 }
 
 pub fn threads() -> usize {

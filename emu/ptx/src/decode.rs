@@ -910,6 +910,14 @@ impl<'m> Decoder<'m> {
                 }))
             }
             "ret" | "exit" => Ok(Some(Op::Exit)),
+            "bar" | "barrier" if opc.has("warp") => {
+                // bar.warp.sync membermask (__syncwarp): a warp collective (ISA §9.7.13.3).
+                if !opc.has("sync") || o.len() != 1 {
+                    return self.unsupported(i);
+                }
+                let membermask = self.src32(&o[0], Ty::B32)?;
+                Ok(Some(Op::WarpSync { membermask }))
+            }
             "bar" | "barrier" => {
                 // bar.sync a / barrier.sync[.aligned] a: all threads of the CTA.
                 let sync = opc.has("sync") || (opc.base == "barrier" && opc.mods.is_empty());

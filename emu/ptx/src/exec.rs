@@ -120,6 +120,8 @@ struct Warp {
     local: Vec<u8>,
     groups: Vec<Group>,
     exited: u32,
+    /// `exited` when the collectives waiting in this warp last looked.
+    exited_seen: u32,
     state: WarpState,
     clock: u32,
     index: u32,
@@ -303,6 +305,7 @@ impl Worker {
                 local: Vec::new(),
                 groups: Vec::new(),
                 exited: 0,
+                exited_seen: 0,
                 state: WarpState::Done,
                 clock: 0,
                 index: 0,
@@ -490,6 +493,7 @@ fn run_block(
             (1u32 << (nthreads - first)) - 1
         };
         warp.exited = !valid;
+        warp.exited_seen = warp.exited;
         warp.groups.clear();
         warp.groups.push(Group {
             pc: 0,
@@ -578,6 +582,31 @@ fn run_block(
             return Ok(ctx.steps);
         }
         if live.iter().all(|&i| warps[i].state == WarpState::AtBarrier) {
+            // Without a thread count each barrier waits for every thread of the block, so warps
+            // waiting at different barrier ids wait for each other forever.
+            let id_of = |i: usize| match k.code[warps[i].groups[0].pc as usize].op {
+                Op::Bar { id } => id,
+                _ => unreachable!("a warp at a barrier is at a bar instruction"),
+            };
+            if let Some(&j) = live.iter().find(|&&j| id_of(j) != id_of(live[0])) {
+                let (i, pc) = (live[0], warps[live[0]].groups[0].pc);
+                let other = &k.info[k.code[warps[j].groups[0].pc as usize].info as usize];
+                let detail = format!(
+                    "warp {} waits at barrier {} while warp {} waits at barrier {} (`{}` {}): each waits for all threads of the block",
+                    i,
+                    id_of(i),
+                    j,
+                    id_of(j),
+                    other.text,
+                    other.source
+                );
+                let t = Trap {
+                    kind: FaultKind::Deadlock,
+                    lane: 0,
+                    detail,
+                };
+                return Err(Box::new(fault_at(&ctx, &warps[i], 0, pc, t)));
+            }
             *epoch += 1;
             for &i in &live {
                 let wp = &mut warps[i];
@@ -656,6 +685,19 @@ impl<'c, 'a> Machine<'c, 'a> {
                 if w.groups.is_empty() {
                     w.state = WarpState::Done;
                     return Ok(());
+                }
+                // Lanes a collective waited for may have exited since: those groups look again
+                // (the collective recomputes the lanes it needs from the non-exited ones).
+                if w.exited != w.exited_seen {
+                    w.exited_seen = w.exited;
+                    let mut retried = false;
+                    for g in w.groups.iter_mut().filter(|g| g.wait == Wait::Collective) {
+                        g.wait = Wait::No;
+                        retried = true;
+                    }
+                    if retried {
+                        continue;
+                    }
                 }
                 return self.blocked(w);
             };
@@ -848,8 +890,11 @@ impl<'c, 'a> Machine<'c, 'a> {
                     });
                     break Ok(());
                 }
-                Op::Shfl(_) | Op::Ldmatrix(_) | Op::Mma(_) => {
+                Op::Shfl(_) | Op::Ldmatrix(_) | Op::Mma(_) | Op::WarpSync { .. } => {
                     let need = match &inst.op {
+                        Op::WarpSync { membermask } => {
+                            w.r32[*membermask as usize][m.max(1).trailing_zeros() as usize]
+                        }
                         Op::Shfl(s) => {
                             w.r32[s.membermask as usize][m.max(1).trailing_zeros() as usize]
                         }
@@ -878,12 +923,32 @@ impl<'c, 'a> Machine<'c, 'a> {
                         Op::Shfl(s) => self.shfl(w, s, m),
                         Op::Ldmatrix(x) => self.ldmatrix(w, x, m, mask),
                         Op::Mma(x) => self.mma(w, x, m, mask),
+                        Op::WarpSync { membermask } => {
+                            let mm =
+                                w.r32[*membermask as usize][m.max(1).trailing_zeros() as usize];
+                            if m & !mm != 0 {
+                                Err(Trap {
+                                    kind: FaultKind::Divergence,
+                                    lane: (m & !mm).trailing_zeros(),
+                                    detail: format!(
+                                        "lanes {} execute bar.warp.sync but are not in its membermask {mm:#010x}",
+                                        lanes_text(m & !mm)
+                                    ),
+                                })
+                            } else {
+                                Ok(())
+                            }
+                        }
                         _ => unreachable!(),
                     };
                     if let Err(t) = r {
                         break Err(t);
                     }
-                    w.clock += 1;
+                    // Only a collective of every live lane orders their accesses for the race
+                    // check: the warp has one clock, so a partial one must not advance it.
+                    if m == !w.exited {
+                        w.clock += 1;
+                    }
                     pc += 1;
                     continue;
                 }
@@ -1211,6 +1276,7 @@ impl<'c, 'a> Machine<'c, 'a> {
             Op::Bra { .. }
             | Op::Exit
             | Op::Bar { .. }
+            | Op::WarpSync { .. }
             | Op::Shfl(_)
             | Op::Ldmatrix(_)
             | Op::Mma(_) => {
@@ -1405,6 +1471,26 @@ impl<'c, 'a> Machine<'c, 'a> {
             }
         }
         if checks.races {
+            if let Some(rt) = a.read_tags_ptr(off) {
+                // SAFETY: in range, as above.
+                let rtags = unsafe { std::slice::from_raw_parts_mut(rt, len as usize) };
+                let seq = self.ctx.l.seq;
+                let nc_flag = if nc { memory::READ_NC } else { 0 };
+                let mine = memory::kernel_tag(seq, self.ctx.block_linear) | nc_flag;
+                for r in rtags.iter_mut() {
+                    *r = if (*r >> 32) as u32 != seq {
+                        mine
+                    } else {
+                        let block = (*r as u32 & !(memory::READ_NC as u32)).wrapping_sub(1);
+                        let many = if block == self.ctx.block_linear {
+                            self.ctx.block_linear
+                        } else {
+                            memory::MANY_BLOCKS - 1
+                        };
+                        memory::kernel_tag(seq, many) | (*r & memory::READ_NC) | nc_flag
+                    };
+                }
+            }
             let who = self.who(w, lane);
             let rec = self.global_rec.page(addr);
             if let Err((k, c)) = check::read_range(
@@ -1454,6 +1540,35 @@ impl<'c, 'a> Machine<'c, 'a> {
             tags.fill(mine);
         }
         if checks.races {
+            if let Some(rt) = a.read_tags_ptr(off) {
+                // SAFETY: in range, as above.
+                let rtags = unsafe { std::slice::from_raw_parts(rt, len as usize) };
+                for &r in rtags {
+                    if (r >> 32) as u32 != self.ctx.l.seq {
+                        continue;
+                    }
+                    if r & memory::READ_NC != 0 {
+                        return trap(
+                            FaultKind::Race,
+                            lane as u32,
+                            format!("write of {addr:#x}, which this launch read with ld.global.nc (the data must not change while the kernel runs)"),
+                        );
+                    }
+                    let reader = (r as u32).wrapping_sub(1);
+                    if reader != self.ctx.block_linear {
+                        let who = if reader == memory::MANY_BLOCKS - 1 {
+                            "several blocks".to_string()
+                        } else {
+                            format!("block {}", self.block_name(reader))
+                        };
+                        return trap(
+                            FaultKind::BlockRace,
+                            lane as u32,
+                            format!("write of {addr:#x}, which {who} of this launch read (blocks are not ordered)"),
+                        );
+                    }
+                }
+            }
             let who = self.who(w, lane);
             let rec = self.global_rec.page(addr);
             if let Err((k, c)) =

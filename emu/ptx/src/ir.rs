@@ -322,6 +322,10 @@ pub enum Op {
     Bar {
         id: u32,
     },
+    /// `bar.warp.sync membermask`: the lanes of the mask meet (and their accesses are ordered).
+    WarpSync {
+        membermask: Slot,
+    },
     Shfl(Box<Shfl>),
     Ldmatrix(Box<Ldmatrix>),
     Mma(Box<Mma>),

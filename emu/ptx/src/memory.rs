@@ -39,7 +39,16 @@ pub struct Allocation {
     pub size: u64,
     data: UnsafeCell<Box<[u8]>>,
     tags: Option<UnsafeCell<Box<[u64]>>>,
+    /// Per byte, who read it last in which launch: `kernel_tag(launch, block)`, with
+    /// `READ_NC` set for `ld.global.nc` and the block `MANY_BLOCKS` once several blocks have
+    /// read it. A later write by another block, or any write after an `.nc` read, is a race.
+    read_tags: Option<UnsafeCell<Box<[u64]>>>,
 }
+
+/// The flag of a read tag for `ld.global.nc`.
+pub const READ_NC: u64 = 1 << 31;
+/// The block field of a read tag when more than one block read the byte.
+pub const MANY_BLOCKS: u32 = 0x7fff_ffff;
 
 // SAFETY: see the type's comment; accesses are bounds-checked against `size` before any
 // pointer is formed.
@@ -58,6 +67,14 @@ impl Allocation {
     pub fn tags_ptr(&self, off: u64) -> Option<*mut u64> {
         // SAFETY: as `ptr`.
         self.tags
+            .as_ref()
+            .map(|t| unsafe { (*t.get()).as_mut_ptr().add(off as usize) })
+    }
+
+    #[inline(always)]
+    pub fn read_tags_ptr(&self, off: u64) -> Option<*mut u64> {
+        // SAFETY: as `ptr`.
+        self.read_tags
             .as_ref()
             .map(|t| unsafe { (*t.get()).as_mut_ptr().add(off as usize) })
     }
@@ -115,17 +132,20 @@ impl Memory {
                 free: 0,
             })?;
         data.resize(size as usize, 0u8);
-        let tags = if self.tagged {
+        let zeroed = |n: u64| -> Result<UnsafeCell<Box<[u64]>>> {
             let mut t = Vec::new();
-            t.try_reserve_exact(size as usize)
+            t.try_reserve_exact(n as usize)
                 .map_err(|_| EmuError::OutOfMemory {
                     requested: size,
                     free: 0,
                 })?;
-            t.resize(size as usize, 0u64);
-            Some(UnsafeCell::new(t.into_boxed_slice()))
+            t.resize(n as usize, 0u64);
+            Ok(UnsafeCell::new(t.into_boxed_slice()))
+        };
+        let (tags, read_tags) = if self.tagged {
+            (Some(zeroed(size)?), Some(zeroed(size)?))
         } else {
-            None
+            (None, None)
         };
         let base = self.next;
         // A gap of one alignment unit between allocations: an access just past the end of one
@@ -139,6 +159,7 @@ impl Memory {
                 size,
                 data: UnsafeCell::new(data.into_boxed_slice()),
                 tags,
+                read_tags,
             }),
         );
         Ok(base)
@@ -164,9 +185,11 @@ impl Memory {
         (addr.checked_add(len)? <= a.end()).then_some(a)
     }
 
-    /// Words for an address no allocation holds.
+    /// Words for an address no allocation holds: which allocation it runs past or falls just
+    /// before (the nearer), or that it was freed, or that it is in none.
     pub fn describe(&self, addr: u64, len: u64) -> String {
-        if let Some((_, a)) = self.allocs.range(..=addr).next_back() {
+        let prev = self.allocs.range(..=addr).next_back().map(|(_, a)| a);
+        if let Some(a) = prev {
             if addr < a.end() {
                 return format!(
                     "{len} bytes at {addr:#x} run {} bytes past the end of the {}-byte allocation at {:#x}",
@@ -175,14 +198,33 @@ impl Memory {
                     a.base
                 );
             }
-            if addr < a.end() + ALIGNMENT {
+        }
+        let next = self.allocs.range(addr..).next().map(|(_, a)| a);
+        let past = prev.map(|a| addr - a.end()).filter(|&d| d < ALIGNMENT);
+        let before = next.map(|a| a.base - addr).filter(|&d| d <= ALIGNMENT);
+        match (past, before) {
+            (Some(p), Some(b)) if b < p => {
+                let a = next.expect("before");
                 return format!(
-                    "address {addr:#x} is {} bytes past the end of the {}-byte allocation at {:#x}",
-                    addr - a.end(),
-                    a.size,
-                    a.base
+                    "address {addr:#x} is {b} bytes before the {}-byte allocation at {:#x}",
+                    a.size, a.base
                 );
             }
+            (Some(p), _) => {
+                let a = prev.expect("past");
+                return format!(
+                    "address {addr:#x} is {p} bytes past the end of the {}-byte allocation at {:#x}",
+                    a.size, a.base
+                );
+            }
+            (None, Some(b)) => {
+                let a = next.expect("before");
+                return format!(
+                    "address {addr:#x} is {b} bytes before the {}-byte allocation at {:#x}",
+                    a.size, a.base
+                );
+            }
+            (None, None) => {}
         }
         if let Some(&(b, s)) = self
             .freed
@@ -193,16 +235,6 @@ impl Memory {
             return format!(
                 "address {addr:#x} is in the {s}-byte allocation at {b:#x}, which was freed"
             );
-        }
-        if let Some((_, a)) = self.allocs.range(addr..).next() {
-            if a.base - addr <= ALIGNMENT {
-                return format!(
-                    "address {addr:#x} is {} bytes before the {}-byte allocation at {:#x}",
-                    a.base - addr,
-                    a.size,
-                    a.base
-                );
-            }
         }
         format!("address {addr:#x} is in no allocation")
     }

@@ -283,7 +283,7 @@ impl<'a> Lexer<'a> {
 
     /// Everything up to the next `;` at bracket depth 0, which is consumed.
     fn statement(&mut self) -> Result<&'a str> {
-        let start = self.pos;
+        let (start, first_line) = (self.pos, self.line);
         let mut depth = 0i32;
         while let Some(c) = self.peek() {
             match c {
@@ -294,12 +294,22 @@ impl<'a> Lexer<'a> {
                     self.pos += 1;
                     return Ok(text);
                 }
+                // No statement has a `;` inside brackets: one that is not closed is the error.
+                b';' => {
+                    return Err(EmuError::Parse {
+                        line: first_line,
+                        msg: "a `[`, `{` or `(` is not closed before the `;`".into(),
+                    })
+                }
                 b'\n' => self.line += 1,
                 _ => {}
             }
             self.pos += 1;
         }
-        Err(self.err("a statement is missing its `;`"))
+        Err(EmuError::Parse {
+            line: first_line,
+            msg: "this statement is missing its `;` (or a bracket is not closed)".into(),
+        })
     }
 
     /// Skips a `{ ... }` block (a `.section`).

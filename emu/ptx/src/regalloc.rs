@@ -213,6 +213,7 @@ pub fn visit(op: &mut Op, f: &mut impl FnMut(File, &mut Slot, Access)) {
             w!(if *d_wide { R64 } else { R32 }, d);
         }
         Op::Bra { .. } | Op::Exit | Op::Bar { .. } => {}
+        Op::WarpSync { membermask } => r!(R32, membermask),
         Op::Shfl(s) => {
             r!(R32, &mut s.a);
             r!(R32, &mut s.b);
