@@ -133,6 +133,13 @@ if [[ ! -x $bundle/bin/freelunch ]]; then
     echo "gpu_bundle.sh: no freelunch binary was built" >&2
     exit 1
 fi
+# The PTX executor's libraries: the emu_* tests run the CUDA backend on it there too (run.sh
+# points FREELUNCH_EMU_DIR at bin/).
+echo "== cargo build --release -p freelunch-emu-cuda -p freelunch-emu-cufft" >&2
+cargo build --release -p freelunch-emu-cuda -p freelunch-emu-cufft >&2
+for lib in libfreelunch_emu_cuda.so libfreelunch_emu_cufft.so; do
+    put "target/release/$lib" "$bundle/bin/$lib"
+done
 
 cp tools/gpu_run.sh "$bundle/run.sh"
 cp tools/bench_diffusers_gpu.py "$bundle/bench_diffusers_gpu.py"

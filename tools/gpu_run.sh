@@ -79,6 +79,8 @@ fi
 # Where the binaries find the repo, the CLI and scratch space (see tests/common/mod.rs).
 export FREELUNCH_ROOT=${FREELUNCH_ROOT:-$PWD}
 export FREELUNCH_BIN=${FREELUNCH_BIN:-$bindir/bin/freelunch}
+# The PTX executor's libraries (for the emu_* tests, which run on it even here).
+export FREELUNCH_EMU_DIR=${FREELUNCH_EMU_DIR:-$bindir/bin}
 export FREELUNCH_SCRATCH=${FREELUNCH_SCRATCH:-$tmp/scratch}
 # The hardware probe's record (tests/hardware_probe.rs) comes back with the report.
 export FREELUNCH_PROBE_OUT=${FREELUNCH_PROBE_OUT:-$out/probe}

@@ -246,23 +246,24 @@ pub unsafe extern "C" fn cufftPlanMany(
     r
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn cufftPlan1d(
+/// A plan in the basic (contiguous) layout.
+unsafe fn plan_basic(
     plan: *mut CufftHandle,
-    nx: c_int,
+    n: &mut [c_int],
     kind: c_int,
     batch: c_int,
 ) -> CufftResult {
-    let mut n = [nx];
+    let null = std::ptr::null_mut();
+    // SAFETY: the caller's out-pointer; `n` holds the rank's sizes.
     unsafe {
         cufftPlanMany(
             plan,
-            1,
+            n.len() as c_int,
             n.as_mut_ptr(),
-            std::ptr::null_mut(),
+            null,
             1,
             0,
-            std::ptr::null_mut(),
+            null,
             1,
             0,
             kind,
@@ -272,28 +273,23 @@ pub unsafe extern "C" fn cufftPlan1d(
 }
 
 #[no_mangle]
+pub unsafe extern "C" fn cufftPlan1d(
+    plan: *mut CufftHandle,
+    nx: c_int,
+    kind: c_int,
+    batch: c_int,
+) -> CufftResult {
+    unsafe { plan_basic(plan, &mut [nx], kind, batch) }
+}
+
+#[no_mangle]
 pub unsafe extern "C" fn cufftPlan2d(
     plan: *mut CufftHandle,
     nx: c_int,
     ny: c_int,
     kind: c_int,
 ) -> CufftResult {
-    let mut n = [nx, ny];
-    unsafe {
-        cufftPlanMany(
-            plan,
-            2,
-            n.as_mut_ptr(),
-            std::ptr::null_mut(),
-            1,
-            0,
-            std::ptr::null_mut(),
-            1,
-            0,
-            kind,
-            1,
-        )
-    }
+    unsafe { plan_basic(plan, &mut [nx, ny], kind, 1) }
 }
 
 #[no_mangle]
@@ -304,22 +300,7 @@ pub unsafe extern "C" fn cufftPlan3d(
     nz: c_int,
     kind: c_int,
 ) -> CufftResult {
-    let mut n = [nx, ny, nz];
-    unsafe {
-        cufftPlanMany(
-            plan,
-            3,
-            n.as_mut_ptr(),
-            std::ptr::null_mut(),
-            1,
-            0,
-            std::ptr::null_mut(),
-            1,
-            0,
-            kind,
-            1,
-        )
-    }
+    unsafe { plan_basic(plan, &mut [nx, ny, nz], kind, 1) }
 }
 
 #[no_mangle]
@@ -407,10 +388,11 @@ fn batch_dist(dist: usize, logical: &[usize], advanced: bool) -> usize {
 fn fft_nd(
     data: &mut [Complex<f32>],
     shape: &[usize],
+    dims: std::ops::Range<usize>,
     inverse: bool,
     planner: &mut FftPlanner<f32>,
 ) {
-    for d in 0..shape.len() {
+    for d in dims {
         let n = shape[d];
         let inner: usize = shape[d + 1..].iter().product();
         let outer: usize = shape[..d].iter().product();
@@ -533,27 +515,15 @@ fn exec(plan: CufftHandle, input: u64, output: u64, kind: c_int, inverse: bool) 
                 }
                 let outer_shape = &p.n[..p.n.len() - 1];
                 // Inverse along the outer dimensions first, on the half columns.
-                let mut planner_h = FftPlanner::<f32>::new();
                 let mut shape_h: Vec<usize> = outer_shape.to_vec();
                 shape_h.push(hl);
-                for dd in 0..outer_shape.len() {
-                    let n = shape_h[dd];
-                    let inner: usize = shape_h[dd + 1..].iter().product();
-                    let outer: usize = shape_h[..dd].iter().product();
-                    let fft = planner_h.plan_fft_inverse(n);
-                    let mut line = vec![Complex::new(0.0, 0.0); n];
-                    for o in 0..outer {
-                        for i in 0..inner {
-                            for (k, v) in line.iter_mut().enumerate() {
-                                *v = spec[(o * n + k) * inner + i];
-                            }
-                            fft.process(&mut line);
-                            for (k, v) in line.iter().enumerate() {
-                                spec[(o * n + k) * inner + i] = *v;
-                            }
-                        }
-                    }
-                }
+                fft_nd(
+                    &mut spec,
+                    &shape_h,
+                    0..outer_shape.len(),
+                    true,
+                    &mut planner,
+                );
                 let fft = planner.plan_fft_inverse(last);
                 for r in 0..rows {
                     let row = &mut work[r * last..(r + 1) * last];
@@ -579,7 +549,7 @@ fn exec(plan: CufftHandle, input: u64, output: u64, kind: c_int, inverse: bool) 
                 }
             }
         }
-        fft_nd(&mut work, &p.n, inverse, &mut planner);
+        fft_nd(&mut work, &p.n, 0..p.n.len(), inverse, &mut planner);
         match kind {
             R2C => {
                 // The first last/2+1 outputs of every row of the last dimension.

@@ -252,6 +252,19 @@ fn store64(dst: &mut [u64; 32], v: &[u64; 32], m: u32) {
     }
 }
 
+/// An integer division's divisors: a zero in an active lane is a fault.
+fn nonzero_divisors<T: Copy + Default + PartialEq>(div: &[T; 32], m: u32) -> Step<()> {
+    let zero = (0..32).fold(0u32, |z, l| z | (((div[l] == T::default()) as u32) << l)) & m;
+    if zero != 0 {
+        return trap(
+            FaultKind::DivideByZero,
+            zero.trailing_zeros(),
+            format!("lanes {} divide by zero", lanes_text(zero)),
+        );
+    }
+    Ok(())
+}
+
 fn pred_bool(op: PredBool, a: u32, b: u32) -> u32 {
     match op {
         PredBool::And => a & b,
@@ -1069,28 +1082,14 @@ impl<'c, 'a> Machine<'c, 'a> {
             }
             Op::Div32 { f, d, a, b } => {
                 let div = &w.r32[*b as usize];
-                let zero = (0..32).fold(0u32, |z, l| z | (((div[l] == 0) as u32) << l)) & m;
-                if zero != 0 {
-                    return trap(
-                        FaultKind::DivideByZero,
-                        zero.trailing_zeros(),
-                        format!("lanes {} divide by zero", lanes_text(zero)),
-                    );
-                }
+                nonzero_divisors(div, m)?;
                 let mut o = [0u32; 32];
                 f(&mut o, &w.r32[*a as usize], div);
                 store32(&mut w.r32[*d as usize], &o, m);
             }
             Op::Div64 { f, d, a, b } => {
                 let div = &w.r64[*b as usize];
-                let zero = (0..32).fold(0u32, |z, l| z | (((div[l] == 0) as u32) << l)) & m;
-                if zero != 0 {
-                    return trap(
-                        FaultKind::DivideByZero,
-                        zero.trailing_zeros(),
-                        format!("lanes {} divide by zero", lanes_text(zero)),
-                    );
-                }
+                nonzero_divisors(div, m)?;
                 let mut o = [0u64; 32];
                 f(&mut o, &w.r64[*a as usize], div);
                 store64(&mut w.r64[*d as usize], &o, m);
