@@ -206,6 +206,26 @@ fn a_missing_executor_is_an_error_that_says_how_to_build_it() {
 }
 
 #[test]
+fn a_device_the_executor_does_not_have_is_an_error() {
+    let sd = fixture("sd15_like");
+    let out = scratch("emu-cli-ordinal").join("out.safetensors");
+    let o = forward(
+        &sd,
+        &sd.join("inputs.safetensors"),
+        &out,
+        &["--device", "emu:5"],
+        &[],
+    );
+    assert!(!o.status.success());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        msg.contains("emu:5") && msg.contains("1 emulated device"),
+        "{msg}"
+    );
+    assert!(!msg.contains("panicked"), "{msg}");
+}
+
+#[test]
 fn executor_settings_that_are_wrong_are_errors() {
     let sd = fixture("sd15_like");
     let out = scratch("emu-cli-settings").join("out.safetensors");

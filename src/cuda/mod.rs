@@ -110,8 +110,7 @@ impl Gpu {
                 "there is no kernels/{stem}.cu to replace"
             )));
         }
-        Self::open_with(ordinal, dtype, sources)
-            .map_err(|e| Error::Msg(e.to_string().replace("cuda:", "emu:")))
+        Self::open_with("emu", ordinal, dtype, sources)
     }
 
     /// Whether this device is the PTX executor.
@@ -120,13 +119,19 @@ impl Gpu {
     }
 
     fn open(ordinal: usize, dtype: DType) -> Result<Self> {
-        Self::open_with(ordinal, dtype, &[])
+        Self::open_with("cuda", ordinal, dtype, &[])
     }
 
-    fn open_with(ordinal: usize, dtype: DType, overrides: &[(&str, &str)]) -> Result<Self> {
+    /// `device` names the device in messages (`cuda` or `emu`).
+    fn open_with(
+        device: &str,
+        ordinal: usize,
+        dtype: DType,
+        overrides: &[(&str, &str)],
+    ) -> Result<Self> {
         if !driver_present() {
             return Err(Error::Msg(format!(
-                "device cuda:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \
+                "device {device}:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \
                  use --device cpu"
             )));
         }
@@ -134,7 +139,8 @@ impl Gpu {
         let count = CudaContext::device_count().map_err(driver("counting CUDA devices"))?;
         if ordinal >= count.max(0) as usize {
             return Err(Error::Msg(format!(
-                "device cuda:{ordinal}: this machine has {count} CUDA device(s)"
+                "device {device}:{ordinal}: this machine has {count} {} device(s)",
+                if device == "emu" { "emulated" } else { "CUDA" }
             )));
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
@@ -143,7 +149,7 @@ impl Gpu {
             .map_err(driver("reading the compute capability"))?;
         if cc.0 < 8 {
             return Err(Error::Msg(format!(
-                "device cuda:{ordinal} has compute capability {}.{}; the kernels need 8.0 or \
+                "device {device}:{ordinal} has compute capability {}.{}; the kernels need 8.0 or \
                  newer (mma.sync with bf16, cvt.rn.bf16)",
                 cc.0, cc.1
             )));
