@@ -82,7 +82,9 @@ struct Function {
     max_dynamic_smem: Mutex<u32>,
 }
 
+/// A device's default memory pool. Its only field gives each device's pool a distinct address.
 struct Pool {
+    #[allow(dead_code)]
     device: usize,
 }
 
@@ -939,8 +941,6 @@ pub unsafe extern "C" fn cuDeviceGetMemPool(pool: *mut Handle, d: CUdevice) -> C
 fn check_pool(pool: Handle) -> Result<(), CUresult> {
     let s = state()?;
     if s.devices.iter().any(|d| d.pool == pool as usize) {
-        // SAFETY: a pool handle of this state.
-        let _ = unsafe { (*(pool as *const Pool)).device };
         Ok(())
     } else {
         Err(INVALID_HANDLE)
@@ -1277,12 +1277,26 @@ pub unsafe extern "C" fn cuModuleGetGlobal_v2(
     module_h: Handle,
     name: *const c_char,
 ) -> CUresult {
-    let _ = (p, bytes, module_h, name);
-    set_message(
-        NOT_SUPPORTED,
-        "operation not supported [PTX executor: cuModuleGetGlobal is not implemented]",
-    );
-    NOT_SUPPORTED
+    result((|| {
+        let s = state()?;
+        let m = module(&s, module_h)?;
+        if name.is_null() {
+            return Err(INVALID_VALUE);
+        }
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        let &(addr, size) = m
+            .module
+            .as_ref()
+            .and_then(|x| x.globals.get(name.as_ref()))
+            .ok_or(NOT_FOUND)?;
+        if !p.is_null() {
+            unsafe { *p = addr };
+        }
+        if !bytes.is_null() {
+            unsafe { *bytes = size as usize };
+        }
+        Ok(())
+    })())
 }
 
 fn function<'a>(s: &State, h: Handle) -> Result<&'a Function, CUresult> {

@@ -495,9 +495,6 @@ fn run_block(
     w.global_rec.recycle();
     w.epoch += 1;
     let block_start = w.epoch;
-    if !l.options.checks.init && !l.options.checks.races {
-        // Without checks shared memory starts as whatever the last block left, as on a GPU.
-    }
     for (i, warp) in w.warps.iter_mut().take(nwarps).enumerate() {
         let first = i as u32 * 32;
         let valid = if first + 32 <= nthreads {
@@ -808,7 +805,6 @@ impl<'c, 'a> Machine<'c, 'a> {
             let inst = &code[pc as usize];
             if inst.leader && !w.groups.is_empty() {
                 // Merge with groups that reached this leader; yield to one further behind.
-                let before = w.groups.len();
                 w.groups.retain(|g| {
                     let same = g.pc == pc && g.wait == Wait::No;
                     if same {
@@ -816,7 +812,6 @@ impl<'c, 'a> Machine<'c, 'a> {
                     }
                     !same
                 });
-                let _ = before;
                 if w.groups.iter().any(|g| g.wait == Wait::No && g.pc < pc) {
                     w.groups.push(Group {
                         pc,

@@ -224,17 +224,10 @@ pub fn f32_to_f16(x: f32, mode: Round) -> u16 {
     if x.is_nan() {
         return CANONICAL_NAN_16;
     }
-    let rn = half::f16::from_f32(x);
     if mode == Round::Nearest {
-        return rn.to_bits();
+        return half::f16::from_f32(x).to_bits();
     }
-    directed_16(
-        x,
-        rn.to_bits(),
-        mode,
-        |b| half::f16::from_bits(b).to_f32(),
-        0x7c00,
-    )
+    f64_to_16(x as f64, F16, mode)
 }
 
 /// `cvt.rn.bf16.f32` (and directed modes) as bits.
@@ -242,45 +235,10 @@ pub fn f32_to_bf16(x: f32, mode: Round) -> u16 {
     if x.is_nan() {
         return CANONICAL_NAN_16;
     }
-    let rn = half::bf16::from_f32(x);
     if mode == Round::Nearest {
-        return rn.to_bits();
+        return half::bf16::from_f32(x).to_bits();
     }
-    directed_16(
-        x,
-        rn.to_bits(),
-        mode,
-        |b| half::bf16::from_bits(b).to_f32(),
-        0x7f80,
-    )
-}
-
-/// Steps a round-to-nearest 16-bit result one ulp where `mode` needs the other neighbour.
-fn directed_16(x: f32, rn: u16, mode: Round, widen: impl Fn(u16) -> f32, inf: u16) -> u16 {
-    let r = widen(rn);
-    let step = |bits: u16, up: bool| -> u16 {
-        let v = widen(bits);
-        if v == 0.0 {
-            return if up { 0x0001 } else { 0x8001 };
-        }
-        let away = (v > 0.0) == up;
-        if away {
-            bits + 1
-        } else {
-            bits - 1
-        }
-    };
-    let pos = x > 0.0 || (x == 0.0 && x.is_sign_positive());
-    let out = match mode {
-        Round::Down if r > x => step(rn, false),
-        Round::Up if r < x => step(rn, true),
-        Round::Zero if pos && r > x => step(rn, false),
-        Round::Zero if !pos && r < x => step(rn, true),
-        _ => rn,
-    };
-    // Overflow to infinity is only allowed where the mode rounds away from zero.
-    let _ = inf;
-    out
+    f64_to_16(x as f64, BF16, mode)
 }
 
 /// A binary floating-point format's parameters, for exact rounding into it.

@@ -75,7 +75,8 @@ impl DeviceConfig {
 /// A loaded module: its kernels by name, and the global variables it allocated.
 pub struct Module {
     pub kernels: HashMap<String, Arc<Kernel>>,
-    globals: Vec<u64>,
+    /// `.global`/`.const` variables: name → (device address, bytes).
+    pub globals: HashMap<String, (u64, u64)>,
 }
 
 /// What a kernel needs of a launch, and the limits it has.
@@ -171,6 +172,7 @@ impl Device {
         }
         let mut globals = Globals::new();
         let mut allocated = Vec::new();
+        let mut sizes = HashMap::new();
         let result = (|| -> Result<HashMap<String, Arc<Kernel>>> {
             for v in m
                 .variables
@@ -214,6 +216,7 @@ impl Device {
                 // Zero-initialised like any static variable when there is no initialiser.
                 self.write(addr, &bytes)?;
                 globals.insert(v.name.clone(), addr);
+                sizes.insert(v.name.clone(), (addr, bytes.len() as u64));
             }
             let mut kernels = HashMap::new();
             for e in &m.entries {
@@ -237,7 +240,7 @@ impl Device {
         match result {
             Ok(kernels) => Ok(Module {
                 kernels,
-                globals: allocated,
+                globals: sizes,
             }),
             Err(e) => {
                 for a in allocated {
@@ -249,7 +252,7 @@ impl Device {
     }
 
     pub fn unload(&self, m: Module) {
-        for a in m.globals {
+        for (a, _) in m.globals.into_values() {
             let _ = self.free(a);
         }
     }
