@@ -35,12 +35,13 @@ pub fn save_png_grid(path: &Path, samples: &Tensor) -> Result<()> {
             }
         }
     }
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), gw as u32, gh as u32);
-    enc.set_color(color);
-    enc.set_depth(png::BitDepth::Eight);
-    let png_err = |e: png::EncodingError| Error::Msg(format!("{}: {e}", path.display()));
-    let mut writer = enc.write_header().map_err(png_err)?;
-    writer.write_image_data(&pixels).map_err(png_err)?;
-    writer.finish().map_err(png_err)
+    crate::output::write_file(path, |w| {
+        let mut enc = png::Encoder::new(w, gw as u32, gh as u32);
+        enc.set_color(color);
+        enc.set_depth(png::BitDepth::Eight);
+        let png_err = |e: png::EncodingError| Error::Msg(format!("{}: {e}", path.display()));
+        let mut writer = enc.write_header().map_err(png_err)?;
+        writer.write_image_data(&pixels).map_err(png_err)?;
+        writer.finish().map_err(png_err)
+    })
 }

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod image;
 pub mod models;
 pub mod nn;
+pub mod output;
 pub mod rng;
 pub mod safetensors_io;
 pub mod schedulers;

@@ -320,6 +320,11 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             threads,
             boosters,
         } => {
+            let mut read = vec![input.clone()];
+            for dir in model.iter().chain(route.iter().flatten()) {
+                read.extend(model_paths(dir));
+            }
+            refuse_overwriting(&output, &read)?;
             let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
@@ -355,6 +360,16 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             boosters,
             output,
         } => {
+            let mut read: Vec<PathBuf> = noise
+                .iter()
+                .chain(cond.iter())
+                .chain(scheduler.iter())
+                .cloned()
+                .collect();
+            if let Some(m) = &model {
+                read.extend(model_paths(m));
+            }
+            refuse_overwriting(&output, &read)?;
             let exec = device.open()?;
             let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext != "png" && ext != "safetensors" {
@@ -515,11 +530,28 @@ fn load_reporting_unused(dir: &std::path::Path) -> freelunch::Result<UNet> {
     Ok(unet)
 }
 
+/// The files a model folder's load reads (none if it is not a model folder: loading reports that).
+fn model_paths(dir: &std::path::Path) -> Vec<PathBuf> {
+    ModelFiles::locate(dir).map_or_else(
+        |_| Vec::new(),
+        |f| f.paths().into_iter().map(PathBuf::from).collect(),
+    )
+}
+
+/// `output` may not be any of the files the command reads.
+fn refuse_overwriting(output: &std::path::Path, inputs: &[PathBuf]) -> freelunch::Result<()> {
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+    freelunch::output::refuse_inputs_as_outputs(&[output], &inputs)
+}
+
 fn thread_pool(threads: Option<usize>) -> freelunch::Result<rayon::ThreadPool> {
     let mut builder = rayon::ThreadPoolBuilder::new();
     if let Some(n) = threads {
-        if n == 0 {
-            return Err(freelunch::Error::Msg("--threads must be at least 1".into()));
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        if n == 0 || n > cores {
+            return Err(freelunch::Error::Msg(format!(
+                "--threads {n}: this machine runs 1 to {cores} threads at once"
+            )));
         }
         builder = builder.num_threads(n);
     }

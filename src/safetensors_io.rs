@@ -75,8 +75,8 @@ fn widen(view: &TensorView<'_>) -> std::result::Result<Tensor, String> {
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
 
-/// Writes f32 tensors to a safetensors file.
-pub fn save(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+/// f32 tensors as the bytes of a safetensors file (`path` names it in messages).
+pub fn serialize(tensors: &[(&str, &Tensor)], path: &Path) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -92,7 +92,12 @@ pub fn save(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
             Ok((name.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    let buf = safetensors::serialize(views, &None)
-        .map_err(|e| Error::Msg(format!("cannot serialise {}: {e}", path.display())))?;
-    std::fs::write(path, buf).map_err(|e| Error::io(path, e))
+    safetensors::serialize(views, &None)
+        .map_err(|e| Error::Msg(format!("cannot serialise {}: {e}", path.display())))
+}
+
+/// Writes f32 tensors to a safetensors file, atomically (`output::write_file`).
+pub fn save(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let buf = serialize(tensors, path)?;
+    crate::output::write_file(path, |w| w.write_all(&buf).map_err(|e| Error::io(path, e)))
 }

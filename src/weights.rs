@@ -29,6 +29,13 @@ pub struct ModelFiles {
 const WEIGHT_STEM: &str = "diffusion_pytorch_model";
 
 impl ModelFiles {
+    /// Every file a load reads: the config and each weight file.
+    pub fn paths(&self) -> Vec<&Path> {
+        std::iter::once(self.config.as_path())
+            .chain(self.weights.iter().map(PathBuf::as_path))
+            .collect()
+    }
+
     /// Finds config and weights in a model folder or in a pipeline folder's `unet/`.
     pub fn locate(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {

@@ -83,6 +83,13 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
         .map(|e| ModelFiles::locate(e))
         .collect::<Result<Vec<_>>>()?;
     same_architecture(&base_files, &expert_files)?;
+    let config_out = out.join("config.json");
+    let weights_out = out.join("diffusion_pytorch_model.safetensors");
+    let inputs: Vec<&Path> = std::iter::once(&base_files)
+        .chain(&expert_files)
+        .flat_map(ModelFiles::paths)
+        .collect();
+    crate::output::refuse_inputs_as_outputs(&[&config_out, &weights_out], &inputs)?;
 
     let theta0 = Checkpoint::load(&base_files.weights)?.into_tensors();
     let base_share = 1.0 - weights.iter().map(|&w| w as f64).sum::<f64>();
@@ -134,11 +141,21 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
             )
         })
         .collect();
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let config_out = out.join("config.json");
-    std::fs::copy(&base_files.config, &config_out).map_err(|e| Error::io(&config_out, e))?;
+    let config = std::fs::read(&base_files.config).map_err(|e| Error::io(&base_files.config, e))?;
     let refs: Vec<(&str, &Tensor)> = merged.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    safetensors_io::save(&out.join("diffusion_pytorch_model.safetensors"), &refs)
+    let weights = safetensors_io::serialize(&refs, &weights_out)?;
+    // Both files appear together or not at all; a folder this call made goes if it fails.
+    let write = |bytes: Vec<u8>, path: PathBuf| -> crate::output::FileWriter<'static> {
+        let p = path.clone();
+        (
+            path,
+            Box::new(move |w| w.write_all(&bytes).map_err(|e| Error::io(&p, e))),
+        )
+    };
+    crate::output::write_files(
+        out,
+        vec![write(config, config_out), write(weights, weights_out)],
+    )
 }
 
 /// Unmerged experts, each serving its share of the timesteps (low timesteps first).
