@@ -141,14 +141,14 @@ mod tests {
         let d = scratch("file");
         let p = d.join("out.bin");
         std::fs::write(&p, b"old").unwrap();
-        let r = write_file(&p, &mut |w: &mut dyn Write| {
+        let r = write_file(&p, |w: &mut dyn Write| {
             w.write_all(b"half").unwrap();
             Err(Error::Msg("disk full".into()))
         });
         assert!(r.is_err());
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert!(leftovers(&d).is_empty(), "{:?}", leftovers(&d));
-        write_file(&p, &mut |w: &mut dyn Write| {
+        write_file(&p, |w: &mut dyn Write| {
             w.write_all(b"new").map_err(|e| Error::io(&p, e))
         })
         .unwrap();
