@@ -101,7 +101,7 @@ fn gemm(c: &mut Criterion) {
         let bytes: Vec<u8> = (0..2 * n * k).map(|i| u8::from(i % 7 != 0)).collect();
         set.insert(
             "w".into(),
-            WeightMask::from_bytes(vec![n, k], None, Some(2), &bytes),
+            WeightMask::from_bytes(vec![n, k], None, Some(2), &bytes).unwrap(),
         );
         let masked = LayerCtx {
             masks: Some(&set),

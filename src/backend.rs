@@ -9,8 +9,8 @@
 
 use crate::boosters::freeu::scale_backbone;
 use crate::cpu;
-use crate::cpu::fourier::{fourier_filter, FilterForm};
-use crate::error::Result;
+use crate::cpu::fourier::{try_fourier_filter, FilterForm};
+use crate::error::{Error, Result};
 use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::Tensor;
@@ -128,27 +128,59 @@ pub trait Backend {
         form: FilterForm,
     ) -> Result<Self::Tensor>;
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Self::Tensor>;
+    /// Bytes this backend's tensors can still take, for the memory plan a forward makes before
+    /// it allocates (`UNetConfig::plan_forward`); None where the backend does not say, and then
+    /// only the allocator refuses.
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
+    /// The first NaN or infinity of `x` (flat index in the semantic layout, value), where the
+    /// backend can look cheaply: the U-Net's block-boundary checks. `None` when `x` is finite
+    /// or the backend does not look (the CUDA backend: the U-Net checks its output instead).
+    fn find_non_finite(&self, _x: &Self::Tensor) -> Result<Option<(usize, f32)>> {
+        Ok(None)
+    }
 }
 
 /// The multi-threaded CPU reference backend.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
-fn apply_epilogue(y: &mut Tensor, epi: Epilogue<Tensor>) {
+/// `(b, c)` of `y` ([B, C, ...]) and the row width of a per-(sample, channel) table `t` that
+/// must be `[B, ≥ need·C]`, or an error naming `what` and both shapes.
+fn per_channel_table(
+    y: &Tensor,
+    t: &Tensor,
+    need: usize,
+    what: &str,
+) -> Result<(usize, usize, usize)> {
+    match (y.shape(), t.shape()) {
+        ([b, c, ..], [tb, tc]) if tb == b && c.checked_mul(need).is_some_and(|n| *tc >= n) => {
+            Ok((*b, *c, *tc))
+        }
+        (ys, ts) => Err(Error::Msg(format!(
+            "{what}: a table of shape {ts:?} does not give {need} value(s) per sample and channel of {ys:?}"
+        ))),
+    }
+}
+
+fn apply_epilogue(y: &mut Tensor, epi: Epilogue<Tensor>) -> Result<()> {
     if let Some(t) = epi.add_bc {
-        let (b, c) = (y.shape()[0], y.shape()[1]);
-        let plane = y.numel() / (b * c);
-        let tc = t.shape()[1];
-        for (i, p) in y.data_mut().chunks_mut(plane).enumerate() {
-            let v = t.data()[(i / c) * tc + i % c];
-            p.iter_mut().for_each(|x| *x += v);
+        let (b, c, tc) = per_channel_table(y, t, 1, "per-channel add")?;
+        if y.numel() > 0 {
+            let plane = y.numel() / (b * c);
+            for (i, p) in y.data_mut().chunks_mut(plane).enumerate() {
+                let v = t.data()[(i / c) * tc + i % c];
+                p.iter_mut().for_each(|x| *x += v);
+            }
         }
     }
     match epi.residual {
-        Some(r) => cpu::add_inplace(y, r, epi.scale),
+        Some(r) => cpu::try_add_inplace(y, r, epi.scale)?,
         None if epi.scale != 1.0 => y.data_mut().iter_mut().for_each(|v| *v *= epi.scale),
         None => {}
     }
+    Ok(())
 }
 
 impl Backend for Cpu {
@@ -159,11 +191,15 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
+        x.try_clone()
     }
 
     fn download(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.clone())
+        x.try_clone()
+    }
+
+    fn available_memory(&self) -> Option<u64> {
+        crate::tensor::available_memory()
     }
 
     fn conv2d(
@@ -173,8 +209,9 @@ impl Backend for Cpu {
         lc: LayerCtx,
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
-        let mut y = conv.forward(x, lc);
-        apply_epilogue(&mut y, epi);
+        let mut y = conv.try_forward(x, lc)?;
+        apply_epilogue(&mut y, epi)
+            .map_err(|e| Error::Msg(format!("layer `{}`: {e}", conv.name)))?;
         Ok(y)
     }
 
@@ -185,8 +222,9 @@ impl Backend for Cpu {
         lc: LayerCtx,
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
-        let mut y = lin.forward(x, lc);
-        apply_epilogue(&mut y, epi);
+        let mut y = lin.try_forward(x, lc)?;
+        apply_epilogue(&mut y, epi)
+            .map_err(|e| Error::Msg(format!("layer `{}`: {e}", lin.name)))?;
         Ok(y)
     }
 
@@ -198,12 +236,14 @@ impl Backend for Cpu {
         silu: bool,
     ) -> Result<Tensor> {
         let Some(ss) = scale_shift else {
-            return Ok(gn.forward(x, silu));
+            return gn.try_forward(x, silu);
         };
-        let mut n = gn.forward(x, false);
-        let c = n.shape()[1];
-        let plane = n.numel() / (n.shape()[0] * c);
-        let tc = ss.shape()[1];
+        let mut n = gn.try_forward(x, false)?;
+        let (b, c, tc) = per_channel_table(&n, ss, 2, "GroupNorm scale/shift")?;
+        if n.numel() == 0 {
+            return Ok(n);
+        }
+        let plane = n.numel() / (b * c);
         for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
             let row = &ss.data()[(i / c) * tc..];
             let (scale, shift) = (row[i % c], row[c + i % c]);
@@ -220,7 +260,7 @@ impl Backend for Cpu {
     }
 
     fn layer_norm(&self, ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-        Ok(ln.forward(x))
+        ln.try_forward(x)
     }
 
     fn attention(
@@ -231,46 +271,63 @@ impl Backend for Cpu {
         heads: usize,
         scale: f32,
     ) -> Result<Tensor> {
-        Ok(cpu::attention(q, k, v, heads, scale))
+        cpu::try_attention(q, k, v, heads, scale)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(cpu::geglu(x))
+        cpu::try_geglu(x)
     }
 
     fn silu(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(cpu::silu(x))
+        cpu::try_silu(x)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
-        let mut y = a.clone();
-        cpu::add_inplace(&mut y, b, scale);
+        if a.shape() != b.shape() {
+            return Err(Error::Msg(format!(
+                "elementwise add: shapes {:?} and {:?} differ",
+                a.shape(),
+                b.shape()
+            )));
+        }
+        let mut y = a.try_clone()?;
+        cpu::try_add_inplace(&mut y, b, scale)?;
         Ok(y)
     }
 
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
-        let mut y = x.clone();
+        let mut y = x.try_clone()?;
         y.data_mut().iter_mut().for_each(|v| *v *= s);
         Ok(y)
     }
 
     fn upsample_nearest(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        Ok(cpu::upsample_nearest(x, h, w))
+        cpu::try_upsample_nearest(x, h, w)
     }
 
     fn cat_channels(&self, h: &Tensor, skip: &Tensor, skip_scale: f32) -> Result<Tensor> {
-        if skip_scale == 1.0 {
-            return Ok(cpu::cat_channels(h, skip));
+        // Check the shapes before scaling the skip, so a mismatch costs no copy.
+        match (h.shape(), skip.shape()) {
+            ([hb, _, hh, hw], [sb, _, sh, sw]) if (hb, hh, hw) == (sb, sh, sw) => {}
+            (hs, ss) => {
+                return Err(Error::Msg(format!(
+                    "cannot join the decoder feature {hs:?} and its skip {ss:?} along channels: \
+                     both must be [B, C, H, W] with the same B, H and W"
+                )))
+            }
         }
-        Ok(cpu::cat_channels(h, &self.scale(skip, skip_scale)?))
+        if skip_scale == 1.0 {
+            return cpu::try_cat_channels(h, skip);
+        }
+        cpu::try_cat_channels(h, &self.scale(skip, skip_scale)?)
     }
 
     fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(cpu::nchw_to_nlc(x))
+        cpu::try_nchw_to_nlc(x)
     }
 
     fn to_image(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        Ok(cpu::nlc_to_nchw(x, h, w))
+        cpu::try_nlc_to_nchw(x, h, w)
     }
 
     fn freeu_backbone(&self, h: &mut Tensor, b: f32, v2: bool) -> Result<()> {
@@ -285,10 +342,14 @@ impl Backend for Cpu {
         scale: f32,
         form: FilterForm,
     ) -> Result<Tensor> {
-        Ok(fourier_filter(x, threshold, scale, form))
+        try_fourier_filter(x, threshold, scale, form)
     }
 
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Tensor> {
         Ok(ts.forward(t))
+    }
+
+    fn find_non_finite(&self, x: &Tensor) -> Result<Option<(usize, f32)>> {
+        Ok(crate::safetensors_io::first_non_finite(x.data()))
     }
 }

@@ -155,7 +155,14 @@ impl UNetConfig {
         self.class == ModelClass::UNet2DConditionModel
     }
 
-    fn validate(&self, origin: &str) -> Result<()> {
+    /// Checks what the maths needs of every value: positive sizes, heads and head dims that
+    /// divide the channels they split, groups that divide every normalised width, a positive
+    /// `norm_eps`, invertible scale factors, a sinusoidal embedding that does not divide 0 by 0,
+    /// and a network whose level count and parameter count do not overflow.
+    ///
+    /// `from_json_str` runs it on every config it returns; `UNet::load` runs it again, for
+    /// configs built or edited in code. `origin` names the config in messages.
+    pub fn validate(&self, origin: &str) -> Result<()> {
         let bad = |msg: String| {
             Err(Error::Config {
                 origin: origin.into(),
@@ -165,7 +172,9 @@ impl UNetConfig {
         if self.levels.is_empty() {
             return bad("`block_out_channels` is empty".into());
         }
-        if self.up_blocks.len() != self.levels.len() || self.down_blocks.len() != self.levels.len()
+        if self.up_blocks.len() != self.levels.len()
+            || self.down_blocks.len() != self.levels.len()
+            || self.up_attn_head_dim.len() != self.levels.len()
         {
             return bad(format!(
                 "{} down blocks, {} up blocks and {} block_out_channels: they must be equal",
@@ -174,9 +183,27 @@ impl UNetConfig {
                 self.levels.len()
             ));
         }
+        let n = self.levels.len();
+        if self.downsample_factor().is_none() {
+            return bad(format!(
+                "`block_out_channels` has {n} levels: the {} downsamplers' overall factor 2^{} \
+                 overflows",
+                n - 1,
+                n - 1
+            ));
+        }
+        for (field, v) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("time_embedding_dim", self.time_embed_dim),
+        ] {
+            if v == 0 {
+                return bad(format!("`{field}` = 0: it must be positive"));
+            }
+        }
         let g = self.norm_num_groups;
         if g == 0 {
-            return bad("`norm_num_groups` = 0".into());
+            return bad("`norm_num_groups` = 0: it must be positive".into());
         }
         for (i, l) in self.levels.iter().enumerate() {
             if l.out_channels == 0 || l.out_channels % g != 0 {
@@ -186,10 +213,51 @@ impl UNetConfig {
                 ));
             }
             if l.layers == 0 {
-                return bad(format!("layers_per_block[{i}] = 0"));
+                return bad(format!("layers_per_block[{i}] = 0: it must be positive"));
             }
-            if l.transformer_heads == 0 || l.attn_head_dim == 0 {
-                return bad(format!("level {i}: attention heads / head dim of 0"));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return bad(format!(
+                "`norm_eps` = {}: it must be positive and finite (it keeps GroupNorm's 1/sqrt(var + eps) finite)",
+                self.norm_eps
+            ));
+        }
+        let inverse_finite = |x: f32| x != 0.0 && x.is_finite() && (1.0 / x).is_finite();
+        if !inverse_finite(self.mid_block_scale_factor) {
+            return bad(format!(
+                "`mid_block_scale_factor` = {}: the mid block divides by it, so it must be finite \
+                 and non-zero with a finite inverse",
+                self.mid_block_scale_factor
+            ));
+        }
+        let c0 = self.levels[0].out_channels;
+        self.check_sinusoid(origin, "block_out_channels[0]", c0)?;
+        if let Some(tt) = &self.text_time {
+            for (field, v) in [
+                ("addition_time_embed_dim", tt.addition_time_embed_dim),
+                (
+                    "projection_class_embeddings_input_dim",
+                    tt.projection_class_embeddings_input_dim,
+                ),
+            ] {
+                if v == 0 {
+                    return bad(format!("`{field}` = 0: it must be positive"));
+                }
+            }
+            self.check_sinusoid(
+                origin,
+                "addition_time_embed_dim",
+                tt.addition_time_embed_dim,
+            )?;
+        }
+        if self.num_class_embeds == Some(0) {
+            return bad(
+                "`num_class_embeds` = 0: a class embedding needs at least one class".into(),
+            );
+        }
+        if let Some((h, w)) = self.sample_size {
+            if h == 0 || w == 0 {
+                return bad(format!("`sample_size` = {h}×{w}: it must be positive"));
             }
         }
         for (what, k) in [
@@ -203,10 +271,613 @@ impl UNetConfig {
                 });
             }
         }
-        if self.time_embed_dim == 0 || self.in_channels == 0 || self.out_channels == 0 {
-            return bad("zero channels or embedding size".into());
+        for site in self.attention_sites() {
+            self.check_attention_site(origin, &site)?;
+        }
+        if self.parameter_count().is_none() {
+            return bad(
+                "the weights this config describes number more than this machine can address"
+                    .into(),
+            );
         }
         Ok(())
+    }
+
+    /// diffusers' `get_timestep_embedding` divides by `half − freq_shift` (half = dim / 2): it
+    /// must be positive, or the frequencies are 0/0 (NaN) or grow past f32.
+    fn check_sinusoid(&self, origin: &str, dim_field: &str, dim: usize) -> Result<()> {
+        let half = dim / 2;
+        let shift = self.freq_shift;
+        // The same f32 arithmetic as `Timesteps::forward`.
+        let denom = half as f32 - shift;
+        if !shift.is_finite()
+            || (half > 0 && denom.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
+            return Err(Error::Config {
+                origin: origin.into(),
+                msg: format!(
+                    "`freq_shift` = {shift} with {dim_field} = {dim}: the sinusoidal embedding \
+                     divides by half the width minus freq_shift ({half} − {shift} = {denom}), \
+                     which must be positive"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every attention layer the network builds: where it is, its width and how it splits it.
+    fn attention_sites(&self) -> Vec<AttentionSite> {
+        let n = self.levels.len();
+        let mut sites = Vec::new();
+        let mut site =
+            |block: String, kind: BlockKind, level: &LevelConfig, head_dim: usize| match kind {
+                BlockKind::Plain => {}
+                BlockKind::Attn => sites.push(AttentionSite {
+                    block,
+                    channels: level.out_channels,
+                    split: Split::HeadDim(head_dim),
+                    cross_attention_dim: None,
+                }),
+                BlockKind::CrossAttn => sites.push(AttentionSite {
+                    block,
+                    channels: level.out_channels,
+                    split: Split::Heads(level.transformer_heads),
+                    cross_attention_dim: Some(level.cross_attention_dim),
+                }),
+            };
+        for (i, (&kind, level)) in self.down_blocks.iter().zip(&self.levels).enumerate() {
+            site(format!("down_blocks.{i}"), kind, level, level.attn_head_dim);
+        }
+        let inner = &self.levels[n - 1];
+        match (self.mid_block, self.class) {
+            (Some(MidBlockKind::CrossAttn), _) => {
+                site("mid_block".into(), BlockKind::CrossAttn, inner, 0)
+            }
+            (Some(MidBlockKind::Plain), ModelClass::UNet2DModel) if self.mid_add_attention => site(
+                "mid_block".into(),
+                BlockKind::Attn,
+                inner,
+                inner.attn_head_dim,
+            ),
+            _ => {}
+        }
+        for (i, &kind) in self.up_blocks.iter().enumerate() {
+            let level = &self.levels[n - 1 - i];
+            site(
+                format!("up_blocks.{i}"),
+                kind,
+                level,
+                self.up_attn_head_dim[i],
+            );
+        }
+        sites
+    }
+
+    fn check_attention_site(&self, origin: &str, s: &AttentionSite) -> Result<()> {
+        let bad = |msg: String| {
+            Err(Error::Config {
+                origin: origin.into(),
+                msg: format!("{}: {msg}", s.block),
+            })
+        };
+        let c = s.channels;
+        match s.split {
+            Split::HeadDim(d) if d == 0 || !c.is_multiple_of(d) => {
+                return bad(format!(
+                    "`attention_head_dim` = {d} does not divide its {c} channels into heads"
+                ))
+            }
+            Split::Heads(h) if h == 0 || !c.is_multiple_of(h) => {
+                return bad(format!(
+                    "{h} attention heads (`num_attention_heads`, or `attention_head_dim` when \
+                     that is null) do not divide its {c} channels"
+                ))
+            }
+            _ => {}
+        }
+        if s.cross_attention_dim == Some(0) {
+            return bad("`cross_attention_dim` = 0: it must be positive".into());
+        }
+        if s.block == "mid_block" {
+            if let (Split::HeadDim(_), Some(ag)) = (s.split, self.mid_attn_groups) {
+                if ag == 0 || !c.is_multiple_of(ag) {
+                    return bad(format!(
+                        "`attn_norm_num_groups` = {ag} does not divide its {c} channels"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// 2^(levels − 1), the factor the down blocks shrink H and W by; None when it overflows.
+    pub fn downsample_factor(&self) -> Option<usize> {
+        let shift = u32::try_from(self.levels.len().checked_sub(1)?).ok()?;
+        1usize.checked_shl(shift).filter(|_| shift < usize::BITS)
+    }
+
+    /// How many parameters the network of this config holds (DeMe's optional channel
+    /// projections aside), or None when the count overflows. Linear in the number of levels:
+    /// a level's identical layers are counted by multiplication.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let u = |x: usize| N(Some(x as u64));
+        let n = self.levels.len();
+        if self.up_blocks.len() != n || self.down_blocks.len() != n {
+            return None;
+        }
+        let c0 = u(self.levels.first()?.out_channels);
+        let ted = u(self.time_embed_dim);
+        let lin = |i: N, o: N| i * o + o;
+        let conv = |i: N, o: N, k: usize| i * o * u(k) * u(k) + o;
+        let norm = |c: N| u(2) * c;
+        let temb_out = |c: N| match self.resnet_time_scale_shift {
+            TimeScaleShift::Default => c,
+            TimeScaleShift::ScaleShift => u(2) * c,
+        };
+        let resnet = |i: usize, o: usize| {
+            let (ci, co) = (u(i), u(o));
+            let shortcut = if i != o { lin(ci, co) } else { u(0) };
+            norm(ci)
+                + conv(ci, co, 3)
+                + lin(ted, temb_out(co))
+                + norm(co)
+                + conv(co, co, 3)
+                + shortcut
+        };
+        let spatial = |c: usize, groups: bool| {
+            let c = u(c);
+            let gn = if groups { norm(c) } else { u(0) };
+            gn + u(3) * lin(c, c) + lin(c, c)
+        };
+        let transformer = |l: &LevelConfig| {
+            let c = u(l.out_channels);
+            let x = u(l.cross_attention_dim);
+            let ctx1 = if l.only_cross_attention { x } else { c };
+            let block = u(3) * norm(c)
+                + c * c
+                + u(2) * ctx1 * c
+                + lin(c, c)
+                + c * c
+                + u(2) * x * c
+                + lin(c, c)
+                + lin(c, u(8) * c)
+                + lin(u(4) * c, c);
+            norm(c) + u(2) * lin(c, c) + u(l.transformer_depth) * block
+        };
+        let attn = |kind: BlockKind, l: &LevelConfig, groups: bool| match kind {
+            BlockKind::Plain => u(0),
+            BlockKind::Attn => spatial(l.out_channels, groups),
+            BlockKind::CrossAttn => transformer(l),
+        };
+        let mut total = lin(c0, ted) + lin(ted, ted);
+        if let Some(k) = self.num_class_embeds {
+            total = total + u(k) * ted;
+        }
+        if let Some(tt) = &self.text_time {
+            total = total + lin(u(tt.projection_class_embeddings_input_dim), ted) + lin(ted, ted);
+        }
+        total = total + conv(u(self.in_channels), c0, self.conv_in_kernel);
+        let mut prev = self.levels[0].out_channels;
+        for (i, (&kind, l)) in self.down_blocks.iter().zip(&self.levels).enumerate() {
+            let c = l.out_channels;
+            if l.layers > 0 {
+                total = total
+                    + resnet(prev, c)
+                    + u(l.layers - 1) * resnet(c, c)
+                    + u(l.layers) * attn(kind, l, true);
+            }
+            if i + 1 < n {
+                total = total + conv(u(c), u(c), 3);
+            }
+            prev = c;
+        }
+        let inner = &self.levels[n - 1];
+        if let Some(kind) = self.mid_block {
+            let c = inner.out_channels;
+            total = total + resnet(c, c);
+            let layer = match (kind, self.class) {
+                (MidBlockKind::CrossAttn, _) => transformer(inner) + resnet(c, c),
+                (MidBlockKind::Plain, ModelClass::UNet2DModel) => {
+                    let a = if self.mid_add_attention {
+                        spatial(c, self.mid_attn_groups.is_some())
+                    } else {
+                        u(0)
+                    };
+                    a + resnet(c, c)
+                }
+                (MidBlockKind::Plain, ModelClass::UNet2DConditionModel) => u(0),
+            };
+            total = total + layer;
+        }
+        let mut prev_out = inner.out_channels;
+        for (i, &kind) in self.up_blocks.iter().enumerate() {
+            let l = &self.levels[n - 1 - i];
+            let input = self.levels[(n - 1 - i).saturating_sub(1)].out_channels;
+            let out = l.out_channels;
+            for (cin, skip, count) in up_resnets(prev_out, out, input, l.layers) {
+                total = total + u(count) * resnet(cin.checked_add(skip)?, out);
+            }
+            total = total + u(l.layers + 1) * attn(kind, l, true);
+            if i + 1 < n {
+                total = total + conv(u(out), u(out), 3);
+            }
+            prev_out = out;
+        }
+        total = total + norm(c0) + conv(c0, u(self.out_channels), self.conv_out_kernel);
+        total.0
+    }
+
+    /// `plan_forward` for a `[B, C, H, W]` sample and its optional `encoder_hidden_states`
+    /// (`[B, M, D]`); a sample of another rank is an error.
+    pub fn plan_forward_of(
+        &self,
+        sample: &crate::tensor::Tensor,
+        context: Option<&crate::tensor::Tensor>,
+    ) -> Result<ForwardPlan> {
+        let (b, _, h, w) = sample.dims4("sample")?;
+        let m = context.and_then(|t| t.shape().get(1).copied()).unwrap_or(0);
+        self.plan_forward(b, h, w, m)
+    }
+
+    /// Bytes of the f32 parameters this config describes.
+    pub fn weight_bytes(&self) -> Result<u64> {
+        self.parameter_count()
+            .and_then(|n| n.checked_mul(4))
+            .ok_or_else(|| Error::TooLarge {
+                what: "the model's weights".into(),
+                detail: "their count overflows".into(),
+            })
+    }
+
+    /// Refuses, "needs ~X GiB, Y GiB available", before a checkpoint is read whose f32
+    /// parameters alone would not fit in the memory available.
+    pub fn ensure_weights_fit(&self) -> Result<()> {
+        crate::tensor::ensure_fits("loading the model's weights as f32", self.weight_bytes()?)
+    }
+
+    /// The forward pass of a `[batch, in_channels, h, w]` sample (with `context_len` tokens of
+    /// `encoder_hidden_states`) before it runs: every size it computes, checked. An encoder size
+    /// the decoder cannot join (a skip and the upsampled feature of different H×W, as a
+    /// `downsample_padding` above 1 makes), or a sample too small for a downsampler, is an error
+    /// naming the block and both shapes. Returns what the call will hold in memory. Linear in
+    /// the number of levels (a level's skips share one size and are handled as a run).
+    pub fn plan_forward(
+        &self,
+        batch: usize,
+        h: usize,
+        w: usize,
+        context_len: usize,
+    ) -> Result<ForwardPlan> {
+        let too_large = |what: &str| Error::TooLarge {
+            what: format!(
+                "the forward of a [{batch}, {}, {h}, {w}] sample",
+                self.in_channels
+            ),
+            detail: format!("{what} overflows"),
+        };
+        let n = self.levels.len();
+        if n == 0 || self.up_blocks.len() != n || self.down_blocks.len() != n {
+            return Err(Error::Msg(
+                "plan_forward: the config's block lists do not match its levels".into(),
+            ));
+        }
+        let factor = self
+            .downsample_factor()
+            .ok_or_else(|| too_large("the downsampling factor"))?;
+        let weights = self
+            .parameter_count()
+            .ok_or_else(|| too_large("the parameter count"))?;
+        let threads = rayon::current_num_threads();
+        let u = |x: usize| N(Some(x as u64));
+        let b = u(batch);
+        // Elements of a [B, c, h, w] image.
+        let image = |c: usize, (h, w): (usize, usize)| b * u(c) * u(h) * u(w);
+        let mut working = N(Some(0));
+        let mut scores = N(Some(0));
+        let mut peak = |x: N| working = working.max(x);
+        let rows =
+            |tokens: usize| N(crate::cpu::attention::scores_per_task(tokens, 1).map(|r| r as u64));
+        // What an attention layer of width c at hw holds, and its score rows (all threads).
+        let attention = |kind: BlockKind, c: usize, hw: (usize, usize)| -> (N, N) {
+            let tokens = hw.0.saturating_mul(hw.1);
+            let self_scores = u(threads) * rows(tokens) * u(hw.0) * u(hw.1);
+            match kind {
+                BlockKind::Plain => (u(0), u(0)),
+                BlockKind::Attn => (image(c, hw) * u(10), self_scores),
+                BlockKind::CrossAttn => {
+                    let cross = u(3) * b * u(context_len) * u(c);
+                    let cross_scores = u(threads) * rows(tokens) * u(context_len);
+                    (image(c, hw) * u(25) + cross, self_scores.max(cross_scores))
+                }
+            }
+        };
+        let resnet = |cin: usize, cout: usize, hw: (usize, usize)| {
+            image(cin, hw) * u(2) + image(cout, hw) * u(5)
+        };
+
+        let p = self.downsample_padding;
+        let pads = if p == 0 { (0, 1) } else { (p, p) };
+        let down = |x: usize| -> Option<usize> {
+            let padded = x.checked_add(pads.0)?.checked_add(pads.1)?;
+            padded.checked_sub(3).map(|v| v / 2 + 1)
+        };
+        let c0 = self.levels[0].out_channels;
+        let mut hw = (h, w);
+        let mut skips = vec![SkipRun {
+            source: SkipSource::ConvIn,
+            channels: c0,
+            hw,
+            count: 1,
+        }];
+        peak(image(self.in_channels, hw) + image(c0, hw) * u(3));
+        let mut prev = c0;
+        for (i, (&kind, l)) in self.down_blocks.iter().zip(&self.levels).enumerate() {
+            let c = l.out_channels;
+            if l.layers > 0 {
+                let (a, sc) = attention(kind, c, hw);
+                peak(resnet(prev, c, hw).max(resnet(c, c, hw)).max(a));
+                scores = scores.max(sc);
+                skips.push(SkipRun {
+                    source: SkipSource::Layer { block: i, kind },
+                    channels: c,
+                    hw,
+                    count: l.layers,
+                });
+            }
+            if i + 1 < n {
+                let next = match (down(hw.0), down(hw.1)) {
+                    (Some(a), Some(b)) => (a, b),
+                    _ => {
+                        return Err(Error::input(
+                            "sample",
+                            format!(
+                                "[{batch}, {}, {h}, {w}] is too small: \
+                                 down_blocks.{i}.downsamplers.0 (a 3×3 stride-2 convolution, \
+                                 padding {pads:?} from downsample_padding = {p}) gets a \
+                                 [{batch}, {c}, {}, {}] input",
+                                self.in_channels, hw.0, hw.1
+                            ),
+                        ))
+                    }
+                };
+                // im2col of the whole batch (9·c per output pixel) beside input and output.
+                peak(image(c, hw) + image(c, next) * u(10));
+                hw = next;
+                skips.push(SkipRun {
+                    source: SkipSource::Downsampler { block: i },
+                    channels: c,
+                    hw,
+                    count: 1,
+                });
+            }
+            prev = c;
+        }
+        let inner = &self.levels[n - 1];
+        if let Some(mid) = self.mid_block {
+            let c = inner.out_channels;
+            let kind = match (mid, self.class) {
+                (MidBlockKind::CrossAttn, _) => BlockKind::CrossAttn,
+                (MidBlockKind::Plain, ModelClass::UNet2DModel) if self.mid_add_attention => {
+                    BlockKind::Attn
+                }
+                (MidBlockKind::Plain, _) => BlockKind::Plain,
+            };
+            let (a, sc) = attention(kind, c, hw);
+            scores = scores.max(sc);
+            peak(resnet(c, c, hw).max(a));
+        }
+        let skips_total = skips
+            .iter()
+            .fold(u(0), |acc, r| acc + image(r.channels, r.hw) * u(r.count));
+        // diffusers upsamples to the skip's size when H or W is not a multiple of the factor.
+        let forward_upsample_size = !h.is_multiple_of(factor) || !w.is_multiple_of(factor);
+        let mut prev_out = inner.out_channels;
+        for (i, &kind) in self.up_blocks.iter().enumerate() {
+            let l = &self.levels[n - 1 - i];
+            let c = l.out_channels;
+            let mut j = 0;
+            let mut need = l.layers.checked_add(1).ok_or_else(|| too_large("layers"))?;
+            while need > 0 {
+                let Some(run) = skips.last_mut() else {
+                    return Err(Error::Msg(format!(
+                        "up_blocks.{i}.resnets.{j}: the encoder produced too few skips"
+                    )));
+                };
+                let cin = if j == 0 { prev_out } else { c };
+                if run.hw != hw {
+                    return Err(Error::input(
+                        "sample",
+                        format!(
+                            "[{batch}, {}, {h}, {w}]: up_blocks.{i}.resnets.{j} cannot join the \
+                             decoder feature [{batch}, {cin}, {}, {}] with its skip \
+                             [{batch}, {}, {}, {}] from {}: their H×W differ (the encoder's \
+                             sizes follow from downsample_padding = {p})",
+                            self.in_channels,
+                            hw.0,
+                            hw.1,
+                            run.channels,
+                            run.hw.0,
+                            run.hw.1,
+                            run.source.name(run.count - 1)
+                        ),
+                    ));
+                }
+                let take = need.min(run.count);
+                let joined = |cin: usize| {
+                    cin.checked_add(run.channels)
+                        .ok_or_else(|| too_large("channels"))
+                };
+                let first = joined(cin)?;
+                let mut work = resnet(first, c, hw) + image(first, hw);
+                if take > 1 {
+                    let rest = joined(c)?;
+                    work = work.max(resnet(rest, c, hw) + image(rest, hw));
+                }
+                peak(work);
+                run.count -= take;
+                if run.count == 0 {
+                    skips.pop();
+                }
+                need -= take;
+                j += take;
+            }
+            let (a, sc) = attention(kind, c, hw);
+            peak(a);
+            scores = scores.max(sc);
+            if i + 1 < n {
+                let next = if forward_upsample_size {
+                    skips.last().map_or(hw, |r| r.hw)
+                } else {
+                    (
+                        hw.0.checked_mul(2).ok_or_else(|| too_large("H"))?,
+                        hw.1.checked_mul(2).ok_or_else(|| too_large("W"))?,
+                    )
+                };
+                peak(image(c, hw) + image(c, next) * u(4));
+                hw = next;
+            }
+            prev_out = c;
+        }
+        peak(image(c0, hw) * u(4) + image(self.out_channels, hw));
+        let bytes = |x: N, what: &str| {
+            x.0.and_then(|e| e.checked_mul(4))
+                .ok_or_else(|| too_large(what))
+        };
+        Ok(ForwardPlan {
+            weight_bytes: weights
+                .checked_mul(4)
+                .ok_or_else(|| too_large("the weights"))?,
+            activation_bytes: bytes(skips_total + working, "the activations")?,
+            workspace_bytes: bytes(scores, "the attention workspace")?,
+            batch,
+            h,
+            w,
+            in_channels: self.in_channels,
+        })
+    }
+}
+
+/// The decoder resnets of an up block with `layers` layers, as (input width, skip width, how
+/// many): the first takes the block below's output, the last the skip from the level above.
+fn up_resnets(
+    prev_out: usize,
+    out: usize,
+    input: usize,
+    layers: usize,
+) -> Vec<(usize, usize, usize)> {
+    match layers {
+        0 => vec![(prev_out, input, 1)],
+        _ => vec![(prev_out, out, 1), (out, out, layers - 1), (out, input, 1)],
+    }
+}
+
+/// Consecutive skips of one size from one encoder module (a level's resnets share a size).
+struct SkipRun {
+    source: SkipSource,
+    channels: usize,
+    hw: (usize, usize),
+    count: usize,
+}
+
+enum SkipSource {
+    ConvIn,
+    Layer { block: usize, kind: BlockKind },
+    Downsampler { block: usize },
+}
+
+impl SkipSource {
+    /// The module that made skip `j` of the run, diffusers-style.
+    fn name(&self, j: usize) -> String {
+        match self {
+            SkipSource::ConvIn => "conv_in".into(),
+            SkipSource::Layer {
+                block,
+                kind: BlockKind::Plain,
+            } => format!("down_blocks.{block}.resnets.{j}"),
+            SkipSource::Layer { block, .. } => format!("down_blocks.{block}.attentions.{j}"),
+            SkipSource::Downsampler { block } => format!("down_blocks.{block}.downsamplers.0"),
+        }
+    }
+}
+
+/// Where an attention layer sits, its width and how that width is split.
+struct AttentionSite {
+    block: String,
+    channels: usize,
+    split: Split,
+    cross_attention_dim: Option<usize>,
+}
+
+#[derive(Clone, Copy)]
+enum Split {
+    /// Spatial attention: heads = channels / head dim.
+    HeadDim(usize),
+    /// Transformer2DModel: head dim = channels / heads.
+    Heads(usize),
+}
+
+/// A count that is None once any step overflowed (checked arithmetic without `?` at each step).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct N(Option<u64>);
+
+impl std::ops::Add for N {
+    type Output = N;
+    fn add(self, o: N) -> N {
+        N(self.0.zip(o.0).and_then(|(a, b)| a.checked_add(b)))
+    }
+}
+
+impl std::ops::Mul for N {
+    type Output = N;
+    fn mul(self, o: N) -> N {
+        N(self.0.zip(o.0).and_then(|(a, b)| a.checked_mul(b)))
+    }
+}
+
+impl N {
+    /// The larger count; an overflow on either side stays an overflow.
+    fn max(self, o: N) -> N {
+        N(self.0.zip(o.0).map(|(a, b)| a.max(b)))
+    }
+}
+
+/// What one forward call holds in memory, from `UNetConfig::plan_forward`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardPlan {
+    /// The parameters, as f32 (resident before the call: not counted against what is free).
+    pub weight_bytes: u64,
+    /// Every skip the decoder joins, plus the largest set of tensors one layer holds at once.
+    pub activation_bytes: u64,
+    /// Attention's score rows, one block per thread.
+    pub workspace_bytes: u64,
+    batch: usize,
+    h: usize,
+    w: usize,
+    in_channels: usize,
+}
+
+impl ForwardPlan {
+    /// What the call allocates beyond the resident weights.
+    pub fn call_bytes(&self) -> u64 {
+        self.activation_bytes.saturating_add(self.workspace_bytes)
+    }
+
+    /// Refuses, "needs ~X GiB, Y GiB available", when the call will not fit in `available`
+    /// bytes (a backend's `available_memory`; None skips the check).
+    pub fn ensure_fits(&self, available: Option<u64>) -> Result<()> {
+        crate::tensor::ensure_fits_in(
+            &format!(
+                "the forward of a [{}, {}, {}, {}] sample (activations and attention workspace; \
+                 the weights, {} GiB, are already loaded)",
+                self.batch,
+                self.in_channels,
+                self.h,
+                self.w,
+                crate::error::gib(self.weight_bytes)
+            ),
+            self.call_bytes(),
+            available,
+        )
     }
 }
 
@@ -349,7 +1020,10 @@ fn parse_unet_2d(r: &mut Reader) -> Result<UNetConfig> {
         use_linear_projection: false,
         upcast_attention: false,
         resnet_time_scale_shift: shift,
-        time_embed_dim: time_embedding_dim.unwrap_or(boc[0] * 4),
+        time_embed_dim: match time_embedding_dim {
+            Some(d) => d,
+            None => default_time_embed_dim(r, &boc)?,
+        },
         num_class_embeds: r.usize_opt_or("num_class_embeds", None)?,
         text_time: None,
         conv_in_kernel: 3,
@@ -506,7 +1180,10 @@ fn parse_unet_2d_condition(r: &mut Reader) -> Result<UNetConfig> {
         use_linear_projection: r.bool_or("use_linear_projection", false)?,
         upcast_attention: r.bool_or("upcast_attention", false)?,
         resnet_time_scale_shift: time_scale_shift(r)?,
-        time_embed_dim: time_embedding_dim.unwrap_or(boc[0] * 4),
+        time_embed_dim: match time_embedding_dim {
+            Some(d) => d,
+            None => default_time_embed_dim(r, &boc)?,
+        },
         num_class_embeds: r.usize_opt_or("num_class_embeds", None)?,
         text_time,
         conv_in_kernel: r.usize_or("conv_in_kernel", 3)?,
@@ -517,6 +1194,19 @@ fn parse_unet_2d_condition(r: &mut Reader) -> Result<UNetConfig> {
             .collect(),
         levels,
     })
+}
+
+/// Every size a config gives is below this.
+const MAX_SIZE: usize = 1 << 24;
+
+/// `block_out_channels[0] · 4`, diffusers' default time embedding width.
+fn default_time_embed_dim(r: &Reader, boc: &[usize]) -> Result<usize> {
+    boc.first()
+        .and_then(|c| c.checked_mul(4))
+        .ok_or_else(|| Error::Config {
+            origin: r.origin.clone(),
+            msg: "`block_out_channels` is empty: no default time_embedding_dim".into(),
+        })
 }
 
 /// Typed access to a config object that remembers which fields were read.
@@ -600,11 +1290,14 @@ impl<'a> Reader<'a> {
         Ok(self.bool_opt(field)?.unwrap_or(default))
     }
 
+    /// A JSON integer in 0..2^24 (no config size comes near; the bound keeps every product of
+    /// a few sizes far from overflow). A fraction, a float like `2.0`, a string or a negative
+    /// number is an error naming the field: never rounded.
     fn as_usize(&self, field: &str, v: &Value) -> Result<usize> {
         v.as_u64()
             .and_then(|x| usize::try_from(x).ok())
-            .filter(|&x| x < 1 << 24)
-            .ok_or_else(|| self.type_error(field, "a non-negative integer", v))
+            .filter(|&x| x < MAX_SIZE)
+            .ok_or_else(|| self.type_error(field, "a non-negative integer below 2^24", v))
     }
 
     fn usize_or(&mut self, field: &str, default: usize) -> Result<usize> {
@@ -627,11 +1320,12 @@ impl<'a> Reader<'a> {
     fn f32_or(&mut self, field: &str, default: f32) -> Result<f32> {
         match self.get(field) {
             None => Ok(default),
+            // Finite as the f32 it becomes (1e39 is a finite f64 but an infinite f32).
             Some(v) => v
                 .as_f64()
-                .filter(|x| x.is_finite())
                 .map(|x| x as f32)
-                .ok_or_else(|| self.type_error(field, "a number", v)),
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| self.type_error(field, "a finite number in f32 range", v)),
         }
     }
 

@@ -24,8 +24,30 @@ pub enum Error {
     MissingWeight(String),
     #[error("input `{name}`: {msg}")]
     Input { name: String, msg: String },
+    /// A plan or an allocation that the memory available cannot hold.
+    #[error("{what} needs ~{} GiB, {} GiB available", gib(*needed), gib(*available))]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        available: u64,
+    },
+    /// A size computed from input that overflows what the machine can address.
+    #[error("{what} is too large: {detail}")]
+    TooLarge { what: String, detail: String },
     #[error("{0}")]
     Msg(String),
+}
+
+/// Bytes in GiB for messages: one decimal, two below 1 GiB, never a bare 0 for a non-zero size.
+pub fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g >= 1.0 || bytes == 0 {
+        format!("{g:.1}")
+    } else if g >= 0.01 {
+        format!("{g:.2}")
+    } else {
+        format!("{g:.4}")
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -78,6 +78,122 @@ impl DigitClassifier {
     }
 }
 
+/// The classifier's feature width (the FID's dimension).
+pub const FEATURES: usize = 64;
+
+/// The fewest samples an FID is computed from: the covariance of `FEATURES` features from N
+/// samples has rank at most N − 1, so it can be non-singular only from `FEATURES + 1` samples
+/// on (an FID from fewer compares a degenerate Gaussian, one image's being a point).
+pub const MIN_FID_SAMPLES: usize = FEATURES + 1;
+
+/// What `score` reports for a batch of digit samples.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scores {
+    pub samples: usize,
+    /// Mean over samples of the classifier's largest softmax probability.
+    pub mean_confidence: f64,
+    /// The FID of the samples' features against the real digits' (None when not asked for).
+    pub fid: Option<f64>,
+}
+
+/// Scores digit samples ([B, 1, 28, 28] in [-1, 1]; clamped to it first, as `sample` leaves
+/// them unclamped) against the built-in real-digit statistics: the mean confidence, and with
+/// `with_fid` the FID. An empty batch, a non-finite value, or (with `with_fid`) fewer than
+/// `MIN_FID_SAMPLES` samples is an error that says so.
+pub fn score(images: &Tensor, with_fid: bool) -> Result<Scores> {
+    let b = match images.shape() {
+        [b, 1, 28, 28] => *b,
+        s => {
+            return Err(Error::input(
+                "images",
+                format!("shape {s:?}; the digit classifier takes [B, 1, 28, 28]"),
+            ))
+        }
+    };
+    if b == 0 {
+        return Err(Error::input("images", "an empty batch: nothing to score"));
+    }
+    if let Some(i) = images.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(
+            "images",
+            format!(
+                "sample {} holds a non-finite value ({} at element {i})",
+                i / (28 * 28),
+                images.data()[i]
+            ),
+        ));
+    }
+    if with_fid && b < MIN_FID_SAMPLES {
+        return Err(too_few_for_fid(b));
+    }
+    let mut clamped = images.clone();
+    clamped
+        .data_mut()
+        .iter_mut()
+        .for_each(|v| *v = v.clamp(-1.0, 1.0));
+    let out = crate::builtin::classifier()?.classify(&clamped)?;
+    let fid = if with_fid {
+        let (mu, sigma) = crate::builtin::real_stats()?;
+        Some(fid(&out.features, &mu, &sigma)?)
+    } else {
+        None
+    };
+    Ok(Scores {
+        samples: b,
+        mean_confidence: mean_confidence(&out.logits),
+        fid,
+    })
+}
+
+fn too_few_for_fid(n: usize) -> Error {
+    Error::Msg(format!(
+        "an FID needs at least {MIN_FID_SAMPLES} samples ({FEATURES} features need {MIN_FID_SAMPLES} \
+         for a non-singular covariance); got {n}"
+    ))
+}
+
+/// The FID of `features` ([N, D]) against a real Gaussian (`mu` [D], `sigma` [D·D]), checked:
+/// N ≥ D + 1, finite features, statistics of the same width, and a finite result.
+pub fn fid(features: &Tensor, mu: &[f64], sigma: &[f64]) -> Result<f64> {
+    let (n, d) = match features.shape() {
+        [n, d] => (*n, *d),
+        s => {
+            return Err(Error::input(
+                "features",
+                format!("shape {s:?}; expected [N, D]"),
+            ))
+        }
+    };
+    if d == 0 || mu.len() != d || sigma.len() != d * d {
+        return Err(Error::Msg(format!(
+            "FID: {d} features against statistics of {} means and {} covariances",
+            mu.len(),
+            sigma.len()
+        )));
+    }
+    if n < d + 1 {
+        return Err(if d == FEATURES {
+            too_few_for_fid(n)
+        } else {
+            Error::Msg(format!(
+                "an FID of {d} features needs at least {} samples; got {n}",
+                d + 1
+            ))
+        });
+    }
+    if features.data().iter().any(|v| !v.is_finite())
+        || mu.iter().chain(sigma).any(|v| !v.is_finite())
+    {
+        return Err(Error::Msg("FID: non-finite features or statistics".into()));
+    }
+    let (m, s) = gaussian(features);
+    let v = frechet_distance(&m, &s, mu, sigma);
+    if !v.is_finite() {
+        return Err(Error::Msg(format!("FID: the distance is not finite ({v})")));
+    }
+    Ok(v)
+}
+
 /// Mean over samples of the largest softmax probability.
 pub fn mean_confidence(logits: &Tensor) -> f64 {
     let k = logits.shape()[1];
@@ -91,7 +207,8 @@ pub fn mean_confidence(logits: &Tensor) -> f64 {
         / n
 }
 
-/// Mean and covariance (N − 1 normalisation) of the rows of `x` ([N, D]).
+/// Mean and covariance (N − 1 normalisation) of the rows of `x` ([N, D], N ≥ 2; `fid` checks
+/// that and more).
 pub fn gaussian(x: &Tensor) -> (Vec<f64>, Vec<f64>) {
     let (n, d) = (x.shape()[0], x.shape()[1]);
     let mut mu = vec![0f64; d];

@@ -19,10 +19,51 @@ pub fn save_png_grid(path: &Path, samples: &Tensor) -> Result<()> {
             )))
         }
     };
+    if b == 0 || h == 0 || w == 0 {
+        return Err(Error::input(
+            "samples",
+            format!(
+                "shape {:?}: a PNG grid needs at least one non-empty sample",
+                samples.shape()
+            ),
+        ));
+    }
+    if let Some(i) = samples.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(
+            "samples",
+            format!(
+                "sample {} holds a non-finite value ({} at element {i}); not written",
+                i / (c * h * w),
+                samples.data()[i]
+            ),
+        ));
+    }
     let cols = (b as f64).sqrt().ceil() as usize;
     let rows = b.div_ceil(cols);
-    let (gw, gh) = (cols * w, rows * h);
-    let mut pixels = vec![0u8; gw * gh * c];
+    let too_large = || {
+        Error::Msg(format!(
+            "a PNG grid of {b} samples of {h}×{w} is too large (PNG sides are at most 2^31 − 1)"
+        ))
+    };
+    let (gw, gh) = (
+        cols.checked_mul(w)
+            .filter(|&v| v < 1 << 31)
+            .ok_or_else(too_large)?,
+        rows.checked_mul(h)
+            .filter(|&v| v < 1 << 31)
+            .ok_or_else(too_large)?,
+    );
+    let bytes = gw
+        .checked_mul(gh)
+        .and_then(|v| v.checked_mul(c))
+        .ok_or_else(too_large)?;
+    let mut pixels = Vec::new();
+    pixels.try_reserve_exact(bytes).map_err(|_| {
+        Error::Msg(format!(
+            "a PNG grid of {gw}×{gh}×{c} bytes cannot be allocated"
+        ))
+    })?;
+    pixels.resize(bytes, 0u8);
     for (i, img) in samples.data().chunks(c * h * w).enumerate() {
         let (r0, c0) = ((i / cols) * h, (i % cols) * w);
         for ch in 0..c {

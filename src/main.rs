@@ -13,6 +13,7 @@ use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::{DType, Device, Exec};
 use freelunch::models::{Placed, Runnable};
+use freelunch::schedulers::config::MAX_TRAIN_TIMESTEPS;
 use freelunch::schedulers::{
     self, Conditioning, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise,
 };
@@ -42,9 +43,9 @@ enum Command {
         /// timesteps, instead of --model.
         #[arg(long, value_name = "D1,D2,...", value_delimiter = ',')]
         route: Option<Vec<PathBuf>>,
-        /// Training timesteps T the routed experts split between them.
-        #[arg(long, default_value_t = 1000, requires = "route")]
-        route_timesteps: usize,
+        /// Training timesteps T the routed experts split between them (default 1000).
+        #[arg(long, value_name = "T")]
+        route_timesteps: Option<usize>,
         /// safetensors with `sample`, `timestep` and the model's conditioning tensors.
         #[arg(long)]
         input: PathBuf,
@@ -73,18 +74,18 @@ enum Command {
         sampler: Option<String>,
         #[arg(long, default_value_t = 50)]
         steps: usize,
-        /// Seed of the initial noise and of stochastic samplers' noise.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Samples in the batch (ignored with --noise).
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        /// Seed of the initial noise and of stochastic samplers' noise (default 0).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Samples in the batch (default 16; with --noise, the noise's batch).
+        #[arg(long, conflicts_with = "noise")]
+        batch: Option<usize>,
         /// Initial noise: tensor `sample`, standard normal, unscaled, [B, C, H, W].
         #[arg(long, value_name = "NOISE.safetensors")]
         noise: Option<PathBuf>,
-        /// DDIM's eta (0: deterministic).
-        #[arg(long, default_value_t = 0.0)]
-        eta: f32,
+        /// DDIM's eta, 0 (deterministic, the default) to 1.
+        #[arg(long)]
+        eta: Option<f32>,
         /// Classifier-free guidance scale (needs --cond with uncond_hidden_states).
         #[arg(long)]
         guidance: Option<f32>,
@@ -109,6 +110,9 @@ enum Command {
         /// safetensors with `sample` [B, 1, 28, 28] in [-1, 1] (`sample --output X.safetensors`).
         #[arg(long)]
         images: PathBuf,
+        /// Only the mean confidence: no FID (which needs at least 65 samples).
+        #[arg(long)]
+        no_fid: bool,
     },
     /// DeMe: merge timestep experts by task arithmetic, θ = θ0 + Σ w_i (θ_i − θ0), into a
     /// diffusers folder.
@@ -189,9 +193,9 @@ struct BoosterArgs {
     #[arg(long, value_name = "FILE.safetensors")]
     masks: Option<PathBuf>,
     /// The sampler step whose masks a forward call uses (per-step mask files; it also seeds
-    /// the mask generator's noise).
-    #[arg(long, default_value_t = 0)]
-    mask_step: usize,
+    /// the mask generator's noise). Default 0; `sample` sets it to each call's index.
+    #[arg(long, value_name = "N")]
+    mask_step: Option<usize>,
     /// MaskUNet's hyper-network (official parameter names, converted to safetensors by
     /// tools/convert_maskunet_checkpoint.py): masks computed inside each call.
     #[arg(long, value_name = "FILE.safetensors", conflicts_with = "masks")]
@@ -221,17 +225,100 @@ enum Filter {
     Direct,
 }
 
+/// The largest booster factor accepted, in magnitude: the published values are near 1, and a
+/// factor far beyond this overflows the activations it scales (f16's range ends at 65504).
+const MAX_FACTOR: f32 = 1e4;
+
+/// The widest FreeU window accepted: one wider than any sample's side filters the whole
+/// spectrum, so this bounds nothing real.
+const MAX_FREEU_THRESHOLD: usize = 1 << 20;
+
+fn msg(text: impl Into<String>) -> freelunch::Error {
+    freelunch::Error::Msg(text.into())
+}
+
+/// Booster factors: finite and at most `MAX_FACTOR` in magnitude.
 fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
     text.split(',')
         .map(|v| {
-            v.trim().parse::<f32>().map_err(|_| {
-                freelunch::Error::Msg(format!("--{flag}: `{v}` is not a number (in `{text}`)"))
-            })
+            let x = v
+                .trim()
+                .parse::<f32>()
+                .map_err(|_| msg(format!("--{flag}: `{v}` is not a number (in `{text}`)")))?;
+            if !x.is_finite() {
+                return Err(msg(format!(
+                    "--{flag}: `{v}` is not a finite number (in `{text}`)"
+                )));
+            }
+            if x.abs() > MAX_FACTOR {
+                return Err(msg(format!(
+                    "--{flag}: `{v}` is out of range (in `{text}`): factors beyond ±{MAX_FACTOR} \
+                     overflow the activations they scale"
+                )));
+            }
+            Ok(x)
         })
         .collect()
 }
 
+/// A float flag that must be finite.
+fn finite(flag: &str, v: f32) -> freelunch::Result<f32> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(msg(format!("--{flag} {v}: must be a finite number")))
+    }
+}
+
+fn short_name(kind: SamplerKind) -> &'static str {
+    match kind {
+        SamplerKind::Ddpm => "ddpm",
+        SamplerKind::Ddim => "ddim",
+        SamplerKind::Euler => "euler",
+        SamplerKind::Heun => "heun",
+        SamplerKind::DpmSolverMultistep => "dpmpp-2m",
+    }
+}
+
 impl BoosterArgs {
+    /// Checks the flags before anything is loaded: factors (`numbers`), the FreeU window, and
+    /// `--mask-step`, which only per-step masks and the mask generator read, and which `sample`
+    /// sets itself.
+    fn check(&self, sampling: bool) -> freelunch::Result<()> {
+        if let Some(spec) = &self.freeu {
+            if spec.contains(',') || spec.parse::<f32>().is_ok() {
+                numbers("freeu", spec)?;
+            }
+        }
+        if let Some(spec) = &self.skip_tuning {
+            numbers("skip-tuning", spec)?;
+        }
+        if let Some(spec) = &self.skip_scales {
+            numbers("skip-scales", spec)?;
+        }
+        if self.freeu.is_some() && !(1..=MAX_FREEU_THRESHOLD).contains(&self.freeu_threshold) {
+            return Err(msg(format!(
+                "--freeu-threshold {}: must be 1 to {MAX_FREEU_THRESHOLD}",
+                self.freeu_threshold
+            )));
+        }
+        if let Some(step) = self.mask_step {
+            if sampling {
+                return Err(msg(format!(
+                    "--mask-step {step}: `sample` gives each call its own step (call i uses \
+                     step i); --mask-step is for `forward`"
+                )));
+            }
+            if self.masks.is_none() && self.mask_generator.is_none() {
+                return Err(msg(format!(
+                    "--mask-step {step} selects per-step masks or seeds the mask generator; \
+                     give --masks or --mask-generator"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The boosters for `unet` (masks are checked against its layers).
     fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
         let freeu = match &self.freeu {
@@ -287,11 +374,27 @@ impl BoosterArgs {
             Some(path) => Some(Arc::new(MaskSet::load(path, unet.layers())?)),
             None => None,
         };
+        if let (Some(step), Some(m), None) = (self.mask_step, &masks, &mask_generator) {
+            let per_step = unet
+                .layers()
+                .keys()
+                .filter_map(|k| m.get(k))
+                .any(|w| w.steps.is_some());
+            if !per_step {
+                return Err(msg(format!(
+                    "--mask-step {step}: the masks of {} are the same at every step (none is \
+                     [steps, B, ..]), so it would change nothing",
+                    self.masks
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                )));
+            }
+        }
         Ok(Boosters {
             skip_scales,
             freeu,
             masks,
-            mask_step: self.mask_step,
+            mask_step: self.mask_step.unwrap_or(0),
             mask_generator,
         })
     }
@@ -325,6 +428,21 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 read.extend(model_paths(dir));
             }
             refuse_overwriting(&output, &read)?;
+            let route_timesteps = match (route_timesteps, &route) {
+                (Some(t), None) => {
+                    return Err(msg(format!(
+                        "--route-timesteps {t} applies to --route only (the timesteps routed \
+                         experts split between them)"
+                    )))
+                }
+                (Some(t), Some(_)) if !(1..=MAX_TRAIN_TIMESTEPS).contains(&t) => {
+                    return Err(msg(format!(
+                        "--route-timesteps {t}: must be 1 to {MAX_TRAIN_TIMESTEPS}"
+                    )))
+                }
+                (t, _) => t.unwrap_or(1000),
+            };
+            boosters.check(false)?;
             let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
@@ -370,7 +488,6 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 read.extend(model_paths(m));
             }
             refuse_overwriting(&output, &read)?;
-            let exec = device.open()?;
             let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext != "png" && ext != "safetensors" {
                 return Err(freelunch::Error::Msg(format!(
@@ -378,6 +495,29 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     output.display()
                 )));
             }
+            // Flags first, before anything is loaded.
+            if steps == 0 {
+                return Err(msg("--steps must be at least 1"));
+            }
+            if batch == Some(0) {
+                return Err(msg("--batch must be at least 1"));
+            }
+            if let Some(e) = eta {
+                if !(0.0..=1.0).contains(&finite("eta", e)?) {
+                    return Err(msg(format!("--eta {e}: must be a number from 0 to 1")));
+                }
+            }
+            if let Some(g) = guidance {
+                finite("guidance", g)?;
+                if cond.is_none() {
+                    return Err(msg(
+                        "--guidance needs --cond COND.safetensors with encoder_hidden_states \
+                         and uncond_hidden_states",
+                    ));
+                }
+            }
+            boosters.check(true)?;
+            let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
                 let (unet, config, origin) = match &model {
@@ -411,13 +551,37 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                         )))
                     }
                 };
+                let n = config.num_train_timesteps;
+                if steps > n {
+                    return Err(msg(format!(
+                        "--steps {steps}: the scheduler ({origin}) has num_train_timesteps = \
+                         {n}; give 1 to {n}"
+                    )));
+                }
+                if eta.is_some() && kind != SamplerKind::Ddim {
+                    return Err(msg(format!(
+                        "--eta applies to the DDIM sampler only; the {} sampler has no eta",
+                        short_name(kind)
+                    )));
+                }
+                let eta = eta.unwrap_or(0.0);
+                let stochastic = kind == SamplerKind::Ddpm || eta > 0.0;
+                if let (Some(seed), Some(p), false) = (seed, &noise, stochastic) {
+                    return Err(msg(format!(
+                        "--seed {seed} has no effect: the initial noise comes from --noise {} and \
+                         the {} sampler draws no noise of its own",
+                        p.display(),
+                        short_name(kind)
+                    )));
+                }
+                let seed = seed.unwrap_or(0);
                 let mut s = schedulers::build(kind, &config, steps, eta)?;
                 let c = unet.config.in_channels;
                 let noise = match noise {
                     Some(p) => {
                         let n = UNetInputs::load_tensor(&p, "sample")?;
                         match n.shape() {
-                            [_, ch, _, _] if *ch == c => n,
+                            [b, ch, _, _] if *ch == c && *b > 0 => n,
                             other => {
                                 return Err(freelunch::Error::input(
                                     "noise",
@@ -432,22 +596,28 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                                 "the model's config has no sample_size; give --noise".into(),
                             )
                         })?;
-                        if batch == 0 {
-                            return Err(freelunch::Error::Msg("--batch must be at least 1".into()));
-                        }
-                        Tensor::randn([batch, c, h, w], seed)
+                        let batch = batch.unwrap_or(16);
+                        plan_samples([batch, c, h, w], guidance.is_some())?;
+                        Tensor::try_randn([batch, c, h, w], seed)?
                     }
                 };
                 let conditioning = match &cond {
-                    Some(p) => Conditioning {
-                        encoder_hidden_states: UNetInputs::load_optional(
-                            p,
-                            "encoder_hidden_states",
-                        )?,
-                        uncond_hidden_states: UNetInputs::load_optional(p, "uncond_hidden_states")?,
-                        class_labels: UNetInputs::load_optional(p, "class_labels")?
-                            .map(Tensor::into_data),
-                    },
+                    Some(p) => {
+                        let c = Conditioning {
+                            encoder_hidden_states: UNetInputs::load_optional(
+                                p,
+                                "encoder_hidden_states",
+                            )?,
+                            uncond_hidden_states: UNetInputs::load_optional(
+                                p,
+                                "uncond_hidden_states",
+                            )?,
+                            class_labels: UNetInputs::load_optional(p, "class_labels")?
+                                .map(Tensor::into_data),
+                        };
+                        check_conditioning(&c, p, guidance.is_some())?;
+                        c
+                    }
                     None => Conditioning::default(),
                 };
                 let bar = indicatif::ProgressBar::new(s.timesteps().len() as u64);
@@ -460,8 +630,9 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 };
                 let model = Placed { model: unet, exec };
                 let out =
-                    schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(seed))?;
+                    schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(seed));
                 bar.finish_and_clear();
+                let out = out?;
                 if ext == "png" {
                     freelunch::image::save_png_grid(&output, &out)
                 } else {
@@ -469,21 +640,25 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 }
             })
         }
-        Command::Eval { images } => {
+        Command::Eval { images, no_fid } => {
             let images = UNetInputs::load_tensor(&images, "sample")?;
-            let mut clamped = images.clone();
-            clamped
-                .data_mut()
-                .iter_mut()
-                .for_each(|v| *v = v.clamp(-1.0, 1.0));
-            let out = freelunch::builtin::classifier()?.classify(&clamped)?;
-            let (mu, sigma) = freelunch::builtin::real_stats()?;
-            let (m, s) = freelunch::eval::gaussian(&out.features);
-            let fid = freelunch::eval::frechet_distance(&m, &s, &mu, &sigma);
-            let conf = freelunch::eval::mean_confidence(&out.logits);
-            println!("samples: {}", images.shape()[0]);
-            println!("fid: {fid:.3}");
-            println!("mean_confidence: {conf:.4}");
+            let min = freelunch::eval::MIN_FID_SAMPLES;
+            if let [b, 1, 28, 28] = images.shape() {
+                if (1..min).contains(b) && !no_fid {
+                    return Err(msg(format!(
+                        "{b} samples are too few for an FID: its {} features need at least \
+                         {min} samples for a non-singular covariance; sample more (--batch {min}) \
+                         or pass --no-fid for the mean confidence alone",
+                        freelunch::eval::FEATURES
+                    )));
+                }
+            }
+            let scores = freelunch::eval::score(&images, !no_fid)?;
+            println!("samples: {}", scores.samples);
+            if let Some(fid) = scores.fid {
+                println!("fid: {fid:.3}");
+            }
+            println!("mean_confidence: {:.4}", scores.mean_confidence);
             Ok(())
         }
         Command::Merge {
@@ -517,6 +692,7 @@ fn scheduler_beside(model: &std::path::Path) -> freelunch::Result<PathBuf> {
 fn load_reporting_unused(dir: &std::path::Path) -> freelunch::Result<UNet> {
     let files = ModelFiles::locate(dir)?;
     let config = UNetConfig::from_file(&files.config)?;
+    config.ensure_weights_fit()?;
     let mut ckpt = Checkpoint::load(&files.weights)?;
     let unet = UNet::load(config, &mut ckpt)?;
     let unused = ckpt.remaining();
@@ -558,4 +734,46 @@ fn thread_pool(threads: Option<usize>) -> freelunch::Result<rayon::ThreadPool> {
     builder
         .build()
         .map_err(|e| freelunch::Error::Msg(format!("cannot start the thread pool: {e}")))
+}
+
+/// Refuses a batch of samples of `shape` whose size overflows, or whose copies in the sampling
+/// loop (the latents, the model's input and output, the sampler's temporaries: about 8, 11
+/// under guidance, which doubles the model's batch) do not fit in the memory available. The
+/// model's own activations are planned by each forward call.
+fn plan_samples(shape: [usize; 4], guided: bool) -> freelunch::Result<()> {
+    let what = format!("--batch {}", shape[0]);
+    let n = freelunch::tensor::numel_of(&shape, &what)?;
+    let copies: u64 = if guided { 11 } else { 8 };
+    let bytes = (n as u64).saturating_mul(4).saturating_mul(copies);
+    freelunch::tensor::ensure_fits(
+        &format!("{what}: samples of shape {shape:?} (about {copies} copies in the sampling loop)"),
+        bytes,
+    )
+}
+
+/// The conditioning file holds something, and what guidance needs; an unconditional state
+/// that nothing would read is reported.
+fn check_conditioning(
+    c: &Conditioning,
+    path: &std::path::Path,
+    guided: bool,
+) -> freelunch::Result<()> {
+    let p = path.display();
+    if c.encoder_hidden_states.is_none()
+        && c.uncond_hidden_states.is_none()
+        && c.class_labels.is_none()
+    {
+        return Err(msg(format!(
+            "--cond {p} holds none of encoder_hidden_states, uncond_hidden_states, class_labels"
+        )));
+    }
+    if guided && (c.encoder_hidden_states.is_none() || c.uncond_hidden_states.is_none()) {
+        return Err(msg(format!(
+            "--guidance needs encoder_hidden_states and uncond_hidden_states in --cond {p}"
+        )));
+    }
+    if !guided && c.uncond_hidden_states.is_some() {
+        eprintln!("warning: --cond {p}: uncond_hidden_states is unused without --guidance");
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use crate::boosters::masks::MaskSet;
 use crate::cpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;
 
@@ -13,6 +13,14 @@ pub fn join(prefix: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{prefix}.{name}")
+    }
+}
+
+/// `e` with the layer's weight name in front (shape errors inside a kernel say which layer).
+fn in_layer(name: &str, e: Error) -> Error {
+    match e {
+        Error::Msg(m) => Error::Msg(format!("layer `{name}`: {m}")),
+        other => other,
     }
 }
 
@@ -64,17 +72,26 @@ impl Linear {
     }
 
     pub fn in_features(&self) -> usize {
-        self.weight.shape()[1]
+        self.weight.shape().get(1).copied().unwrap_or(0)
     }
 
+    /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        self.try_forward(x, lc)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// `x`: [B, ..., in]; shapes that do not agree and memory that cannot be had are errors
+    /// naming the layer.
+    pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(Tensor::data);
         match lc.masks.and_then(|m| m.get(&self.name)) {
             Some(m) => {
-                cpu::masked::masked_linear(x, &self.weight, bias, Some(&|b| m.view(lc.step, b)))
+                cpu::masked::try_masked_linear(x, &self.weight, bias, Some(&|b| m.view(lc.step, b)))
             }
-            None => cpu::masked::masked_linear(x, &self.weight, bias, None),
+            None => cpu::masked::try_masked_linear(x, &self.weight, bias, None),
         }
+        .map_err(|e| in_layer(&self.name, e))
     }
 }
 
@@ -119,19 +136,24 @@ impl Conv2d {
     }
 
     pub fn in_channels(&self) -> usize {
-        self.weight.shape()[1]
+        self.weight.shape().get(1).copied().unwrap_or(0)
     }
 
+    /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
+        self.try_forward(x, lc)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// `x`: [B, Cin, H, W]; shapes that do not agree and memory that cannot be had are errors
+    /// naming the layer.
+    pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(Tensor::data);
-        match lc.masks.and_then(|m| m.get(&self.name)) {
-            Some(m) => {
-                cpu::masked::masked_conv2d(x, &self.weight, bias, self.stride, self.padding, &|b| {
-                    m.view(lc.step, b)
-                })
-            }
-            None => cpu::conv2d(x, &self.weight, bias, self.stride, self.padding),
-        }
+        let mask = lc.masks.and_then(|m| m.get(&self.name));
+        let view = mask.map(|m| move |b| m.view(lc.step, b));
+        let mask_fn: Option<cpu::masked::MaskFn> = view.as_ref().map(|f| f as cpu::masked::MaskFn);
+        cpu::conv::try_conv2d_masked(x, &self.weight, bias, self.stride, self.padding, mask_fn)
+            .map_err(|e| in_layer(&self.name, e))
     }
 }
 
@@ -167,9 +189,14 @@ impl GroupNorm {
         })
     }
 
-    /// GroupNorm, then SiLU when `silu` (fused: one pass).
+    /// GroupNorm, then SiLU when `silu` (fused: one pass). Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Tensor {
-        cpu::group_norm(
+        self.try_forward(x, silu).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `forward`; shapes that do not agree and memory that cannot be had are errors.
+    pub fn try_forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        cpu::try_group_norm(
             x,
             self.groups,
             self.weight.data(),
@@ -198,8 +225,14 @@ impl LayerNorm {
         })
     }
 
+    /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        cpu::layer_norm(x, self.weight.data(), self.bias.data(), self.eps)
+        self.try_forward(x).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `forward`; shapes that do not agree and memory that cannot be had are errors.
+    pub fn try_forward(&self, x: &Tensor) -> Result<Tensor> {
+        cpu::try_layer_norm(x, self.weight.data(), self.bias.data(), self.eps)
     }
 }
 
@@ -218,9 +251,16 @@ impl Embedding {
     /// Rows for `indices`; an index outside the table is an error naming `what`.
     pub fn forward(&self, indices: &[f32], what: &str) -> Result<Tensor> {
         let [num, dim] = self.weight.shape()[..] else {
-            unreachable!("embedding weight is rank 2")
+            return Err(crate::Error::weight(
+                "class_embedding.weight",
+                format!(
+                    "expected a rank-2 table, got shape {:?}",
+                    self.weight.shape()
+                ),
+            ));
         };
-        let mut out = Vec::with_capacity(indices.len() * dim);
+        let n = crate::tensor::numel_of(&[indices.len(), dim], what)?;
+        let mut out = crate::tensor::try_vec_with_capacity(n, what)?;
         for &i in indices {
             if i < 0.0 || i.fract() != 0.0 || i as usize >= num {
                 return Err(crate::Error::input(

@@ -115,15 +115,20 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().collect())
 }
 
-/// Parameters loaded from safetensors files, widened to f32.
+/// Parameters loaded from safetensors files, widened to f32. Every parameter is finite: a file's
+/// are checked at load (an f16 weight that overflowed to inf included), those of
+/// `from_tensors` as the model builder takes them.
 #[derive(Default)]
 pub struct Checkpoint {
     tensors: BTreeMap<String, Tensor>,
+    /// Whether every tensor was checked finite at load.
+    checked: bool,
 }
 
 impl Checkpoint {
     pub fn load(files: &[PathBuf]) -> Result<Self> {
         let mut tensors = BTreeMap::new();
+        let mut source: BTreeMap<String, &Path> = BTreeMap::new();
         for file in files {
             for (name, stored) in safetensors_io::load(file)? {
                 if !stored.dtype.is_float() {
@@ -135,14 +140,40 @@ impl Checkpoint {
                         ),
                     ));
                 }
+                if let Err(bad) = safetensors_io::check_finite(&stored.tensor) {
+                    return Err(Error::weight(
+                        &name,
+                        format!(
+                            "{} holds {bad} (stored as {:?}); weights must be finite numbers",
+                            file.display(),
+                            stored.dtype
+                        ),
+                    ));
+                }
+                if let Some(first) = source.insert(name.clone(), file) {
+                    return Err(Error::weight(
+                        &name,
+                        format!(
+                            "stored twice, in {} and in {}",
+                            first.display(),
+                            file.display()
+                        ),
+                    ));
+                }
                 tensors.insert(name, stored.tensor);
             }
         }
-        Ok(Checkpoint { tensors })
+        Ok(Checkpoint {
+            tensors,
+            checked: true,
+        })
     }
 
     pub fn from_tensors(tensors: BTreeMap<String, Tensor>) -> Self {
-        Checkpoint { tensors }
+        Checkpoint {
+            tensors,
+            checked: false,
+        }
     }
 
     pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
@@ -190,6 +221,11 @@ impl WeightSource for Checkpoint {
             .resolve(name)
             .ok_or_else(|| Error::MissingWeight(name.to_string()))?;
         let t = self.tensors.remove(&key).expect("resolved key exists");
+        if !self.checked {
+            safetensors_io::check_finite(&t).map_err(|bad| {
+                Error::weight(name, format!("holds {bad}; weights must be finite numbers"))
+            })?;
+        }
         // A 1×1 convolution stored as a Linear weight (or the reverse) is the same parameter.
         let same_numel = t.numel() == shape.iter().product::<usize>();
         let squeezable = |a: &[usize], b: &[usize]| {

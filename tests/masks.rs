@@ -64,7 +64,7 @@ proptest! {
         let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
         let nb = if shared { 1 } else { b };
         let bytes = common::random_mask_bytes(nb * fout * fin, 0.7, seed ^ 3);
-        let mask = WeightMask::from_bytes(vec![fout, fin], None, (!shared).then_some(b), &bytes);
+        let mask = WeightMask::from_bytes(vec![fout, fin], None, (!shared).then_some(b), &bytes).unwrap();
         let got = masked::masked_linear(&x, &w, bias.then_some(&bv[..]), Some(&|s| mask.view(0, s)));
         for s in 0..b {
             let mb = &bytes[(if shared { 0 } else { s }) * fout * fin..][..fout * fin];
@@ -83,7 +83,7 @@ proptest! {
         let x = Tensor::randn([b, rows, fin], seed);
         let w = Tensor::randn([fout, fin], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([fout], seed ^ 2).data().to_vec();
-        let mask = WeightMask::from_bytes(vec![fout, fin], None, Some(b), &vec![1u8; b * fout * fin]);
+        let mask = WeightMask::from_bytes(vec![fout, fin], None, Some(b), &vec![1u8; b * fout * fin]).unwrap();
         let got = masked::masked_linear(&x, &w, Some(&bv), Some(&|s| mask.view(0, s)));
         prop_assert_eq!(got, masked::masked_linear(&x, &w, Some(&bv), None));
     }
@@ -97,7 +97,7 @@ proptest! {
         let x = Tensor::randn([b, cin, h, w], seed);
         let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
-        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &vec![1u8; b * wt.numel()]);
+        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &vec![1u8; b * wt.numel()]).unwrap();
         let got = masked::masked_conv2d(&x, &wt, Some(&bv), stride, pad, &|s| mask.view(0, s));
         prop_assert_eq!(got, cpu::conv2d(&x, &wt, Some(&bv), stride, pad));
     }
@@ -113,7 +113,7 @@ proptest! {
         let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
         let n = cout * cin * k * k;
         let bytes = common::random_mask_bytes(b * n, 0.6, seed ^ 3);
-        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes);
+        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes).unwrap();
         let got = masked::masked_conv2d(&x, &w, Some(&bv), stride, pad, &|s| mask.view(0, s));
         for s in 0..b {
             let wm = Tensor::new([cout, cin, k, k], naive_masked_rows(w.data(), &bytes[s * n..(s + 1) * n])).unwrap();
@@ -137,7 +137,7 @@ fn all_ones_masks_on_a_model_give_the_plain_output() {
         let n: usize = shape.iter().product();
         set.insert(
             name.clone(),
-            WeightMask::from_bytes(shape.clone(), None, Some(2), &vec![1u8; 2 * n]),
+            WeightMask::from_bytes(shape.clone(), None, Some(2), &vec![1u8; 2 * n]).unwrap(),
         );
     }
     let b = Boosters {
@@ -186,7 +186,7 @@ fn mask_errors() {
         unet.forward_with(&inputs, &b).unwrap_err().to_string()
     };
     let msg = call(
-        WeightMask::from_bytes(vec![16, 16], None, Some(3), &[1; 768]),
+        WeightMask::from_bytes(vec![16, 16], None, Some(3), &[1; 768]).unwrap(),
         0,
     );
     assert!(
@@ -194,7 +194,7 @@ fn mask_errors() {
         "{msg}"
     );
     let msg = call(
-        WeightMask::from_bytes(vec![16, 16], Some(2), Some(2), &[1; 1024]),
+        WeightMask::from_bytes(vec![16, 16], Some(2), Some(2), &[1; 1024]).unwrap(),
         2,
     );
     assert!(msg.contains("2 steps") && msg.contains("step 2"), "{msg}");

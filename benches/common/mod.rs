@@ -72,7 +72,8 @@ pub fn official_masks(
             .map(|_| u8::from(rng.uniform() < 0.9))
             .collect();
         let mask =
-            WeightMask::from_bytes(vec![out, inp], None, per_sample.then_some(batch), &bytes);
+            WeightMask::from_bytes(vec![out, inp], None, per_sample.then_some(batch), &bytes)
+                .unwrap();
         set.insert(name, mask);
     }
     set

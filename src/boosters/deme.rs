@@ -91,7 +91,10 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
         .collect();
     crate::output::refuse_inputs_as_outputs(&[&config_out, &weights_out], &inputs)?;
 
-    let theta0 = Checkpoint::load(&base_files.weights)?.into_tensors();
+    // Every tensor of every checkpoint is finite (`Checkpoint::load`); an error names whose.
+    let theta0 = Checkpoint::load(&base_files.weights)
+        .map_err(|e| Error::Msg(format!("base {}: {e}", base_files.dir.display())))?
+        .into_tensors();
     let base_share = 1.0 - weights.iter().map(|&w| w as f64).sum::<f64>();
     let mut acc: BTreeMap<String, Vec<f64>> = theta0
         .iter()
@@ -102,8 +105,13 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
             )
         })
         .collect();
-    for (files, &w) in expert_files.iter().zip(weights) {
-        let mut theta = Checkpoint::load(&files.weights)?.into_tensors();
+    let load_expert = |i: usize, files: &ModelFiles| {
+        Checkpoint::load(&files.weights)
+            .map(Checkpoint::into_tensors)
+            .map_err(|e| Error::Msg(format!("expert {} ({}): {e}", i + 1, files.dir.display())))
+    };
+    for (i, (files, &w)) in expert_files.iter().zip(weights).enumerate() {
+        let mut theta = load_expert(i, files)?;
         for (name, sum) in acc.iter_mut() {
             let t = theta.remove(name).ok_or_else(|| {
                 Error::Msg(format!(
@@ -130,17 +138,25 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
             )));
         }
     }
-    let merged: Vec<(String, Tensor)> = acc
-        .into_iter()
-        .map(|(k, v)| {
-            let shape = theta0[&k].shape().to_vec();
-            let data = v.into_iter().map(|x| x as f32).collect();
-            (
-                k,
-                Tensor::new(shape, data).expect("shape of the base tensor"),
-            )
-        })
-        .collect();
+    let mut merged: Vec<(String, Tensor)> = Vec::with_capacity(acc.len());
+    for (k, v) in acc {
+        let shape = theta0[&k].shape().to_vec();
+        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        if let Some((j, _)) = safetensors_io::first_non_finite(&data) {
+            return Err(overflow_error(
+                &k,
+                &shape,
+                j,
+                v[j],
+                base_share * theta0[&k].data()[j] as f64,
+                &expert_files,
+                weights,
+                &load_expert,
+            ));
+        }
+        let t = Tensor::new(shape, data).expect("shape of the base tensor");
+        merged.push((k, t));
+    }
     let config = std::fs::read(&base_files.config).map_err(|e| Error::io(&base_files.config, e))?;
     let refs: Vec<(&str, &Tensor)> = merged.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let weights = safetensors_io::serialize(&refs, &weights_out)?;
@@ -156,6 +172,54 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
         out,
         vec![write(config, config_out), write(weights, weights_out)],
     )
+}
+
+/// Loads expert i's tensors (the merge's loader, whose errors name the expert).
+type ExpertLoader<'a> = dyn Fn(usize, &ModelFiles) -> Result<BTreeMap<String, Tensor>> + 'a;
+
+/// The error of a merged value `value` at flat index `j` of tensor `name` that overflows f32,
+/// naming the term that dominates it (the base's share or an expert's weighted value; the experts
+/// are read again, as this is the failure path only).
+#[allow(clippy::too_many_arguments)]
+fn overflow_error(
+    name: &str,
+    shape: &[usize],
+    j: usize,
+    value: f64,
+    base_term: f64,
+    experts: &[ModelFiles],
+    weights: &[f32],
+    load: &ExpertLoader,
+) -> Error {
+    let mut culprit = (
+        base_term.abs(),
+        format!(
+            "the base's share 1 − Σw = {:e}",
+            1.0 - weights.iter().map(|&w| w as f64).sum::<f64>()
+        ),
+    );
+    for (i, (files, &w)) in experts.iter().zip(weights).enumerate() {
+        let Ok(theta) = load(i, files) else { continue };
+        if let Some(v) = theta.get(name).and_then(|t| t.data().get(j)) {
+            let term = w as f64 * *v as f64;
+            if term.abs() > culprit.0 {
+                culprit = (
+                    term.abs(),
+                    format!(
+                        "expert {} ({}), weight {w:e} × value {v:e}",
+                        i + 1,
+                        files.dir.display()
+                    ),
+                );
+            }
+        }
+    }
+    Error::Msg(format!(
+        "merged `{name}` is {value:e} at index {:?}, which overflows f32; its largest term is \
+         {}: merge weights that large make no model",
+        safetensors_io::index_of(shape, j),
+        culprit.1
+    ))
 }
 
 /// Unmerged experts, each serving its share of the timesteps (low timesteps first).
@@ -213,6 +277,11 @@ impl Denoiser for Router {
 impl Runnable for Router {
     fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         let b = inputs.sample.shape().first().copied().unwrap_or(0);
+        let n_t = inputs.timesteps.len();
+        if b == 0 || (n_t != 1 && n_t != b) {
+            // Nothing to route by: the expert's own input checks say what is wrong.
+            return self.experts[0].run(exec, inputs, boosters);
+        }
         let expert_of = |i: usize| {
             let t = if inputs.timesteps.len() == 1 {
                 inputs.timesteps[0]

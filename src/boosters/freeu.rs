@@ -16,6 +16,9 @@ pub enum FreeUBlocks {
     Channels,
 }
 
+/// The largest FreeU threshold: a window wider than any image covers every frequency.
+pub const MAX_THRESHOLD: usize = 1 << 16;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct FreeU {
     pub b1: f32,
@@ -58,15 +61,24 @@ impl FreeU {
         Ok(FreeU::new(b1, b2, s1, s2))
     }
 
+    /// Refuses factors that are not finite or not within ±`MAX_FACTOR` (they would overflow the
+    /// features they scale), and a threshold outside 1..=`MAX_THRESHOLD`.
     pub fn validate(&self) -> Result<()> {
-        if [self.b1, self.b2, self.s1, self.s2]
-            .iter()
-            .any(|v| !v.is_finite())
-        {
-            return Err(Error::Msg("FreeU factors must be finite numbers".into()));
+        let named = [
+            ("b1", self.b1),
+            ("b2", self.b2),
+            ("s1", self.s1),
+            ("s2", self.s2),
+        ];
+        for (name, v) in named {
+            crate::boosters::check_factor(&format!("FreeU {name}"), v)?;
         }
-        if self.threshold == 0 {
-            return Err(Error::Msg("FreeU threshold must be at least 1".into()));
+        if self.threshold == 0 || self.threshold > MAX_THRESHOLD {
+            return Err(Error::Msg(format!(
+                "FreeU threshold {} is outside 1..={MAX_THRESHOLD} (it is the half-width of \
+                 the low-frequency window, in frequencies)",
+                self.threshold
+            )));
         }
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::models::unet_2d::UNet;
 use crate::nn::{LayerCtx, Linear};
 use crate::rng::Rng;
+use crate::safetensors_io::{first_non_finite, non_finite_words};
 use crate::tensor::Tensor;
 use crate::weights::{Checkpoint, WeightSource};
 
@@ -156,7 +157,9 @@ impl MaskGenerator {
     }
 
     /// The masks of up block `i`'s layers for this call, from the block's input `sample`, the
-    /// skip its first resnet takes, and the time embedding `emb` ([B, T], before SiLU).
+    /// skip its first resnet takes, and the time embedding `emb` ([B, T], before SiLU); `None`
+    /// for a block without masked layers. A NaN or infinity in the hyper-network's features or
+    /// logits is an error naming the module (a mask would silently drop those weights).
     pub fn block_masks(
         &self,
         i: usize,
@@ -164,8 +167,18 @@ impl MaskGenerator {
         skip: &Tensor,
         emb: &Tensor,
         step: usize,
-    ) -> Option<MaskSet> {
-        let g = self.blocks.get(&i)?;
+    ) -> Result<Option<MaskSet>> {
+        let Some(g) = self.blocks.get(&i) else {
+            return Ok(None);
+        };
+        let finite = |what: String, data: &[f32], shape: &[usize]| match first_non_finite(data) {
+            None => Ok(()),
+            Some(bad) => Err(Error::Msg(format!(
+                "non-finite value in the mask generator: `{what}` holds {}; its inputs were \
+                 finite, so values overflow f32 there",
+                non_finite_words(shape, bad)
+            ))),
+        };
         let lc = LayerCtx::default();
         let b = sample.shape()[0];
         let mut x = Vec::with_capacity(b * (sample.shape()[1] + skip.shape()[1]));
@@ -184,7 +197,17 @@ impl MaskGenerator {
             t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
             t
         };
+        finite(
+            format!("mask_generators.{i}.proj_temb"),
+            x.data(),
+            x.shape(),
+        )?;
         let m = relu(g.conv2.forward(&relu(g.conv0.forward(&x, lc)), lc));
+        finite(
+            format!("mask_generators.{i}.conv_kernel_mask"),
+            m.data(),
+            m.shape(),
+        )?;
         let (o4, i4) = (g.o4, g.i4);
         let mut set = MaskSet::new();
         for a in &g.adapters {
@@ -227,6 +250,11 @@ impl MaskGenerator {
                     1.0,
                     Threads::Pool,
                 );
+                finite(
+                    format!("adapters.{i} (logits of `{}`)", a.weight_name),
+                    &logits,
+                    &[out_f, in_f],
+                )?;
                 let dst = &mut bytes[bi * out_f * in_f..(bi + 1) * out_f * in_f];
                 match self.gumbel {
                     Gumbel::Off => {
@@ -245,10 +273,10 @@ impl MaskGenerator {
             }
             set.insert(
                 a.weight_name.clone(),
-                WeightMask::from_bytes(vec![out_f, in_f], None, Some(b), &bytes),
+                WeightMask::from_bytes(vec![out_f, in_f], None, Some(b), &bytes)?,
             );
         }
-        Some(set)
+        Ok(Some(set))
     }
 }
 

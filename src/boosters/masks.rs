@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors};
+use safetensors::tensor::Dtype;
 
 use crate::error::{Error, Result};
 
@@ -74,18 +74,54 @@ impl WeightMask {
         self.shape[1..].iter().product()
     }
 
-    /// Builds packed masks from one byte per element (`[steps][batch][weight...]` flattened).
+    /// Builds packed masks from one byte per element (`[steps][batch][weight...]` flattened):
+    /// exactly `steps × batch × weight elements` bytes (`None` counting 1), or an error saying
+    /// how many were given and needed. Whether `shape` is the shape of the weight the mask is
+    /// attached to is checked when a model uses it (`MaskSet::check_layers`).
     pub fn from_bytes(
         shape: Vec<usize>,
         steps: Option<usize>,
         batch: Option<usize>,
         bytes: &[u8],
-    ) -> Self {
+    ) -> Result<Self> {
+        let bad = |msg: String| Error::Msg(format!("mask for a weight of shape {shape:?}: {msg}"));
+        if shape.is_empty() || shape.contains(&0) {
+            return Err(bad(
+                "a weight shape has at least one dimension, none of them 0".into(),
+            ));
+        }
+        if steps == Some(0) || batch == Some(0) {
+            return Err(bad(format!(
+                "{steps:?} steps and {batch:?} samples: a count given must be at least 1"
+            )));
+        }
+        let sizes = steps
+            .unwrap_or(1)
+            .checked_mul(batch.unwrap_or(1))
+            .and_then(|count| {
+                let need = shape.iter().try_fold(count, |a, &d| a.checked_mul(d))?;
+                Some((count, need))
+            });
+        let Some((count, need)) = sizes else {
+            return Err(bad("too many mask elements to address".into()));
+        };
+        // Both fit: each is at most `need`.
         let rows = shape[0];
         let row_len: usize = shape[1..].iter().product();
         let row_words = row_len.div_ceil(64);
-        let count = steps.unwrap_or(1) * batch.unwrap_or(1) * rows;
-        let mut bits = vec![0u64; count * row_words];
+        let words = count * rows * row_words;
+        if bytes.len() != need {
+            return Err(bad(format!(
+                "{} bytes given; {need} needed (one per weight element{}{})",
+                bytes.len(),
+                steps.map_or(String::new(), |s| format!(", × {s} steps")),
+                batch.map_or(String::new(), |b| format!(", × {b} samples")),
+            )));
+        }
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(words)
+            .map_err(|_| bad(format!("cannot allocate {words} words of mask bits")))?;
+        bits.resize(words, 0u64);
         for (row_bits, row_bytes) in bits.chunks_mut(row_words).zip(bytes.chunks(row_len)) {
             for (i, &b) in row_bytes.iter().enumerate() {
                 if b != 0 {
@@ -93,14 +129,45 @@ impl WeightMask {
                 }
             }
         }
-        WeightMask {
+        Ok(WeightMask {
             shape,
             steps,
             batch,
             row_words,
             bits,
             uid: crate::nn::fresh_uid(),
+        })
+    }
+
+    /// Checks the mask against the weight it is attached to (`name`, of `weight_shape`), and
+    /// its bits against its own (public, so changeable) shape, steps and batch.
+    pub fn check_weight(&self, name: &str, weight_shape: &[usize]) -> Result<()> {
+        if self.shape != weight_shape {
+            return Err(Error::Msg(format!(
+                "mask `{name}` is for a weight of shape {:?} (rank {}); `{name}` has shape \
+                 {weight_shape:?} (rank {})",
+                self.shape,
+                self.shape.len(),
+                weight_shape.len()
+            )));
         }
+        let per = self.rows().checked_mul(self.row_len().div_ceil(64));
+        let words = per.and_then(|p| {
+            p.checked_mul(self.steps.unwrap_or(1))?
+                .checked_mul(self.batch.unwrap_or(1))
+        });
+        let consistent = self.row_words == self.row_len().div_ceil(64)
+            && words == Some(self.bits.len())
+            && self.steps != Some(0)
+            && self.batch != Some(0);
+        if !consistent {
+            return Err(Error::Msg(format!(
+                "mask `{name}`: its bits do not match its shape {:?}, {:?} steps and {:?} \
+                 samples (changed after `WeightMask::from_bytes`?)",
+                self.shape, self.steps, self.batch
+            )));
+        }
+        Ok(())
     }
 
     /// The mask sample `b` uses at sampler step `step`.
@@ -160,10 +227,7 @@ impl MaskSet {
         origin: &str,
         layers: &BTreeMap<String, Vec<usize>>,
     ) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors {
-            origin: origin.to_string(),
-            msg: e.to_string(),
-        })?;
+        let st = crate::safetensors_io::deserialize(bytes, origin)?;
         let bad =
             |name: &str, msg: String| Error::Msg(format!("mask file {origin}: `{name}`: {msg}"));
         let mut set = MaskSet::new();
@@ -200,12 +264,33 @@ impl MaskSet {
             if steps == Some(0) || batch == Some(0) {
                 return Err(bad(&name, format!("empty shape {shape:?}")));
             }
-            set.insert(
-                name,
-                WeightMask::from_bytes(wshape.clone(), steps, batch, view.data()),
-            );
+            let mask = WeightMask::from_bytes(wshape.clone(), steps, batch, view.data())
+                .map_err(|e| bad(&name, e.to_string()))?;
+            set.insert(name, mask);
         }
         Ok(set)
+    }
+
+    /// Checks every mask against the model it is used with, whose maskable weights are `layers`
+    /// (name → shape): a mask under a name the model does not have, or of another shape than
+    /// its weight, is an error naming it.
+    pub fn check_layers(&self, layers: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        for (name, m) in &self.masks {
+            let Some(shape) = layers.get(name) else {
+                let hint = if layers.contains_key(&format!("{name}.weight")) {
+                    format!(" (did you mean `{name}.weight`?)")
+                } else {
+                    String::new()
+                };
+                return Err(Error::Msg(format!(
+                    "mask `{name}` names no linear or convolution weight of this model{hint}; \
+                     masks are keyed by weight names such as `{}`",
+                    layers.keys().next().map_or("", String::as_str)
+                )));
+            };
+            m.check_weight(name, shape)?;
+        }
+        Ok(())
     }
 
     /// Checks the masks against a call with batch `batch` at sampler step `step`.

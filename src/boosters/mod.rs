@@ -33,6 +33,26 @@ pub struct Boosters {
     pub mask_generator: Option<Arc<mask_generator::MaskGenerator>>,
 }
 
+/// The largest magnitude a booster factor (FreeU's b and s, a skip scale) may have: the published
+/// values lie within 0.2–1.6, and a factor much larger overflows the features it scales.
+pub const MAX_FACTOR: f32 = 1e4;
+
+/// Refuses a booster factor that is not finite or not within ±`MAX_FACTOR`, naming it.
+pub fn check_factor(what: &str, v: f32) -> Result<()> {
+    if !v.is_finite() {
+        return Err(crate::Error::Msg(format!(
+            "{what} = {v}: booster factors must be finite numbers"
+        )));
+    }
+    if v.abs() > MAX_FACTOR {
+        return Err(crate::Error::Msg(format!(
+            "{what} = {v} is outside ±{MAX_FACTOR}: a factor that large overflows the features \
+             it scales (published values lie within 0.2–1.6)"
+        )));
+    }
+    Ok(())
+}
+
 /// Where in the decoder a skip is being joined.
 #[derive(Clone, Copy, Debug)]
 pub struct SkipSite {

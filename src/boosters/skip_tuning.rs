@@ -35,8 +35,14 @@ impl SkipScales {
                 v.clone()
             }
         };
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err(Error::Msg("skip scales must be finite numbers".into()));
+        for (j, &v) in values.iter().enumerate() {
+            let what = match self {
+                SkipScales::Linear { .. } => {
+                    ["Skip-Tuning rho_top", "Skip-Tuning rho_bottom"][j].into()
+                }
+                SkipScales::Explicit(_) => format!("skip scale {j}"),
+            };
+            crate::boosters::check_factor(&what, v)?;
         }
         Ok(())
     }

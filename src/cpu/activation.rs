@@ -2,7 +2,8 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{try_zeroed_vec, Tensor};
 
 const PAR_CHUNK: usize = 1 << 14;
 
@@ -24,6 +25,13 @@ pub fn silu(x: &Tensor) -> Tensor {
     y
 }
 
+/// As `silu`, allocated fallibly.
+pub fn try_silu(x: &Tensor) -> Result<Tensor> {
+    let mut y = x.try_clone()?;
+    silu_inplace(y.data_mut());
+    Ok(y)
+}
+
 pub fn gelu(x: &Tensor) -> Tensor {
     let mut y = x.clone();
     y.data_mut()
@@ -33,11 +41,30 @@ pub fn gelu(x: &Tensor) -> Tensor {
 }
 
 /// diffusers' GEGLU after its projection: `x` is [..., 2·d]; returns `x[..., :d] * gelu(x[..., d:])`.
+/// Panics where `try_geglu` errs.
 pub fn geglu(x: &Tensor) -> Tensor {
-    let two_d = *x.shape().last().unwrap();
+    try_geglu(x).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `geglu`; a last dimension that is not even and positive is an error.
+pub fn try_geglu(x: &Tensor) -> Result<Tensor> {
+    let two_d = match x.shape().last() {
+        Some(&n) if n > 0 && n % 2 == 0 => n,
+        _ => {
+            return Err(Error::Msg(format!(
+                "geglu: the last dimension must be even and positive, got shape {:?}",
+                x.shape()
+            )))
+        }
+    };
     let d = two_d / 2;
     let rows = x.numel() / two_d;
-    let mut out = vec![0.0; rows * d];
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank ≥ 1") = d;
+    let mut out = try_zeroed_vec(rows * d, "geglu output")?;
+    if out.is_empty() {
+        return Ok(Tensor::from_parts(shape, out));
+    }
     out.par_chunks_mut(d)
         .zip(x.data().par_chunks(two_d))
         .for_each(|(o, row)| {
@@ -46,7 +73,5 @@ pub fn geglu(x: &Tensor) -> Tensor {
                 *o = h * gelu_scalar(g);
             }
         });
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = d;
-    Tensor::from_parts(shape, out)
+    Ok(Tensor::from_parts(shape, out))
 }

@@ -7,67 +7,120 @@ use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat, Threads};
 use super::SendPtr;
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
 
 const ROW_BLOCK: usize = 128;
 
-/// `q`: [B, N, heads·dh], `k`, `v`: [B, M, heads·dh]; returns [B, N, heads·dh].
+/// `q`: [B, N, heads·dh], `k`, `v`: [B, M, heads·dh]; returns [B, N, heads·dh]. Panics where
+/// `try_attention` errs.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f32) -> Tensor {
+    try_attention(q, k, v, heads, scale).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The score rows one task holds at once: what attention needs beyond its output, per thread.
+pub fn scores_per_task(n: usize, m: usize) -> Option<usize> {
+    n.min(ROW_BLOCK).checked_mul(m)
+}
+
+/// As `attention`; shapes that do not agree and memory that cannot be had are errors.
+pub fn try_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let bad = |msg: String| Err(Error::Msg(format!("attention: {msg}")));
     let [b, n, inner] = q.shape()[..] else {
-        panic!("attention: q rank 3")
+        return bad(format!("q must be rank 3 [B, N, C], got {:?}", q.shape()));
     };
-    let m = k.shape()[1];
+    let m = match (k.shape(), v.shape()) {
+        ([kb, m, kc], [vb, vm, vc])
+            if *kb == b && *vb == b && *vm == *m && *kc == inner && *vc == inner =>
+        {
+            *m
+        }
+        _ => {
+            return bad(format!(
+                "q {:?}, k {:?} and v {:?} do not agree (k and v must be [{b}, M, {inner}])",
+                q.shape(),
+                k.shape(),
+                v.shape()
+            ))
+        }
+    };
+    if heads == 0 || inner % heads != 0 {
+        return bad(format!("{heads} heads do not divide {inner} channels"));
+    }
     let dh = inner / heads;
-    let mut out = vec![0.0f32; b * n * inner];
+    let out_len = numel_of(&[b, n, inner], "attention output")?;
+    let per_task = scores_per_task(n, m).ok_or_else(|| Error::TooLarge {
+        what: "attention scores".into(),
+        detail: format!("{n} × {m}"),
+    })?;
+    numel_of(
+        &[per_task, rayon::current_num_threads()],
+        "attention scores",
+    )?;
+    let mut out = try_zeroed_vec(out_len, "attention output")?;
+    if out_len == 0 {
+        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+    }
     // Each task owns the rows [r0, r1) of one head of one sample: disjoint column strips of
     // `out`, which safe chunking cannot express, so tasks write through a shared pointer.
     let blocks = n.div_ceil(ROW_BLOCK);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_len = out.len();
-    (0..b * heads * blocks).into_par_iter().for_each(|task| {
-        let (bh, blk) = (task / blocks, task % blocks);
-        let (bi, h) = (bh / heads, bh % heads);
-        let (r0, r1) = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(n));
-        let rows = r1 - r0;
-        let mut scores = vec![0.0f32; rows * m];
-        sgemm(
-            rows,
-            m,
-            dh,
-            q.data(),
-            Mat::row_major((bi * n + r0) * inner + h * dh, inner),
-            k.data(),
-            Mat::transposed(bi * m * inner + h * dh, inner),
-            &mut scores,
-            Mat::row_major(0, m),
-            false,
-            scale,
-            Threads::Single,
-        );
-        scores.chunks_mut(m).for_each(super::vector::softmax_row);
-        let mut o = vec![0.0f32; rows * dh];
-        sgemm(
-            rows,
-            dh,
-            m,
-            &scores,
-            Mat::row_major(0, m),
-            v.data(),
-            Mat::row_major(bi * m * inner + h * dh, inner),
-            &mut o,
-            Mat::row_major(0, dh),
-            false,
-            1.0,
-            Threads::Single,
-        );
-        let base = (bi * n + r0) * inner + h * dh;
-        for (r, src) in o.chunks(dh).enumerate() {
-            let start = base + r * inner;
-            assert!(start + dh <= out_len);
-            // SAFETY: in bounds (checked), and no other task writes row r0+r of head h of
-            // sample bi.
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(start), dh) };
-        }
-    });
-    Tensor::from_parts(vec![b, n, inner], out)
+    (0..b * heads * blocks)
+        .into_par_iter()
+        .try_for_each(|task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, h) = (bh / heads, bh % heads);
+            let (r0, r1) = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(n));
+            let rows = r1 - r0;
+            let mut scores = try_zeroed_vec(rows * m, "attention scores")?;
+            sgemm(
+                rows,
+                m,
+                dh,
+                q.data(),
+                Mat::row_major((bi * n + r0) * inner + h * dh, inner),
+                k.data(),
+                Mat::transposed(bi * m * inner + h * dh, inner),
+                &mut scores,
+                Mat::row_major(0, m),
+                false,
+                scale,
+                Threads::Single,
+            );
+            scores.chunks_mut(m).for_each(super::vector::softmax_row);
+            let mut o = vec![0.0f32; rows * dh];
+            sgemm(
+                rows,
+                dh,
+                m,
+                &scores,
+                Mat::row_major(0, m),
+                v.data(),
+                Mat::row_major(bi * m * inner + h * dh, inner),
+                &mut o,
+                Mat::row_major(0, dh),
+                false,
+                1.0,
+                Threads::Single,
+            );
+            let base = (bi * n + r0) * inner + h * dh;
+            for (r, src) in o.chunks(dh).enumerate() {
+                let start = base + r * inner;
+                assert!(start + dh <= out_len);
+                // SAFETY: in bounds (checked), and no other task writes row r0+r of head h of
+                // sample bi.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(start), dh)
+                };
+            }
+            Ok(())
+        })?;
+    Ok(Tensor::from_parts(vec![b, n, inner], out))
 }

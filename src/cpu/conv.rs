@@ -21,7 +21,8 @@ use rayon::prelude::*;
 use super::gemm::{sgemm, Mat, Threads};
 use super::masked::MaskFn;
 use super::SendPtr;
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
 
 /// Most output channels per task (one weight tile); tiles are split evenly below this.
 pub const TILE: usize = 64;
@@ -46,7 +47,8 @@ impl Padding {
     }
 }
 
-/// `x`: [B, Cin, H, W]; `weight`: [Cout, Cin, kh, kw]; returns [B, Cout, Ho, Wo].
+/// `x`: [B, Cin, H, W]; `weight`: [Cout, Cin, kh, kw]; returns [B, Cout, Ho, Wo]. Panics
+/// where `try_conv2d` errs.
 pub fn conv2d(
     x: &Tensor,
     weight: &Tensor,
@@ -57,7 +59,20 @@ pub fn conv2d(
     conv2d_masked(x, weight, bias, stride, pad, None)
 }
 
-/// As `conv2d`, sample b using `W ⊙ mask(b)` when a mask is given.
+/// As `conv2d`; shapes that do not agree, sizes that overflow and memory that cannot be had are
+/// errors.
+pub fn try_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+) -> Result<Tensor> {
+    try_conv2d_masked(x, weight, bias, stride, pad, None)
+}
+
+/// As `conv2d`, sample b using `W ⊙ mask(b)` when a mask is given. Panics where
+/// `try_conv2d_masked` errs.
 pub fn conv2d_masked(
     x: &Tensor,
     weight: &Tensor,
@@ -66,30 +81,106 @@ pub fn conv2d_masked(
     pad: Padding,
     mask: Option<MaskFn>,
 ) -> Tensor {
+    try_conv2d_masked(x, weight, bias, stride, pad, mask).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn conv_error(msg: String) -> Error {
+    Error::Msg(format!("conv2d: {msg}"))
+}
+
+fn too_large(what: &str) -> Error {
+    Error::TooLarge {
+        what: format!("conv2d {what}"),
+        detail: "its size overflows".into(),
+    }
+}
+
+/// One output dimension, `(in + pads − k) / stride + 1`, or an error when the kernel does not
+/// fit in the padded input.
+fn out_dim(
+    input: usize,
+    pads: (usize, usize),
+    k: usize,
+    stride: usize,
+    axis: &str,
+) -> Result<usize> {
+    let padded = input
+        .checked_add(pads.0)
+        .and_then(|v| v.checked_add(pads.1))
+        .ok_or_else(|| too_large("padding"))?;
+    if k == 0 || padded < k {
+        return Err(conv_error(format!(
+            "a {k}-wide kernel does not fit in {axis} = {input} padded by {} + {}",
+            pads.0, pads.1
+        )));
+    }
+    Ok((padded - k) / stride + 1)
+}
+
+/// As `conv2d_masked`, with every shape and size checked first and every large buffer allocated
+/// fallibly.
+pub fn try_conv2d_masked(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+    mask: Option<MaskFn>,
+) -> Result<Tensor> {
     let [b, cin, h, w] = x.shape()[..] else {
-        panic!("conv2d: input must be rank 4")
+        return Err(conv_error(format!(
+            "input must be a rank-4 [B, C, H, W] tensor, got shape {:?}",
+            x.shape()
+        )));
     };
     let [cout, wcin, kh, kw] = weight.shape()[..] else {
-        panic!("conv2d: weight must be rank 4")
+        return Err(conv_error(format!(
+            "weight must be rank 4, got shape {:?}",
+            weight.shape()
+        )));
     };
-    assert_eq!(cin, wcin, "conv2d: channels");
-    let ho = (h + pad.top + pad.bottom - kh) / stride + 1;
-    let wo = (w + pad.left + pad.right - kw) / stride + 1;
+    if cin != wcin {
+        return Err(conv_error(format!(
+            "input {:?} has {cin} channels, weight {:?} takes {wcin}",
+            x.shape(),
+            weight.shape()
+        )));
+    }
+    if stride == 0 {
+        return Err(conv_error("stride 0".into()));
+    }
+    if let Some(bv) = bias {
+        if bv.len() != cout {
+            return Err(conv_error(format!(
+                "{} bias values for {cout} output channels",
+                bv.len()
+            )));
+        }
+    }
+    let ho = out_dim(h, (pad.top, pad.bottom), kh, stride, "H")?;
+    let wo = out_dim(w, (pad.left, pad.right), kw, stride, "W")?;
+    let out_len = crate::tensor::numel_of(&[b, cout, ho, wo], "conv2d output")?;
+    if out_len == 0 {
+        return Ok(Tensor::from_parts(vec![b, cout, ho, wo], Vec::new()));
+    }
+    let row_len = cin
+        .checked_mul(kh)
+        .and_then(|v| v.checked_mul(kw))
+        .ok_or_else(|| too_large("weight rows"))?;
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
     let layout = if same && kh > 1 {
-        Layout::Shifted(ShiftedInput::new(x, kh))
+        Layout::Shifted(ShiftedInput::new(x, kh)?)
     } else if same {
         Layout::Pointwise
     } else {
         Layout::Patches
     };
-    let row_len = cin * kh * kw;
     let tiles = cout.div_ceil(TILE);
     let tile_rows = cout.div_ceil(tiles);
     let chunks = layout.chunks(b, ho * wo);
-    let mut out = vec![0.0f32; b * cout * ho * wo];
-    let acc_len = layout.acc_len(b, cout);
-    let mut acc = vec![0.0f32; acc_len];
+    let mut out = try_zeroed_vec(out_len, "conv2d output")?;
+    let acc_len = layout.acc_len(b, cout)?;
+    let mut acc = try_zeroed_vec(acc_len, "conv2d accumulator")?;
     // Tasks write disjoint parts of `acc` (Shifted: its position rows q0..q1, columns of their
     // tile) or of `out` (other layouts: their sample's tile rows): column strips safe chunking
     // cannot express.
@@ -97,15 +188,21 @@ pub fn conv2d_masked(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_len = out.len();
     let patches: Vec<Vec<f32>> = match layout {
-        Layout::Patches => (0..b)
-            .into_par_iter()
-            .map(|bi| {
-                let mut col = vec![0.0f32; row_len * ho * wo];
-                let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
-                im2col(xs, &mut col, (h, w), (kh, kw), stride, pad, (ho, wo));
-                col
-            })
-            .collect(),
+        Layout::Patches => {
+            let col_len = row_len
+                .checked_mul(ho * wo)
+                .ok_or_else(|| too_large("patch matrix"))?;
+            numel_of(&[b, col_len], "conv2d patch matrix")?;
+            (0..b)
+                .into_par_iter()
+                .map(|bi| {
+                    let mut col = try_zeroed_vec(col_len, "conv2d patch matrix")?;
+                    let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
+                    im2col(xs, &mut col, (h, w), (kh, kw), stride, pad, (ho, wo));
+                    Ok(col)
+                })
+                .collect::<Result<_>>()?
+        }
         _ => Vec::new(),
     };
     (0..b * tiles * chunks.per_sample)
@@ -184,7 +281,7 @@ pub fn conv2d_masked(
     if let Layout::Shifted(s) = &layout {
         s.copy_out(&acc, &mut out, b, cout);
     }
-    Tensor::from_parts(vec![b, cout, ho, wo], out)
+    Ok(Tensor::from_parts(vec![b, cout, ho, wo], out))
 }
 
 enum Layout {
@@ -225,10 +322,10 @@ impl Layout {
         }
     }
 
-    fn acc_len(&self, b: usize, cout: usize) -> usize {
+    fn acc_len(&self, b: usize, cout: usize) -> Result<usize> {
         match self {
-            Layout::Shifted(s) => (b * s.sample_stride) * cout,
-            _ => 0,
+            Layout::Shifted(s) => numel_of(&[b, s.sample_stride, cout], "conv2d accumulator"),
+            _ => Ok(0),
         }
     }
 }
@@ -249,15 +346,30 @@ struct ShiftedInput {
 }
 
 impl ShiftedInput {
-    fn new(x: &Tensor, k: usize) -> Self {
+    /// `x` is rank 4 with H, W ≥ 1 (the caller checked the kernel fits).
+    fn new(x: &Tensor, k: usize) -> Result<Self> {
         let [b, cin, h, w] = x.shape()[..] else {
-            unreachable!()
+            return Err(conv_error(format!("input shape {:?}", x.shape())));
         };
         let p = (k - 1) / 2;
-        let wp = w + p;
-        let rows = b * (h + p) + p; // p leading zero rows, then each sample and p zero rows
-        let plane = rows * wp + 2 * p; // + margins so every tap of every position stays in bounds
-        let mut padded = vec![0.0f32; cin * plane];
+        let big = || too_large("padded input");
+        let wp = w.checked_add(p).ok_or_else(big)?;
+        // p leading zero rows, then each sample and p zero rows.
+        let rows = h
+            .checked_add(p)
+            .and_then(|v| v.checked_mul(b))
+            .and_then(|v| v.checked_add(p))
+            .ok_or_else(big)?;
+        // + margins so every tap of every position stays in bounds.
+        let plane = rows
+            .checked_mul(wp)
+            .and_then(|v| v.checked_add(2 * p))
+            .ok_or_else(big)?;
+        let sample_stride = (h + p).checked_mul(wp).ok_or_else(big)?;
+        let mut padded = try_zeroed_vec(
+            numel_of(&[cin, plane], "conv2d padded input")?,
+            "conv2d padded input",
+        )?;
         padded
             .par_chunks_mut(plane)
             .enumerate()
@@ -270,7 +382,7 @@ impl ShiftedInput {
                     }
                 }
             });
-        ShiftedInput {
+        Ok(ShiftedInput {
             padded,
             k,
             p,
@@ -278,9 +390,9 @@ impl ShiftedInput {
             w,
             wp,
             plane,
-            sample_stride: (h + p) * wp,
+            sample_stride,
             sample_positions: (h - 1) * wp + w,
-        }
+        })
     }
 
     /// The k² tap products of positions q0..q1 for output channels r0..r1, into `acc`

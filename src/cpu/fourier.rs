@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
 
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Which form computes the filter; both give the same result to f32 rounding.
@@ -34,19 +35,43 @@ pub fn py_slice(start: isize, stop: isize, len: usize) -> Range<usize> {
 /// Unshifted frequency indices selected by the window along an axis of `len`.
 pub(crate) fn window(len: usize, t: usize) -> Vec<usize> {
     let c = (len / 2) as isize;
-    py_slice(c - t as isize, c + t as isize, len)
+    let t = isize::try_from(t).unwrap_or(isize::MAX);
+    py_slice(c.saturating_sub(t), c.saturating_add(t), len)
         .map(|i| (i + len - len / 2) % len)
         .collect()
 }
 
-/// Filters every H×W plane of `x` ([.., H, W]).
+/// Filters every H×W plane of `x` ([.., H, W]). Panics where `try_fourier_filter` errs.
 pub fn fourier_filter(x: &Tensor, threshold: usize, scale: f32, form: FilterForm) -> Tensor {
+    try_fourier_filter(x, threshold, scale, form).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `fourier_filter`; an input of rank below 2 is an error, and its copy is allocated fallibly.
+pub fn try_fourier_filter(
+    x: &Tensor,
+    threshold: usize,
+    scale: f32,
+    form: FilterForm,
+) -> Result<Tensor> {
     let r = x.rank();
+    if r < 2 {
+        return Err(Error::Msg(format!(
+            "Fourier filter: expected [.., H, W], got shape {:?}",
+            x.shape()
+        )));
+    }
     let (h, w) = (x.shape()[r - 2], x.shape()[r - 1]);
+    // The direct form multiplies two indices below H (or W) before reducing them.
+    if h.max(w) > u32::MAX as usize {
+        return Err(Error::TooLarge {
+            what: "Fourier filter".into(),
+            detail: format!("a {h}×{w} plane has a side of 2^32 or more"),
+        });
+    }
     let (rows, cols) = (window(h, threshold), window(w, threshold));
-    let mut out = x.clone();
+    let mut out = x.try_clone()?;
     if rows.is_empty() || cols.is_empty() || scale == 1.0 {
-        return out;
+        return Ok(out);
     }
     match form {
         FilterForm::Fft => {
@@ -67,7 +92,7 @@ pub fn fourier_filter(x: &Tensor, threshold: usize, scale: f32, form: FilterForm
                 .for_each(|plane| direct_plane(plane, h, w, &rows, &cols, scale));
         }
     }
-    out
+    Ok(out)
 }
 
 type Plan = std::sync::Arc<dyn rustfft::Fft<f32>>;

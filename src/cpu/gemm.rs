@@ -30,8 +30,19 @@ impl Mat {
         if rows == 0 || cols == 0 {
             return;
         }
-        let last = self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs;
-        assert!(last < len, "gemm: {what} out of bounds ({last} >= {len})");
+        // Checked: a wrapped index would pass the bound and let the product read anywhere.
+        let last = (rows - 1)
+            .checked_mul(self.rs)
+            .and_then(|r| {
+                (cols - 1)
+                    .checked_mul(self.cs)
+                    .and_then(|c| r.checked_add(c))
+            })
+            .and_then(|v| v.checked_add(self.offset));
+        match last {
+            Some(last) => assert!(last < len, "gemm: {what} out of bounds ({last} >= {len})"),
+            None => panic!("gemm: {what} index overflows"),
+        }
     }
 }
 

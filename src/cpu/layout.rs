@@ -3,32 +3,71 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{try_zeroed_vec, Tensor};
 
-/// [B, C, H, W] → [B, H·W, C].
+fn layout_error(what: &str, msg: String) -> Error {
+    Error::Msg(format!("{what}: {msg}"))
+}
+
+/// [B, C, H, W] → [B, H·W, C]. Panics where `try_nchw_to_nlc` errs.
 pub fn nchw_to_nlc(x: &Tensor) -> Tensor {
+    try_nchw_to_nlc(x).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `nchw_to_nlc`; a tensor that is not rank 4 is an error.
+pub fn try_nchw_to_nlc(x: &Tensor) -> Result<Tensor> {
     let [b, c, h, w] = x.shape()[..] else {
-        panic!("nchw_to_nlc: rank 4")
+        return Err(layout_error(
+            "image to tokens",
+            format!("expected a rank-4 [B, C, H, W] tensor, got {:?}", x.shape()),
+        ));
     };
     let hw = h * w;
-    let mut out = vec![0.0f32; x.numel()];
+    let mut out = try_zeroed_vec(x.numel(), "image to tokens")?;
+    if out.is_empty() {
+        return Ok(Tensor::from_parts(vec![b, hw, c], out));
+    }
     out.par_chunks_mut(hw * c)
         .zip(x.data().par_chunks(c * hw))
         .for_each(|(o, xs)| transpose(xs, o, c, hw));
-    Tensor::from_parts(vec![b, hw, c], out)
+    Ok(Tensor::from_parts(vec![b, hw, c], out))
 }
 
-/// [B, H·W, C] → [B, C, H, W].
+/// [B, H·W, C] → [B, C, H, W]. Panics where `try_nlc_to_nchw` errs.
 pub fn nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Tensor {
-    let [b, hw, c] = x.shape()[..] else {
-        panic!("nlc_to_nchw: rank 3")
+    try_nlc_to_nchw(x, h, w).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `nlc_to_nchw`; a tensor that is not [B, h·w, C] is an error.
+pub fn try_nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+    let shape_ok = match x.shape() {
+        [_, hw, _] => h.checked_mul(w) == Some(*hw),
+        _ => false,
     };
-    assert_eq!(hw, h * w);
-    let mut out = vec![0.0f32; x.numel()];
+    let [b, hw, c] = x.shape()[..] else {
+        return Err(layout_error(
+            "tokens to image",
+            format!(
+                "expected a rank-3 [B, {h}·{w}, C] tensor, got {:?}",
+                x.shape()
+            ),
+        ));
+    };
+    if !shape_ok {
+        return Err(layout_error(
+            "tokens to image",
+            format!("{:?} does not hold {h}×{w} = H·W tokens", x.shape()),
+        ));
+    }
+    let mut out = try_zeroed_vec(x.numel(), "tokens to image")?;
+    if out.is_empty() {
+        return Ok(Tensor::from_parts(vec![b, c, h, w], out));
+    }
     out.par_chunks_mut(c * hw)
         .zip(x.data().par_chunks(hw * c))
         .for_each(|(o, xs)| transpose(xs, o, hw, c));
-    Tensor::from_parts(vec![b, c, h, w], out)
+    Ok(Tensor::from_parts(vec![b, c, h, w], out))
 }
 
 /// `dst` (cols × rows) = transpose of `src` (rows × cols), in cache-sized tiles.
@@ -45,27 +84,58 @@ fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
     }
 }
 
-/// Concatenates [B, Ca, H, W] and [B, Cb, H, W] along channels.
+/// Concatenates [B, Ca, H, W] and [B, Cb, H, W] along channels. Panics where
+/// `try_cat_channels` errs.
 pub fn cat_channels(a: &Tensor, b: &Tensor) -> Tensor {
-    let [n, ca, h, w] = a.shape()[..] else {
-        panic!("cat: rank 4")
+    try_cat_channels(a, b).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `cat_channels`; tensors that are not rank 4 or differ in batch, H or W are an error
+/// naming both shapes.
+pub fn try_cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (n, ca, h, w, cb) = match (a.shape(), b.shape()) {
+        (&[n, ca, h, w], &[nb, cb, hb, wb]) if (nb, hb, wb) == (n, h, w) => (n, ca, h, w, cb),
+        (sa, sb) => {
+            return Err(layout_error(
+                "channel concatenation",
+                format!("{sa:?} and {sb:?} must both be [B, C, H, W] with the same B, H and W"),
+            ))
+        }
     };
-    let cb = b.shape()[1];
-    assert_eq!((b.shape()[0], b.shape()[2], b.shape()[3]), (n, h, w));
     let (sa, sb) = (ca * h * w, cb * h * w);
-    let mut out = vec![0.0f32; n * (sa + sb)];
+    let total = crate::tensor::numel_of(&[n, ca + cb, h, w], "channel concatenation")?;
+    if sa == 0 || sb == 0 {
+        // One side has no channels: the result is the other side's data.
+        let data = crate::tensor::try_copy(
+            if sa == 0 { b.data() } else { a.data() },
+            "channel concatenation",
+        )?;
+        return Ok(Tensor::from_parts(vec![n, ca + cb, h, w], data));
+    }
+    let mut out = try_zeroed_vec(total, "channel concatenation")?;
     out.par_chunks_mut(sa + sb)
         .zip(a.data().par_chunks(sa).zip(b.data().par_chunks(sb)))
         .for_each(|(o, (xa, xb))| {
             o[..sa].copy_from_slice(xa);
             o[sa..].copy_from_slice(xb);
         });
-    Tensor::from_parts(vec![n, ca + cb, h, w], out)
+    Ok(Tensor::from_parts(vec![n, ca + cb, h, w], out))
 }
 
-/// `acc += x`, elementwise, then `acc *= scale` when `scale != 1`.
+/// `acc += x`, elementwise, then `acc *= scale` when `scale != 1`. Panics where
+/// `try_add_inplace` errs.
 pub fn add_inplace(acc: &mut Tensor, x: &Tensor, scale: f32) {
-    assert_eq!(acc.shape(), x.shape(), "add: shapes");
+    try_add_inplace(acc, x, scale).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `add_inplace`; different shapes are an error naming both.
+pub fn try_add_inplace(acc: &mut Tensor, x: &Tensor, scale: f32) -> Result<()> {
+    if acc.shape() != x.shape() {
+        return Err(layout_error(
+            "elementwise add",
+            format!("shapes {:?} and {:?} differ", acc.shape(), x.shape()),
+        ));
+    }
     acc.data_mut()
         .par_chunks_mut(1 << 14)
         .zip(x.data().par_chunks(1 << 14))
@@ -77,4 +147,5 @@ pub fn add_inplace(acc: &mut Tensor, x: &Tensor, scale: f32) {
                 }
             }
         });
+    Ok(())
 }

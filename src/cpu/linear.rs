@@ -1,16 +1,59 @@
 //! `y = x · Wᵀ + b` over the last dimension, as torch.nn.Linear.
 
 use super::gemm::{sgemm, Mat, Threads};
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{numel_of, try_repeat, try_zeroed_vec, Tensor};
 
-/// `x`: [..., in]; `weight`: [out, in]; returns [..., out].
+/// `x`: [..., in]; `weight`: [out, in]; returns [..., out]. Panics where `try_linear` errs.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>) -> Tensor {
-    let (out_f, in_f) = (weight.shape()[0], weight.shape()[1]);
-    let rows = x.numel() / in_f;
-    assert_eq!(*x.shape().last().unwrap(), in_f, "linear: input features");
+    try_linear(x, weight, bias).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Checks `x` [..., in] against `weight` [out, in] and `bias` [out]; returns (rows, in, out).
+pub(crate) fn check_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+) -> Result<(usize, usize, usize)> {
+    let [out_f, in_f] = weight.shape()[..] else {
+        return Err(Error::Msg(format!(
+            "linear: weight must be rank 2 [out, in], got {:?}",
+            weight.shape()
+        )));
+    };
+    if x.shape().last() != Some(&in_f) {
+        return Err(Error::Msg(format!(
+            "linear: input {:?} does not end in the weight's {in_f} input features",
+            x.shape()
+        )));
+    }
+    if let Some(b) = bias {
+        if b.len() != out_f {
+            return Err(Error::Msg(format!(
+                "linear: {} bias values for {out_f} outputs",
+                b.len()
+            )));
+        }
+    }
+    let rows = x.shape()[..x.rank() - 1]
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::TooLarge {
+            what: "linear input".into(),
+            detail: format!("shape {:?}", x.shape()),
+        })?;
+    let mut out_shape = x.shape().to_vec();
+    *out_shape.last_mut().expect("rank ≥ 1") = out_f;
+    numel_of(&out_shape, "linear output")?;
+    Ok((rows, in_f, out_f))
+}
+
+/// As `linear`; shapes that do not agree and memory that cannot be had are errors.
+pub fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>) -> Result<Tensor> {
+    let (rows, in_f, out_f) = check_linear(x, weight, bias)?;
     let mut out = match bias {
-        Some(b) => b.repeat(rows),
-        None => vec![0.0; rows * out_f],
+        Some(b) => try_repeat(b, rows, "linear output")?,
+        None => try_zeroed_vec(rows * out_f, "linear output")?,
     };
     sgemm(
         rows,
@@ -27,6 +70,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>) -> Tensor {
         Threads::Pool,
     );
     let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = out_f;
-    Tensor::from_parts(shape, out)
+    *shape.last_mut().expect("rank ≥ 1") = out_f;
+    Ok(Tensor::from_parts(shape, out))
 }

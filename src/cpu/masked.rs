@@ -13,7 +13,8 @@ use super::conv::{conv2d_masked, Padding};
 use super::gemm::{sgemm, Mat, Threads};
 use super::SendPtr;
 use crate::boosters::masks::MaskView;
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{try_repeat, try_zeroed_vec, Tensor};
 
 const TILE: usize = 64;
 
@@ -36,19 +37,41 @@ pub type MaskFn<'a, 'm> = &'a (dyn Fn(usize) -> MaskView<'m> + Sync);
 
 /// `x`: [B, ..., in]; `y_b = x_b · (W ⊙ M_b)ᵀ + bias` with `mask(b)` the mask of sample b, or
 /// `x_b · Wᵀ + bias` without a mask.
+/// Panics where `try_masked_linear` errs.
 pub fn masked_linear(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&[f32]>,
     mask: Option<MaskFn>,
 ) -> Tensor {
-    let (out_f, in_f) = (weight.shape()[0], weight.shape()[1]);
+    try_masked_linear(x, weight, bias, mask).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `masked_linear`; shapes that do not agree and memory that cannot be had are errors.
+pub fn try_masked_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+) -> Result<Tensor> {
+    if x.rank() < 2 {
+        return Err(Error::Msg(format!(
+            "linear: input must be [B, ..., in], got {:?}",
+            x.shape()
+        )));
+    }
+    let (all_rows, in_f, out_f) = super::linear::check_linear(x, weight, bias)?;
     let b = x.shape()[0];
-    let rows = x.numel() / (b * in_f);
+    let rows = all_rows.checked_div(b).unwrap_or(0);
     let mut out = match bias {
-        Some(bv) => bv.repeat(b * rows),
-        None => vec![0.0; b * rows * out_f],
+        Some(bv) => try_repeat(bv, all_rows, "linear output")?,
+        None => try_zeroed_vec(all_rows * out_f, "linear output")?,
     };
+    if out.is_empty() {
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank ≥ 2") = out_f;
+        return Ok(Tensor::from_parts(shape, out));
+    }
     let tiles = out_f.div_ceil(TILE);
     // Tasks own disjoint column strips [r0, r1) of one sample's output rows.
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -87,11 +110,12 @@ pub fn masked_linear(
         );
     });
     let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = out_f;
-    Tensor::from_parts(shape, out)
+    *shape.last_mut().expect("rank ≥ 2") = out_f;
+    Ok(Tensor::from_parts(shape, out))
 }
 
 /// `x`: [B, Cin, H, W]; sample b is convolved with `W ⊙ M_b` (see `conv::conv2d_masked`).
+/// Panics where `conv::try_conv2d_masked` errs.
 pub fn masked_conv2d(
     x: &Tensor,
     weight: &Tensor,

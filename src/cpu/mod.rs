@@ -13,15 +13,21 @@ pub mod norm;
 pub mod resample;
 pub mod vector;
 
-pub use activation::{geglu, gelu, silu, silu_inplace};
-pub use attention::attention;
-pub use conv::{conv2d, Padding};
-pub use linear::linear;
-pub use norm::{group_norm, layer_norm};
-pub use resample::upsample_nearest;
+// Each kernel comes twice: `try_*` checks shapes and sizes and allocates fallibly (what the
+// backend runs, so no input reaches a panic or an abort), and the plain name panics with that
+// error's message (for tests and benches on shapes they built).
+pub use activation::{geglu, gelu, silu, silu_inplace, try_geglu, try_silu};
+pub use attention::{attention, try_attention};
+pub use conv::{conv2d, try_conv2d, Padding};
+pub use linear::{linear, try_linear};
+pub use norm::{group_norm, layer_norm, try_group_norm, try_layer_norm};
+pub use resample::{try_upsample_nearest, upsample_nearest};
 
 pub mod layout;
-pub use layout::{add_inplace, cat_channels, nchw_to_nlc, nlc_to_nchw};
+pub use layout::{
+    add_inplace, cat_channels, nchw_to_nlc, nlc_to_nchw, try_add_inplace, try_cat_channels,
+    try_nchw_to_nlc, try_nlc_to_nchw,
+};
 
 /// A pointer into an output buffer that parallel tasks write disjoint parts of (column strips,
 /// which safe chunking cannot express). Each use states why its writes are disjoint.

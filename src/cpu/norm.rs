@@ -5,7 +5,8 @@
 use rayon::prelude::*;
 
 use super::vector;
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{try_zeroed_vec, Tensor};
 
 fn mean_rstd(xs: &[f32], eps: f32) -> (f32, f32) {
     let (mean, var) = vector::mean_var(xs);
@@ -13,7 +14,7 @@ fn mean_rstd(xs: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// `x`: [B, C, ...]; normalises each of `groups` channel groups per sample, then applies the
-/// per-channel affine, then SiLU when `silu`.
+/// per-channel affine, then SiLU when `silu`. Panics where `try_group_norm` errs.
 pub fn group_norm(
     x: &Tensor,
     groups: usize,
@@ -22,14 +23,39 @@ pub fn group_norm(
     eps: f32,
     silu: bool,
 ) -> Tensor {
+    try_group_norm(x, groups, gamma, beta, eps, silu).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `group_norm`; shapes that do not agree and memory that cannot be had are errors.
+pub fn try_group_norm(
+    x: &Tensor,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    silu: bool,
+) -> Result<Tensor> {
+    let bad = |msg: String| Err(Error::Msg(format!("group_norm: {msg}")));
+    if x.rank() < 2 {
+        return bad(format!("input must be [B, C, ...], got {:?}", x.shape()));
+    }
     let c = x.shape()[1];
     let spatial: usize = x.shape()[2..].iter().product();
-    assert!(
-        c.is_multiple_of(groups),
-        "group_norm: {c} channels in {groups} groups"
-    );
+    if groups == 0 || !c.is_multiple_of(groups) {
+        return bad(format!("{c} channels cannot be split into {groups} groups"));
+    }
+    if gamma.len() != c || beta.len() != c {
+        return bad(format!(
+            "{} scales and {} shifts for {c} channels",
+            gamma.len(),
+            beta.len()
+        ));
+    }
     let cg = c / groups;
-    let mut out = vec![0.0f32; x.numel()];
+    let mut out = try_zeroed_vec(x.numel(), "group_norm output")?;
+    if out.is_empty() {
+        return Ok(Tensor::from_parts(x.shape().to_vec(), out));
+    }
     out.par_chunks_mut(cg * spatial)
         .zip(x.data().par_chunks(cg * spatial))
         .enumerate()
@@ -41,13 +67,31 @@ pub fn group_norm(
                 vector::normalize(xs, o, mean, g, beta[c0 + j], silu);
             }
         });
-    Tensor::from_parts(x.shape().to_vec(), out)
+    Ok(Tensor::from_parts(x.shape().to_vec(), out))
 }
 
-/// LayerNorm over the last dimension.
+/// LayerNorm over the last dimension. Panics where `try_layer_norm` errs.
 pub fn layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Tensor {
-    let d = *x.shape().last().unwrap();
-    let mut out = vec![0.0f32; x.numel()];
+    try_layer_norm(x, gamma, beta, eps).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `layer_norm`; shapes that do not agree and memory that cannot be had are errors.
+pub fn try_layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Result<Tensor> {
+    let Some(&d) = x.shape().last() else {
+        return Err(Error::Msg("layer_norm: a rank-0 input".into()));
+    };
+    if gamma.len() != d || beta.len() != d {
+        return Err(Error::Msg(format!(
+            "layer_norm: {} scales and {} shifts for an input of shape {:?}",
+            gamma.len(),
+            beta.len(),
+            x.shape()
+        )));
+    }
+    let mut out = try_zeroed_vec(x.numel(), "layer_norm output")?;
+    if out.is_empty() {
+        return Ok(Tensor::from_parts(x.shape().to_vec(), out));
+    }
     out.par_chunks_mut(d)
         .zip(x.data().par_chunks(d))
         .for_each(|(o, xs)| {
@@ -56,5 +100,5 @@ pub fn layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Tensor {
                 *o = (v - mean) * rstd * g + b;
             }
         });
-    Tensor::from_parts(x.shape().to_vec(), out)
+    Ok(Tensor::from_parts(x.shape().to_vec(), out))
 }

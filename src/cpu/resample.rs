@@ -2,7 +2,8 @@
 
 use rayon::prelude::*;
 
-use crate::tensor::Tensor;
+use crate::error::{Error, Result};
+use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
 
 /// Source index of output index `o` along an axis of `in_size` → `out_size`, as PyTorch computes
 /// it: exact doubling is `o / 2`, anything else `min(floor(o * (in/out as f32)), in - 1)`.
@@ -17,13 +18,31 @@ fn src_index(o: usize, in_size: usize, out_size: usize) -> usize {
     }
 }
 
-/// `x`: [B, C, H, W] → [B, C, out_h, out_w].
+/// `x`: [B, C, H, W] → [B, C, out_h, out_w]. Panics where `try_upsample_nearest` errs.
 pub fn upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Tensor {
+    try_upsample_nearest(x, out_h, out_w).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `upsample_nearest`; an input that is not rank 4, an empty input to a non-empty output,
+/// and sizes that overflow are errors.
+pub fn try_upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let [b, c, h, w] = x.shape()[..] else {
-        panic!("upsample: rank 4")
+        return Err(Error::Msg(format!(
+            "upsample: expected a rank-4 [B, C, H, W] tensor, got {:?}",
+            x.shape()
+        )));
     };
+    let n = numel_of(&[b, c, out_h, out_w], "upsample output")?;
+    if n == 0 {
+        return Ok(Tensor::from_parts(vec![b, c, out_h, out_w], Vec::new()));
+    }
+    if h == 0 || w == 0 {
+        return Err(Error::Msg(format!(
+            "upsample: an empty {h}×{w} image cannot be resized to {out_h}×{out_w}"
+        )));
+    }
     let cols: Vec<usize> = (0..out_w).map(|o| src_index(o, w, out_w)).collect();
-    let mut out = vec![0.0f32; b * c * out_h * out_w];
+    let mut out = try_zeroed_vec(n, "upsample output")?;
     out.par_chunks_mut(out_h * out_w)
         .zip(x.data().par_chunks(h * w))
         .for_each(|(o, plane)| {
@@ -34,5 +53,5 @@ pub fn upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Tensor {
                 }
             }
         });
-    Tensor::from_parts(vec![b, c, out_h, out_w], out)
+    Ok(Tensor::from_parts(vec![b, c, out_h, out_w], out))
 }

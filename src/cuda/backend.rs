@@ -1058,7 +1058,8 @@ mod tests {
                 .iter()
                 .map(|&v| u8::from(v > -0.3))
                 .collect();
-            let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes);
+            let mask =
+                WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes).unwrap();
             let (words, samples, kwords) = gemm_mask_words(&mask, weight.shape(), 0);
             assert_eq!(samples, b);
             let conv = Conv2d {

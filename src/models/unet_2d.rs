@@ -1,6 +1,12 @@
 //! The U-Net forward pass of both diffusers classes, `UNet2DModel` and `UNet2DConditionModel`:
 //! time (+ class, + SDXL text_time) embedding, `conv_in`, down blocks pushing skips, mid block,
 //! up blocks popping them, `conv_norm_out` → SiLU → `conv_out`.
+//!
+//! Non-finite values never leave a call: its inputs are checked first (naming the tensor and the
+//! first bad index), then every block boundary (`time_proj`, `time_embedding`, `conv_in`, each
+//! down-block resnet/attention/downsampler output, `mid_block`, each up block, `conv_norm_out`,
+//! `conv_out`) where the backend can look cheaply (the CPU), so the error names the first module
+//! whose output holds a NaN or infinity; on the GPU the output is checked once downloaded.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -101,22 +107,31 @@ impl UNetInputs {
             .ok_or_else(|| Error::input(name, format!("{} has no tensor `{name}`", path.display())))
     }
 
-    /// One tensor of a safetensors file, if present.
+    /// One tensor of a safetensors file, if present; a NaN or infinity in it is an error naming
+    /// the tensor and the first bad index.
     pub fn load_optional(path: &Path, name: &str) -> Result<Option<Tensor>> {
-        Ok(safetensors_io::load(path)?.remove(name).map(|s| s.tensor))
+        let stored = safetensors_io::load(path)?.remove(name);
+        stored.map(|s| finite_input(path, name, s)).transpose()
     }
 
     /// Reads `sample`, `timestep` and the optional conditioning tensors from a safetensors file.
+    /// Each must be finite: a NaN or infinity is an error naming the tensor and its first bad
+    /// index (an f64 value too large for f32 included).
     pub fn load(path: &Path) -> Result<Self> {
         let mut tensors = safetensors_io::load(path)?;
-        let mut take = |name: &str| tensors.remove(name).map(|s| s.tensor);
-        let sample = take("sample").ok_or_else(|| {
+        let mut take = |name: &str| -> Result<Option<Tensor>> {
+            tensors
+                .remove(name)
+                .map(|s| finite_input(path, name, s))
+                .transpose()
+        };
+        let sample = take("sample")?.ok_or_else(|| {
             Error::input(
                 "sample",
                 format!("{} has no tensor `sample`", path.display()),
             )
         })?;
-        let timestep = take("timestep").ok_or_else(|| {
+        let timestep = take("timestep")?.ok_or_else(|| {
             Error::input(
                 "timestep",
                 format!("{} has no tensor `timestep`", path.display()),
@@ -131,11 +146,64 @@ impl UNetInputs {
         Ok(UNetInputs {
             sample,
             timesteps: timestep.into_data(),
-            encoder_hidden_states: take("encoder_hidden_states"),
-            class_labels: take("class_labels").map(|t| t.into_data()),
-            text_embeds: take("text_embeds"),
-            time_ids: take("time_ids"),
+            encoder_hidden_states: take("encoder_hidden_states")?,
+            class_labels: take("class_labels")?.map(|t| t.into_data()),
+            text_embeds: take("text_embeds")?,
+            time_ids: take("time_ids")?,
         })
+    }
+
+    /// Every tensor of the call, by its input name (`timestep` and `class_labels` as [N]).
+    fn named(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
+        let mut out = vec![
+            ("sample", self.sample.shape().to_vec(), self.sample.data()),
+            ("timestep", vec![self.timesteps.len()], &self.timesteps[..]),
+        ];
+        let opt = [
+            ("encoder_hidden_states", &self.encoder_hidden_states),
+            ("text_embeds", &self.text_embeds),
+            ("time_ids", &self.time_ids),
+        ];
+        for (name, t) in opt {
+            if let Some(t) = t {
+                out.push((name, t.shape().to_vec(), t.data()));
+            }
+        }
+        if let Some(l) = &self.class_labels {
+            out.push(("class_labels", vec![l.len()], &l[..]));
+        }
+        out
+    }
+
+    /// The first input holding a NaN or infinity, as an error naming it and the index.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, shape, data) in self.named() {
+            if let Some(bad) = safetensors_io::first_non_finite(data) {
+                return Err(Error::input(
+                    name,
+                    format!(
+                        "holds {}; inputs must be finite numbers",
+                        safetensors_io::non_finite_words(&shape, bad)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stored input tensor, refused if it holds a NaN or infinity.
+fn finite_input(path: &Path, name: &str, s: safetensors_io::StoredTensor) -> Result<Tensor> {
+    match safetensors_io::check_finite(&s.tensor) {
+        Ok(()) => Ok(s.tensor),
+        Err(bad) => Err(Error::input(
+            name,
+            format!(
+                "{} holds {bad} (stored as {:?}); inputs must be finite numbers",
+                path.display(),
+                s.dtype
+            ),
+        )),
     }
 }
 
@@ -229,12 +297,16 @@ impl UNet2DConditionModel {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let files = ModelFiles::locate(dir)?;
         let config = UNetConfig::from_file(&files.config)?;
+        config.ensure_weights_fit()?;
         let mut ckpt = Checkpoint::load(&files.weights)?;
         Self::load(config, &mut ckpt)
     }
 
     /// Builds the network of `config`, taking every parameter from `ws`.
     pub fn load(config: UNetConfig, ws: &mut dyn WeightSource) -> Result<Self> {
+        config.validate("config")?;
+        // Whatever the source (a checkpoint, random weights), the model's f32 weights must fit.
+        config.ensure_weights_fit()?;
         let mut rec = Recording {
             inner: ws,
             layers: BTreeMap::new(),
@@ -413,10 +485,7 @@ impl UNet2DConditionModel {
                 format!("{} values for a batch of {b}", x.timesteps.len()),
             ));
         }
-        let finite = |t: &Tensor| t.data().iter().all(|v| v.is_finite());
-        if !finite(&x.sample) || x.timesteps.iter().any(|t| !t.is_finite()) {
-            return Err(Error::input("sample", "contains NaN or infinity"));
-        }
+        x.check_finite()?;
         let levels = c.levels.len() as u32 - 1;
         if c.class == ModelClass::UNet2DModel && (h % (1 << levels) != 0 || w % (1 << levels) != 0)
         {
@@ -539,14 +608,33 @@ impl Runnable for UNet2DConditionModel {
             Exec::Cpu => self.forward_on(&Cpu, inputs, boosters),
             Exec::Cuda(gpu) => {
                 let y = self.forward_on(gpu.as_ref(), inputs, boosters)?;
-                gpu.download(&y)
+                let y = gpu.download(&y)?;
+                // The GPU backend does not check block outputs (a download of each would cost
+                // more than the call); its output is checked here, once.
+                match safetensors_io::first_non_finite(y.data()) {
+                    None => Ok(y),
+                    Some(bad) => Err(Error::Msg(format!(
+                        "non-finite value in the U-Net: its output `sample` computed on the GPU \
+                         in {} holds {}; the GPU backend checks only the output, so run the \
+                         same call with --device cpu to find the first layer where it appears{}",
+                        gpu.dtype().suffix(),
+                        safetensors_io::non_finite_words(y.shape(), bad),
+                        if gpu.dtype() == crate::device::DType::F16 {
+                            " (f16 overflows above 65504: --dtype bf16 or f32 may avoid it)"
+                        } else {
+                            ""
+                        }
+                    ))),
+                }
             }
         }
     }
 }
 
 impl UNet2DConditionModel {
-    /// The forward pass on backend `be`; inputs and boosters are host-side.
+    /// The forward pass on backend `be`; inputs and boosters are host-side. Masks are checked
+    /// against this model's weights (names and shapes), and block outputs for non-finite values
+    /// where `be.find_non_finite` looks (see the module docs).
     pub fn forward_on<B: Backend>(
         &self,
         be: &B,
@@ -554,7 +642,15 @@ impl UNet2DConditionModel {
         boosters: &Boosters,
     ) -> Result<B::Tensor> {
         self.check_inputs(inputs)?;
+        // Every size of the graph and the memory plan, before anything is allocated.
+        self.config
+            .plan_forward_of(&inputs.sample, inputs.encoder_hidden_states.as_ref())?
+            .ensure_fits(be.available_memory())?;
         boosters.validate(self.num_skips(), inputs.sample.shape()[0])?;
+        if let Some(m) = &boosters.masks {
+            m.check_layers(&self.layers)?;
+        }
+        let check = |layer: &str, x: &B::Tensor| check_block_output(be, layer, x);
         let lc = LayerCtx {
             masks: boosters.masks.as_deref(),
             step: boosters.mask_step,
@@ -568,10 +664,13 @@ impl UNet2DConditionModel {
             inputs.timesteps.clone()
         };
         let t_proj = be.timestep_embedding(&self.time_proj, &timesteps)?;
+        check("time_proj", &t_proj)?;
         let mut emb = self.time_embedding.forward(be, &t_proj, lc)?;
+        check("time_embedding", &emb)?;
         if let (Some(ce), Some(labels)) = (&self.class_embedding, &inputs.class_labels) {
             let class_emb = be.upload(&ce.forward(labels, "class_labels")?)?;
             emb = be.add(&emb, &class_emb, 1.0)?;
+            check("class_embedding", &emb)?;
         }
         if let (Some(proj), Some(add), Some(te), Some(ti)) = (
             &self.add_time_proj,
@@ -581,6 +680,7 @@ impl UNet2DConditionModel {
         ) {
             // SDXL's added conditioning: a few hundred numbers, assembled on the host.
             let time_embeds = proj.forward(ti.data());
+            check_host("add_time_proj", &time_embeds)?;
             let per = time_embeds.numel() / b;
             let e = te.shape()[1];
             let mut cat = Vec::with_capacity(b * (e + per));
@@ -591,6 +691,7 @@ impl UNet2DConditionModel {
             let cat = be.upload(&Tensor::from_parts(vec![b, e + per], cat))?;
             let aug = add.forward(be, &cat, lc)?;
             emb = be.add(&emb, &aug, 1.0)?;
+            check("add_embedding", &emb)?;
         }
         let temb_act = be.silu(&emb)?;
         let context = match &inputs.encoder_hidden_states {
@@ -618,6 +719,14 @@ impl UNet2DConditionModel {
         let adapters = self.adapters.as_ref();
         let project = |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv, x, lc, Epilogue::default());
         let mut skips = vec![be.conv2d(&self.conv_in, &sample, lc, Epilogue::default())?];
+        check("conv_in", &skips[0])?;
+        let mut adapter_index = 0;
+        let mut project_checked = |conv: &Conv2d, x: &B::Tensor| -> Result<B::Tensor> {
+            let y = project(conv, x)?;
+            check(&format!("adapter_list.{adapter_index}"), &y)?;
+            adapter_index += 1;
+            Ok(y)
+        };
         // The running sample is the last skip, unless a DeMe projection made its own copy.
         let mut projected: Option<B::Tensor> = None;
         for (i, block) in self.down_blocks.iter().enumerate() {
@@ -625,9 +734,15 @@ impl UNet2DConditionModel {
                 .as_ref()
                 .unwrap_or_else(|| skips.last().expect("conv_in"));
             let outs = block.forward(input, &block_inputs)?;
+            for (j, out) in outs.iter().enumerate() {
+                check(&block.output_name(&format!("down_blocks.{i}"), j), out)?;
+            }
             skips.extend(outs);
             projected = match adapters {
-                Some(a) => Some(project(&a.after_down[i], skips.last().expect("out"))?),
+                Some(a) => Some(project_checked(
+                    &a.after_down[i],
+                    skips.last().expect("out"),
+                )?),
                 None => None,
             };
         }
@@ -635,11 +750,15 @@ impl UNet2DConditionModel {
             .as_ref()
             .unwrap_or_else(|| skips.last().expect("non-empty"));
         let mut h = match &self.mid_block {
-            Some(mid) => mid.forward(running, &block_inputs)?,
+            Some(mid) => {
+                let h = mid.forward(running, &block_inputs)?;
+                check("mid_block", &h)?;
+                h
+            }
             None => running.clone(),
         };
         if let Some(a) = adapters {
-            h = project(&a.after_mid, &h)?;
+            h = project_checked(&a.after_mid, &h)?;
         }
         // diffusers passes explicit upsample sizes when H or W is not a multiple of the overall
         // upsampling factor (odd latents); the UNet2DModel path was checked divisible above.
@@ -660,7 +779,7 @@ impl UNet2DConditionModel {
             let generated = match (&boosters.mask_generator, &host_emb, skips.last()) {
                 (Some(g), Some(emb), Some(skip)) => {
                     let (h_host, skip_host) = (be.download(&h)?, be.download(skip)?);
-                    g.block_masks(i, &h_host, &skip_host, emb, boosters.mask_step)
+                    g.block_masks(i, &h_host, &skip_host, emb, boosters.mask_step)?
                 }
                 _ => None,
             };
@@ -675,14 +794,44 @@ impl UNet2DConditionModel {
                 None => block_inputs,
             };
             h = block.forward(i, h, &mut skips, &inputs_i, size)?;
+            check(&format!("up_blocks.{i}"), &h)?;
             if let Some(a) = adapters {
-                h = project(&a.after_up[i], &h)?;
+                h = project_checked(&a.after_up[i], &h)?;
             }
         }
         debug_assert!(skips.is_empty());
         let h = be.group_norm(&self.conv_norm_out, &h, None, true)?;
-        be.conv2d(&self.conv_out, &h, lc, Epilogue::default())
+        check("conv_norm_out", &h)?;
+        let out = be.conv2d(&self.conv_out, &h, lc, Epilogue::default())?;
+        check("conv_out", &out)?;
+        Ok(out)
     }
+}
+
+/// The block-boundary check: the first NaN or infinity of a call is an error naming the module
+/// whose output it appeared in (its inputs, the weights and the call's inputs were finite).
+/// Backends that cannot look cheaply skip it; `Runnable::run` checks their output.
+fn check_block_output<B: Backend>(be: &B, layer: &str, x: &B::Tensor) -> Result<()> {
+    match be.find_non_finite(x)? {
+        None => Ok(()),
+        Some(bad) => Err(non_finite_in(layer, &be.shape(x), bad)),
+    }
+}
+
+fn check_host(layer: &str, x: &Tensor) -> Result<()> {
+    match safetensors_io::first_non_finite(x.data()) {
+        None => Ok(()),
+        Some(bad) => Err(non_finite_in(layer, x.shape(), bad)),
+    }
+}
+
+fn non_finite_in(layer: &str, shape: &[usize], bad: (usize, f32)) -> Error {
+    Error::Msg(format!(
+        "non-finite value in the U-Net: the output of `{layer}` holds {} although everything \
+         before it was finite; values overflowing f32 inside `{layer}` (very large inputs, \
+         weights or booster factors, or a config value that makes its maths undefined) cause this",
+        safetensors_io::non_finite_words(shape, bad)
+    ))
 }
 
 fn h_w(t: &Tensor) -> (usize, usize) {

@@ -207,6 +207,18 @@ impl DownBlock2D {
         Ok(outs)
     }
 
+    /// The module that computes output `j` of `forward`, diffusers-style, under `prefix`.
+    pub fn output_name(&self, prefix: &str, j: usize) -> String {
+        let n = self.layers.resnets.len();
+        if j >= n {
+            join(prefix, "downsamplers.0")
+        } else if j < self.layers.attentions.len() {
+            join(prefix, &format!("attentions.{j}"))
+        } else {
+            join(prefix, &format!("resnets.{j}"))
+        }
+    }
+
     /// How many skips this block pushes.
     pub fn num_outputs(&self) -> usize {
         self.layers.resnets.len() + usize::from(self.downsampler.is_some())

@@ -101,14 +101,27 @@ impl SchedulerConfig {
         } else {
             path.to_path_buf()
         };
+        // A scheduler config is a few hundred bytes; a huge file is not one (and is not read).
+        let len = std::fs::metadata(&file)
+            .map_err(|e| Error::io(&file, e))?
+            .len();
+        if len > MAX_CONFIG_BYTES {
+            return Err(Error::Config {
+                origin: file.display().to_string(),
+                msg: format!(
+                    "{len} bytes: a scheduler_config.json is at most {MAX_CONFIG_BYTES} bytes"
+                ),
+            });
+        }
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
         Self::from_json_str(&text, &file.display().to_string())
     }
 
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
         // Python's json module writes non-finite floats as bare `Infinity`/`NaN` (DPM-Solver's
-        // `lambda_min_clipped: -Infinity`); read them as null, the keys' "unset".
-        let text = python_non_finite_to_null(text);
+        // `lambda_min_clipped: -Infinity`); they are read as marked strings, so a NaN is never
+        // taken for `null` (unset) and silently defaulted.
+        let text = python_non_finite_to_marker(text);
         let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json {
             origin: origin.into(),
             msg: e.to_string(),
@@ -117,42 +130,19 @@ impl SchedulerConfig {
             origin: origin.into(),
             msg: "top level is not a JSON object".into(),
         })?;
-        let bad = |field: &str, v: &Value| Error::Unsupported {
-            field: field.into(),
-            value: v.to_string(),
-        };
-        let get = |k: &str| m.get(k).filter(|v| !v.is_null());
-        let num = |k: &str, d: f64| -> Result<f64> {
-            match get(k) {
-                None => Ok(d),
-                Some(v) => v
-                    .as_f64()
-                    .filter(|x| x.is_finite())
-                    .ok_or_else(|| bad(k, v)),
-            }
-        };
-        let flag = |k: &str| -> Result<Option<bool>> {
-            match get(k) {
-                None => Ok(None),
-                Some(Value::Bool(b)) => Ok(Some(*b)),
-                Some(v) => Err(bad(k, v)),
-            }
-        };
-        let string = |k: &str| -> Result<Option<&str>> {
-            match get(k) {
-                None => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.as_str())),
-                Some(v) => Err(bad(k, v)),
-            }
-        };
+        let p = Fields { m, origin };
         for k in [
             "thresholding",
             "rescale_betas_zero_snr",
             "use_exponential_sigmas",
             "use_beta_sigmas",
+            "use_lu_lambdas",
+            "euler_at_final",
+            "use_flow_sigmas",
+            "use_dynamic_shifting",
         ] {
-            if flag(k)? == Some(true) {
-                return Err(bad(k, &Value::Bool(true)));
+            if p.flag(k)? == Some(true) {
+                return Err(p.unsupported(k, &Value::Bool(true)));
             }
         }
         for (k, ok) in [
@@ -160,99 +150,190 @@ impl SchedulerConfig {
             ("interpolation_type", "linear"),
             ("final_sigmas_type", "zero"),
             ("timestep_type", "discrete"),
-        ] {
-            if let Some(v) = string(k)? {
-                if v != ok {
-                    return Err(bad(k, &get(k).cloned().unwrap_or_default()));
-                }
-            }
-        }
-        for (k, ok) in [
             ("algorithm_type", "dpmsolver++"),
             ("solver_type", "midpoint"),
         ] {
-            if let Some(v) = string(k)? {
+            if let Some(v) = p.string(k)? {
                 if v != ok {
-                    return Err(bad(k, &get(k).cloned().unwrap_or_default()));
+                    return Err(p.unsupported(k, &Value::String(v.into())));
                 }
             }
         }
-        for k in [
-            "use_lu_lambdas",
-            "euler_at_final",
-            "use_flow_sigmas",
-            "use_dynamic_shifting",
-        ] {
-            if flag(k)? == Some(true) {
-                return Err(bad(k, &Value::Bool(true)));
+        // −inf (written by Python as `-Infinity`) is the only `lambda_min_clipped` implemented,
+        // and none of the others.
+        match m.get("lambda_min_clipped") {
+            None | Some(Value::Null) => {}
+            Some(v) if non_finite(v) == Some("-Infinity") => {}
+            Some(v) => return Err(p.unsupported("lambda_min_clipped", v)),
+        }
+        for k in ["sigma_min", "sigma_max", "trained_betas"] {
+            match m.get(k) {
+                None | Some(Value::Null) => {}
+                Some(v) => return Err(p.unsupported(k, v)),
             }
         }
-        // −inf (written by Python as `-Infinity`, read as null) is the only value implemented.
-        for k in [
-            "sigma_min",
-            "sigma_max",
-            "trained_betas",
-            "lambda_min_clipped",
-        ] {
-            if let Some(v) = get(k) {
-                return Err(bad(k, v));
-            }
-        }
-        let class = string("_class_name")?
+        let class = p
+            .string("_class_name")?
             .map(SamplerKind::from_class_name)
             .transpose()
             .ok()
             .flatten();
-        let n = num("num_train_timesteps", 1000.0)?;
-        if n < 2.0 || n.fract() != 0.0 || n > 1e6 {
-            return Err(bad(
-                "num_train_timesteps",
-                get("num_train_timesteps").unwrap(),
-            ));
-        }
-        let n = n as usize;
-        let (start, end) = (num("beta_start", 0.0001)?, num("beta_end", 0.02)?);
-        let schedule = string("beta_schedule")?.unwrap_or("linear");
-        let betas = match schedule {
-            "linear" => torch_linspace(start as f32, end as f32, n),
-            "scaled_linear" => torch_linspace(start.sqrt() as f32, end.sqrt() as f32, n)
-                .into_iter()
-                .map(|b| b * b)
-                .collect(),
-            "squaredcos_cap_v2" => betas_for_alpha_bar(n),
-            other => return Err(bad("beta_schedule", &Value::String(other.into()))),
+        let n = p.integer("num_train_timesteps", 1000, 2, MAX_TRAIN_TIMESTEPS)?;
+        let schedule = p
+            .choice(
+                "beta_schedule",
+                "linear",
+                &["linear", "scaled_linear", "squaredcos_cap_v2"],
+            )?
+            .to_string();
+        let (start, end) = (p.number("beta_start", 0.0001)?, p.number("beta_end", 0.02)?);
+        let betas = match schedule.as_str() {
+            "linear" | "scaled_linear" => {
+                for (k, x) in [("beta_start", start), ("beta_end", end)] {
+                    if !(x > 0.0 && x < 1.0) {
+                        return Err(p.invalid(k, fnum(x), "a beta must be in (0, 1)"));
+                    }
+                }
+                if start > end {
+                    return Err(p.config(format!(
+                        "`beta_start` = {} is above `beta_end` = {}: the betas of a {schedule} \
+                         schedule rise from beta_start to beta_end",
+                        fnum(start),
+                        fnum(end)
+                    )));
+                }
+                if schedule == "linear" {
+                    torch_linspace(start as f32, end as f32, n)
+                } else {
+                    torch_linspace(start.sqrt() as f32, end.sqrt() as f32, n)
+                        .into_iter()
+                        .map(|b| b * b)
+                        .collect()
+                }
+            }
+            _ => betas_for_alpha_bar(n),
         };
-        let prediction_type = match string("prediction_type")?.unwrap_or("epsilon") {
+        let prediction_type = match p.choice(
+            "prediction_type",
+            "epsilon",
+            &["epsilon", "v_prediction", "sample"],
+        )? {
             "epsilon" => Prediction::Epsilon,
             "v_prediction" => Prediction::VPrediction,
-            "sample" => Prediction::Sample,
-            other => return Err(bad("prediction_type", &Value::String(other.into()))),
+            _ => Prediction::Sample,
         };
-        let timestep_spacing = match string("timestep_spacing")? {
-            None => None,
-            Some("leading") => Some(Spacing::Leading),
-            Some("trailing") => Some(Spacing::Trailing),
-            Some("linspace") => Some(Spacing::Linspace),
-            Some(other) => return Err(bad("timestep_spacing", &Value::String(other.into()))),
+        let timestep_spacing = if m.contains_key("timestep_spacing") {
+            Some(
+                match p.choice(
+                    "timestep_spacing",
+                    "leading",
+                    &["leading", "trailing", "linspace"],
+                )? {
+                    "leading" => Spacing::Leading,
+                    "trailing" => Spacing::Trailing,
+                    _ => Spacing::Linspace,
+                },
+            )
+        } else {
+            None
         };
-        let steps_offset = num("steps_offset", 0.0)?;
-        if steps_offset < 0.0 || steps_offset.fract() != 0.0 {
-            return Err(bad("steps_offset", get("steps_offset").unwrap()));
+        let steps_offset = p.integer("steps_offset", 0, 0, n - 1)?;
+        let clip_sample_range = p.number("clip_sample_range", 1.0)?;
+        if !(clip_sample_range > 0.0 && (clip_sample_range as f32).is_finite()) {
+            return Err(p.invalid(
+                "clip_sample_range",
+                fnum(clip_sample_range),
+                "must be a positive number (x̂₀ is clamped to [−range, range])",
+            ));
         }
-        Ok(SchedulerConfig {
+        let config = SchedulerConfig {
             class,
             num_train_timesteps: n,
             betas,
             prediction_type,
             timestep_spacing,
-            steps_offset: steps_offset as usize,
-            clip_sample: flag("clip_sample")?,
-            clip_sample_range: num("clip_sample_range", 1.0)? as f32,
-            set_alpha_to_one: flag("set_alpha_to_one")?.unwrap_or(true),
-            use_karras_sigmas: flag("use_karras_sigmas")?.unwrap_or(false),
-            dpm_solver_order: num("solver_order", 2.0)? as usize,
+            steps_offset,
+            clip_sample: p.flag("clip_sample")?,
+            clip_sample_range: clip_sample_range as f32,
+            set_alpha_to_one: p.flag("set_alpha_to_one")?.unwrap_or(true),
+            use_karras_sigmas: p.flag("use_karras_sigmas")?.unwrap_or(false),
+            dpm_solver_order: p.integer("solver_order", 2, 1, 3)?,
             beta_schedule_is_cosine: schedule == "squaredcos_cap_v2",
-        })
+        };
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Checks what the samplers rely on, for a config built by hand (`from_json_str` checks its
+    /// own): `num_train_timesteps` in 2..=`MAX_TRAIN_TIMESTEPS` with one β each, every β in
+    /// (0, 1), every ᾱ in (0, 1) with a finite σ = √((1 − ᾱ)/ᾱ) (the σ-samplers divide by σ and
+    /// the DDPM-family ones by √ᾱ and √(1 − ᾱ)), a positive finite clip range, and a
+    /// `steps_offset` below `num_train_timesteps`.
+    pub fn validate(&self) -> Result<()> {
+        self.check("scheduler config")
+    }
+
+    fn check(&self, origin: &str) -> Result<()> {
+        let err = |msg: String| Error::Config {
+            origin: origin.into(),
+            msg,
+        };
+        let n = self.num_train_timesteps;
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&n) {
+            return Err(err(format!(
+                "`num_train_timesteps` = {n}: must be an integer from 2 to {MAX_TRAIN_TIMESTEPS}"
+            )));
+        }
+        if self.betas.len() != n {
+            return Err(err(format!(
+                "{} betas for `num_train_timesteps` = {n}",
+                self.betas.len()
+            )));
+        }
+        if let Some((t, b)) = self
+            .betas
+            .iter()
+            .enumerate()
+            .find(|(_, &b)| !(b > 0.0 && b < 1.0))
+        {
+            return Err(err(format!(
+                "β at timestep {t} is {b}: every beta must be in (0, 1) (from `beta_start`, \
+                 `beta_end` and `beta_schedule`)"
+            )));
+        }
+        for (t, a) in self.alphas_cumprod().into_iter().enumerate() {
+            if a >= 1.0 {
+                return Err(err(format!(
+                    "ᾱ at timestep {t} rounds to 1 in f32 (β = {:e}): σ = 0 there, which the \
+                     samplers divide by; `beta_start` is too small",
+                    self.betas[t]
+                )));
+            }
+            let sigma = ((1.0 - a) / a).sqrt();
+            if !(a > 0.0 && (sigma * sigma).is_finite()) {
+                return Err(err(format!(
+                    "ᾱ at timestep {t} underflows to {a:e}: σ = √((1 − ᾱ)/ᾱ) is not finite \
+                     there; lower `beta_end` or `num_train_timesteps`"
+                )));
+            }
+        }
+        let r = self.clip_sample_range;
+        if !(r.is_finite() && r > 0.0) {
+            return Err(err(format!(
+                "`clip_sample_range` = {r}: must be a positive finite number (x̂₀ is clamped \
+                 to [−range, range])"
+            )));
+        }
+        if self.steps_offset >= n {
+            return Err(err(format!(
+                "`steps_offset` = {}: must be below `num_train_timesteps` = {n}",
+                self.steps_offset
+            )));
+        }
+        if self.dpm_solver_order == 0 {
+            return Err(err("`solver_order` = 0: must be at least 1".into()));
+        }
+        Ok(())
     }
 
     /// ᾱ_t, accumulated in f64 and stored in f32 as torch's CPU `cumprod` does.
@@ -277,11 +358,7 @@ impl SchedulerConfig {
     /// Training timesteps for `steps` inference steps with `spacing` (diffusers' DDPM/DDIM rule).
     pub fn discrete_timesteps(&self, steps: usize, spacing: Spacing) -> Result<Vec<usize>> {
         let n = self.num_train_timesteps;
-        if steps == 0 || steps > n {
-            return Err(Error::Msg(format!(
-                "steps must be in 1..={n} (the model's training timesteps), got {steps}"
-            )));
-        }
+        check_steps(steps, n, n)?;
         let ts: Vec<i64> = match spacing {
             Spacing::Linspace => numpy_linspace(0.0, (n - 1) as f64, steps)
                 .into_iter()
@@ -306,15 +383,154 @@ impl SchedulerConfig {
         ts.into_iter()
             .map(|t| {
                 usize::try_from(t).ok().filter(|&t| t < n).ok_or_else(|| {
-                    Error::Msg(format!("timestep {t} outside 0..{n} (steps_offset?)"))
+                    Error::Msg(format!(
+                        "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach \
+                         timestep {t}, outside 0..{n} (`num_train_timesteps`)",
+                        self.steps_offset
+                    ))
                 })
             })
             .collect()
     }
 }
 
-/// Replaces the bare tokens `-Infinity`, `Infinity` and `NaN` outside strings by `null`.
-fn python_non_finite_to_null(text: &str) -> String {
+/// `steps` inference steps of a schedule with `n` training timesteps, of which at most `max`
+/// can be distinct.
+pub(crate) fn check_steps(steps: usize, n: usize, max: usize) -> Result<()> {
+    if steps == 0 || steps > max {
+        return Err(Error::Msg(format!(
+            "steps = {steps}: this schedule takes 1 to {max} steps (`num_train_timesteps` = {n})"
+        )));
+    }
+    Ok(())
+}
+
+/// The largest scheduler config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The largest `num_train_timesteps` accepted (diffusers' models use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
+/// What a bare Python `NaN`, `Infinity` or `-Infinity` becomes before parsing: a string with
+/// this prefix, so a non-finite number is told apart from `null` and from a missing key.
+const NON_FINITE: &str = "\u{0}non-finite:";
+
+/// The Python token of a non-finite number (`NaN`, `Infinity`, `-Infinity`), if `v` is one.
+fn non_finite(v: &Value) -> Option<&str> {
+    v.as_str().and_then(|s| s.strip_prefix(NON_FINITE))
+}
+
+/// A number for a message: exponent notation when very large or small.
+fn fnum(x: f64) -> String {
+    if x != 0.0 && !(1e-6..1e16).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// A value as the config wrote it.
+fn shown(v: &Value) -> String {
+    non_finite(v).map_or_else(|| v.to_string(), str::to_string)
+}
+
+/// The keys of a scheduler config, read with the type and range each needs; every error names
+/// the key and the value.
+struct Fields<'a> {
+    m: &'a serde_json::Map<String, Value>,
+    origin: &'a str,
+}
+
+impl Fields<'_> {
+    fn config(&self, msg: String) -> Error {
+        Error::Config {
+            origin: self.origin.into(),
+            msg,
+        }
+    }
+
+    fn invalid(&self, k: &str, v: impl std::fmt::Display, why: &str) -> Error {
+        self.config(format!("`{k}` = {v}: {why}"))
+    }
+
+    fn unsupported(&self, k: &str, v: &Value) -> Error {
+        Error::Unsupported {
+            field: k.into(),
+            value: shown(v),
+        }
+    }
+
+    /// A finite number; `default` when the key is missing. `null` and non-finite values are
+    /// errors (nothing the crate reads may be None or NaN in diffusers either).
+    fn number(&self, k: &str, default: f64) -> Result<f64> {
+        match self.m.get(k) {
+            None => Ok(default),
+            Some(Value::Number(x)) => x
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| self.invalid(k, x, "not a finite number")),
+            Some(v) if non_finite(v).is_some() => {
+                Err(self.invalid(k, shown(v), "must be a finite number"))
+            }
+            Some(v) => Err(self.invalid(k, v, "must be a number")),
+        }
+    }
+
+    /// An integer in `lo..=hi`; never rounded.
+    fn integer(&self, k: &str, default: usize, lo: usize, hi: usize) -> Result<usize> {
+        let x = self.number(k, default as f64)?;
+        if x.fract() != 0.0 {
+            return Err(self.invalid(k, fnum(x), "must be an integer"));
+        }
+        if x < lo as f64 || x > hi as f64 {
+            return Err(self.invalid(k, fnum(x), &format!("must be an integer from {lo} to {hi}")));
+        }
+        Ok(x as usize)
+    }
+
+    /// true or false; None when missing. `null` reads as false, as Python's `None` does where
+    /// diffusers tests these flags (`if self.config.clip_sample:`).
+    fn flag(&self, k: &str) -> Result<Option<bool>> {
+        match self.m.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Null) => Ok(Some(false)),
+            Some(v) => Err(self.invalid(k, shown(v), "must be true or false")),
+        }
+    }
+
+    /// A string; None when missing or `null`.
+    fn string(&self, k: &str) -> Result<Option<&str>> {
+        match self.m.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) if non_finite(v).is_some() => {
+                Err(self.invalid(k, shown(v), "must be a string"))
+            }
+            Some(Value::String(s)) => Ok(Some(s.as_str())),
+            Some(v) => Err(self.invalid(k, v, "must be a string")),
+        }
+    }
+
+    /// One of `allowed`; `default` when missing (`null` is an error: diffusers raises on it).
+    fn choice(&self, k: &str, default: &'static str, allowed: &[&'static str]) -> Result<&str> {
+        let list = allowed.join(", ");
+        match self.m.get(k) {
+            None => Ok(default),
+            Some(Value::Null) => Err(self.invalid(k, "null", &format!("must be one of {list}"))),
+            Some(v) => match self.string(k)? {
+                Some(s) if allowed.contains(&s) => Ok(s),
+                _ => Err(Error::Unsupported {
+                    field: k.into(),
+                    value: format!("{} (implemented: {list})", shown(v)),
+                }),
+            },
+        }
+    }
+}
+
+/// Replaces the bare tokens `-Infinity`, `Infinity` and `NaN` outside strings by strings that
+/// `non_finite` recognises.
+fn python_non_finite_to_marker(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_string = false;
     let mut escaped = false;
@@ -329,7 +545,9 @@ fn python_non_finite_to_null(text: &str) -> String {
             .into_iter()
             .find(|t| rest.starts_with(t))
         {
-            out.push_str("null");
+            out.push_str("\"\\u0000non-finite:");
+            out.push_str(tok);
+            out.push('"');
             rest = &rest[tok.len()..];
             continue;
         }
@@ -391,12 +609,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn python_non_finite_floats_read_as_null() {
+    fn python_non_finite_floats_are_marked_not_null() {
         let text = r#"{"a": -Infinity, "b": "NaN \"Infinity\"", "c": [NaN, Infinity], "d": 1}"#;
-        let v: Value = serde_json::from_str(&python_non_finite_to_null(text)).unwrap();
-        assert!(v["a"].is_null());
+        let v: Value = serde_json::from_str(&python_non_finite_to_marker(text)).unwrap();
+        assert_eq!(non_finite(&v["a"]), Some("-Infinity"));
         assert_eq!(v["b"], "NaN \"Infinity\"");
-        assert!(v["c"][0].is_null() && v["c"][1].is_null());
+        assert_eq!(non_finite(&v["c"][0]), Some("NaN"));
+        assert_eq!(non_finite(&v["c"][1]), Some("Infinity"));
         assert_eq!(v["d"], 1);
     }
 

@@ -50,6 +50,12 @@ impl NoiseSource for GivenNoise {
                 format!("step {step}: shape {:?}, expected {shape:?}", t.shape()),
             ));
         }
+        if let Some((at, v)) = first_non_finite(t.data()) {
+            return Err(Error::input(
+                "noise",
+                format!("step {step}: element {at} is {v}"),
+            ));
+        }
         Ok(t.clone())
     }
 }
@@ -102,6 +108,11 @@ pub struct SampleOptions<'a> {
 /// The loop of diffusers' pipelines: scale the noise by the sampler's initial sigma, then per
 /// timestep scale the model input, call the model (twice-batched under guidance), combine, step.
 /// `noise` is standard normal and unscaled.
+///
+/// Nothing non-finite goes by unnamed: the schedule (timesteps, initial σ), the noise and the
+/// conditioning are checked before the first call; after each call, the model's output, the
+/// guided combination and the sampler's update are checked, and an error says at which step
+/// (and timestep) and which of them it was. A model error is reported with its step too.
 pub fn sample(
     model: &dyn Denoiser,
     sampler: &mut dyn Sampler,
@@ -116,9 +127,14 @@ pub fn sample(
         mut progress,
     } = opts;
     let b = noise.dims4("noise")?.0;
+    if b == 0 {
+        return Err(Error::input("noise", "an empty batch"));
+    }
     if let Some(g) = guidance {
         if !g.is_finite() {
-            return Err(Error::Msg("guidance must be a finite number".into()));
+            return Err(Error::Msg(format!(
+                "guidance must be a finite number, got {g}"
+            )));
         }
         if cond.encoder_hidden_states.is_none() || cond.uncond_hidden_states.is_none() {
             return Err(Error::Msg(
@@ -126,9 +142,33 @@ pub fn sample(
             ));
         }
     }
+    check_timesteps("the sampler", sampler.timesteps())?;
     let init = sampler.init_noise_sigma();
+    if !(init.is_finite() && init > 0.0) {
+        return Err(Error::Msg(format!(
+            "the sampler's initial noise sigma is {init}: it must be a positive finite number"
+        )));
+    }
+    check_finite("noise", noise.data())?;
+    for (name, t) in [
+        ("encoder_hidden_states", &cond.encoder_hidden_states),
+        ("uncond_hidden_states", &cond.uncond_hidden_states),
+    ] {
+        if let Some(t) = t {
+            check_finite(name, t.data())?;
+        }
+    }
+    if let Some(l) = &cond.class_labels {
+        check_finite("class_labels", l)?;
+    }
     let mut latents = noise.clone();
     latents.data_mut().iter_mut().for_each(|v| *v *= init);
+    if let Some((at, v)) = first_non_finite(latents.data()) {
+        return Err(Error::Msg(format!(
+            "the initial noise times the sampler's initial sigma {init} overflows \
+             (element {at} is {v})"
+        )));
+    }
     let context = match (
         guidance,
         &cond.uncond_hidden_states,
@@ -144,12 +184,24 @@ pub fn sample(
     let total = sampler.timesteps().len();
     for i in 0..total {
         let t = sampler.timesteps()[i];
+        let at = |what: String| {
+            Error::Msg(format!(
+                "sampling step {}/{total} (timestep {t}): {what}",
+                i + 1
+            ))
+        };
         let x = match guidance {
             Some(_) => concat_batch(&latents, &latents)?,
             None => latents.clone(),
         };
+        let scaled = sampler.scale_model_input(&x, i);
+        if let Some((k, v)) = first_non_finite(scaled.data()) {
+            return Err(at(format!(
+                "the sampler's scaled model input is not finite (element {k} is {v})"
+            )));
+        }
         let inputs = UNetInputs {
-            sample: sampler.scale_model_input(&x, i),
+            sample: scaled,
             timesteps: vec![t],
             encoder_hidden_states: context.clone(),
             class_labels: labels.clone(),
@@ -157,15 +209,35 @@ pub fn sample(
             time_ids: None,
         };
         boosters.mask_step = i;
-        let out = model.forward_with(&inputs, &boosters)?;
+        let out = model
+            .forward_with(&inputs, &boosters)
+            .map_err(|e| at(e.to_string()))?;
+        if let Some((k, v)) = first_non_finite(out.data()) {
+            return Err(at(format!(
+                "the model's output is not finite (element {k} is {v})"
+            )));
+        }
         let out = match guidance {
             Some(g) => {
+                if out.shape().first() != Some(&(2 * b)) {
+                    return Err(at(format!(
+                        "the model outputs {:?} for a guided batch of {}",
+                        out.shape(),
+                        2 * b
+                    )));
+                }
                 let half = out.numel() / 2;
                 let (u, c) = out.data().split_at(half);
                 let data = u.iter().zip(c).map(|(&u, &c)| u + g * (c - u)).collect();
                 let mut shape = out.shape().to_vec();
                 shape[0] = b;
-                Tensor::new(shape, data)?
+                let guided = Tensor::new(shape, data)?;
+                if let Some((k, v)) = first_non_finite(guided.data()) {
+                    return Err(at(format!(
+                        "classifier-free guidance at scale {g} overflows (element {k} is {v})"
+                    )));
+                }
+                guided
             }
             None => out,
         };
@@ -178,11 +250,76 @@ pub fn sample(
             )));
         }
         latents = sampler.step(&out, i, &latents, step_noise)?;
+        if let Some((k, v)) = first_non_finite(latents.data()) {
+            return Err(at(format!(
+                "the sampler's update is not finite although the model's output is \
+                 (element {k} is {v})"
+            )));
+        }
         if let Some(p) = progress.as_mut() {
             p(i + 1, total);
         }
     }
     Ok(latents)
+}
+
+/// The first non-finite value of `data`, with its index.
+pub(crate) fn first_non_finite(data: &[f32]) -> Option<(usize, f32)> {
+    data.iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i, data[i]))
+}
+
+/// An error naming input `name` when `data` holds a non-finite value.
+fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+    match first_non_finite(data) {
+        Some((at, v)) => Err(Error::input(name, format!("element {at} is {v}"))),
+        None => Ok(()),
+    }
+}
+
+/// A sampler's timesteps: at least one, all finite and non-negative.
+pub(crate) fn check_timesteps(sampler: &str, timesteps: &[f32]) -> Result<()> {
+    if timesteps.is_empty() {
+        return Err(Error::Msg(format!("{sampler} has no timesteps")));
+    }
+    if let Some(i) = timesteps.iter().position(|t| !(t.is_finite() && *t >= 0.0)) {
+        return Err(Error::Msg(format!(
+            "{sampler}: timestep {} of step {} is not a finite non-negative number",
+            timesteps[i],
+            i + 1
+        )));
+    }
+    Ok(())
+}
+
+/// A σ schedule (one σ per step, then the final 0): every σ but the last positive with a
+/// finite square (the samplers divide by σ and scale by √(σ² + 1)), and with
+/// `strictly_decreasing` (DPM-Solver's log-SNR steps divide by their differences) no repeats.
+pub(crate) fn check_sigmas(sampler: &str, sigmas: &[f32], strictly_decreasing: bool) -> Result<()> {
+    let steps = sigmas.len().saturating_sub(1);
+    for (i, &s) in sigmas[..steps].iter().enumerate() {
+        if !(s > 0.0 && (s * s).is_finite()) {
+            return Err(Error::Msg(format!(
+                "{sampler}: σ of step {} is {s}; it must be positive and finite (check \
+                 `beta_start`, `beta_end`, `beta_schedule` and `num_train_timesteps`)",
+                i + 1
+            )));
+        }
+    }
+    if strictly_decreasing {
+        if let Some(i) = (0..steps).find(|&i| sigmas[i + 1] >= sigmas[i]) {
+            return Err(Error::Msg(format!(
+                "{sampler}: σ does not decrease from step {} to step {} ({} then {}): the \
+                 timesteps repeat; give fewer steps or another `timestep_spacing`",
+                i + 1,
+                i + 2,
+                sigmas[i],
+                sigmas[i + 1]
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn concat_batch(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -208,22 +345,23 @@ pub(crate) fn axpby(a: f32, x: &Tensor, b: f32, y: &Tensor) -> Tensor {
     Tensor::from_parts(x.shape().to_vec(), data)
 }
 
-/// The sampler `kind` for `config`, set for `steps` model calls' worth of steps.
+/// The sampler `kind` for `config`, set for `steps` model calls' worth of steps. The config is
+/// validated (`SchedulerConfig::validate`) and the schedule checked for non-finite values
+/// before a sampler is returned.
 pub fn build(
     kind: SamplerKind,
     config: &SchedulerConfig,
     steps: usize,
     eta: f32,
 ) -> Result<Box<dyn Sampler>> {
-    if !(eta.is_finite() && eta >= 0.0) {
+    check_eta(eta)?;
+    if eta > 0.0 && kind != SamplerKind::Ddim {
         return Err(Error::Msg(format!(
-            "eta must be a non-negative number, got {eta}"
+            "eta = {eta}: eta applies to the DDIM sampler only ({kind:?} has none)"
         )));
     }
-    if eta > 0.0 && kind != SamplerKind::Ddim {
-        return Err(Error::Msg("eta applies to the DDIM sampler only".into()));
-    }
-    Ok(match kind {
+    config.validate()?;
+    let sampler: Box<dyn Sampler> = match kind {
         SamplerKind::Ddpm => Box::new(scheduling_ddpm::DdpmScheduler::new(config, steps)?),
         SamplerKind::Ddim => Box::new(scheduling_ddim::DdimScheduler::new(config, steps, eta)?),
         SamplerKind::Euler => Box::new(scheduling_euler_discrete::EulerScheduler::new(
@@ -233,5 +371,18 @@ pub fn build(
         SamplerKind::DpmSolverMultistep => Box::new(
             scheduling_dpmsolver_multistep::DpmSolverMultistepScheduler::new(config, steps)?,
         ),
-    })
+    };
+    check_timesteps(&format!("{kind:?}"), sampler.timesteps())?;
+    Ok(sampler)
+}
+
+/// DDIM's eta: 0 (deterministic) to 1 (DDPM's variance). Above 1 the noise's variance exceeds
+/// 1 − ᾱ_prev and the direction term would be the root of a negative number.
+pub(crate) fn check_eta(eta: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&eta) {
+        return Err(Error::Msg(format!(
+            "eta = {eta}: must be a number from 0 to 1"
+        )));
+    }
+    Ok(())
 }

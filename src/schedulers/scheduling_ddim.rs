@@ -2,7 +2,7 @@
 
 use super::config::{Prediction, SchedulerConfig, Spacing};
 use super::{axpby, NoiseSource, Sampler};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 pub struct DdimScheduler {
@@ -17,10 +17,12 @@ pub struct DdimScheduler {
 
 impl DdimScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize, eta: f32) -> Result<Self> {
+        cfg.validate()?;
+        super::check_eta(eta)?;
         let alphas_cumprod = cfg.alphas_cumprod();
         let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
         let timesteps = cfg.discrete_timesteps(steps, spacing)?;
-        Ok(DdimScheduler {
+        let s = DdimScheduler {
             final_alpha_cumprod: if cfg.set_alpha_to_one {
                 1.0
             } else {
@@ -32,7 +34,40 @@ impl DdimScheduler {
             prediction: cfg.prediction_type,
             clip: cfg.clip(true),
             eta,
-        })
+        };
+        // Every step's coefficients, before any model call.
+        for i in 0..s.timesteps.len() {
+            let (a, a_prev, std_dev, dir) = s.coefficients(i);
+            if !(a > 0.0 && a < 1.0 && a_prev > 0.0 && [std_dev, dir].iter().all(|v| v.is_finite()))
+            {
+                return Err(Error::Msg(format!(
+                    "DDIM: the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \
+                     ᾱ_prev = {a_prev}, σ_t = {std_dev}, direction {dir}",
+                    i + 1,
+                    s.timesteps[i]
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// (ᾱ_t, ᾱ_prev, σ_t, √(1 − ᾱ_prev − σ_t²)) of call `i`.
+    fn coefficients(&self, i: usize) -> (f32, f32, f32, f32) {
+        let t = self.timesteps[i] as usize;
+        let prev = t as i64 - self.step_ratio as i64;
+        let alpha_prod_t = self.alphas_cumprod[t];
+        let alpha_prod_prev = if prev >= 0 {
+            self.alphas_cumprod[prev as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let variance =
+            (1.0 - alpha_prod_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_prev);
+        let std_dev = self.eta * variance.max(0.0).sqrt();
+        // At eta = 1 rounding can take the radicand a hair below 0.
+        let dir = (1.0 - alpha_prod_prev - std_dev * std_dev).max(0.0).sqrt();
+        (alpha_prod_t, alpha_prod_prev, std_dev, dir)
     }
 }
 
@@ -85,23 +120,11 @@ impl Sampler for DdimScheduler {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        let t = self.timesteps[i] as usize;
-        let prev = t as i64 - self.step_ratio as i64;
-        let alpha_prod_t = self.alphas_cumprod[t];
-        let alpha_prod_prev = if prev >= 0 {
-            self.alphas_cumprod[prev as usize]
-        } else {
-            self.final_alpha_cumprod
-        };
-        let beta_prod_t = 1.0 - alpha_prod_t;
+        let (alpha_prod_t, alpha_prod_prev, std_dev, dir) = self.coefficients(i);
         let (mut x0, eps) = predict(self.prediction, alpha_prod_t, output, sample);
         if let Some(r) = self.clip {
             x0.data_mut().iter_mut().for_each(|v| *v = v.clamp(-r, r));
         }
-        let variance =
-            (1.0 - alpha_prod_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_prev);
-        let std_dev = self.eta * variance.sqrt();
-        let dir = (1.0 - alpha_prod_prev - std_dev * std_dev).sqrt();
         let mut prev_sample = axpby(alpha_prod_prev.sqrt(), &x0, dir, &eps);
         if self.eta > 0.0 {
             let z = noise.noise(i, sample.shape())?;

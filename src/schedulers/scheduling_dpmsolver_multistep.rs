@@ -32,17 +32,22 @@ fn lambda(sigma: f32) -> f64 {
 
 impl DpmSolverMultistepScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        cfg.validate()?;
         let n = cfg.num_train_timesteps;
-        if steps == 0 || steps > n {
-            return Err(Error::Msg(format!("steps must be in 1..={n}, got {steps}")));
-        }
+        let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
+        // Linspace and leading spacing place steps + 1 points on the training timesteps.
+        let max_steps = match spacing {
+            Spacing::Trailing => n,
+            Spacing::Linspace | Spacing::Leading => n - 1,
+        };
+        super::config::check_steps(steps, n, max_steps)?;
         if cfg.dpm_solver_order == 0 || cfg.dpm_solver_order > 2 {
             return Err(Error::Unsupported {
                 field: "solver_order".into(),
                 value: cfg.dpm_solver_order.to_string(),
             });
         }
-        let mut ts: Vec<f64> = match cfg.timestep_spacing.unwrap_or(Spacing::Linspace) {
+        let mut ts: Vec<f64> = match spacing {
             Spacing::Linspace => super::config::numpy_linspace(0.0, (n - 1) as f64, steps + 1)
                 .into_iter()
                 .rev()
@@ -98,9 +103,18 @@ impl DpmSolverMultistepScheduler {
                 })
                 .collect()
         };
+        if let Some(t) = ts.iter().find(|&&t| !(t >= 0.0 && t < n as f64)) {
+            return Err(Error::Msg(format!(
+                "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach timestep \
+                 {t}, outside 0..{n} (`num_train_timesteps`)",
+                cfg.steps_offset
+            )));
+        }
         sigmas.push(0.0);
+        let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+        super::check_sigmas("DPM-Solver++", &sigmas, true)?;
         Ok(DpmSolverMultistepScheduler {
-            sigmas: sigmas.into_iter().map(|s| s as f32).collect(),
+            sigmas,
             // diffusers stores these timesteps as int64.
             timesteps: ts.into_iter().map(|t| t as i64 as f32).collect(),
             prediction: cfg.prediction_type,

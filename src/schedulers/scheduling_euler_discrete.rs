@@ -23,11 +23,10 @@ pub(crate) struct DiscreteSigmas {
 }
 
 impl DiscreteSigmas {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub fn new(sampler: &str, cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+        cfg.validate()?;
         let n = cfg.num_train_timesteps;
-        if steps == 0 || steps > n {
-            return Err(Error::Msg(format!("steps must be in 1..={n}, got {steps}")));
-        }
+        super::config::check_steps(steps, n, n)?;
         let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
         let ts: Vec<f64> = match spacing {
             // Euler keeps fractional linspace timesteps (f32), unlike DDIM.
@@ -77,6 +76,13 @@ impl DiscreteSigmas {
             Spacing::Linspace | Spacing::Trailing => max,
             Spacing::Leading => (max * max + 1.0).sqrt(),
         };
+        super::check_sigmas(sampler, &sigmas, false)?;
+        if !(init_noise_sigma.is_finite() && init_noise_sigma > 0.0) {
+            return Err(Error::Msg(format!(
+                "{sampler}: the initial noise sigma is {init_noise_sigma}; it must be positive \
+                 and finite"
+            )));
+        }
         Ok(DiscreteSigmas {
             timesteps: timesteps.into_iter().map(|t| t as f32).collect(),
             sigmas,
@@ -87,7 +93,7 @@ impl DiscreteSigmas {
 
 impl EulerScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let s = DiscreteSigmas::new(cfg, steps)?;
+        let s = DiscreteSigmas::new("Euler", cfg, steps)?;
         Ok(EulerScheduler {
             sigmas: s.sigmas,
             timesteps: s.timesteps,

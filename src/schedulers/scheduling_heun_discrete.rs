@@ -22,7 +22,7 @@ pub struct HeunScheduler {
 
 impl HeunScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let s = DiscreteSigmas::new(cfg, steps)?;
+        let s = DiscreteSigmas::new("Heun", cfg, steps)?;
         let twice = |v: &[f32], keep_last: bool| {
             let mut out = vec![v[0]];
             let end = if keep_last { v.len() - 1 } else { v.len() };
