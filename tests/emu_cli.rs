@@ -205,6 +205,47 @@ fn a_missing_executor_is_an_error_that_says_how_to_build_it() {
     assert!(!out.exists());
 }
 
+/// The memory plan counts the device's memory too: a call that would not fit in a small
+/// emulated device is refused up front, naming what it needs, rather than failing an allocation.
+#[test]
+fn a_forward_too_big_for_the_device_is_refused_before_it_allocates() {
+    let sd = fixture("sd15_like");
+    let given = safetensors_io::load(&sd.join("inputs.safetensors")).unwrap();
+    let ehs = &given["encoder_hidden_states"].tensor;
+    let (s, d) = (ehs.shape()[1], ehs.shape()[2]);
+    let dir = scratch("emu-cli-plan");
+    let input = dir.join("big.safetensors");
+    let (sample, t, e) = (
+        Tensor::randn([8, 4, 96, 96], 1),
+        Tensor::new(vec![8], vec![500.0; 8]).unwrap(),
+        Tensor::randn([8, s, d], 2),
+    );
+    safetensors_io::save(
+        &input,
+        &[
+            ("sample", &sample),
+            ("timestep", &t),
+            ("encoder_hidden_states", &e),
+        ],
+    )
+    .unwrap();
+    let out = dir.join("out.safetensors");
+    let o = forward(
+        &sd,
+        &input,
+        &out,
+        &["--device", "emu", "--dtype", "f16"],
+        &[("FREELUNCH_EMU_MEMORY_MB", "16")],
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a 16 MiB device ran it");
+    assert!(
+        msg.contains("needs ~") && msg.contains("available"),
+        "{msg}"
+    );
+    assert!(!msg.contains("panicked") && !out.exists(), "{msg}");
+}
+
 #[test]
 fn a_device_the_executor_does_not_have_is_an_error() {
     let sd = fixture("sd15_like");

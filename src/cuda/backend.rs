@@ -392,6 +392,15 @@ impl<T: cudarc::driver::DeviceRepr> Arg for T {
 impl Backend for Gpu {
     type Tensor = GpuTensor;
 
+    /// Device memory the next call can have, for the memory plan: what the driver has free plus
+    /// what the stream-ordered pool holds unused (it keeps freed memory, which the driver counts
+    /// as taken). The plan counts activations as f32, so a 16-bit device holds twice as many.
+    fn available_memory(&self) -> Option<u64> {
+        let (free, _total) = self.stream.context().mem_get_info().ok()?;
+        let pooled = super::pool_unused(self.stream.context().cu_device()).unwrap_or(0);
+        Some((free as u64 + pooled) * 4 / self.dtype.size() as u64)
+    }
+
     fn shape(&self, x: &GpuTensor) -> Vec<usize> {
         x.shape.clone()
     }

@@ -276,6 +276,34 @@ impl Gpu {
     }
 }
 
+/// Bytes the device's default pool has reserved but not handed out (freed buffers it keeps).
+pub(crate) fn pool_unused(dev: cudarc::driver::sys::CUdevice) -> Option<u64> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let (mut reserved, mut used) = (0u64, 0u64);
+    // SAFETY: plain driver calls on a valid device with out-pointers to locals.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, dev)
+            .result()
+            .ok()?;
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+            &mut reserved as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .ok()?;
+        sys::cuMemPoolGetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT,
+            &mut used as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .ok()?;
+    }
+    Some(reserved.saturating_sub(used))
+}
+
 /// Buffers are allocated and freed stream-ordered (`cuMemAllocAsync`) from the device's default
 /// pool, whose release threshold is 0: every synchronisation (one per U-Net call, when the
 /// output is copied back) would hand all freed memory back to the driver and the next call
