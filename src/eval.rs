@@ -67,13 +67,17 @@ impl DigitClassifier {
             }
         }
         let conv = |x: &Tensor, (w, b): &(Tensor, Tensor)| {
-            relu(cpu::conv2d(x, w, Some(b.data()), 2, Padding::same(1)))
+            cpu::try_conv2d(x, w, Some(b.data()), 2, Padding::same(1)).map(relu)
         };
-        let h = conv(&conv(images, &self.conv1), &self.conv2);
+        let h = conv(&conv(images, &self.conv1)?, &self.conv2)?;
         let b = h.shape()[0];
         let flat = h.reshape([b, 64 * 7 * 7])?;
-        let features = relu(cpu::linear(&flat, &self.fc1.0, Some(self.fc1.1.data())));
-        let logits = cpu::linear(&features, &self.fc2.0, Some(self.fc2.1.data()));
+        let features = relu(cpu::try_linear(
+            &flat,
+            &self.fc1.0,
+            Some(self.fc1.1.data()),
+        )?);
+        let logits = cpu::try_linear(&features, &self.fc2.0, Some(self.fc2.1.data()))?;
         Ok(Classified { features, logits })
     }
 }

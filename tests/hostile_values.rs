@@ -923,3 +923,61 @@ proptest! {
         load_everything(&fuzz_path("mutated"), &b)?;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Class 4: inputs the model would not use.
+// ---------------------------------------------------------------------------------------------
+
+/// Conditioning a model has no use for is an error, not a silently unconditional sample
+/// (diffusers drops it without a word); the mask generator checks the tensors it is handed.
+#[test]
+fn inputs_the_model_cannot_use_are_refused() {
+    let dir = fixture("ddpm_basic");
+    let unet = UNet::from_dir(&dir).unwrap();
+    let mut inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
+    assert!(unet.forward(&inputs).is_ok());
+    let b = inputs.sample.shape()[0];
+    inputs.encoder_hidden_states = Some(Tensor::randn([b, 4, 8], 3));
+    let msg = unet.forward(&inputs).unwrap_err().to_string();
+    assert!(
+        msg.contains("encoder_hidden_states") && msg.contains("no cross-attention"),
+        "{msg}"
+    );
+
+    let sd = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let generator = MaskGenerator::load(
+        &fixture("mask_generator/sd15_hyper/generator.safetensors"),
+        &sd,
+        Gumbel::Off,
+    )
+    .unwrap();
+    let (sample, skip) = (
+        Tensor::randn([2, 4, 4, 4], 1),
+        Tensor::randn([2, 4, 4, 4], 2),
+    );
+    let mut refused = 0;
+    for i in 0..4 {
+        for (s, k, e) in [
+            (&sample, &skip, Tensor::randn([3, 8], 4)),
+            (
+                &sample,
+                &Tensor::randn([1, 4, 4, 4], 5),
+                Tensor::randn([2, 8], 4),
+            ),
+            (&Tensor::randn([2, 16], 6), &skip, Tensor::randn([2, 8], 4)),
+        ] {
+            // A block without a generator has nothing to check; one with a generator must
+            // refuse every mismatched call, before any channel count matters.
+            match generator.block_masks(i, s, k, &e, 0) {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("block {i}: mismatched shapes produced masks"),
+                Err(err) => {
+                    let msg = err.to_string();
+                    assert!(msg.contains("mask generator inputs"), "{msg}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > 0 && refused % 3 == 0, "{refused} refusals");
+}

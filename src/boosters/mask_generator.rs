@@ -179,8 +179,19 @@ impl MaskGenerator {
                 non_finite_words(shape, bad)
             ))),
         };
+        let b = match (sample.shape(), skip.shape(), emb.shape()) {
+            ([b, _, _, _], [sb, _, _, _], [eb, _]) if sb == b && eb == b => *b,
+            (s, k, e) => {
+                return Err(Error::input(
+                    "mask generator inputs",
+                    format!(
+                        "sample {s:?}, skip {k:?} and time embedding {e:?}; expected \
+                         [B, C, H, W], [B, C', H', W'] and [B, T]"
+                    ),
+                ))
+            }
+        };
         let lc = LayerCtx::default();
-        let b = sample.shape()[0];
         let mut x = Vec::with_capacity(b * (sample.shape()[1] + skip.shape()[1]));
         for bi in 0..b {
             for t in [sample, skip] {
@@ -192,7 +203,7 @@ impl MaskGenerator {
         }
         let cin = x.len() / b;
         let mut x = Tensor::from_parts(vec![b, cin], x);
-        crate::cpu::add_inplace(&mut x, &g.proj_temb.forward(emb, lc), 1.0);
+        crate::cpu::try_add_inplace(&mut x, &g.proj_temb.try_forward(emb, lc)?, 1.0)?;
         let relu = |mut t: Tensor| {
             t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
             t
@@ -202,7 +213,10 @@ impl MaskGenerator {
             x.data(),
             x.shape(),
         )?;
-        let m = relu(g.conv2.forward(&relu(g.conv0.forward(&x, lc)), lc));
+        let m = relu(
+            g.conv2
+                .try_forward(&relu(g.conv0.try_forward(&x, lc)?), lc)?,
+        );
         finite(
             format!("mask_generators.{i}.conv_kernel_mask"),
             m.data(),

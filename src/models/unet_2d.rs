@@ -517,6 +517,13 @@ impl UNet2DConditionModel {
                     ))
                 }
             }
+        } else if x.encoder_hidden_states.is_some() {
+            // diffusers ignores it; a caller who passed a prompt and got an unconditional
+            // sample would never know.
+            return Err(Error::input(
+                "encoder_hidden_states",
+                "given, but the model has no cross-attention to use it",
+            ));
         }
         match (&self.class_embedding, &x.class_labels) {
             (Some(_), None) => {
