@@ -93,6 +93,16 @@ pub enum Exec {
     Cuda(Arc<crate::cuda::Gpu>),
 }
 
+impl Exec {
+    /// The type weights and activations are stored in (always f32 on the CPU).
+    pub fn dtype(&self) -> DType {
+        match self {
+            Exec::Cpu => DType::F32,
+            Exec::Cuda(gpu) => gpu.dtype,
+        }
+    }
+}
+
 impl Device {
     /// The device the test and bench binaries use: `FREELUNCH_DEVICE` (`emu`, `emu:N`, `cuda`,
     /// `cuda:N`), or `None` where it is unset and they use a real GPU if there is one.

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod hub;
 pub mod image;
 pub mod models;
 pub mod nn;

@@ -17,7 +17,7 @@ use freelunch::schedulers::config::MAX_TRAIN_TIMESTEPS;
 use freelunch::schedulers::{
     self, Conditioning, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise,
 };
-use freelunch::weights::{Checkpoint, ModelFiles};
+use freelunch::weights::{Checkpoint, LoadOptions, ModelFiles};
 use freelunch::Tensor;
 use freelunch::{safetensors_io, UNet, UNetConfig, UNetInputs};
 
@@ -36,9 +36,12 @@ struct Cli {
 enum Command {
     /// One U-Net forward pass: what diffusers' `model(sample, timestep, ...).sample` returns.
     Forward {
-        /// diffusers model folder (config.json + weights) or pipeline folder with unet/.
+        /// diffusers model folder (config.json + weights), pipeline folder with unet/, Hugging
+        /// Face cache repo folder (models--org--name), or repo id (org/name) in the cache.
         #[arg(long, required_unless_present = "route", conflicts_with = "route")]
         model: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
         /// DeMe: unmerged experts (low timesteps first), each serving its share of the
         /// timesteps, instead of --model.
         #[arg(long, value_name = "D1,D2,...", value_delimiter = ',')]
@@ -62,9 +65,12 @@ enum Command {
     },
     /// Generate samples: diffusers' sampling loop with any booster of `forward`.
     Sample {
-        /// diffusers model or pipeline folder (default: the built-in MNIST digit model).
+        /// diffusers model or pipeline folder, Hugging Face cache repo folder, or repo id in
+        /// the cache (default: the built-in MNIST digit model).
         #[arg(long)]
         model: Option<PathBuf>,
+        #[command(flatten)]
+        load: LoadArgs,
         /// scheduler_config.json, its folder, or a pipeline folder (default: the model's
         /// pipeline folder).
         #[arg(long, value_name = "DIR_OR_JSON")]
@@ -158,6 +164,37 @@ impl DeviceArgs {
         let device: Device = self.device.parse()?;
         let dtype: DType = self.dtype.parse()?;
         device.open(dtype)
+    }
+}
+
+/// Which files of a model folder are read.
+#[derive(Args)]
+struct LoadArgs {
+    /// Weights variant: diffusion_pytorch_model.<VARIANT>.safetensors or its shards (fp16,
+    /// bf16, ...). Default: the full-precision weights, else the folder's only variant.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Revision (branch, tag or commit) of a Hugging Face cache repo given as --model
+    /// (models--org--name or org/name). Default: main.
+    #[arg(long)]
+    revision: Option<String>,
+}
+
+impl LoadArgs {
+    /// The load options for a model run on `exec`: 16-bit weights stored in the type a GPU
+    /// computes in stay as stored.
+    fn options(&self, exec: Option<&Exec>) -> LoadOptions {
+        use freelunch::tensor::HalfType;
+        let keep = match exec.map(Exec::dtype) {
+            Some(DType::F16) => Some(HalfType::F16),
+            Some(DType::BF16) => Some(HalfType::BF16),
+            _ => None,
+        };
+        LoadOptions {
+            variant: self.variant.clone(),
+            revision: self.revision.clone(),
+            keep,
+        }
     }
 }
 
@@ -416,6 +453,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
         Command::Forward {
             model,
             route,
+            load,
             route_timesteps,
             input,
             output,
@@ -424,8 +462,16 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             boosters,
         } => {
             let mut read = vec![input.clone()];
-            for dir in model.iter().chain(route.iter().flatten()) {
-                read.extend(model_paths(dir));
+            for dir in model.iter() {
+                read.extend(model_paths(dir, &load.options(None)));
+            }
+            for dir in route.iter().flatten() {
+                read.extend(model_paths(dir, &LoadOptions::default()));
+            }
+            if route.is_some() && (load.variant.is_some() || load.revision.is_some()) {
+                return Err(msg(
+                    "--variant and --revision apply to --model; routed experts are read as                      they are",
+                ));
             }
             refuse_overwriting(&output, &read)?;
             let route_timesteps = match (route_timesteps, &route) {
@@ -443,6 +489,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 (t, _) => t.unwrap_or(1000),
             };
             boosters.check(false)?;
+            let started = std::time::Instant::now();
             let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
@@ -454,16 +501,24 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                         router.run(&exec, &inputs, &b)?
                     }
                     (Some(model), None) => {
-                        let unet = load_reporting_unused(&model)?;
+                        let unet = load_reporting_unused(&model, &load.options(Some(&exec)))?;
                         unet.run(&exec, &inputs, &boosters.boosters(&unet)?)?
                     }
                     (None, None) => unreachable!("clap requires --model or --route"),
                 };
-                safetensors_io::save(&output, &[("sample", &out)])
+                safetensors_io::save(&output, &[("sample", &out)])?;
+                eprintln!(
+                    "wrote {}: sample {:?} in {:.2} s",
+                    output.display(),
+                    out.shape(),
+                    started.elapsed().as_secs_f64()
+                );
+                Ok(())
             })
         }
         Command::Sample {
             model,
+            load,
             scheduler,
             sampler,
             steps,
@@ -485,7 +540,11 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 .cloned()
                 .collect();
             if let Some(m) = &model {
-                read.extend(model_paths(m));
+                read.extend(model_paths(m, &load.options(None)));
+            } else if load.variant.is_some() || load.revision.is_some() {
+                return Err(msg(
+                    "--variant and --revision apply to --model; the built-in model has one                      set of weights",
+                ));
             }
             refuse_overwriting(&output, &read)?;
             let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -522,13 +581,18 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             pool.install(|| {
                 let (unet, config, origin) = match &model {
                     Some(m) => {
+                        let m = &freelunch::hub::resolve(m, load.revision.as_deref())?;
                         let path = match scheduler {
                             Some(p) => p,
                             None => scheduler_beside(m)?,
                         };
                         let config = SchedulerConfig::from_path(&path)?;
+                        let opts = LoadOptions {
+                            revision: None,
+                            ..load.options(Some(&exec))
+                        };
                         (
-                            load_reporting_unused(m)?,
+                            load_reporting_unused(m, &opts)?,
                             config,
                             path.display().to_string(),
                         )
@@ -577,6 +641,16 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 let seed = seed.unwrap_or(0);
                 let mut s = schedulers::build(kind, &config, steps, eta)?;
                 let c = unet.config.in_channels;
+                if ext == "png" && c != 1 && c != 3 {
+                    return Err(msg(format!(
+                        "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors instead",
+                        output.display()
+                    )));
+                }
+                let conditioning = match &cond {
+                    Some(p) => load_conditioning(p, guidance.is_some())?,
+                    None => Conditioning::default(),
+                };
                 let noise = match noise {
                     Some(p) => {
                         let n = UNetInputs::load_tensor(&p, "sample")?;
@@ -596,32 +670,25 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                                 "the model's config has no sample_size; give --noise".into(),
                             )
                         })?;
-                        let batch = batch.unwrap_or(16);
+                        // diffusers samples one image per prompt unless told more; with no
+                        // conditioning, a grid of 16.
+                        let batch = batch
+                            .or_else(|| conditioning_batch(&conditioning))
+                            .unwrap_or(16);
                         plan_samples([batch, c, h, w], guidance.is_some())?;
                         Tensor::try_randn([batch, c, h, w], seed)?
                     }
                 };
-                let conditioning = match &cond {
-                    Some(p) => {
-                        let c = Conditioning {
-                            encoder_hidden_states: UNetInputs::load_optional(
-                                p,
-                                "encoder_hidden_states",
-                            )?,
-                            uncond_hidden_states: UNetInputs::load_optional(
-                                p,
-                                "uncond_hidden_states",
-                            )?,
-                            class_labels: UNetInputs::load_optional(p, "class_labels")?
-                                .map(Tensor::into_data),
-                        };
-                        check_conditioning(&c, p, guidance.is_some())?;
-                        c
-                    }
-                    None => Conditioning::default(),
-                };
                 let bar = indicatif::ProgressBar::new(s.timesteps().len() as u64);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:40} {pos}/{len} steps, {per_sec}, {eta} left",
+                    )
+                    .expect("a valid template"),
+                );
                 let mut tick = |i: usize, _n: usize| bar.set_position(i as u64);
+                let started = std::time::Instant::now();
+                let calls = s.timesteps().len();
                 let opts = SampleOptions {
                     guidance,
                     conditioning,
@@ -634,10 +701,19 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 bar.finish_and_clear();
                 let out = out?;
                 if ext == "png" {
-                    freelunch::image::save_png_grid(&output, &out)
+                    freelunch::image::save_png_grid(&output, &out)?;
                 } else {
-                    safetensors_io::save(&output, &[("sample", &out)])
+                    safetensors_io::save(&output, &[("sample", &out)])?;
                 }
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "wrote {}: {} samples {:?}, {calls} model calls in {secs:.1} s ({:.2} it/s)",
+                    output.display(),
+                    out.shape()[0],
+                    &out.shape()[1..],
+                    calls as f64 / secs.max(1e-9)
+                );
+                Ok(())
             })
         }
         Command::Eval { images, no_fid } => {
@@ -689,12 +765,35 @@ fn scheduler_beside(model: &std::path::Path) -> freelunch::Result<PathBuf> {
 }
 
 /// Loads a model folder, warning about checkpoint tensors the model does not use.
-fn load_reporting_unused(dir: &std::path::Path) -> freelunch::Result<UNet> {
-    let files = ModelFiles::locate(dir)?;
+fn load_reporting_unused(dir: &std::path::Path, opts: &LoadOptions) -> freelunch::Result<UNet> {
+    let files = ModelFiles::find(dir, opts)?;
+    if let (None, Some(v)) = (&opts.variant, &files.variant) {
+        eprintln!(
+            "note: {} has no full-precision weights; reading its {v} variant",
+            files.dir.display()
+        );
+    }
     let config = UNetConfig::from_file(&files.config)?;
     config.ensure_weights_fit()?;
-    let mut ckpt = Checkpoint::load(&files.weights)?;
-    let unet = UNet::load(config, &mut ckpt)?;
+    let bytes: u64 = files
+        .weights
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    // Shown only on a terminal (indicatif draws nothing otherwise).
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
+        "loading {} ({:.2} GB in {} file{})",
+        files.dir.display(),
+        bytes as f64 / 1e9,
+        files.weights.len(),
+        if files.weights.len() == 1 { "" } else { "s" }
+    ));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let loaded = Checkpoint::load_keeping(&files.weights, opts.keep)
+        .and_then(|mut ckpt| Ok((UNet::load(config, &mut ckpt)?, ckpt)));
+    spinner.finish_and_clear();
+    let (unet, ckpt) = loaded?;
     let unused = ckpt.remaining();
     if !unused.is_empty() {
         eprintln!(
@@ -707,8 +806,8 @@ fn load_reporting_unused(dir: &std::path::Path) -> freelunch::Result<UNet> {
 }
 
 /// The files a model folder's load reads (none if it is not a model folder: loading reports that).
-fn model_paths(dir: &std::path::Path) -> Vec<PathBuf> {
-    ModelFiles::locate(dir).map_or_else(
+fn model_paths(dir: &std::path::Path, opts: &LoadOptions) -> Vec<PathBuf> {
+    ModelFiles::find(dir, opts).map_or_else(
         |_| Vec::new(),
         |f| f.paths().into_iter().map(PathBuf::from).collect(),
     )
@@ -753,18 +852,43 @@ fn plan_samples(shape: [usize; 4], guided: bool) -> freelunch::Result<()> {
 
 /// The conditioning file holds something, and what guidance needs; an unconditional state
 /// that nothing would read is reported.
-fn check_conditioning(
-    c: &Conditioning,
-    path: &std::path::Path,
-    guided: bool,
-) -> freelunch::Result<()> {
+/// The batch the conditioning was given at, when it names one (more than one sample): the
+/// default `--batch`, as diffusers samples one image per prompt.
+fn conditioning_batch(c: &Conditioning) -> Option<usize> {
+    [
+        &c.encoder_hidden_states,
+        &c.text_embeds,
+        &c.time_ids,
+        &c.uncond_hidden_states,
+    ]
+    .iter()
+    .filter_map(|t| t.as_ref().and_then(|t| t.shape().first().copied()))
+    .chain(c.class_labels.as_ref().map(Vec::len))
+    .max()
+}
+
+/// The conditioning tensors of `--cond`: at least one must be there; the unconditional ones are
+/// read only under guidance (without it they are dropped with a warning, since they change
+/// nothing).
+fn load_conditioning(path: &std::path::Path, guided: bool) -> freelunch::Result<Conditioning> {
+    let load = |name: &str| UNetInputs::load_optional(path, name);
+    let mut c = Conditioning {
+        encoder_hidden_states: load("encoder_hidden_states")?,
+        uncond_hidden_states: load("uncond_hidden_states")?,
+        class_labels: load("class_labels")?.map(Tensor::into_data),
+        text_embeds: load("text_embeds")?,
+        time_ids: load("time_ids")?,
+        uncond_text_embeds: load("uncond_text_embeds")?,
+        uncond_time_ids: load("uncond_time_ids")?,
+    };
     let p = path.display();
-    if c.encoder_hidden_states.is_none()
-        && c.uncond_hidden_states.is_none()
-        && c.class_labels.is_none()
-    {
+    let conditional = [&c.encoder_hidden_states, &c.text_embeds, &c.time_ids]
+        .iter()
+        .any(|t| t.is_some())
+        || c.class_labels.is_some();
+    if !conditional {
         return Err(msg(format!(
-            "--cond {p} holds none of encoder_hidden_states, uncond_hidden_states, class_labels"
+            "--cond {p} holds none of encoder_hidden_states, text_embeds, time_ids, class_labels"
         )));
     }
     if guided && (c.encoder_hidden_states.is_none() || c.uncond_hidden_states.is_none()) {
@@ -772,8 +896,16 @@ fn check_conditioning(
             "--guidance needs encoder_hidden_states and uncond_hidden_states in --cond {p}"
         )));
     }
-    if !guided && c.uncond_hidden_states.is_some() {
-        eprintln!("warning: --cond {p}: uncond_hidden_states is unused without --guidance");
+    if !guided {
+        for (name, t) in [
+            ("uncond_hidden_states", &mut c.uncond_hidden_states),
+            ("uncond_text_embeds", &mut c.uncond_text_embeds),
+            ("uncond_time_ids", &mut c.uncond_time_ids),
+        ] {
+            if t.take().is_some() {
+                eprintln!("warning: --cond {p}: {name} is unused without --guidance");
+            }
+        }
     }
-    Ok(())
+    Ok(c)
 }

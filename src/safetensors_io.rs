@@ -14,10 +14,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{HalfType, Mapping, Tensor};
 
 /// A tensor read from a file, widened to f32, with the dtype it was stored in.
 #[derive(Clone, Debug)]
@@ -30,10 +32,102 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
-/// All tensors of a safetensors file, by name.
+/// A file as a read-only memory map, shared with every other live map of the same file (same
+/// device, inode, size and modification time): two loads of one checkpoint share its pages.
+///
+/// Like safetensors' and PyTorch's own loaders, this relies on nobody truncating the file while
+/// it is mapped (the process would get SIGBUS); a file replaced by rename, as this crate writes
+/// its outputs, is safe.
+pub fn map_file(path: &Path) -> Result<Arc<Mapping>> {
+    use std::sync::{Mutex, Weak};
+    type Key = (u64, u64, u64, i64, i64);
+    static LIVE: Mutex<Vec<(Key, Weak<Mapping>)>> = Mutex::new(Vec::new());
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Msg(format!("{} is not a file", path.display())));
+    }
+    #[cfg(unix)]
+    let key: Key = {
+        use std::os::unix::fs::MetadataExt;
+        (
+            meta.dev(),
+            meta.ino(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        )
+    };
+    #[cfg(not(unix))]
+    let key: Key = (
+        0,
+        crate::rng::fnv1a(path.to_string_lossy().as_bytes()),
+        meta.len(),
+        0,
+        0,
+    );
+    let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
+    live.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(map) = live
+        .iter()
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(map);
+    }
+    let map = if meta.len() == 0 {
+        // An empty file cannot be mapped; its (absent) bytes are reported by the parser.
+        Mapping::Bytes(Vec::new())
+    } else {
+        // SAFETY: the map is read-only; see the function's note on truncation.
+        Mapping::File(unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?)
+    };
+    let map = Arc::new(map);
+    live.push((key, Arc::downgrade(&map)));
+    Ok(map)
+}
+
+/// All tensors of a safetensors file, by name, from its memory map: f32 tensors read in place
+/// (`Tensor::from_mapped_f32`), the others widened one at a time with their pages released after,
+/// so a load never holds two copies of the weights.
 pub fn load(path: &Path) -> Result<BTreeMap<String, StoredTensor>> {
-    let bytes = read_file(path)?;
-    parse(&bytes, &path.display().to_string())
+    load_keeping(path, None)
+}
+
+/// As `load`, keeping f16 or bf16 tensors of type `keep` as stored (`Tensor::stored_half`) for a
+/// device that computes in that type.
+pub fn load_keeping(path: &Path, keep: Option<HalfType>) -> Result<BTreeMap<String, StoredTensor>> {
+    let map = map_file(path)?;
+    let origin = path.display().to_string();
+    let st = deserialize(&map, &origin)?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let start = raw.as_ptr() as usize - map.as_ptr() as usize;
+        let bytes = start..start + raw.len();
+        let shape = view.shape().to_vec();
+        let half = match view.dtype() {
+            Dtype::F16 => Some(HalfType::F16),
+            Dtype::BF16 => Some(HalfType::BF16),
+            _ => None,
+        };
+        let tensor = match (view.dtype(), half) {
+            (Dtype::F32, _) => Tensor::from_mapped_f32(shape, &map, bytes),
+            (_, Some(h)) => Tensor::from_mapped_half(shape, &map, bytes, h, keep == Some(h)),
+            _ => widen(&view).map_err(|msg| Error::Safetensors {
+                origin: origin.clone(),
+                msg: format!("tensor `{name}`: {msg}"),
+            }),
+        }?;
+        out.insert(
+            name,
+            StoredTensor {
+                dtype: view.dtype(),
+                tensor,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// All tensors of an in-memory safetensors buffer; `origin` names it in errors.
@@ -382,8 +476,22 @@ pub fn non_finite_words(shape: &[usize], (i, v): (usize, f32)) -> String {
     format!("{what} at index {idx:?}")
 }
 
-/// Refuses a non-finite tensor: `Err` with `non_finite_words` of its first bad element.
+/// Refuses a non-finite tensor: `Err` with `non_finite_words` of its first bad element. A
+/// tensor kept in its stored 16-bit type is checked on its bits (it stays unwidened).
 pub fn check_finite(t: &Tensor) -> std::result::Result<(), String> {
+    if let Some((dtype, raw)) = t.stored_half() {
+        let bad = raw
+            .chunks_exact(2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .position(|bits| dtype.is_non_finite(bits));
+        return match bad {
+            Some(i) => {
+                let v = dtype.to_f32(u16::from_le_bytes([raw[2 * i], raw[2 * i + 1]]));
+                Err(non_finite_words(t.shape(), (i, v)))
+            }
+            None => Ok(()),
+        };
+    }
     match first_non_finite(t.data()) {
         Some(bad) => Err(non_finite_words(t.shape(), bad)),
         None => Ok(()),

@@ -6,6 +6,9 @@
 //! allocation the machine cannot satisfy, is an `Error`, never a panic or an abort. Large
 //! allocations are compared with the memory still available first (`available_memory`).
 
+use std::ops::Range;
+use std::sync::{Arc, OnceLock};
+
 use crate::error::{Error, Result};
 
 /// Allocations of at least this many bytes are checked against `available_memory` first (a
@@ -163,10 +166,130 @@ pub fn try_repeat(pattern: &[f32], times: usize, what: &str) -> Result<Vec<f32>>
     Ok(v)
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// A tensor's values: its own, or a checkpoint's in place in a memory-mapped file (an f32 tensor
+/// stored little-endian and aligned is read where it lies; a 16-bit one is widened the first
+/// time f32 values are asked for, so a device that computes in its stored type can take the
+/// stored bits without an f32 copy ever existing). Mapped values are read-only: the first
+/// `data_mut` copies them.
+#[derive(Clone)]
+enum Storage {
+    Owned(Vec<f32>),
+    Mapped(Arc<Mapping>, Range<usize>),
+    Half(Arc<HalfValues>),
+}
+
+/// 16-bit values in a mapping, and their f32 widening once made.
+struct HalfValues {
+    map: Arc<Mapping>,
+    bytes: Range<usize>,
+    dtype: HalfType,
+    widened: OnceLock<Vec<f32>>,
+}
+
+/// A stored 16-bit float type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfType {
+    F16,
+    BF16,
+}
+
+impl HalfType {
+    pub fn to_f32(self, bits: u16) -> f32 {
+        match self {
+            HalfType::F16 => half::f16::from_bits(bits).to_f32(),
+            HalfType::BF16 => half::bf16::from_bits(bits).to_f32(),
+        }
+    }
+
+    /// Whether `bits` is a NaN or an infinity (all exponent bits set).
+    pub fn is_non_finite(self, bits: u16) -> bool {
+        let exp = match self {
+            HalfType::F16 => 0x7c00,
+            HalfType::BF16 => 0x7f80,
+        };
+        bits & exp == exp
+    }
+}
+
+/// Bytes a checkpoint's tensors can borrow: a read-only memory map of a file, or (for buffers
+/// built in memory) an owned byte vector.
+pub enum Mapping {
+    File(memmap2::Mmap),
+    Bytes(Vec<u8>),
+}
+
+impl std::ops::Deref for Mapping {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Mapping::File(m) => m,
+            Mapping::Bytes(b) => b,
+        }
+    }
+}
+
+impl Mapping {
+    /// Tells the kernel these bytes will not be read again soon, so their pages leave this
+    /// process's resident set (a file's stay in the page cache; reading them again faults them
+    /// back in from there, so nothing is lost). Called after a tensor was copied out.
+    pub fn release(&self, bytes: Range<usize>) {
+        if let Mapping::File(m) = self {
+            const PAGE: usize = 4096;
+            let start = bytes.start / PAGE * PAGE;
+            let end = bytes.end.min(m.len());
+            if end > start {
+                // SAFETY: the map is read-only and never written, so dropping its pages loses
+                // nothing: a later read refaults the file's bytes. The range lies in the map.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
+            }
+        }
+    }
+}
+
+impl Storage {
+    fn as_slice(&self) -> &[f32] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped(map, bytes) => bytemuck::cast_slice(&map[bytes.clone()]),
+            Storage::Half(h) => h.widened.get_or_init(|| {
+                h.map[h.bytes.clone()]
+                    .chunks_exact(2)
+                    .map(|b| h.dtype.to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .collect()
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Storage::Owned(v) => v.len(),
+            Storage::Mapped(_, bytes) => bytes.len() / 4,
+            Storage::Half(h) => h.bytes.len() / 2,
+        }
+    }
+}
+
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    data: Storage,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("data", &self.data())
+            .finish()
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
 }
 
 impl Tensor {
@@ -180,13 +303,19 @@ impl Tensor {
                 data.len()
             )));
         }
-        Ok(Tensor { shape, data })
+        Ok(Tensor {
+            shape,
+            data: Storage::Owned(data),
+        })
     }
 
     /// Internal constructor for shapes the caller has already checked.
     pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
-        Tensor { shape, data }
+        Tensor {
+            shape,
+            data: Storage::Owned(data),
+        }
     }
 
     /// Zeros of `shape`. Panics where `try_zeros` errs: for shapes from untrusted input use that.
@@ -199,7 +328,10 @@ impl Tensor {
         let shape = shape.into();
         let n = numel_of(&shape, "tensor")?;
         let data = try_zeroed_vec(n, &format!("a tensor of shape {shape:?}"))?;
-        Ok(Tensor { shape, data })
+        Ok(Tensor {
+            shape,
+            data: Storage::Owned(data),
+        })
     }
 
     /// Standard-normal entries from a fixed seed (tests, benches, random-weight models).
@@ -215,14 +347,20 @@ impl Tensor {
         let mut data = try_vec_with_capacity(n, &format!("a tensor of shape {shape:?}"))?;
         let mut rng = crate::rng::Rng::new(seed);
         data.extend((0..n).map(|_| rng.normal()));
-        Ok(Tensor { shape, data })
+        Ok(Tensor {
+            shape,
+            data: Storage::Owned(data),
+        })
     }
 
     /// A copy, allocated fallibly (`clone` aborts when memory runs out).
     pub fn try_clone(&self) -> Result<Self> {
         Ok(Tensor {
             shape: self.shape.clone(),
-            data: try_copy(&self.data, &format!("a tensor of shape {:?}", self.shape))?,
+            data: Storage::Owned(try_copy(
+                self.data(),
+                &format!("a tensor of shape {:?}", self.shape),
+            )?),
         })
     }
 
@@ -231,19 +369,115 @@ impl Tensor {
     }
 
     pub fn data(&self) -> &[f32] {
-        &self.data
+        self.data.as_slice()
     }
 
+    /// The values to change in place; a mapped tensor's are copied first (once).
     pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        if !matches!(self.data, Storage::Owned(_)) {
+            self.data = Storage::Owned(self.data.as_slice().to_vec());
+        }
+        match &mut self.data {
+            Storage::Owned(v) => v,
+            _ => unreachable!("made owned above"),
+        }
     }
 
     pub fn into_data(self) -> Vec<f32> {
-        self.data
+        match self.data {
+            Storage::Owned(v) => v,
+            other => other.as_slice().to_vec(),
+        }
     }
 
     pub fn numel(&self) -> usize {
         self.data.len()
+    }
+
+    /// The same values under `shape` (same element count, checked by the caller), without a
+    /// copy whatever their storage.
+    pub(crate) fn with_shape(self, shape: Vec<usize>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
+        Tensor {
+            shape,
+            data: self.data,
+        }
+    }
+
+    /// A tensor over f32 values stored in `map` at `bytes` (little-endian), read in place when
+    /// they are aligned and copied once otherwise. The caller has checked the byte count.
+    pub(crate) fn from_mapped_f32(
+        shape: Vec<usize>,
+        map: &Arc<Mapping>,
+        bytes: Range<usize>,
+    ) -> Result<Self> {
+        let raw = &map[bytes.clone()];
+        let in_place =
+            cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(raw).is_ok();
+        let data = if in_place {
+            Storage::Mapped(map.clone(), bytes)
+        } else {
+            let what = format!("a tensor of shape {shape:?}");
+            let mut v = try_vec_with_capacity(raw.len() / 4, &what)?;
+            v.extend(
+                raw.chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
+            map.release(bytes);
+            Storage::Owned(v)
+        };
+        Ok(Tensor { shape, data })
+    }
+
+    /// A tensor over 16-bit values stored in `map` at `bytes`: kept as stored (`stored_half`)
+    /// and widened on the first `data`, or widened now (and the mapped pages released) unless
+    /// `keep`.
+    pub(crate) fn from_mapped_half(
+        shape: Vec<usize>,
+        map: &Arc<Mapping>,
+        bytes: Range<usize>,
+        dtype: HalfType,
+        keep: bool,
+    ) -> Result<Self> {
+        if keep {
+            let h = HalfValues {
+                map: map.clone(),
+                bytes,
+                dtype,
+                widened: OnceLock::new(),
+            };
+            return Ok(Tensor {
+                shape,
+                data: Storage::Half(Arc::new(h)),
+            });
+        }
+        let raw = &map[bytes.clone()];
+        let what = format!("a tensor of shape {shape:?}");
+        let mut v = try_vec_with_capacity(raw.len() / 2, &what)?;
+        v.extend(
+            raw.chunks_exact(2)
+                .map(|b| dtype.to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        );
+        map.release(bytes);
+        Ok(Tensor {
+            shape,
+            data: Storage::Owned(v),
+        })
+    }
+
+    /// The stored 16-bit values, when this tensor holds a checkpoint's f16 or bf16 parameter as
+    /// stored (a device computing in that type uploads them as they are).
+    pub fn stored_half(&self) -> Option<(HalfType, &[u8])> {
+        match &self.data {
+            Storage::Half(h) => Some((h.dtype, &h.map[h.bytes.clone()])),
+            _ => None,
+        }
+    }
+
+    /// Whether the values are read in place from a mapped file (no copy of them exists).
+    pub fn is_mapped(&self) -> bool {
+        matches!(&self.data, Storage::Mapped(..))
+            || matches!(&self.data, Storage::Half(h) if h.widened.get().is_none())
     }
 
     pub fn rank(&self) -> usize {
@@ -252,7 +486,15 @@ impl Tensor {
 
     /// Same data, new shape with the same element count.
     pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Self> {
-        Tensor::new(shape, self.data)
+        let shape = shape.into();
+        let numel = numel_of(&shape, "tensor")?;
+        if numel != self.numel() {
+            return Err(Error::Msg(format!(
+                "tensor of shape {shape:?} needs {numel} elements, got {}",
+                self.numel()
+            )));
+        }
+        Ok(self.with_shape(shape))
     }
 
     /// (B, C, H, W) of a rank-4 tensor, or an error naming `what`.
@@ -273,7 +515,7 @@ impl Tensor {
     pub fn rel_l2(&self, reference: &Tensor) -> f64 {
         assert_eq!(self.shape, reference.shape, "rel_l2 on different shapes");
         let (mut num, mut den) = (0f64, 0f64);
-        for (&a, &b) in self.data.iter().zip(&reference.data) {
+        for (&a, &b) in self.data().iter().zip(reference.data()) {
             let d = a as f64 - b as f64;
             num += d * d;
             den += (b as f64) * (b as f64);

@@ -24,9 +24,72 @@ pub struct ModelFiles {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub weights: Vec<PathBuf>,
+    /// The variant the weights are (None: full precision).
+    pub variant: Option<String>,
 }
 
 const WEIGHT_STEM: &str = "diffusion_pytorch_model";
+
+/// How a model folder is read: which weights variant, and in which type to keep 16-bit weights.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// The weights variant (`fp16`, `bf16`, …: `diffusion_pytorch_model.<variant>.safetensors`
+    /// or its shards). None prefers the full-precision files, as diffusers does, and takes the
+    /// folder's one variant when it has no others.
+    pub variant: Option<String>,
+    /// The revision (branch, tag or commit) of a Hugging Face cache repo (`hub::resolve`);
+    /// None: `main`.
+    pub revision: Option<String>,
+    /// Keep checkpoint tensors stored in this 16-bit type as stored (`Tensor::stored_half`),
+    /// for a device computing in it; others are widened to f32 at load.
+    pub keep: Option<crate::tensor::HalfType>,
+}
+
+/// The weight files a variant may have in a folder, in the order diffusers tries them: one file,
+/// then a sharded index as `save_pretrained` names it now (`….safetensors.index.<v>.json`), then
+/// the index naming of diffusers before 0.28 (`….safetensors.<v>.index.json`).
+fn candidates(variant: Option<&str>) -> [String; 3] {
+    match variant {
+        None => [
+            format!("{WEIGHT_STEM}.safetensors"),
+            format!("{WEIGHT_STEM}.safetensors.index.json"),
+            format!("{WEIGHT_STEM}.safetensors.index.json"),
+        ],
+        Some(v) => [
+            format!("{WEIGHT_STEM}.{v}.safetensors"),
+            format!("{WEIGHT_STEM}.safetensors.index.{v}.json"),
+            format!("{WEIGHT_STEM}.safetensors.{v}.index.json"),
+        ],
+    }
+}
+
+/// The variants present in `dir`, from its file names (single files and both index namings).
+fn variants_in(dir: &Path) -> Vec<String> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let v = name
+            .strip_prefix(&format!("{WEIGHT_STEM}."))
+            .and_then(|rest| {
+                rest.strip_suffix(".safetensors")
+                    .or_else(|| {
+                        rest.strip_prefix("safetensors.index.")?
+                            .strip_suffix(".json")
+                    })
+                    .or_else(|| {
+                        rest.strip_prefix("safetensors.")?
+                            .strip_suffix(".index.json")
+                    })
+            })
+            .filter(|v| !v.is_empty() && !v.contains('.') && !v.contains('-'));
+        if let Some(v) = v {
+            found.insert(v.to_string());
+        }
+    }
+    found.into_iter().collect()
+}
 
 impl ModelFiles {
     /// Every file a load reads: the config and each weight file.
@@ -36,8 +99,22 @@ impl ModelFiles {
             .collect()
     }
 
-    /// Finds config and weights in a model folder or in a pipeline folder's `unet/`.
+    /// Finds config and weights in a model folder or in a pipeline folder's `unet/`, preferring
+    /// full-precision weights (`locate_with` picks a variant).
     pub fn locate(dir: &Path) -> Result<Self> {
+        Self::locate_with(dir, None)
+    }
+
+    /// The files of the model `arg` names (a folder, a Hugging Face cache repo folder or repo
+    /// id: `hub::resolve`) under `opts`.
+    pub fn find(arg: &Path, opts: &LoadOptions) -> Result<Self> {
+        let dir = crate::hub::resolve(arg, opts.revision.as_deref())?;
+        Self::locate_with(&dir, opts.variant.as_deref())
+    }
+
+    /// Finds config and the weights of `variant` (None: full precision, else the folder's only
+    /// variant) in a model folder or a pipeline folder's `unet/`.
+    pub fn locate_with(dir: &Path, variant: Option<&str>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Msg(format!(
                 "model folder {} does not exist or is not a folder",
@@ -56,30 +133,84 @@ impl ModelFiles {
                 dir.display()
             )));
         }
-        for variant in ["", ".fp16"] {
-            let single = dir.join(format!("{WEIGHT_STEM}{variant}.safetensors"));
-            if single.is_file() {
-                return Ok(ModelFiles {
-                    dir,
-                    config,
-                    weights: vec![single],
-                });
-            }
-            let index = dir.join(format!("{WEIGHT_STEM}{variant}.safetensors.index.json"));
-            if index.is_file() {
-                let weights = shard_files(&index)?;
-                return Ok(ModelFiles {
-                    dir,
-                    config,
-                    weights,
-                });
+        if let Some(v) = variant {
+            let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(Error::Msg(format!(
+                    "--variant `{v}`: a variant is a name like fp16 or bf16"
+                )));
             }
         }
-        Err(Error::Msg(format!(
-            "{}: no weights found (looked for {WEIGHT_STEM}.safetensors, its .fp16 variant and their \
-             sharded .safetensors.index.json; PyTorch .bin checkpoints are not read, convert them to safetensors)",
-            dir.display()
-        )))
+        let found = |variant: Option<&str>| -> Result<Option<Vec<PathBuf>>> {
+            let [single, index, legacy] = candidates(variant);
+            if dir.join(&single).is_file() {
+                return Ok(Some(vec![dir.join(single)]));
+            }
+            for index in [index, legacy] {
+                if dir.join(&index).is_file() {
+                    return shard_files(&dir.join(index)).map(Some);
+                }
+            }
+            Ok(None)
+        };
+        let present = variants_in(&dir);
+        let mut chosen = variant.map(str::to_string);
+        let weights = match variant {
+            Some(v) => found(Some(v))?.ok_or_else(|| {
+                Error::Msg(format!(
+                    "{}: no weights of variant `{v}` (looked for {}, {} and {}); the folder has {}",
+                    dir.display(),
+                    candidates(Some(v))[0],
+                    candidates(Some(v))[1],
+                    candidates(Some(v))[2],
+                    describe_variants(&dir, &present)
+                ))
+            })?,
+            None => match found(None)? {
+                Some(w) => w,
+                None => match &present[..] {
+                    [only] => {
+                        chosen = Some(only.clone());
+                        found(Some(only))?.expect("variants_in saw its file")
+                    }
+                    [] => {
+                        return Err(Error::Msg(format!(
+                            "{}: no weights found (looked for {WEIGHT_STEM}.safetensors, variants                              like {WEIGHT_STEM}.fp16.safetensors, and their sharded                              .safetensors.index.json; PyTorch .bin checkpoints are not read,                              convert them to safetensors)",
+                            dir.display()
+                        )))
+                    }
+                    several => {
+                        return Err(Error::Msg(format!(
+                            "{}: no full-precision weights, and several variants ({}); pick one                              with --variant",
+                            dir.display(),
+                            several.join(", ")
+                        )))
+                    }
+                },
+            },
+        };
+        Ok(ModelFiles {
+            dir,
+            config,
+            weights,
+            variant: chosen,
+        })
+    }
+}
+
+fn describe_variants(dir: &Path, present: &[String]) -> String {
+    let full = candidates(None)[..2].iter().any(|f| dir.join(f).is_file());
+    let mut parts: Vec<String> = Vec::new();
+    if full {
+        parts.push("full-precision weights".into());
+    }
+    if !present.is_empty() {
+        parts.push(format!("variants {}", present.join(", ")));
+    }
+    if parts.is_empty() {
+        "no weights".into()
+    } else {
+        parts.join(" and ")
     }
 }
 
@@ -126,11 +257,17 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Every tensor of `files`, widened to f32 (f32 ones read in place from the file's map).
     pub fn load(files: &[PathBuf]) -> Result<Self> {
+        Self::load_keeping(files, None)
+    }
+
+    /// As `load`, keeping tensors stored as `keep` in that type (see `LoadOptions::keep`).
+    pub fn load_keeping(files: &[PathBuf], keep: Option<crate::tensor::HalfType>) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         let mut source: BTreeMap<String, &Path> = BTreeMap::new();
         for file in files {
-            for (name, stored) in safetensors_io::load(file)? {
+            for (name, stored) in safetensors_io::load_keeping(file, keep)? {
                 if !stored.dtype.is_float() {
                     return Err(Error::weight(
                         &name,
@@ -234,7 +371,7 @@ impl WeightSource for Checkpoint {
         if t.shape() == shape
             || (same_numel && (squeezable(t.shape(), shape) || squeezable(shape, t.shape())))
         {
-            return Ok(Tensor::from_parts(shape.to_vec(), t.into_data()));
+            return Ok(t.with_shape(shape.to_vec()));
         }
         Err(Error::weight(
             name,

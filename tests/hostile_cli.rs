@@ -639,7 +639,7 @@ fn a_non_finite_value_in_the_loop_names_its_step_and_source() {
     let cond = Conditioning {
         encoder_hidden_states: Some(Tensor::randn([1, 2, 3], 1)),
         uncond_hidden_states: Some(Tensor::randn([1, 2, 3], 2)),
-        class_labels: None,
+        ..Conditioning::default()
     };
     struct Split;
     impl Denoiser for Split {

@@ -94,6 +94,10 @@ impl<D: Denoiser> Denoiser for Perturbed<D> {
             .collect();
         Tensor::new(out.shape().to_vec(), data)
     }
+
+    fn check(&self, inputs: &UNetInputs) -> freelunch::Result<()> {
+        self.model.check(inputs)
+    }
 }
 
 fn finish(
@@ -127,12 +131,19 @@ fn finish(
     let noise = tensor(dir, "noise.safetensors", "sample");
     let guidance = case["guidance"].as_f64().map(|g| g as f32);
     let conditioning = if dir.join("cond.safetensors").is_file() {
-        Conditioning {
-            encoder_hidden_states: Some(tensor(dir, "cond.safetensors", "encoder_hidden_states")),
-            uncond_hidden_states: guidance
-                .map(|_| tensor(dir, "cond.safetensors", "uncond_hidden_states")),
+        let mut c = safetensors_io::load(&dir.join("cond.safetensors")).unwrap();
+        let mut take = |name: &str| c.remove(name).map(|s| s.tensor);
+        let conditioning = Conditioning {
+            encoder_hidden_states: take("encoder_hidden_states"),
+            uncond_hidden_states: take("uncond_hidden_states"),
             class_labels: None,
-        }
+            text_embeds: take("text_embeds"),
+            time_ids: take("time_ids"),
+            uncond_text_embeds: take("uncond_text_embeds"),
+            uncond_time_ids: take("uncond_time_ids"),
+        };
+        assert!(c.is_empty(), "{}: unread {:?}", dir.display(), c.keys());
+        conditioning
     } else {
         Conditioning::default()
     };
@@ -378,4 +389,237 @@ fn sample_cli_errors() {
         "x.jpg".as_ref(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains(".png or .safetensors"));
+}
+
+/// SDXL through the CLI: `--cond` carries the pooled text embeddings and time ids (the negative
+/// time ids defaulting to the positive ones), one prompt for a batch of two, with guidance; the
+/// result is diffusers' SDXL loop on the same embeddings and latents (`cfg_euler_sdxl`).
+#[test]
+fn sample_cli_sdxl_with_guidance_matches_diffusers() {
+    let case = fixture("samplers").join("cfg_euler_sdxl");
+    let out = common::scratch("sample-sdxl").join("out.safetensors");
+    let (model, sched) = (fixture("sdxl_like"), case.join("scheduler_config.json"));
+    let (noise, cond) = (
+        case.join("noise.safetensors"),
+        case.join("cond.safetensors"),
+    );
+    let o = freelunch(&[
+        "sample".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--scheduler".as_ref(),
+        sched.as_os_str(),
+        "--noise".as_ref(),
+        noise.as_os_str(),
+        "--cond".as_ref(),
+        cond.as_os_str(),
+        "--guidance".as_ref(),
+        "5".as_ref(),
+        "--steps".as_ref(),
+        "8".as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("wrote")
+            && stderr.contains("2 samples")
+            && stderr.contains("8 model calls"),
+        "{stderr}"
+    );
+    let got = tensor(out.parent().unwrap(), "out.safetensors", "sample");
+    let want = tensor(&case, "expected.safetensors", "sample");
+    assert!(got.rel_l2(&want) <= 1e-4, "{}", got.rel_l2(&want));
+}
+
+/// Conditioning that cannot serve the batch or the model is refused before the first step, and
+/// the error names the user's tensor and shape (never the stacked uncond+cond batch).
+#[test]
+fn conditioning_errors_name_the_users_tensors() {
+    use freelunch::schedulers::SamplerKind;
+    let case = fixture("samplers").join("cfg_euler_sdxl");
+    let unet = UNet::from_dir(&fixture("sdxl_like")).unwrap();
+    let cfg = SchedulerConfig::from_path(&case.join("scheduler_config.json")).unwrap();
+    let noise = tensor(&case, "noise.safetensors", "sample");
+    let full = |name: &str| tensor(&case, "cond.safetensors", name);
+    let base = Conditioning {
+        encoder_hidden_states: Some(full("encoder_hidden_states")),
+        uncond_hidden_states: Some(full("uncond_hidden_states")),
+        text_embeds: Some(full("text_embeds")),
+        time_ids: Some(full("time_ids")),
+        uncond_text_embeds: Some(full("uncond_text_embeds")),
+        ..Conditioning::default()
+    };
+    /// A model that fails the test if it is ever called: every case must be refused first.
+    struct NeverCalled<'a>(&'a UNet);
+    impl Denoiser for NeverCalled<'_> {
+        fn forward_with(&self, _: &UNetInputs, _: &Boosters) -> freelunch::Result<Tensor> {
+            panic!("the model was called before the conditioning was refused")
+        }
+        fn check(&self, inputs: &UNetInputs) -> freelunch::Result<()> {
+            Denoiser::check(self.0, inputs)
+        }
+    }
+    let run = |c: Conditioning, guidance: Option<f32>| {
+        let mut s = freelunch::schedulers::build(SamplerKind::Euler, &cfg, 8, 0.0).unwrap();
+        let opts = SampleOptions {
+            guidance,
+            conditioning: c,
+            boosters: Boosters::default(),
+            progress: None,
+        };
+        sample(
+            &NeverCalled(&unet),
+            s.as_mut(),
+            &noise,
+            opts,
+            &mut SeededNoise(0),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let expect = |msg: String, words: &[&str]| {
+        for w in words {
+            assert!(msg.contains(w), "`{w}` not in: {msg}");
+        }
+        assert!(!msg.contains("[4,"), "a stacked batch in: {msg}");
+    };
+    // A batch that is neither 1 nor the noise's.
+    let mut c = base.clone();
+    c.encoder_hidden_states = Some(Tensor::randn([3, 7, 64], 1));
+    expect(
+        run(c, Some(5.0)),
+        &["encoder_hidden_states", "[3, 7, 64]", "batch 2"],
+    );
+    // The unconditional pooled embedding of the wrong width: named, at the user's batch.
+    let mut c = base.clone();
+    c.uncond_text_embeds = Some(Tensor::randn([1, 31], 2));
+    expect(run(c, Some(5.0)), &["uncond_text_embeds", "[2, 31]"]);
+    // Guidance without the unconditional pooled embedding.
+    let mut c = base.clone();
+    c.uncond_text_embeds = None;
+    expect(run(c, Some(5.0)), &["uncond_text_embeds", "missing"]);
+    // Unconditional tensors without guidance would change nothing.
+    expect(
+        run(base.clone(), None),
+        &["uncond_hidden_states", "without guidance"],
+    );
+    // SDXL conditioning given to a model without text_time conditioning.
+    let sd15 = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let c = Conditioning {
+        encoder_hidden_states: Some(Tensor::randn([1, 7, 48], 3)),
+        time_ids: Some(full("time_ids")),
+        ..Conditioning::default()
+    };
+    let mut s = freelunch::schedulers::build(SamplerKind::Euler, &cfg, 8, 0.0).unwrap();
+    let opts = SampleOptions {
+        guidance: None,
+        conditioning: c,
+        boosters: Boosters::default(),
+        progress: None,
+    };
+    let msg = sample(
+        &NeverCalled(&sd15),
+        s.as_mut(),
+        &noise,
+        opts,
+        &mut SeededNoise(0),
+    )
+    .unwrap_err()
+    .to_string();
+    expect(msg, &["time_ids", "no text_time"]);
+}
+
+/// A `.png` for a latent model is refused before the model runs, and `--batch` repeats a
+/// one-prompt conditioning to every sample (diffusers' num_images_per_prompt).
+#[test]
+fn sample_cli_checks_before_work_and_repeats_one_prompt() {
+    let case = fixture("samplers").join("cfg_ddim_sd15");
+    let dir = common::scratch("sample-batch");
+    let (model, sched, cond) = (
+        fixture("sd15_like"),
+        case.join("scheduler_config.json"),
+        case.join("cond.safetensors"),
+    );
+    let png = dir.join("latents.png");
+    let o = freelunch(&[
+        "sample".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--scheduler".as_ref(),
+        sched.as_os_str(),
+        "--cond".as_ref(),
+        cond.as_os_str(),
+        "--guidance".as_ref(),
+        "7.5".as_ref(),
+        "--steps".as_ref(),
+        "500".as_ref(),
+        "--output".as_ref(),
+        png.as_os_str(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("a PNG needs 1 or 3 channels"),
+        "{e}"
+    );
+    assert!(!e.contains("step"), "{e}");
+    assert!(!png.exists());
+    let out = dir.join("four.safetensors");
+    let o = freelunch(&[
+        "sample".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--scheduler".as_ref(),
+        sched.as_os_str(),
+        "--cond".as_ref(),
+        cond.as_os_str(),
+        "--guidance".as_ref(),
+        "7.5".as_ref(),
+        "--steps".as_ref(),
+        "2".as_ref(),
+        "--batch".as_ref(),
+        "4".as_ref(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let four = tensor(&dir, "four.safetensors", "sample");
+    assert_eq!(four.shape(), &[4, 4, 16, 16]);
+    // Each sample is the one its own noise gives with the one prompt: sample 0 of the batch is
+    // the first sample of a batch-1 run whose noise is the batch's first.
+    let noise = Tensor::randn([4, 4, 16, 16], 0);
+    let first = Tensor::new(vec![1, 4, 16, 16], noise.data()[..4 * 16 * 16].to_vec()).unwrap();
+    let noise_file = dir.join("noise1.safetensors");
+    safetensors_io::save(&noise_file, &[("sample", &first)]).unwrap();
+    let one = dir.join("one.safetensors");
+    let o = freelunch(&[
+        "sample".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--scheduler".as_ref(),
+        sched.as_os_str(),
+        "--cond".as_ref(),
+        cond.as_os_str(),
+        "--guidance".as_ref(),
+        "7.5".as_ref(),
+        "--steps".as_ref(),
+        "2".as_ref(),
+        "--noise".as_ref(),
+        noise_file.as_os_str(),
+        "--output".as_ref(),
+        one.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let one = tensor(&dir, "one.safetensors", "sample");
+    let n = one.numel();
+    let d = four.data()[..n]
+        .iter()
+        .zip(one.data())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        d <= 1e-4 * one.data().iter().fold(1f32, |m, v| m.max(v.abs())),
+        "{d}"
+    );
 }

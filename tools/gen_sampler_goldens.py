@@ -69,12 +69,19 @@ MODELS = {
     # name -> (class, latent shape of one sample, conditional)
     "ddpm_basic": (UNet2DModel, (3, 16, 16), False),
     "sd15_like": (UNet2DConditionModel, (4, 16, 16), True),
+    "sdxl_like": (UNet2DConditionModel, (4, 16, 16), True),
 }
 SEQ_LEN = 7
-CROSS_DIM = 48
+# cross_attention_dim of each conditional model, and for SDXL-like (text_time) models the width
+# of the pooled text embedding (projection_class_embeddings_input_dim - 6 * addition_time_embed_dim).
+CROSS_DIM = {"sd15_like": 48, "sdxl_like": 64}
+TEXT_EMBEDS = {"sdxl_like": 80 - 6 * 8}
 
 
-def C(cls, steps, model="ddpm_basic", batch=None, guidance=None, eta=None, step_noise=False, **config):
+def C(cls, steps, model="ddpm_basic", batch=None, guidance=None, eta=None, step_noise=False,
+      cond_batch=None, **config):
+    """`cond_batch`: the batch of the stored conditioning when it differs from the noise's (1:
+    one prompt for the whole batch, repeated as diffusers' num_images_per_prompt does)."""
     if batch is None:
         batch = 2 if model == "ddpm_basic" else 1
     return dict(
@@ -85,6 +92,7 @@ def C(cls, steps, model="ddpm_basic", batch=None, guidance=None, eta=None, step_
         guidance=guidance,
         eta=eta,
         step_noise=step_noise,
+        cond_batch=cond_batch or batch,
         config=dict(num_train_timesteps=1000, **config),
     )
 
@@ -154,6 +162,11 @@ CASES = {
         EulerDiscreteScheduler, 10, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
         beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
         prediction_type="epsilon"),
+    # ---- SDXL: pooled text embeddings and time ids, guided, one prompt for a batch of two ----
+    "cfg_euler_sdxl": C(
+        EulerDiscreteScheduler, 8, model="sdxl_like", guidance=5.0, batch=2, cond_batch=1,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        timestep_spacing="leading", steps_offset=1, prediction_type="epsilon"),
 }
 # fmt: on
 
@@ -198,7 +211,15 @@ class DDPMNoisePatch:
         return False
 
 
+def guided(uncond, cond, guidance):
+    """The model's batch of conditioning: [uncond, cond] under guidance (as the pipelines
+    concatenate them), the conditioning alone otherwise."""
+    return torch.cat([uncond, cond]) if guidance is not None else cond
+
+
 def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
+    """`cond`/`uncond`: dicts with `encoder_hidden_states` and, for SDXL-like models,
+    `text_embeds` and `time_ids`, already at the noise's batch."""
     sched = make_scheduler(spec)
     guidance = spec["guidance"]
     is_ddpm = isinstance(sched, DDPMScheduler)
@@ -213,8 +234,10 @@ def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
             x_in = sched.scale_model_input(x_in, t)
             kwargs = {}
             if cond is not None:
-                ehs = torch.cat([uncond, cond]) if guidance is not None else cond
-                kwargs["encoder_hidden_states"] = ehs
+                g = {k: guided(uncond and uncond[k], cond[k], guidance) for k in cond}
+                kwargs["encoder_hidden_states"] = g.pop("encoder_hidden_states")
+                if g:
+                    kwargs["added_cond_kwargs"] = g
             out = unet(x_in, t, **kwargs).sample
             n_model_calls += 1
             if guidance is not None:
@@ -252,10 +275,34 @@ def run_case(seed, name, spec):
     B = spec["batch"]
     noise = torch.randn(B, *shape)
     cond = uncond = None
+    stored = {}
     if conditional:
-        cond = torch.randn(B, SEQ_LEN, CROSS_DIM)
+        model = spec["model"]
+        CB = spec["cond_batch"]
+
+        def draw():
+            c = {"encoder_hidden_states": torch.randn(CB, SEQ_LEN, CROSS_DIM[model])}
+            if model in TEXT_EMBEDS:
+                c["text_embeds"] = torch.randn(CB, TEXT_EMBEDS[model])
+            return c
+
+        cond = draw()
+        if model in TEXT_EMBEDS:
+            # SDXL's add_time_ids: original size, crop top-left, target size.
+            cond["time_ids"] = torch.tensor([[16.0, 16.0, 0.0, 0.0, 16.0, 16.0]]).repeat(CB, 1)
+        stored = {k: v for k, v in cond.items()}
         if spec["guidance"] is not None:
-            uncond = torch.randn(B, SEQ_LEN, CROSS_DIM)
+            uncond = draw()
+            stored.update({f"uncond_{k}": v for k, v in uncond.items()})
+            stored["uncond_hidden_states"] = stored.pop("uncond_encoder_hidden_states")
+            if "time_ids" in cond:
+                # the pipeline's negative time ids default to the positive ones; the stored
+                # conditioning leaves uncond_time_ids out to test that default
+                uncond["time_ids"] = cond["time_ids"]
+        # one prompt for the batch: repeated to it as num_images_per_prompt does
+        cond = {k: v.repeat(B // CB, *[1] * (v.dim() - 1)) for k, v in cond.items()}
+        if uncond is not None:
+            uncond = {k: v.repeat(B // CB, *[1] * (v.dim() - 1)) for k, v in uncond.items()}
     probe = make_scheduler(spec)
     n_iters = len(probe.timesteps)
     step_noise = [torch.randn(B, *shape) for _ in range(n_iters)] if spec["step_noise"] else None
@@ -298,10 +345,7 @@ def run_case(seed, name, spec):
         f.write("\n")
     save_file({"sample": noise.contiguous()}, os.path.join(case_dir, "noise.safetensors"))
     if conditional:
-        c = {"encoder_hidden_states": cond.contiguous()}
-        if uncond is not None:
-            c["uncond_hidden_states"] = uncond.contiguous()
-        save_file(c, os.path.join(case_dir, "cond.safetensors"))
+        save_file({k: v.contiguous() for k, v in stored.items()}, os.path.join(case_dir, "cond.safetensors"))
     if step_noise is not None:
         save_file(
             {f"noise_{i}": n.contiguous() for i, n in enumerate(step_noise)},

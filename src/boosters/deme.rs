@@ -272,9 +272,18 @@ impl Denoiser for Router {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.run(&Exec::Cpu, inputs, boosters)
     }
+
+    fn check(&self, inputs: &UNetInputs) -> Result<()> {
+        Runnable::check(self, inputs)
+    }
 }
 
 impl Runnable for Router {
+    /// The experts share one architecture (checked at load), so the first one's checks hold.
+    fn check(&self, inputs: &UNetInputs) -> Result<()> {
+        Runnable::check(&self.experts[0], inputs)
+    }
+
     fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         let b = inputs.sample.shape().first().copied().unwrap_or(0);
         let n_t = inputs.timesteps.len();

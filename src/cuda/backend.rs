@@ -18,7 +18,7 @@ use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
-use crate::tensor::Tensor;
+use crate::tensor::{HalfType, Tensor};
 
 /// Device copies of layer parameters, masks and cuFFT plans, made on first use.
 #[derive(Default)]
@@ -97,6 +97,29 @@ fn gemm_weight(weight: &Tensor) -> Vec<f32> {
     let mut out = Vec::with_capacity(weight.numel());
     for row in weight.data().chunks(order.len()) {
         out.extend(order.iter().map(|&i| row[i]));
+    }
+    out
+}
+
+/// A weight in the GEMM's layout and the device's storage type. A checkpoint's f16/bf16 weight
+/// kept as stored (`Tensor::stored_half`) in the device's own type is reordered as bits, with
+/// no f32 copy on the host.
+fn gemm_weight_storage(weight: &Tensor, dtype: DType) -> Vec<u8> {
+    let stored = weight.stored_half().filter(|(h, _)| {
+        matches!(
+            (h, dtype),
+            (HalfType::F16, DType::F16) | (HalfType::BF16, DType::BF16)
+        )
+    });
+    let Some((_, raw)) = stored else {
+        return to_storage(&gemm_weight(weight), dtype);
+    };
+    let order = k_order(weight.shape());
+    let mut out = Vec::with_capacity(raw.len());
+    for row in raw.chunks(2 * order.len()) {
+        for &i in &order {
+            out.extend_from_slice(&row[2 * i..2 * i + 2]);
+        }
     }
     out
 }
@@ -200,9 +223,8 @@ impl Gpu {
         if let Some(p) = self.cache.layers.lock().expect("cache").get(&uid) {
             return Ok(p.clone());
         }
-        let w = gemm_weight(weight);
         let params = Arc::new(LayerParams {
-            w: self.upload_slice(&to_storage(&w, self.dtype))?,
+            w: self.upload_slice(&gemm_weight_storage(weight, self.dtype))?,
             bias: bias.map(|b| self.upload_slice(b.data())).transpose()?,
         });
         self.cache

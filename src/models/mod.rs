@@ -20,11 +20,23 @@ use unet_2d::UNetInputs;
 pub trait Denoiser: Send + Sync {
     /// The model output for `inputs` with this call's boosters.
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
+
+    /// Checks `inputs` against the model without computing anything, so a sampling loop can
+    /// refuse conditioning the model cannot take before its first step (default: no checks;
+    /// `forward_with` still checks).
+    fn check(&self, _inputs: &UNetInputs) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A model that can run on any execution device.
 pub trait Runnable: Send + Sync {
     fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
+
+    /// As `Denoiser::check`.
+    fn check(&self, _inputs: &UNetInputs) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A model bound to the device it runs on: what samplers take when the device is not the CPU.
@@ -36,5 +48,9 @@ pub struct Placed<M> {
 impl<M: Runnable> Denoiser for Placed<M> {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.model.run(&self.exec, inputs, boosters)
+    }
+
+    fn check(&self, inputs: &UNetInputs) -> Result<()> {
+        self.model.check(inputs)
     }
 }

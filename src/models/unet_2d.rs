@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Embedding, GroupNorm, LayerCtx};
 use crate::safetensors_io;
 use crate::tensor::Tensor;
-use crate::weights::{Checkpoint, ModelFiles, WeightSource};
+use crate::weights::{Checkpoint, LoadOptions, ModelFiles, WeightSource};
 
 /// The inputs of one forward call, as diffusers' `UNet*.forward` takes them.
 #[derive(Clone, Debug)]
@@ -295,10 +295,17 @@ pub type UNet = UNet2DConditionModel;
 impl UNet2DConditionModel {
     /// Loads a diffusers model folder (or a pipeline folder's `unet/`).
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let files = ModelFiles::locate(dir)?;
+        Self::from_pretrained(dir, &LoadOptions::default())
+    }
+
+    /// Loads the model `arg` names, as diffusers' `from_pretrained` does from disk: a model or
+    /// pipeline folder, a Hugging Face cache repo folder or a repo id in the cache, with the
+    /// variant and revision of `opts` (`ModelFiles::find`).
+    pub fn from_pretrained(arg: &Path, opts: &LoadOptions) -> Result<Self> {
+        let files = ModelFiles::find(arg, opts)?;
         let config = UNetConfig::from_file(&files.config)?;
         config.ensure_weights_fit()?;
-        let mut ckpt = Checkpoint::load(&files.weights)?;
+        let mut ckpt = Checkpoint::load_keeping(&files.weights, opts.keep)?;
         Self::load(config, &mut ckpt)
     }
 
@@ -579,6 +586,15 @@ impl UNet2DConditionModel {
                     ))
                 }
             }
+        } else {
+            for (name, t) in [("text_embeds", &x.text_embeds), ("time_ids", &x.time_ids)] {
+                if t.is_some() {
+                    return Err(Error::input(
+                        name,
+                        "given, but the model has no text_time conditioning to use it",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -607,9 +623,17 @@ impl Denoiser for UNet2DConditionModel {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         self.run(&Exec::Cpu, inputs, boosters)
     }
+
+    fn check(&self, inputs: &UNetInputs) -> Result<()> {
+        self.check_inputs(inputs)
+    }
 }
 
 impl Runnable for UNet2DConditionModel {
+    fn check(&self, inputs: &UNetInputs) -> Result<()> {
+        self.check_inputs(inputs)
+    }
+
     fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         match exec {
             Exec::Cpu => self.forward_on(&Cpu, inputs, boosters),

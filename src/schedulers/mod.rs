@@ -2,6 +2,7 @@
 //! (module names mirror diffusers': `scheduling_ddim`, `scheduling_ddpm`,
 //! `scheduling_euler_discrete`), a `Sampler` trait, and the sampling loop diffusers' pipelines run.
 
+pub mod conditioning;
 pub mod config;
 pub mod scheduling_ddim;
 pub mod scheduling_ddpm;
@@ -9,11 +10,11 @@ pub mod scheduling_dpmsolver_multistep;
 pub mod scheduling_euler_discrete;
 pub mod scheduling_heun_discrete;
 
+pub use conditioning::Conditioning;
 pub use config::{SamplerKind, SchedulerConfig};
 
 use crate::boosters::Boosters;
 use crate::error::{Error, Result};
-use crate::models::unet_2d::UNetInputs;
 use crate::models::Denoiser;
 use crate::tensor::Tensor;
 
@@ -82,17 +83,6 @@ pub trait Sampler: Send {
     ) -> Result<Tensor>;
 }
 
-/// Conditioning of a sampling run.
-#[derive(Clone, Debug, Default)]
-pub struct Conditioning {
-    /// [B, M, D] text states.
-    pub encoder_hidden_states: Option<Tensor>,
-    /// [B, M, D] unconditional states, for classifier-free guidance.
-    pub uncond_hidden_states: Option<Tensor>,
-    /// [B] class labels.
-    pub class_labels: Option<Vec<f32>>,
-}
-
 /// Everything a sampling run takes besides the model and the sampler.
 pub struct SampleOptions<'a> {
     /// Classifier-free guidance scale: uncond and cond run in one batch,
@@ -136,11 +126,6 @@ pub fn sample(
                 "guidance must be a finite number, got {g}"
             )));
         }
-        if cond.encoder_hidden_states.is_none() || cond.uncond_hidden_states.is_none() {
-            return Err(Error::Msg(
-                "guidance needs both encoder_hidden_states and uncond_hidden_states".into(),
-            ));
-        }
     }
     check_timesteps("the sampler", sampler.timesteps())?;
     let init = sampler.init_noise_sigma();
@@ -150,17 +135,8 @@ pub fn sample(
         )));
     }
     check_finite("noise", noise.data())?;
-    for (name, t) in [
-        ("encoder_hidden_states", &cond.encoder_hidden_states),
-        ("uncond_hidden_states", &cond.uncond_hidden_states),
-    ] {
-        if let Some(t) = t {
-            check_finite(name, t.data())?;
-        }
-    }
-    if let Some(l) = &cond.class_labels {
-        check_finite("class_labels", l)?;
-    }
+    // The conditioning against the model, before any work (its errors name the user's tensors).
+    let context = cond.for_model(model, noise, guidance.is_some())?;
     let mut latents = noise.clone();
     latents.data_mut().iter_mut().for_each(|v| *v *= init);
     if let Some((at, v)) = first_non_finite(latents.data()) {
@@ -169,18 +145,6 @@ pub fn sample(
              (element {at} is {v})"
         )));
     }
-    let context = match (
-        guidance,
-        &cond.uncond_hidden_states,
-        &cond.encoder_hidden_states,
-    ) {
-        (Some(_), Some(u), Some(c)) => Some(concat_batch(u, c)?),
-        (_, _, c) => c.clone(),
-    };
-    let labels = match (guidance, &cond.class_labels) {
-        (Some(_), Some(l)) => Some([l.clone(), l.clone()].concat()),
-        (_, l) => l.clone(),
-    };
     let total = sampler.timesteps().len();
     for i in 0..total {
         let t = sampler.timesteps()[i];
@@ -200,14 +164,7 @@ pub fn sample(
                 "the sampler's scaled model input is not finite (element {k} is {v})"
             )));
         }
-        let inputs = UNetInputs {
-            sample: scaled,
-            timesteps: vec![t],
-            encoder_hidden_states: context.clone(),
-            class_labels: labels.clone(),
-            text_embeds: None,
-            time_ids: None,
-        };
+        let inputs = context.inputs(scaled, t);
         boosters.mask_step = i;
         let out = model
             .forward_with(&inputs, &boosters)
@@ -271,7 +228,7 @@ pub(crate) fn first_non_finite(data: &[f32]) -> Option<(usize, f32)> {
 }
 
 /// An error naming input `name` when `data` holds a non-finite value.
-fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+pub(crate) fn check_finite(name: &str, data: &[f32]) -> Result<()> {
     match first_non_finite(data) {
         Some((at, v)) => Err(Error::input(name, format!("element {at} is {v}"))),
         None => Ok(()),
