@@ -64,7 +64,7 @@ fn main() {
                 guidance: None,
                 conditioning: Default::default(),
                 boosters: b.clone(),
-                progress: None,
+                on_step: None,
             };
             let mut x = pool
                 .install(|| {

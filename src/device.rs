@@ -33,10 +33,11 @@ impl FromStr for Device {
                 ordinal("cuda:")
                     .map(Device::Cuda)
                     .or_else(|| ordinal("emu:").map(Device::Emu))
-                    .ok_or_else(|| {
-                        Error::Msg(format!(
+                    .ok_or_else(|| Error::DeviceUnavailable {
+                        device: s.to_string(),
+                        msg: format!(
                             "unknown device `{s}` (expected auto, cpu, cuda, cuda:N, emu or emu:N)"
-                        ))
+                        ),
                     })
             }
         }
@@ -110,9 +111,13 @@ impl Device {
         match std::env::var("FREELUNCH_DEVICE") {
             Ok(v) if !v.is_empty() => match v.parse()? {
                 d @ (Device::Emu(_) | Device::Cuda(_)) => Ok(Some(d)),
-                d => Err(Error::Msg(format!(
-                    "FREELUNCH_DEVICE={v}: {d:?} is not a GPU device (emu, emu:N, cuda, cuda:N)"
-                ))),
+                d => Err(Error::DeviceUnavailable {
+                    device: v.clone(),
+                    msg: format!(
+                        "FREELUNCH_DEVICE={v}: {d:?} is not a GPU device (emu, emu:N, cuda, \
+                         cuda:N)"
+                    ),
+                }),
             },
             _ => Ok(None),
         }
@@ -126,10 +131,13 @@ impl Device {
                 eprintln!("freelunch: {e}; running on the CPU");
                 Device::Cpu.open(dtype)
             }),
-            Device::Cpu if dtype != DType::F32 => Err(Error::Msg(format!(
-                "the CPU backend computes in f32; --dtype {} needs --device cuda",
-                dtype.suffix()
-            ))),
+            Device::Cpu if dtype != DType::F32 => Err(Error::DeviceUnavailable {
+                device: "cpu".into(),
+                msg: format!(
+                    "the CPU backend computes in f32; --dtype {} needs --device cuda",
+                    dtype.suffix()
+                ),
+            }),
             Device::Cpu => Ok(Exec::Cpu),
             Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::new(n, dtype)?))),
             Device::Emu(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::emulated(n, dtype)?))),

@@ -493,22 +493,25 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
+                let loaded: f64;
                 let inputs = UNetInputs::load(&input)?;
                 let out = match (model, route) {
                     (_, Some(dirs)) => {
                         let router = Router::from_dirs(&dirs, route_timesteps)?;
+                        loaded = started.elapsed().as_secs_f64();
                         let b = boosters.boosters(&router.experts()[0])?;
                         router.run(&exec, &inputs, &b)?
                     }
                     (Some(model), None) => {
                         let unet = load_reporting_unused(&model, &load.options(Some(&exec)))?;
+                        loaded = started.elapsed().as_secs_f64();
                         unet.run(&exec, &inputs, &boosters.boosters(&unet)?)?
                     }
                     (None, None) => unreachable!("clap requires --model or --route"),
                 };
                 safetensors_io::save(&output, &[("sample", &out)])?;
                 eprintln!(
-                    "wrote {}: sample {:?} in {:.2} s",
+                    "wrote {}: sample {:?} in {:.2} s (inputs and model loaded in {loaded:.2} s)",
                     output.display(),
                     out.shape(),
                     started.elapsed().as_secs_f64()
@@ -686,14 +689,17 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     )
                     .expect("a valid template"),
                 );
-                let mut tick = |i: usize, _n: usize| bar.set_position(i as u64);
+                let mut tick = |s: &schedulers::StepState| {
+                    bar.set_position(s.step as u64 + 1);
+                    schedulers::StepControl::Continue
+                };
                 let started = std::time::Instant::now();
                 let calls = s.timesteps().len();
                 let opts = SampleOptions {
                     guidance,
                     conditioning,
                     boosters: boosters.boosters(&unet)?,
-                    progress: Some(&mut tick),
+                    on_step: Some(&mut tick),
                 };
                 let model = Placed { model: unet, exec };
                 let out =

@@ -614,7 +614,7 @@ fn opts(guidance: Option<f32>, conditioning: Conditioning) -> SampleOptions<'sta
         guidance,
         conditioning,
         boosters: Boosters::default(),
-        progress: None,
+        on_step: None,
     }
 }
 

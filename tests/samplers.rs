@@ -164,7 +164,7 @@ fn finish(
         guidance,
         conditioning,
         boosters: Boosters::default(),
-        progress: None,
+        on_step: None,
     };
     let model = Placed {
         model: unet,
@@ -467,7 +467,7 @@ fn conditioning_errors_name_the_users_tensors() {
             guidance,
             conditioning: c,
             boosters: Boosters::default(),
-            progress: None,
+            on_step: None,
         };
         sample(
             &NeverCalled(&unet),
@@ -517,7 +517,7 @@ fn conditioning_errors_name_the_users_tensors() {
         guidance: None,
         conditioning: c,
         boosters: Boosters::default(),
-        progress: None,
+        on_step: None,
     };
     let msg = sample(
         &NeverCalled(&sd15),

@@ -12,14 +12,16 @@ same run, interleaved (these VMs drift), each load in a fresh process.
   - freelunch: `freelunch forward --model dir --input 8x8 --output ...` (the CLI: it loads, checks
     every weight finite, runs the same forward and writes the output).
 Wall time from process start to exit, and the peak RSS of that process (wait4's ru_maxrss), with
-the page cache warm (one untimed read of the files first). Prints a Markdown table for
-BENCHMARKS.md.
+the page cache warm (one untimed read of the files first); "loading" is diffusers' import plus
+`from_pretrained`, and for freelunch the time to its model being built (inputs read, weights
+mapped, checked finite and widened where stored in 16 bits), as its summary line reports it.
+Prints a Markdown table for BENCHMARKS.md.
 """
 
 import argparse
 import json
 import os
-import subprocess
+import re
 import sys
 import tempfile
 import time
@@ -99,13 +101,13 @@ print(f"{t1 - t0:.3f} {t2 - t1:.3f}")
 def measure_rss(argv):
     """Wall seconds, peak RSS in bytes and stdout of `argv`, run as a direct child (wait4)."""
     r, w = os.pipe()
+    err = tempfile.TemporaryFile()
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:
         os.close(r)
         os.dup2(w, 1)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        os.dup2(err.fileno(), 2)
         os.execvp(argv[0], argv)
     os.close(w)
     chunks = []
@@ -117,9 +119,11 @@ def measure_rss(argv):
     os.close(r)
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - t0
+    err.seek(0)
+    stderr = err.read().decode()
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{argv} failed with status {status}")
-    return wall, usage.ru_maxrss * 1024, b"".join(chunks).decode()
+        sys.exit(f"{argv} failed with status {status}:\n{stderr}")
+    return wall, usage.ru_maxrss * 1024, b"".join(chunks).decode() + stderr
 
 
 def warm(path):
@@ -146,15 +150,17 @@ def run(root, rounds, freelunch):
             with tempfile.TemporaryDirectory() as tmp:
                 fl = [freelunch, "forward", "--model", path, "--device", "cpu",
                       "--input", inp, "--output", os.path.join(tmp, "out.safetensors")]
-                wall, rss, _ = measure_rss(fl)
-                rows.setdefault((name, "freelunch"), []).append((wall, rss, None))
+                wall, rss, out = measure_rss(fl)
+                # "wrote ...: sample [..] in T s (inputs and model loaded in L s)"
+                load_s = float(re.search(r"loaded in ([0-9.]+) s", out).group(1))
+                rows.setdefault((name, "freelunch"), []).append((wall, rss, load_s))
             dv = [sys.executable, "-c", DIFFUSERS_CHILD, root, name, dtype, variant or "-", inp]
             wall, rss, out = measure_rss(dv)
             load_s = float(out.split()[0])
             rows.setdefault((name, "diffusers"), []).append((wall, rss, load_s))
             print(f"round {r}: {name} done", file=sys.stderr)
         rows[(name, "size")] = size
-    print("| checkpoint | file size | runner | load + 8x8 forward, s (median) | of which from_pretrained, s | peak RSS, GB |")
+    print("| checkpoint | file size | runner | process: load + 8x8 forward, s (median) | of which loading, s | peak RSS, GB |")
     print("|---|---|---|---|---|---|")
     for name in CASES:
         if (name, "size") not in rows:
@@ -164,7 +170,7 @@ def run(root, rounds, freelunch):
             vals = rows[(name, runner)]
             med = sorted(v[0] for v in vals)[len(vals) // 2]
             rss = max(v[1] for v in vals)
-            load = "" if vals[0][2] is None else f"{sorted(v[2] for v in vals)[len(vals) // 2]:.2f}"
+            load = f"{sorted(v[2] for v in vals)[len(vals) // 2]:.2f}"
             print(f"| {name} | {size / 1e9:.2f} GB | {runner} | {med:.2f} | {load} | {rss / 1e9:.2f} |")
 
 

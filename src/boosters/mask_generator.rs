@@ -173,11 +173,14 @@ impl MaskGenerator {
         };
         let finite = |what: String, data: &[f32], shape: &[usize]| match first_non_finite(data) {
             None => Ok(()),
-            Some(bad) => Err(Error::Msg(format!(
-                "non-finite value in the mask generator: `{what}` holds {}; its inputs were \
-                 finite, so values overflow f32 there",
-                non_finite_words(shape, bad)
-            ))),
+            Some(bad) => Err(Error::NonFinite {
+                msg: format!(
+                    "non-finite value in the mask generator: `{what}` holds {}; its inputs were \
+                     finite, so values overflow f32 there",
+                    non_finite_words(shape, bad)
+                ),
+                at: what,
+            }),
         };
         let b = match (sample.shape(), skip.shape(), emb.shape()) {
             ([b, _, _, _], [sb, _, _, _], [eb, _]) if sb == b && eb == b => *b,

@@ -84,7 +84,10 @@ impl WeightMask {
         batch: Option<usize>,
         bytes: &[u8],
     ) -> Result<Self> {
-        let bad = |msg: String| Error::Msg(format!("mask for a weight of shape {shape:?}: {msg}"));
+        let bad = |msg: String| Error::Mask {
+            name: String::new(),
+            msg: format!("mask for a weight of shape {shape:?}: {msg}"),
+        };
         if shape.is_empty() || shape.contains(&0) {
             return Err(bad(
                 "a weight shape has at least one dimension, none of them 0".into(),
@@ -143,13 +146,16 @@ impl WeightMask {
     /// its bits against its own (public, so changeable) shape, steps and batch.
     pub fn check_weight(&self, name: &str, weight_shape: &[usize]) -> Result<()> {
         if self.shape != weight_shape {
-            return Err(Error::Msg(format!(
-                "mask `{name}` is for a weight of shape {:?} (rank {}); `{name}` has shape \
-                 {weight_shape:?} (rank {})",
-                self.shape,
-                self.shape.len(),
-                weight_shape.len()
-            )));
+            return Err(Error::Mask {
+                name: name.to_string(),
+                msg: format!(
+                    "mask `{name}` is for a weight of shape {:?} (rank {}); `{name}` has shape \
+                     {weight_shape:?} (rank {})",
+                    self.shape,
+                    self.shape.len(),
+                    weight_shape.len()
+                ),
+            });
         }
         let per = self.rows().checked_mul(self.row_len().div_ceil(64));
         let words = per.and_then(|p| {
@@ -161,11 +167,14 @@ impl WeightMask {
             && self.steps != Some(0)
             && self.batch != Some(0);
         if !consistent {
-            return Err(Error::Msg(format!(
-                "mask `{name}`: its bits do not match its shape {:?}, {:?} steps and {:?} \
-                 samples (changed after `WeightMask::from_bytes`?)",
-                self.shape, self.steps, self.batch
-            )));
+            return Err(Error::Mask {
+                name: name.to_string(),
+                msg: format!(
+                    "mask `{name}`: its bits do not match its shape {:?}, {:?} steps and {:?} \
+                     samples (changed after `WeightMask::from_bytes`?)",
+                    self.shape, self.steps, self.batch
+                ),
+            });
         }
         Ok(())
     }
@@ -228,8 +237,10 @@ impl MaskSet {
         layers: &BTreeMap<String, Vec<usize>>,
     ) -> Result<Self> {
         let st = crate::safetensors_io::deserialize(bytes, origin)?;
-        let bad =
-            |name: &str, msg: String| Error::Msg(format!("mask file {origin}: `{name}`: {msg}"));
+        let bad = |name: &str, msg: String| Error::Mask {
+            name: name.to_string(),
+            msg: format!("mask file {origin}: `{name}`: {msg}"),
+        };
         let mut set = MaskSet::new();
         for (name, view) in st.tensors() {
             if !matches!(view.dtype(), Dtype::U8 | Dtype::BOOL) {
@@ -282,11 +293,14 @@ impl MaskSet {
                 } else {
                     String::new()
                 };
-                return Err(Error::Msg(format!(
-                    "mask `{name}` names no linear or convolution weight of this model{hint}; \
-                     masks are keyed by weight names such as `{}`",
-                    layers.keys().next().map_or("", String::as_str)
-                )));
+                return Err(Error::Mask {
+                    name: name.to_string(),
+                    msg: format!(
+                        "mask `{name}` names no linear or convolution weight of this model{hint}; \
+                         masks are keyed by weight names such as `{}`",
+                        layers.keys().next().map_or("", String::as_str)
+                    ),
+                });
             };
             m.check_weight(name, shape)?;
         }
@@ -298,16 +312,21 @@ impl MaskSet {
         for (name, m) in &self.masks {
             if let Some(b) = m.batch {
                 if b != batch {
-                    return Err(Error::Msg(format!(
-                        "mask `{name}` is per sample for a batch of {b}; the input's batch is {batch}"
-                    )));
+                    return Err(Error::Mask {
+                        name: name.to_string(),
+                        msg: format!(
+                            "mask `{name}` is per sample for a batch of {b}; the input's batch \
+                             is {batch}"
+                        ),
+                    });
                 }
             }
             if let Some(s) = m.steps {
                 if step >= s {
-                    return Err(Error::Msg(format!(
-                        "mask `{name}` has {s} steps; step {step} was asked for"
-                    )));
+                    return Err(Error::Mask {
+                        name: name.to_string(),
+                        msg: format!("mask `{name}` has {s} steps; step {step} was asked for"),
+                    });
                 }
             }
         }

@@ -115,5 +115,8 @@ pub fn load() -> Result<()> {
         .get_or_init(|| find().and_then(|dir| load_from(&dir)))
         .as_ref()
         .map(drop)
-        .map_err(|e| Error::Msg(format!("device emu: {e}")))
+        .map_err(|e| Error::DeviceUnavailable {
+            device: "emu".into(),
+            msg: format!("device emu: {e}"),
+        })
 }

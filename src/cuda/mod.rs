@@ -30,10 +30,13 @@ pub use tensor::GpuTensor;
 pub(crate) fn driver(what: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| {
         let oom = e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY;
-        if oom {
-            Error::Msg(format!("CUDA out of memory while {what}"))
-        } else {
-            Error::Msg(format!("CUDA error while {what}: {e:?}"))
+        Error::Cuda {
+            during: what.to_string(),
+            code: if oom {
+                "out of memory".into()
+            } else {
+                format!("{e:?}")
+            },
         }
     }
 }
@@ -79,10 +82,13 @@ impl Gpu {
     /// Opens GPU `ordinal` for models stored in `dtype`.
     pub fn new(ordinal: usize, dtype: DType) -> Result<Self> {
         if emu::is_loaded() {
-            return Err(Error::Msg(format!(
-                "device cuda:{ordinal}: the PTX executor stands in for the CUDA driver in this \
-                 process (--device emu), so no GPU can be opened alongside it"
-            )));
+            return Err(Error::DeviceUnavailable {
+                device: format!("cuda:{ordinal}"),
+                msg: format!(
+                    "device cuda:{ordinal}: the PTX executor stands in for the CUDA driver in \
+                     this process (--device emu), so no GPU can be opened alongside it"
+                ),
+            });
         }
         Self::open(ordinal, dtype)
     }
@@ -130,29 +136,38 @@ impl Gpu {
         overrides: &[(&str, &str)],
     ) -> Result<Self> {
         if !driver_present() {
-            return Err(Error::Msg(format!(
-                "device {device}:{ordinal}: no CUDA driver library (libcuda.so) on this machine; \
-                 use --device cpu"
-            )));
+            return Err(Error::DeviceUnavailable {
+                device: format!("{device}:{ordinal}"),
+                msg: format!(
+                    "device {device}:{ordinal}: no CUDA driver library (libcuda.so) on this \
+                     machine; use --device cpu"
+                ),
+            });
         }
         cudarc::driver::result::init().map_err(driver("initialising the CUDA driver"))?;
         let count = CudaContext::device_count().map_err(driver("counting CUDA devices"))?;
         if ordinal >= count.max(0) as usize {
-            return Err(Error::Msg(format!(
-                "device {device}:{ordinal}: this machine has {count} {} device(s)",
-                if device == "emu" { "emulated" } else { "CUDA" }
-            )));
+            return Err(Error::DeviceUnavailable {
+                device: format!("{device}:{ordinal}"),
+                msg: format!(
+                    "device {device}:{ordinal}: this machine has {count} {} device(s)",
+                    if device == "emu" { "emulated" } else { "CUDA" }
+                ),
+            });
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("opening the device"))?;
         let cc = ctx
             .compute_capability()
             .map_err(driver("reading the compute capability"))?;
         if cc.0 < 8 {
-            return Err(Error::Msg(format!(
-                "device {device}:{ordinal} has compute capability {}.{}; the kernels need 8.0 or \
-                 newer (mma.sync with bf16, cvt.rn.bf16)",
-                cc.0, cc.1
-            )));
+            return Err(Error::DeviceUnavailable {
+                device: format!("{device}:{ordinal}"),
+                msg: format!(
+                    "device {device}:{ordinal} has compute capability {}.{}; the kernels need \
+                     8.0 or newer (mma.sync with bf16, cvt.rn.bf16)",
+                    cc.0, cc.1
+                ),
+            });
         }
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         if ctx.has_async_alloc() {
@@ -243,7 +258,22 @@ impl Gpu {
     /// distinct and valid).
     pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         // SAFETY: every caller writes the buffer before reading it.
-        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(driver("allocating GPU memory"))
+        unsafe { self.stream.alloc::<T>(len.max(1)) }
+            .map_err(|e| self.alloc_error(e, "allocating GPU memory", len * size_of::<T>()))
+    }
+
+    /// A failed allocation of `bytes`: `Error::OutOfMemory` (with what the device has free)
+    /// when the driver says so, else the driver's error.
+    fn alloc_error(&self, e: DriverError, what: &str, bytes: usize) -> Error {
+        if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            let free = self.stream.context().mem_get_info().map_or(0, |(f, _)| f);
+            return Error::OutOfMemory {
+                what: format!("{what} on the GPU"),
+                needed: bytes as u64,
+                available: free as u64,
+            };
+        }
+        driver(what)(e)
     }
 
     pub(crate) fn upload_slice<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
@@ -252,7 +282,7 @@ impl Gpu {
         }
         self.stream
             .clone_htod(data)
-            .map_err(driver("copying to the GPU"))
+            .map_err(|e| self.alloc_error(e, "copying to the GPU", std::mem::size_of_val(data)))
     }
 
     pub(crate) fn download_slice<T: DeviceRepr + Default + Clone>(
@@ -384,12 +414,13 @@ fn compile_ptx(stem: &str, src: &str, arch: &str) -> Result<String> {
     }
     // SAFETY: as above.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err(Error::Msg(
-            "this build has no embedded PTX and NVRTC (libnvrtc) is not installed, so the \
-             CUDA kernels cannot be compiled; rebuild where NVRTC is found \
-             (tools/cuda_toolchain.sh) or install the CUDA toolkit"
+        return Err(Error::DeviceUnavailable {
+            device: "cuda".into(),
+            msg: "this build has no embedded PTX and NVRTC (libnvrtc) is not installed, so the \
+                  CUDA kernels cannot be compiled; rebuild where NVRTC is found \
+                  (tools/cuda_toolchain.sh) or install the CUDA toolkit"
                 .into(),
-        ));
+        });
     }
     let opts = cudarc::nvrtc::CompileOptions {
         options,
@@ -397,7 +428,10 @@ fn compile_ptx(stem: &str, src: &str, arch: &str) -> Result<String> {
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&code, opts)
-        .map_err(|e| Error::Msg(format!("NVRTC failed on kernels/{stem}.cu: {e:?}")))?
+        .map_err(|e| Error::Cuda {
+            during: format!("compiling kernels/{stem}.cu with NVRTC"),
+            code: format!("{e:?}"),
+        })?
         .to_src();
     if let Some(path) = cache {
         // A cache that cannot be written only costs a recompile next time.

@@ -644,7 +644,9 @@ impl Runnable for UNet2DConditionModel {
                 // more than the call); its output is checked here, once.
                 match safetensors_io::first_non_finite(y.data()) {
                     None => Ok(y),
-                    Some(bad) => Err(Error::Msg(format!(
+                    Some(bad) => Err(Error::NonFinite {
+                        at: "sample".into(),
+                        msg: format!(
                         "non-finite value in the U-Net: its output `sample` computed on the GPU \
                          in {} holds {}; the GPU backend checks only the output, so run the \
                          same call with --device cpu to find the first layer where it appears{}",
@@ -655,7 +657,8 @@ impl Runnable for UNet2DConditionModel {
                         } else {
                             ""
                         }
-                    ))),
+                    ),
+                    }),
                 }
             }
         }
@@ -857,12 +860,16 @@ fn check_host(layer: &str, x: &Tensor) -> Result<()> {
 }
 
 fn non_finite_in(layer: &str, shape: &[usize], bad: (usize, f32)) -> Error {
-    Error::Msg(format!(
-        "non-finite value in the U-Net: the output of `{layer}` holds {} although everything \
-         before it was finite; values overflowing f32 inside `{layer}` (very large inputs, \
-         weights or booster factors, or a config value that makes its maths undefined) cause this",
-        safetensors_io::non_finite_words(shape, bad)
-    ))
+    Error::NonFinite {
+        at: layer.to_string(),
+        msg: format!(
+            "non-finite value in the U-Net: the output of `{layer}` holds {} although everything \
+             before it was finite; values overflowing f32 inside `{layer}` (very large inputs, \
+             weights or booster factors, or a config value that makes its maths undefined) cause \
+             this",
+            safetensors_io::non_finite_words(shape, bad)
+        ),
+    }
 }
 
 fn h_w(t: &Tensor) -> (usize, usize) {

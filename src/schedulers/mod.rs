@@ -91,8 +91,33 @@ pub struct SampleOptions<'a> {
     pub conditioning: Conditioning,
     /// Boosters for every call; the loop sets `mask_step` to the call index.
     pub boosters: Boosters,
-    /// Called after every step with (steps done, total).
-    pub progress: Option<&'a mut (dyn FnMut(usize, usize) + Send)>,
+    /// Called after every step with its state, as diffusers' `callback_on_step_end`: it can
+    /// watch (progress, previews) and end the run early (`StepControl`).
+    pub on_step: Option<&'a mut (dyn FnMut(&StepState) -> StepControl + Send)>,
+}
+
+/// What the step callback sees after a step.
+#[derive(Debug)]
+pub struct StepState<'a> {
+    /// The step just done, from 0 (one per model call: Heun's second-order calls count).
+    pub step: usize,
+    /// How many steps the run has.
+    pub total: usize,
+    /// The timestep the model was called at.
+    pub timestep: f32,
+    /// The latents after the step (what the run returns if it ends here).
+    pub latents: &'a Tensor,
+}
+
+/// The step callback's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepControl {
+    /// Go on.
+    Continue,
+    /// End the run with `Error::Cancelled`, discarding the latents.
+    Cancel,
+    /// End the run now, returning the latents so far as its result.
+    Stop,
 }
 
 /// The loop of diffusers' pipelines: scale the noise by the sampler's initial sigma, then per
@@ -114,7 +139,7 @@ pub fn sample(
         guidance,
         conditioning: cond,
         mut boosters,
-        mut progress,
+        mut on_step,
     } = opts;
     let b = noise.dims4("noise")?.0;
     if b == 0 {
@@ -213,8 +238,18 @@ pub fn sample(
                  (element {k} is {v})"
             )));
         }
-        if let Some(p) = progress.as_mut() {
-            p(i + 1, total);
+        if let Some(f) = on_step.as_mut() {
+            let state = StepState {
+                step: i,
+                total,
+                timestep: t,
+                latents: &latents,
+            };
+            match f(&state) {
+                StepControl::Continue => {}
+                StepControl::Stop => return Ok(latents),
+                StepControl::Cancel => return Err(Error::Cancelled { step: i + 1, total }),
+            }
         }
     }
     Ok(latents)

@@ -1,0 +1,124 @@
+//! What an engine embedding the crate relies on: a step callback that sees each step and can stop
+//! or cancel the run, and errors it can match by kind.
+
+mod common;
+
+use common::fixture;
+use freelunch::boosters::{Boosters, MaskSet};
+use freelunch::device::{DType, Device};
+use freelunch::schedulers::{
+    self, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise, StepControl, StepState,
+};
+use freelunch::{Error, Tensor, UNet};
+
+fn ddim(steps: usize) -> Box<dyn freelunch::schedulers::Sampler> {
+    let cfg = SchedulerConfig::from_path(&fixture(
+        "samplers/ddim_linear_leading_offset1/scheduler_config.json",
+    ))
+    .unwrap();
+    schedulers::build(SamplerKind::Ddim, &cfg, steps, 0.0).unwrap()
+}
+
+fn run(
+    unet: &UNet,
+    steps: usize,
+    on_step: &mut (dyn FnMut(&StepState) -> StepControl + Send),
+) -> freelunch::Result<Tensor> {
+    let noise = Tensor::randn([1, 3, 16, 16], 5);
+    let opts = SampleOptions {
+        guidance: None,
+        conditioning: Default::default(),
+        boosters: Boosters::default(),
+        on_step: Some(on_step),
+    };
+    schedulers::sample(
+        unet,
+        ddim(steps).as_mut(),
+        &noise,
+        opts,
+        &mut SeededNoise(0),
+    )
+}
+
+/// The callback sees every step in order with its timestep and the latents after it; `Stop`
+/// returns those latents, `Cancel` a typed error, and a run left to finish returns the last
+/// latents the callback saw.
+#[test]
+fn the_step_callback_sees_each_step_and_can_stop_or_cancel() {
+    let unet = UNet::from_dir(&fixture("ddpm_basic")).unwrap();
+    let timesteps = ddim(6).timesteps().to_vec();
+    let mut seen: Vec<(usize, usize, f32, Tensor)> = Vec::new();
+    let full = run(&unet, 6, &mut |s: &StepState| {
+        seen.push((s.step, s.total, s.timestep, s.latents.clone()));
+        StepControl::Continue
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 6);
+    for (i, (step, total, t, _)) in seen.iter().enumerate() {
+        assert_eq!((*step, *total, *t), (i, 6, timesteps[i]));
+    }
+    assert_eq!(seen[5].3, full);
+    assert_ne!(seen[2].3, full);
+
+    let stopped = run(&unet, 6, &mut |s: &StepState| {
+        if s.step == 2 {
+            StepControl::Stop
+        } else {
+            StepControl::Continue
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        stopped, seen[2].3,
+        "Stop returns the latents after that step"
+    );
+
+    let mut calls = 0;
+    let e = run(&unet, 6, &mut |_s: &StepState| {
+        calls += 1;
+        StepControl::Cancel
+    })
+    .unwrap_err();
+    assert!(matches!(e, Error::Cancelled { step: 1, total: 6 }), "{e:?}");
+    assert_eq!(calls, 1);
+}
+
+/// Errors an engine handles differently come as their own kinds.
+#[test]
+fn errors_come_by_kind() {
+    // A device that cannot be opened: no driver here, or the executor standing in for one.
+    match Device::Cuda(0).open(DType::F32) {
+        Err(Error::DeviceUnavailable { device, .. }) => assert_eq!(device, "cuda:0"),
+        Err(e) => panic!("opening cuda:0: {e:?}"),
+        Ok(_) => println!("a GPU opened: nothing to check"),
+    }
+    assert!(matches!(
+        "tpu".parse::<Device>(),
+        Err(Error::DeviceUnavailable { .. })
+    ));
+    assert!(matches!(
+        Device::Cpu.open(DType::F16),
+        Err(Error::DeviceUnavailable { .. })
+    ));
+    // A mask under a weight name the model does not have.
+    let unet = UNet::from_dir(&fixture("ddpm_basic")).unwrap();
+    let dir = common::scratch("engine-mask");
+    let path = dir.join("m.safetensors");
+    common::write_raw_safetensors(&path, &[("no.such.weight", "U8", vec![2, 2], vec![1; 4])]);
+    match MaskSet::load(&path, unet.layers()) {
+        Err(Error::Mask { name, msg }) => {
+            assert_eq!(name, "no.such.weight");
+            assert!(
+                msg.contains("names no linear or convolution weight"),
+                "{msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Input errors name the input.
+    let bad = freelunch::UNetInputs::new(Tensor::randn([1, 5, 16, 16], 0), 10.0);
+    match unet.forward(&bad) {
+        Err(Error::Input { name, .. }) => assert_eq!(name, "sample"),
+        other => panic!("{other:?}"),
+    }
+}
