@@ -64,6 +64,17 @@ pub enum Error {
     /// A CUDA driver or library call that failed.
     #[error("CUDA error while {during}: {code}")]
     Cuda { during: String, code: String },
+    /// An error of one sampling step: which step (from 1) of how many, at which timestep, and
+    /// what went wrong there (`source`: the model's own error, or `NonFinite` naming the model's
+    /// output, the guidance, the sampler's input scaling or its update). `Error::root` sees
+    /// through it.
+    #[error("sampling step {step}/{total} (timestep {timestep}): {source}")]
+    AtStep {
+        step: usize,
+        total: usize,
+        timestep: f32,
+        source: Box<Error>,
+    },
     /// Anything else, in words.
     #[error("{0}")]
     Msg(String),
@@ -84,6 +95,16 @@ pub fn gib(bytes: u64) -> String {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The error under any step context (`AtStep`): what an engine matches on (out of memory,
+    /// cancelled, a bad input) wherever in a run it happened.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::AtStep { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// An input error naming input `name`.
     pub fn input(name: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Input {
             name: name.into(),
@@ -91,6 +112,7 @@ impl Error {
         }
     }
 
+    /// A weight error naming parameter `name`.
     pub fn weight(name: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Weight {
             name: name.into(),
@@ -98,6 +120,7 @@ impl Error {
         }
     }
 
+    /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

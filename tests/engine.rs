@@ -122,3 +122,46 @@ fn errors_come_by_kind() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A model's error inside a run keeps its kind under the step it happened at.
+#[test]
+fn a_model_error_in_a_run_keeps_its_kind() {
+    use freelunch::models::Denoiser;
+    use freelunch::UNetInputs;
+    struct OutOfMemoryAtThirdCall(std::sync::atomic::AtomicUsize);
+    impl Denoiser for OutOfMemoryAtThirdCall {
+        fn forward_with(&self, x: &UNetInputs, _: &Boosters) -> freelunch::Result<Tensor> {
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 2 {
+                return Err(Error::OutOfMemory {
+                    what: "a test".into(),
+                    needed: 2 << 30,
+                    available: 1 << 30,
+                });
+            }
+            Ok(x.sample.clone())
+        }
+    }
+    let noise = Tensor::randn([1, 3, 16, 16], 5);
+    let opts = SampleOptions {
+        guidance: None,
+        conditioning: Default::default(),
+        boosters: Boosters::default(),
+        on_step: None,
+    };
+    let model = OutOfMemoryAtThirdCall(0.into());
+    let e = schedulers::sample(&model, ddim(6).as_mut(), &noise, opts, &mut SeededNoise(0))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::AtStep {
+                step: 3,
+                total: 6,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(matches!(e.root(), Error::OutOfMemory { .. }), "{e:?}");
+    assert!(e.to_string().starts_with("sampling step 3/6"), "{e}");
+}

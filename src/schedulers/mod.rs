@@ -173,11 +173,18 @@ pub fn sample(
     let total = sampler.timesteps().len();
     for i in 0..total {
         let t = sampler.timesteps()[i];
-        let at = |what: String| {
-            Error::Msg(format!(
-                "sampling step {}/{total} (timestep {t}): {what}",
-                i + 1
-            ))
+        // Errors of this step carry it; a NaN or infinity is `NonFinite` naming its source.
+        let in_step = |source: Error| Error::AtStep {
+            step: i + 1,
+            total,
+            timestep: t,
+            source: Box::new(source),
+        };
+        let at = |source: &str, what: String| {
+            in_step(Error::NonFinite {
+                at: source.to_string(),
+                msg: what,
+            })
         };
         let x = match guidance {
             Some(_) => concat_batch(&latents, &latents)?,
@@ -185,28 +192,28 @@ pub fn sample(
         };
         let scaled = sampler.scale_model_input(&x, i);
         if let Some((k, v)) = first_non_finite(scaled.data()) {
-            return Err(at(format!(
-                "the sampler's scaled model input is not finite (element {k} is {v})"
-            )));
+            return Err(at(
+                "scale_model_input",
+                format!("the sampler's scaled model input is not finite (element {k} is {v})"),
+            ));
         }
         let inputs = context.inputs(scaled, t);
         boosters.mask_step = i;
-        let out = model
-            .forward_with(&inputs, &boosters)
-            .map_err(|e| at(e.to_string()))?;
+        let out = model.forward_with(&inputs, &boosters).map_err(in_step)?;
         if let Some((k, v)) = first_non_finite(out.data()) {
-            return Err(at(format!(
-                "the model's output is not finite (element {k} is {v})"
-            )));
+            return Err(at(
+                "model",
+                format!("the model's output is not finite (element {k} is {v})"),
+            ));
         }
         let out = match guidance {
             Some(g) => {
                 if out.shape().first() != Some(&(2 * b)) {
-                    return Err(at(format!(
+                    return Err(in_step(Error::Msg(format!(
                         "the model outputs {:?} for a guided batch of {}",
                         out.shape(),
                         2 * b
-                    )));
+                    ))));
                 }
                 let half = out.numel() / 2;
                 let (u, c) = out.data().split_at(half);
@@ -215,9 +222,12 @@ pub fn sample(
                 shape[0] = b;
                 let guided = Tensor::new(shape, data)?;
                 if let Some((k, v)) = first_non_finite(guided.data()) {
-                    return Err(at(format!(
-                        "classifier-free guidance at scale {g} overflows (element {k} is {v})"
-                    )));
+                    return Err(at(
+                        "guidance",
+                        format!(
+                            "classifier-free guidance at scale {g} overflows (element {k} is {v})"
+                        ),
+                    ));
                 }
                 guided
             }
@@ -231,12 +241,17 @@ pub fn sample(
                 latents.shape()
             )));
         }
-        latents = sampler.step(&out, i, &latents, step_noise)?;
+        latents = sampler
+            .step(&out, i, &latents, step_noise)
+            .map_err(in_step)?;
         if let Some((k, v)) = first_non_finite(latents.data()) {
-            return Err(at(format!(
-                "the sampler's update is not finite although the model's output is \
-                 (element {k} is {v})"
-            )));
+            return Err(at(
+                "step",
+                format!(
+                    "the sampler's update is not finite although the model's output is \
+                     (element {k} is {v})"
+                ),
+            ));
         }
         if let Some(f) = on_step.as_mut() {
             let state = StepState {
