@@ -165,3 +165,55 @@ fn a_model_error_in_a_run_keeps_its_kind() {
     assert!(matches!(e.root(), Error::OutOfMemory { .. }), "{e:?}");
     assert!(e.to_string().starts_with("sampling step 3/6"), "{e}");
 }
+
+/// Under guidance a per-sample mask is given per sample (B entries) and serves both halves of
+/// the guided batch: the run equals one given the doubled masks explicitly, uncond first.
+#[test]
+fn per_sample_masks_serve_both_halves_of_a_guided_batch() {
+    use freelunch::boosters::masks::WeightMask;
+    use std::sync::Arc;
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let case = fixture("samplers/cfg_ddim_sd15");
+    let cond = freelunch::safetensors_io::load(&case.join("cond.safetensors")).unwrap();
+    let cfg = SchedulerConfig::from_path(&case.join("scheduler_config.json")).unwrap();
+    let noise = Tensor::randn([2, 4, 16, 16], 1);
+    let conditioning = freelunch::schedulers::Conditioning {
+        encoder_hidden_states: Some(cond["encoder_hidden_states"].tensor.clone()),
+        uncond_hidden_states: Some(cond["uncond_hidden_states"].tensor.clone()),
+        ..Default::default()
+    };
+    let masked: Vec<(&String, &Vec<usize>)> = unet.layers().iter().take(6).collect();
+    let masks = |batch: usize, twice: bool| {
+        let mut set = MaskSet::new();
+        for (k, (name, shape)) in masked.iter().enumerate() {
+            let n: usize = shape.iter().product();
+            let one = common::random_mask_bytes(n * batch, 0.6, k as u64);
+            let bytes = if twice {
+                [one.clone(), one].concat()
+            } else {
+                one
+            };
+            let b = if twice { 2 * batch } else { batch };
+            let m = WeightMask::from_bytes(shape.to_vec(), None, Some(b), &bytes).unwrap();
+            set.insert(name.to_string(), m);
+        }
+        Arc::new(set)
+    };
+    let run = |masks: Option<Arc<MaskSet>>| {
+        let opts = SampleOptions {
+            guidance: Some(7.5),
+            conditioning: conditioning.clone(),
+            boosters: Boosters {
+                masks,
+                ..Boosters::default()
+            },
+            on_step: None,
+        };
+        let mut s = schedulers::build(SamplerKind::Ddim, &cfg, 2, 0.0).unwrap();
+        schedulers::sample(&unet, s.as_mut(), &noise, opts, &mut SeededNoise(0)).unwrap()
+    };
+    let per_sample = run(Some(masks(2, false)));
+    let explicit = run(Some(masks(2, true)));
+    assert_eq!(per_sample, explicit);
+    assert_ne!(per_sample, run(None));
+}

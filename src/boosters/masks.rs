@@ -224,6 +224,42 @@ impl MaskSet {
         self.masks.values().any(|m| m.batch.is_some())
     }
 
+    /// The masks for a guided batch of `2 × batch` (`[uncond, cond]`): a per-sample mask for
+    /// `batch` samples serves both halves (sample i's mask for uncond i and cond i); one for
+    /// `2 × batch` is taken as given (the caller's own uncond masks first). None when no mask
+    /// needs repeating.
+    pub fn for_guidance(&self, batch: usize) -> Option<MaskSet> {
+        let repeat = |m: &WeightMask| m.batch == Some(batch);
+        if !self.masks.values().any(repeat) {
+            return None;
+        }
+        let masks = self
+            .masks
+            .iter()
+            .map(|(name, m)| {
+                if !repeat(m) {
+                    return (name.clone(), m.clone());
+                }
+                let per_sample = m.rows() * m.row_words;
+                let mut bits = Vec::with_capacity(m.bits.len() * 2);
+                for step in m.bits.chunks(per_sample * batch) {
+                    bits.extend_from_slice(step);
+                    bits.extend_from_slice(step);
+                }
+                let doubled = WeightMask {
+                    shape: m.shape.clone(),
+                    steps: m.steps,
+                    batch: Some(2 * batch),
+                    row_words: m.row_words,
+                    bits,
+                    uid: crate::nn::fresh_uid(),
+                };
+                (name.clone(), doubled)
+            })
+            .collect();
+        Some(MaskSet { masks })
+    }
+
     /// Reads a mask file for a model whose maskable weights (linear and convolution) are
     /// `layers` (name → shape).
     pub fn load(path: &Path, layers: &BTreeMap<String, Vec<usize>>) -> Result<Self> {

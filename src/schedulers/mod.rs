@@ -170,6 +170,12 @@ pub fn sample(
              (element {at} is {v})"
         )));
     }
+    if guidance.is_some() {
+        // Per-sample masks are given per sample; the guided call has each sample twice.
+        if let Some(doubled) = boosters.masks.as_ref().and_then(|m| m.for_guidance(b)) {
+            boosters.masks = Some(std::sync::Arc::new(doubled));
+        }
+    }
     let total = sampler.timesteps().len();
     for i in 0..total {
         let t = sampler.timesteps()[i];
