@@ -119,3 +119,53 @@ FOR_EACH_DTYPE(ELEMENTWISE_KERNELS)
     }
 CAST_KERNELS(f16, half_t)
 CAST_KERNELS(bf16, bf16_t)
+
+// The U-Net's block-boundary check on the GPU: the first NaN or infinity of x[0..n), first in
+// the tensor's semantic (NCHW) order, as the CPU finds it. x is stored NHWC when C > 0 ([B, HW,
+// C]: its element i is NCHW element ((b·C + c)·HW + p)), as it is otherwise. Launched with
+// exactly FIRST_NON_FINITE_BLOCKS blocks of 256 threads; block k scans its grid-stride share and
+// writes the smallest semantic index it saw holding a non-finite value (NO_INDEX, 2^63 - 1, for
+// none) to idx[k] and that element's f32 bits to bits[k]; the host takes the minimum over the
+// blocks of every check of a call once, at its end (no atomics, no memset: every slot is
+// written). A value is non-finite when all its exponent bits are set, tested on the f32 bits so
+// no compiler setting can fold it away. Tested by tests/hostile_values.rs: the GPU names the
+// layer and element the CPU names.
+#define NO_INDEX 0x7fffffffffffffffLL
+#define FIRST_NON_FINITE_KERNELS(SUFFIX, T)                                                    \
+    extern "C" __global__ void first_non_finite_##SUFFIX(const T* x, long long n, int C,       \
+                                                         long long HW, long long* idx,         \
+                                                         unsigned* bits) {                     \
+        __shared__ long long s_idx[256];                                                       \
+        __shared__ unsigned s_bits[256];                                                       \
+        long long best = NO_INDEX;                                                             \
+        unsigned best_bits = 0;                                                                \
+        GRID_STRIDE(i, n) {                                                                    \
+            const unsigned u = __float_as_uint(to_f32(x[i]));                                  \
+            if ((u & 0x7f800000u) == 0x7f800000u) {                                            \
+                long long sem = i;                                                             \
+                if (C > 0) {                                                                   \
+                    const long long c = i % C, p = (i / C) % HW, b = i / (C * HW);             \
+                    sem = (b * C + c) * HW + p;                                                \
+                }                                                                              \
+                if (sem < best) {                                                              \
+                    best = sem;                                                                \
+                    best_bits = u;                                                             \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        s_idx[threadIdx.x] = best;                                                             \
+        s_bits[threadIdx.x] = best_bits;                                                       \
+        __syncthreads();                                                                       \
+        for (int half = 128; half > 0; half >>= 1) {                                           \
+            if (threadIdx.x < half && s_idx[threadIdx.x + half] < s_idx[threadIdx.x]) {        \
+                s_idx[threadIdx.x] = s_idx[threadIdx.x + half];                                \
+                s_bits[threadIdx.x] = s_bits[threadIdx.x + half];                              \
+            }                                                                                  \
+            __syncthreads();                                                                   \
+        }                                                                                      \
+        if (threadIdx.x == 0) {                                                                \
+            idx[blockIdx.x] = s_idx[0];                                                        \
+            bits[blockIdx.x] = s_bits[0];                                                      \
+        }                                                                                      \
+    }
+FOR_EACH_DTYPE(FIRST_NON_FINITE_KERNELS)

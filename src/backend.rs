@@ -134,12 +134,22 @@ pub trait Backend {
     fn available_memory(&self) -> Option<u64> {
         None
     }
-    /// The first NaN or infinity of `x` (flat index in the semantic layout, value), where the
-    /// backend can look cheaply: the U-Net's block-boundary checks. `None` when `x` is finite
-    /// or the backend does not look (the CUDA backend: the U-Net checks its output instead).
-    fn find_non_finite(&self, _x: &Self::Tensor) -> Result<Option<(usize, f32)>> {
-        Ok(None)
-    }
+    /// Per-call state of the block-boundary checks (`watch_non_finite`).
+    type Watch;
+    /// A fresh watch for one forward call.
+    fn new_watch(&self) -> Result<Self::Watch>;
+    /// The U-Net's block-boundary check of `x`, the next check of the call: the first NaN or
+    /// infinity (flat index in the semantic layout, value) when the backend knows it now (the
+    /// CPU looks at once); a backend that looks asynchronously (the GPU queues a kernel) answers
+    /// `None` here and reports in `first_watched`.
+    fn watch_non_finite(
+        &self,
+        watch: &mut Self::Watch,
+        x: &Self::Tensor,
+    ) -> Result<Option<(usize, f32)>>;
+    /// The first queued check of the call that found a non-finite value: (its number from 0,
+    /// flat index in the semantic layout, value).
+    fn first_watched(&self, watch: Self::Watch) -> Result<Option<(usize, usize, f32)>>;
 }
 
 /// The multi-threaded CPU reference backend.
@@ -349,7 +359,17 @@ impl Backend for Cpu {
         Ok(ts.forward(t))
     }
 
-    fn find_non_finite(&self, x: &Tensor) -> Result<Option<(usize, f32)>> {
+    type Watch = ();
+
+    fn new_watch(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn watch_non_finite(&self, _: &mut (), x: &Tensor) -> Result<Option<(usize, f32)>> {
         Ok(crate::safetensors_io::first_non_finite(x.data()))
+    }
+
+    fn first_watched(&self, _: ()) -> Result<Option<(usize, usize, f32)>> {
+        Ok(None)
     }
 }

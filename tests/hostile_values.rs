@@ -349,29 +349,56 @@ fn a_non_finite_intermediate_names_the_first_layer() {
     }
 }
 
-/// The GPU backend checks its output: a NaN is an error that says which output and points to
-/// `--device cpu`, never a NaN file. Runs where `FREELUNCH_DEVICE` names a GPU device (or the
-/// executor), like the other GPU suites.
+/// The GPU backend checks block boundaries too (a kernel per check, read once at the call's end):
+/// a non-finite intermediate names the same first module as on the CPU, never a NaN file. Runs
+/// where `FREELUNCH_DEVICE` names a GPU device (or the executor), like the other GPU suites.
 #[test]
-fn the_gpu_path_does_not_return_nan_silently() {
+fn the_gpu_path_names_the_first_non_finite_layer() {
     let Some(device) = freelunch::device::Device::from_env().unwrap() else {
-        eprintln!("FREELUNCH_DEVICE is not set: the GPU output check is not run");
+        eprintln!("FREELUNCH_DEVICE is not set: the GPU block checks are not run");
         return;
     };
     let exec = device.open(freelunch::device::DType::F32).unwrap();
+    let run = |unet: &UNet, x: &UNetInputs| {
+        freelunch::models::Runnable::run(unet, &exec, x, &Boosters::default())
+            .unwrap_err()
+            .to_string()
+    };
     let unet = UNet::from_dir(&fixture("ddpm_basic")).unwrap();
     let mut x = UNetInputs::load(&fixture("ddpm_basic").join("inputs.safetensors")).unwrap();
     x.sample
         .data_mut()
         .iter_mut()
         .for_each(|v| *v = v.signum() * 3e38);
-    let msg = freelunch::models::Runnable::run(&unet, &exec, &x, &Boosters::default())
-        .unwrap_err()
-        .to_string();
+    let msg = run(&unet, &x);
     assert!(
-        msg.contains("non-finite") && msg.contains("`sample`") && msg.contains("--device cpu"),
+        msg.contains("non-finite") && msg.contains("`conv_in`"),
         "{msg}"
     );
+    let cpu = unet.forward(&x).unwrap_err().to_string();
+    assert_eq!(msg, cpu, "the GPU and the CPU name different places");
+
+    let inputs = UNetInputs::load(&fixture("sd15_like").join("inputs.safetensors")).unwrap();
+    for (weight, layer) in [
+        (
+            "down_blocks.1.resnets.0.conv2.weight",
+            "`down_blocks.1.resnets.0`",
+        ),
+        ("up_blocks.1.resnets.2.conv2.weight", "`up_blocks.1`"),
+    ] {
+        let dir = copy_fixture("sd15_like");
+        edit_f32(&dir.join(WEIGHTS), |ts| {
+            set(ts, weight, |t| {
+                t.data_mut().iter_mut().for_each(|v| *v = f32::MAX / 2.0)
+            })
+        });
+        let unet = UNet::from_dir(&dir).unwrap();
+        let msg = run(&unet, &inputs);
+        assert!(
+            msg.contains("non-finite") && msg.contains(layer),
+            "{weight}: {msg}"
+        );
+    }
 }
 
 /// FreeU's b and s and the skip scales are refused where they enter when they are not finite

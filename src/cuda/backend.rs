@@ -411,8 +411,94 @@ impl<T: cudarc::driver::DeviceRepr> Arg for T {
     }
 }
 
+/// Blocks of the block-boundary check kernel (`first_non_finite_*`, kernels/elementwise.cu):
+/// enough to keep the memory busy on a tensor of a U-Net block, few enough that the host's final
+/// minimum over them is nothing.
+const FIRST_NON_FINITE_BLOCKS: usize = 64;
+
+/// Checks one device buffer of results holds.
+const WATCH_SLOTS: usize = 128;
+
+/// The block-boundary checks of one GPU forward: each launches `first_non_finite_*` into its
+/// slot of a device buffer, and `first_watched` downloads the buffers once, at the call's end.
+pub struct GpuWatch {
+    /// (first index, its f32 bits) per block, `WATCH_SLOTS` checks per buffer pair.
+    buffers: Vec<(CudaSlice<i64>, CudaSlice<u32>)>,
+    /// Checks launched so far.
+    checks: usize,
+}
+
 impl Backend for Gpu {
     type Tensor = GpuTensor;
+    type Watch = GpuWatch;
+
+    fn new_watch(&self) -> Result<GpuWatch> {
+        Ok(GpuWatch {
+            buffers: Vec::new(),
+            checks: 0,
+        })
+    }
+
+    fn watch_non_finite(
+        &self,
+        watch: &mut GpuWatch,
+        x: &GpuTensor,
+    ) -> Result<Option<(usize, f32)>> {
+        self.check_dtype(x)?;
+        let slot = watch.checks;
+        if slot % WATCH_SLOTS == 0 {
+            let n = WATCH_SLOTS * FIRST_NON_FINITE_BLOCKS;
+            watch
+                .buffers
+                .push((self.alloc::<i64>(n)?, self.alloc::<u32>(n)?));
+        }
+        let (idx, bits) = watch.buffers.last().expect("pushed above");
+        let at = ((slot % WATCH_SLOTS) * FIRST_NON_FINITE_BLOCKS) as u64;
+        let (px, pidx, pbits) = (
+            self.ptr(&x.buf),
+            self.ptr(idx) + at * 8,
+            self.ptr(bits) + at * 4,
+        );
+        let n = x.numel() as i64;
+        // Rank-4 tensors are stored NHWC; the kernel reports semantic (NCHW) indices.
+        let (c, hw) = match x.shape[..] {
+            [_, c, h, w] => (i32_of(c, "channels")?, (h * w) as i64),
+            _ => (0, 0),
+        };
+        let f = self.function(&self.kernel("first_non_finite"))?;
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&px).arg(&n).arg(&c).arg(&hw).arg(&pidx).arg(&pbits);
+        let cfg = LaunchConfig {
+            grid_dim: (FIRST_NON_FINITE_BLOCKS as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel's parameters in order; its slot lies in the buffers just sized.
+        unsafe { l.launch(cfg) }.map_err(driver("first_non_finite"))?;
+        watch.checks += 1;
+        Ok(None)
+    }
+
+    fn first_watched(&self, watch: GpuWatch) -> Result<Option<(usize, usize, f32)>> {
+        for (k, (idx, bits)) in watch.buffers.iter().enumerate() {
+            let checks = (watch.checks - k * WATCH_SLOTS).min(WATCH_SLOTS);
+            let n = checks * FIRST_NON_FINITE_BLOCKS;
+            let (idx, bits) = (self.download_slice(idx, n)?, self.download_slice(bits, n)?);
+            for s in 0..checks {
+                let blocks = s * FIRST_NON_FINITE_BLOCKS..(s + 1) * FIRST_NON_FINITE_BLOCKS;
+                let first = blocks.min_by_key(|&j| idx[j]).expect("blocks");
+                if idx[first] != i64::MAX {
+                    let slot = k * WATCH_SLOTS + s;
+                    return Ok(Some((
+                        slot,
+                        idx[first] as usize,
+                        f32::from_bits(bits[first]),
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
 
     /// Device memory the next call can have, for the memory plan: what the driver has free plus
     /// what the stream-ordered pool holds unused (it keeps freed memory, which the driver counts

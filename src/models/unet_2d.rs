@@ -640,16 +640,15 @@ impl Runnable for UNet2DConditionModel {
             Exec::Cuda(gpu) => {
                 let y = self.forward_on(gpu.as_ref(), inputs, boosters)?;
                 let y = gpu.download(&y)?;
-                // The GPU backend does not check block outputs (a download of each would cost
-                // more than the call); its output is checked here, once.
+                // Block outputs were checked on the device (`watch_non_finite`); the output
+                // is checked again here, on the host, as the last word.
                 match safetensors_io::first_non_finite(y.data()) {
                     None => Ok(y),
                     Some(bad) => Err(Error::NonFinite {
                         at: "sample".into(),
                         msg: format!(
                         "non-finite value in the U-Net: its output `sample` computed on the GPU \
-                         in {} holds {}; the GPU backend checks only the output, so run the \
-                         same call with --device cpu to find the first layer where it appears{}",
+                         in {} holds {}{}",
                         gpu.dtype().suffix(),
                         safetensors_io::non_finite_words(y.shape(), bad),
                         if gpu.dtype() == crate::device::DType::F16 {
@@ -684,7 +683,15 @@ impl UNet2DConditionModel {
         if let Some(m) = &boosters.masks {
             m.check_layers(&self.layers)?;
         }
-        let check = |layer: &str, x: &B::Tensor| check_block_output(be, layer, x);
+        let watch = std::cell::RefCell::new((be.new_watch()?, Vec::<(String, Vec<usize>)>::new()));
+        let check = |layer: &str, x: &B::Tensor| {
+            let (w, layers) = &mut *watch.borrow_mut();
+            layers.push((layer.to_string(), be.shape(x)));
+            match be.watch_non_finite(w, x)? {
+                None => Ok(()),
+                Some(bad) => Err(non_finite_in(layer, &be.shape(x), bad)),
+            }
+        };
         let lc = LayerCtx {
             masks: boosters.masks.as_deref(),
             step: boosters.mask_step,
@@ -838,17 +845,12 @@ impl UNet2DConditionModel {
         check("conv_norm_out", &h)?;
         let out = be.conv2d(&self.conv_out, &h, lc, Epilogue::default())?;
         check("conv_out", &out)?;
+        let (w, layers) = watch.into_inner();
+        if let Some((k, i, v)) = be.first_watched(w)? {
+            let (layer, shape) = &layers[k];
+            return Err(non_finite_in(layer, shape, (i, v)));
+        }
         Ok(out)
-    }
-}
-
-/// The block-boundary check: the first NaN or infinity of a call is an error naming the module
-/// whose output it appeared in (its inputs, the weights and the call's inputs were finite).
-/// Backends that cannot look cheaply skip it; `Runnable::run` checks their output.
-fn check_block_output<B: Backend>(be: &B, layer: &str, x: &B::Tensor) -> Result<()> {
-    match be.find_non_finite(x)? {
-        None => Ok(()),
-        Some(bad) => Err(non_finite_in(layer, &be.shape(x), bad)),
     }
 }
 
