@@ -446,7 +446,7 @@ impl Backend for Gpu {
     ) -> Result<Option<(usize, f32)>> {
         self.check_dtype(x)?;
         let slot = watch.checks;
-        if slot % WATCH_SLOTS == 0 {
+        if slot.is_multiple_of(WATCH_SLOTS) {
             let n = WATCH_SLOTS * FIRST_NON_FINITE_BLOCKS;
             watch
                 .buffers
