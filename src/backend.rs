@@ -45,7 +45,7 @@ impl<T> Default for Epilogue<'_, T> {
 }
 
 impl<'a, T> Epilogue<'a, T> {
-    /// Adds `r` (same shape as the output), then scales by `scale`.
+    /// Adds `r` (of the output's shape) and scales the sum by `scale`.
     pub fn residual(r: &'a T, scale: f32) -> Self {
         Epilogue {
             add_bc: None,
@@ -55,9 +55,9 @@ impl<'a, T> Epilogue<'a, T> {
     }
 }
 
-/// The ops the U-Net graph is written with, over a backend's own tensors (shapes semantic, see
-/// the module docs). Every op checks its shapes and returns an error, never panics, on ones
-/// that do not agree.
+/// The ops every model module is written against, over the backend's own tensor type (shapes
+/// semantic, see the module docs): the CPU reference (`Cpu`) and the CUDA backend (`cuda::Gpu`)
+/// implement it.
 pub trait Backend {
     /// Cloning copies on the CPU and shares the buffer on the GPU.
     type Tensor: Clone;

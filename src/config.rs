@@ -144,7 +144,7 @@ pub struct UNetConfig {
     /// `conv_norm_out`).
     pub norm_num_groups: usize,
     /// `norm_eps`: epsilon of the resnets', spatial attentions' and `conv_norm_out`'s GroupNorms
-    /// (the transformers' is 1e-6, their LayerNorms' 1e-5).
+    /// (Transformer2DModel's `norm` uses 1e-6, its LayerNorms 1e-5).
     pub norm_eps: f32,
     /// `use_linear_projection`: Transformer2DModel's `proj_in`/`proj_out` are linear layers, not
     /// 1×1 convolutions (SD 2.x, SDXL).

@@ -43,8 +43,8 @@ pub struct FreeU {
     pub s2: f32,
     /// Which decoder resnets count as the two stages.
     pub blocks: FreeUBlocks,
-    /// FreeU v2: the backbone factor is `(b − 1)·m̂ + 1`, m̂ the min-max normalised channel
-    /// mean per pixel (`scale_backbone`).
+    /// FreeU v2: the backbone factor is `(b − 1)·m̂ + 1` per pixel, m̂ the mean over channels
+    /// min-max normalised over the sample's pixels (`scale_backbone`).
     pub v2: bool,
     /// Half-width of the low-frequency window of the skip filter, in frequencies (diffusers: 1).
     pub threshold: usize,
