@@ -1,7 +1,8 @@
 //! A small deterministic generator (SplitMix64 + Box–Muller) for random inputs and weights.
 //! Not cryptographic and not meant to match any other library's stream.
 
-/// SplitMix64 state, with the second normal of the last Box–Muller pair.
+/// A SplitMix64 stream with Box–Muller normals (each pair of uniforms gives two; the second is
+/// kept for the next call).
 pub struct Rng {
     state: u64,
     spare: Option<f32>,
@@ -30,7 +31,7 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// A standard normal value (Box–Muller; each pair of uniforms gives two).
+    /// A standard normal value.
     pub fn normal(&mut self) -> f32 {
         if let Some(z) = self.spare.take() {
             return z;
