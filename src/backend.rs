@@ -45,6 +45,7 @@ impl<T> Default for Epilogue<'_, T> {
 }
 
 impl<'a, T> Epilogue<'a, T> {
+    /// Adds `r` (of the output's shape) and scales the sum by `scale`.
     pub fn residual(r: &'a T, scale: f32) -> Self {
         Epilogue {
             add_bc: None,
@@ -54,6 +55,9 @@ impl<'a, T> Epilogue<'a, T> {
     }
 }
 
+/// The ops every model module is written against, over the backend's own tensor type (shapes
+/// semantic, see the module docs): the CPU reference (`Cpu`) and the CUDA backend (`cuda::Gpu`)
+/// implement it.
 pub trait Backend {
     /// Cloning copies on the CPU and shares the buffer on the GPU.
     type Tensor: Clone;
@@ -90,6 +94,7 @@ pub trait Backend {
         scale_shift: Option<&Self::Tensor>,
         silu: bool,
     ) -> Result<Self::Tensor>;
+    /// LayerNorm over the last dimension of `[.., C]`.
     fn layer_norm(&self, ln: &LayerNorm, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Multi-head SDPA over token sequences.
     fn attention(
@@ -100,11 +105,15 @@ pub trait Backend {
         heads: usize,
         scale: f32,
     ) -> Result<Self::Tensor>;
+    /// diffusers' GEGLU after its projection: `[.., 2d]` → `x[.., :d] · gelu(x[.., d:])`.
     fn geglu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// SiLU, `x · sigmoid(x)`, elementwise.
     fn silu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// `(a + b) · scale`.
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor, scale: f32) -> Result<Self::Tensor>;
+    /// `x · s`, elementwise.
     fn scale(&self, x: &Self::Tensor, s: f32) -> Result<Self::Tensor>;
+    /// Nearest-neighbour resize of an image to H×W = `h`×`w` (PyTorch's index rule).
     fn upsample_nearest(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
     /// `[h, skip · skip_scale]` along channels (Skip-Tuning's scale fused).
     fn cat_channels(
@@ -127,6 +136,8 @@ pub trait Backend {
         scale: f32,
         form: FilterForm,
     ) -> Result<Self::Tensor>;
+    /// The sinusoidal embedding of `ts` for the batch's timesteps `t` (one per sample),
+    /// `[B, ts.dim]`.
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Self::Tensor>;
     /// Bytes this backend's tensors can still take, for the memory plan a forward makes before
     /// it allocates (`UNetConfig::plan_forward`); None where the backend does not say, and then

@@ -38,7 +38,7 @@ pub fn classifier() -> Result<DigitClassifier> {
     DigitClassifier::from_safetensors(CLASSIFIER, "built-in classifier")
 }
 
-/// Mean [64] and covariance [64×64] of the classifier's features on the real digits.
+/// Mean `[64]` and covariance `[64×64]` of the classifier's features on the real digits.
 pub fn real_stats() -> Result<(Vec<f64>, Vec<f64>)> {
     let mut t = safetensors_io::parse(REAL_STATS, "built-in real_stats")?;
     let mut take = |k: &str| {

@@ -10,9 +10,13 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// The diffusers class a config describes (`_class_name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelClass {
+    /// `UNet2DModel`: pixel-space DDPM models, no cross-attention.
     UNet2DModel,
+    /// `UNet2DConditionModel`: Stable Diffusion 1.x, 2.x and XL, cross-attending to
+    /// `encoder_hidden_states`.
     UNet2DConditionModel,
 }
 
@@ -27,6 +31,7 @@ pub enum BlockKind {
     CrossAttn,
 }
 
+/// The mid block (`mid_block_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MidBlockKind {
     /// UNetMidBlock2D.
@@ -35,44 +40,84 @@ pub enum MidBlockKind {
     CrossAttn,
 }
 
+/// How a resnet applies the time embedding (`resnet_time_scale_shift`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeScaleShift {
+    /// `"default"`: `time_emb_proj(SiLU(temb))` is added to conv1's output, per channel.
     Default,
+    /// `"scale_shift"`: `time_emb_proj(SiLU(temb))` is split into (scale, shift), applied after
+    /// norm2 as `x·(1 + scale) + shift`.
     ScaleShift,
 }
 
 /// SDXL's `addition_embed_type: "text_time"`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextTimeConfig {
+    /// `addition_time_embed_dim`: the sinusoidal width of each `time_ids` entry (256 for SDXL).
     pub addition_time_embed_dim: usize,
+    /// `projection_class_embeddings_input_dim`: `add_embedding`'s input width, the width of
+    /// `text_embeds` plus `time_ids` entries × `addition_time_embed_dim` (1280 + 6·256 = 2816 for
+    /// SDXL).
     pub projection_class_embeddings_input_dim: usize,
 }
 
 /// One level of the U-Net (one down block and its mirrored up block share the level's numbers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LevelConfig {
+    /// `block_out_channels[i]`: the level's width.
     pub out_channels: usize,
+    /// `layers_per_block[i]`: resnets of the down block (its up block has one more).
     pub layers: usize,
     /// Heads of a Transformer2DModel (UNet2DConditionModel's `num_attention_heads`).
     pub transformer_heads: usize,
     /// Head dim of a spatial Attention (UNet2DModel's `attention_head_dim`).
     pub attn_head_dim: usize,
+    /// `transformer_layers_per_block[i]`: BasicTransformerBlocks per Transformer2DModel.
     pub transformer_depth: usize,
+    /// `cross_attention_dim[i]`: the width of `encoder_hidden_states` (0 for UNet2DModel).
     pub cross_attention_dim: usize,
+    /// `only_cross_attention[i]`: attn1 attends to `encoder_hidden_states` too.
     pub only_cross_attention: bool,
 }
 
+/// One normalised description of a diffusers U-Net, whichever class wrote the `config.json`:
+/// per-level values expanded to one entry per level, diffusers' defaults filled in, every value
+/// checked (`validate`). Read with `from_file` or `from_json_str`, or built and edited in code.
+///
+/// ```
+/// use freelunch::config::{ModelClass, UNetConfig};
+///
+/// // diffusers' defaults: Stable Diffusion 1.x's U-Net.
+/// let cfg = UNetConfig::from_json_str(r#"{"_class_name": "UNet2DConditionModel"}"#, "inline")?;
+/// assert_eq!(cfg.class, ModelClass::UNet2DConditionModel);
+/// let widths: Vec<usize> = cfg.levels.iter().map(|l| l.out_channels).collect();
+/// assert_eq!(widths, [320, 640, 1280, 1280]);
+/// assert_eq!(cfg.time_embed_dim, 1280);
+/// // An option this crate does not implement is an error naming it, never approximated.
+/// let gelu = r#"{"_class_name": "UNet2DModel", "act_fn": "gelu"}"#;
+/// assert!(UNetConfig::from_json_str(gelu, "inline").is_err());
+/// # Ok::<(), freelunch::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct UNetConfig {
+    /// The diffusers class (`_class_name`).
     pub class: ModelClass,
+    /// `in_channels`: the channels of `sample`.
     pub in_channels: usize,
+    /// `out_channels`: the channels of the output.
     pub out_channels: usize,
+    /// `center_input_sample`: the sample is mapped to `2·x − 1` first.
     pub center_input_sample: bool,
+    /// `flip_sin_to_cos`: sinusoidal embeddings put the cosines first.
     pub flip_sin_to_cos: bool,
+    /// `freq_shift` (diffusers' `downscale_freq_shift`): embedding frequencies are
+    /// `exp(−ln(10000)·i / (dim/2 − freq_shift))`.
     pub freq_shift: f32,
+    /// `down_block_types`, outermost first.
     pub down_blocks: Vec<BlockKind>,
     /// In execution order (innermost first), as `up_block_types`.
     pub up_blocks: Vec<BlockKind>,
+    /// `mid_block_type`; None where it is null (no mid block).
     pub mid_block: Option<MidBlockKind>,
     /// Per level, outermost first (as `block_out_channels`).
     pub levels: Vec<LevelConfig>,
@@ -80,21 +125,44 @@ pub struct UNetConfig {
     /// UNet2DConditionModel's `attention_head_dim` list un-reversed here, unlike every other
     /// per-level list, so it cannot be derived from `levels`.
     pub up_attn_head_dim: Vec<usize>,
+    /// Transformer blocks of the mid block's Transformer2DModel (the innermost level's
+    /// `transformer_layers_per_block`).
     pub mid_transformer_depth: usize,
+    /// Whether the mid block has its attention layer: UNet2DModel's `add_attention`; true for a
+    /// UNetMidBlock2DCrossAttn.
     pub mid_add_attention: bool,
+    /// GroupNorm groups before the mid block's spatial attention: `attn_norm_num_groups`, else
+    /// `norm_num_groups` with the default time shift; None: no GroupNorm (diffusers' rule).
     pub mid_attn_groups: Option<usize>,
+    /// `mid_block_scale_factor`: the mid block's resnets and spatial attention divide their
+    /// output by it.
     pub mid_block_scale_factor: f32,
+    /// `downsample_padding` of the downsamplers' 3×3 stride-2 convolutions; 0 pads only the right
+    /// and bottom, by one, as diffusers does.
     pub downsample_padding: usize,
+    /// `norm_num_groups`: groups of every GroupNorm (resnets, attentions, transformers,
+    /// `conv_norm_out`).
     pub norm_num_groups: usize,
+    /// `norm_eps`: epsilon of the resnets', spatial attentions' and `conv_norm_out`'s GroupNorms
+    /// (Transformer2DModel's `norm` uses 1e-6, its LayerNorms 1e-5).
     pub norm_eps: f32,
+    /// `use_linear_projection`: Transformer2DModel's `proj_in`/`proj_out` are linear layers, not
+    /// 1×1 convolutions (SD 2.x, SDXL).
     pub use_linear_projection: bool,
     /// Attention scores in f32 under f16/bf16 (no effect on the f32 CPU path).
     pub upcast_attention: bool,
+    /// `resnet_time_scale_shift`.
     pub resnet_time_scale_shift: TimeScaleShift,
+    /// The time embedding's width: `time_embedding_dim`, by default `4 · block_out_channels[0]`.
     pub time_embed_dim: usize,
+    /// `num_class_embeds`: rows of the class embedding added to the time embedding; None: not
+    /// class-conditional.
     pub num_class_embeds: Option<usize>,
+    /// SDXL's added conditioning (`addition_embed_type: "text_time"`); None without it.
     pub text_time: Option<TextTimeConfig>,
+    /// `conv_in_kernel`: the odd kernel size of `conv_in` (padded to keep H×W).
     pub conv_in_kernel: usize,
+    /// `conv_out_kernel`: the odd kernel size of `conv_out` (padded to keep H×W).
     pub conv_out_kernel: usize,
     /// The (H, W) the model was trained at (`sample_size`), when the config says.
     pub sample_size: Option<(usize, usize)>,
@@ -116,11 +184,15 @@ fn sample_size(r: &mut Reader) -> Result<Option<(usize, usize)>> {
 }
 
 impl UNetConfig {
+    /// Reads a `config.json`: `from_json_str` on its text, named by its path in errors.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text, &path.display().to_string())
     }
 
+    /// Parses the text of a diffusers `config.json` of a UNet2DModel or UNet2DConditionModel
+    /// (`_class_name`) and validates it. A value this crate does not implement, or an unknown field
+    /// with a non-null value, is an error naming the field; `origin` names the text in errors.
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|e| Error::Json {
             origin: origin.to_string(),
@@ -151,6 +223,7 @@ impl UNetConfig {
         Ok(cfg)
     }
 
+    /// Whether this is a UNet2DConditionModel.
     pub fn is_conditional(&self) -> bool {
         self.class == ModelClass::UNet2DConditionModel
     }

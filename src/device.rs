@@ -8,11 +8,27 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
+/// A device to run on, as `--device` names it (`auto`, `cpu`, `cuda`, `cuda:N`, `emu`, `emu:N`;
+/// see `FromStr`); [`Device::open`] turns it into an [`Exec`].
+///
+/// ```
+/// use freelunch::device::{DType, Device};
+///
+/// let device: Device = "cpu".parse()?;
+/// assert_eq!(device, Device::Cpu);
+/// let exec = device.open(DType::F32)?;
+/// assert_eq!(exec.dtype(), DType::F32);
+/// // The CPU backend computes in f32 only.
+/// assert!(Device::Cpu.open(DType::F16).is_err());
+/// # Ok::<(), freelunch::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     /// The first CUDA device if one can be opened, else the CPU.
     Auto,
+    /// The multi-threaded CPU reference backend (f32 only).
     Cpu,
+    /// The CUDA device of this ordinal (compute capability 8.0 or newer).
     Cuda(usize),
     /// The CUDA backend on the PTX executor, which stands in for the driver (never chosen by
     /// `auto`).
@@ -47,9 +63,12 @@ impl FromStr for Device {
 /// The storage type of weights and activations on a device; arithmetic accumulates in f32.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit IEEE floats; on the GPU, exact FFMA (no TF32).
     #[default]
     F32,
+    /// IEEE half precision (tensor cores, f32 accumulation; GPU only).
     F16,
+    /// bfloat16 (tensor cores, f32 accumulation; GPU only).
     BF16,
 }
 
@@ -63,6 +82,7 @@ impl DType {
         }
     }
 
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -87,10 +107,28 @@ impl FromStr for DType {
     }
 }
 
-/// An opened device, ready to run models.
+/// An opened device, ready to run models: [`Runnable::run`](crate::models::Runnable::run) takes
+/// one per call, and [`Placed`](crate::models::Placed) binds a model to one for the samplers.
+///
+/// ```
+/// use freelunch::device::{DType, Device};
+/// use freelunch::models::{Denoiser, Placed};
+/// use freelunch::{Tensor, UNet, UNetInputs};
+///
+/// let exec = Device::Cpu.open(DType::F32)?;
+/// let unet = UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?;
+/// let placed = Placed { model: unet, exec };
+/// let inputs = UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 250.0);
+/// let out = placed.forward_with(&inputs, &Default::default())?;
+/// assert_eq!(out.shape(), &[1, 3, 16, 16]);
+/// # Ok::<(), freelunch::Error>(())
+/// ```
 #[derive(Clone)]
 pub enum Exec {
+    /// The CPU backend.
     Cpu,
+    /// A CUDA device (or the PTX executor standing in for one), shared by every model placed
+    /// on it.
     Cuda(Arc<crate::cuda::Gpu>),
 }
 

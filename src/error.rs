@@ -12,67 +12,140 @@ pub enum Error {
     /// A file or folder could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// A malformed or truncated safetensors file (`origin` names it).
     #[error("{origin}: not a valid safetensors file: {msg}")]
-    Safetensors { origin: String, msg: String },
+    Safetensors {
+        /// The file, or a name for bytes given in memory.
+        origin: String,
+        /// What is wrong with it, in words.
+        msg: String,
+    },
     /// A JSON file (config, index) that does not parse.
     #[error("{origin}: invalid JSON: {msg}")]
-    Json { origin: String, msg: String },
+    Json {
+        /// The file, or a name for text given in code.
+        origin: String,
+        /// The parser's message, or what the file lacks.
+        msg: String,
+    },
     /// A config value the maths cannot use (out of range, not finite, inconsistent).
     #[error("config {origin}: {msg}")]
-    Config { origin: String, msg: String },
+    Config {
+        /// The config: its file, or a name for one built in code.
+        origin: String,
+        /// Which value, and what the maths needs of it.
+        msg: String,
+    },
     /// A config value, option or class this crate does not implement.
     #[error("unsupported config value: `{field}` = {value}")]
-    Unsupported { field: String, value: String },
+    Unsupported {
+        /// The config key, option or flag (`act_fn`, `down_block_types`, `dtype`, ...).
+        field: String,
+        /// Its value as given (a config's as JSON).
+        value: String,
+    },
     /// A checkpoint parameter of the wrong shape or type, stored twice, or not finite.
     #[error("weight `{name}`: {msg}")]
-    Weight { name: String, msg: String },
+    Weight {
+        /// The parameter's state-dict name (`down_blocks.0.resnets.0.conv1.weight`).
+        name: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A parameter the model needs and the checkpoint lacks.
     #[error("missing weight `{0}` in the checkpoint")]
     MissingWeight(String),
     /// An input or conditioning tensor of the wrong shape, missing, unusable, or not finite.
     #[error("input `{name}`: {msg}")]
-    Input { name: String, msg: String },
+    Input {
+        /// The input's name as diffusers' forward takes it (`sample`, `timestep`,
+        /// `encoder_hidden_states`, `class_labels`, `text_embeds`, `time_ids`, ...).
+        name: String,
+        /// What is wrong with it (shapes, the first bad index, ...).
+        msg: String,
+    },
     /// A plan or an allocation that the memory available cannot hold (host or GPU).
     #[error("{what} needs ~{} GiB, {} GiB available", gib(*needed), gib(*available))]
     OutOfMemory {
+        /// What was to be allocated (a tensor, a forward call, the weights).
         what: String,
+        /// Bytes it needs.
         needed: u64,
+        /// Bytes available (host: `tensor::available_memory`; GPU: the device's free memory).
         available: u64,
     },
     /// A size computed from input that overflows what the machine can address.
     #[error("{what} is too large: {detail}")]
-    TooLarge { what: String, detail: String },
+    TooLarge {
+        /// What was being sized.
+        what: String,
+        /// Which size overflowed.
+        detail: String,
+    },
     /// The step callback of a sampling run asked it to stop (`StepControl::Cancel`).
     #[error("sampling cancelled after step {step} of {total}")]
-    Cancelled { step: usize, total: usize },
+    Cancelled {
+        /// The step (from 1) after which the callback cancelled.
+        step: usize,
+        /// The run's number of steps.
+        total: usize,
+    },
     /// A MaskUNet mask that does not fit the model or the call (`name` is the weight, or the
     /// file).
     #[error("{msg}")]
-    Mask { name: String, msg: String },
+    Mask {
+        /// The weight name the mask is keyed by (empty where `WeightMask::from_bytes` did not
+        /// know it).
+        name: String,
+        /// The whole message, naming the mask.
+        msg: String,
+    },
     /// A NaN or infinity computed from finite inputs: `at` names where it first appeared (a
     /// layer, the model's output, a sampler step), the message says what to try.
     #[error("{msg}")]
-    NonFinite { at: String, msg: String },
+    NonFinite {
+        /// Where it first appeared: a module's diffusers name (`up_blocks.1`, `conv_out`, a
+        /// mask generator's), `sample` (the GPU's output), or a stage of a sampling step
+        /// (`scale_model_input`, `model`, `guidance`, `step`).
+        at: String,
+        /// The whole message: the value, its index, and what to try.
+        msg: String,
+    },
     /// The device asked for cannot be used here: no GPU or driver, an unknown or too old device,
     /// kernels that cannot be compiled.
     #[error("{msg}")]
-    DeviceUnavailable { device: String, msg: String },
+    DeviceUnavailable {
+        /// The device as asked for (`cuda:1`, `emu`, `cpu`, ...).
+        device: String,
+        /// Why it cannot be used.
+        msg: String,
+    },
     /// A CUDA driver or library call that failed.
     #[error("CUDA error while {during}: {code}")]
-    Cuda { during: String, code: String },
+    Cuda {
+        /// What the crate was doing (`loading kernels/gemm.cu`, `waiting for the GPU`, ...).
+        during: String,
+        /// The driver's or library's error, as it names it.
+        code: String,
+    },
     /// An error of one sampling step: which step (from 1) of how many, at which timestep, and
     /// what went wrong there (`source`: the model's own error, or `NonFinite` naming the model's
     /// output, the guidance, the sampler's input scaling or its update). `Error::root` sees
     /// through it.
     #[error("sampling step {step}/{total} (timestep {timestep}): {source}")]
     AtStep {
+        /// The step, from 1.
         step: usize,
+        /// The run's number of steps.
         total: usize,
+        /// The step's timestep, as the model was called with it.
         timestep: f32,
+        /// What went wrong in the step.
         source: Box<Error>,
     },
     /// Anything else, in words.
@@ -92,6 +165,7 @@ pub fn gib(bytes: u64) -> String {
     }
 }
 
+/// `std::result::Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {

@@ -31,6 +31,8 @@ fn relu(mut t: Tensor) -> Tensor {
 }
 
 impl DigitClassifier {
+    /// Reads the classifier's parameters (`conv1`, `conv2`, `fc1`, `fc2`, each `weight` and
+    /// `bias`) from safetensors bytes; `origin` names them in errors.
     pub fn from_safetensors(bytes: &[u8], origin: &str) -> Result<Self> {
         let tensors = safetensors_io::parse(bytes, origin)?
             .into_iter()
@@ -93,6 +95,7 @@ pub const MIN_FID_SAMPLES: usize = FEATURES + 1;
 /// What `score` reports for a batch of digit samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scores {
+    /// How many samples were scored.
     pub samples: usize,
     /// Mean over samples of the classifier's largest softmax probability.
     pub mean_confidence: f64,
@@ -156,7 +159,7 @@ fn too_few_for_fid(n: usize) -> Error {
     ))
 }
 
-/// The FID of `features` ([N, D]) against a real Gaussian (`mu` [D], `sigma` [D·D]), checked:
+/// The FID of `features` (`[N, D]`) against a real Gaussian (`mu` `[D]`, `sigma` `[D·D]`), checked:
 /// N ≥ D + 1, finite features, statistics of the same width, and a finite result.
 pub fn fid(features: &Tensor, mu: &[f64], sigma: &[f64]) -> Result<f64> {
     let (n, d) = match features.shape() {

@@ -35,20 +35,27 @@ pub fn fresh_uid() -> u64 {
 /// the masked path; the rest run dense.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LayerCtx<'a> {
+    /// The call's MaskUNet masks, keyed by weight name; None: every layer runs dense.
     pub masks: Option<&'a MaskSet>,
+    /// The sampler step, which selects per-step masks.
     pub step: usize,
 }
 
+/// torch.nn.Linear: `y = x·Wᵀ + b` over the last dimension.
 pub struct Linear {
     /// Identifies these parameters (see `fresh_uid`).
     pub uid: u64,
     /// The weight's state-dict name, which masks are keyed by.
     pub name: String,
+    /// `weight`, `[out_features, in_features]`.
     pub weight: Tensor,
+    /// `bias`, `[out_features]`, when the layer has one.
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// Takes `{prefix}.weight` (`[out_features, in_features]`) and, with `bias`, `{prefix}.bias`
+    /// from `ws`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -71,6 +78,7 @@ impl Linear {
         })
     }
 
+    /// The input width, `weight.shape[1]`.
     pub fn in_features(&self) -> usize {
         self.weight.shape().get(1).copied().unwrap_or(0)
     }
@@ -95,18 +103,25 @@ impl Linear {
     }
 }
 
+/// torch.nn.Conv2d (groups = 1) on NCHW images.
 pub struct Conv2d {
     /// Identifies these parameters (see `fresh_uid`).
     pub uid: u64,
     /// The weight's state-dict name, which masks are keyed by.
     pub name: String,
+    /// `weight`, `[out_channels, in_channels, kh, kw]`.
     pub weight: Tensor,
+    /// `bias`, `[out_channels]`, when the layer has one.
     pub bias: Option<Tensor>,
+    /// The stride along H and W.
     pub stride: usize,
+    /// Zero padding per side (symmetric but for `Downsample2D` with `padding = 0`).
     pub padding: cpu::Padding,
 }
 
 impl Conv2d {
+    /// Takes `{prefix}.weight` (`[out_channels, in_channels, kernel, kernel]`) and, with `bias`,
+    /// `{prefix}.bias` from `ws`; `padding` is applied on every side.
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         ws: &mut dyn WeightSource,
@@ -135,6 +150,7 @@ impl Conv2d {
         })
     }
 
+    /// The input channels, `weight.shape[1]`.
     pub fn in_channels(&self) -> usize {
         self.weight.shape().get(1).copied().unwrap_or(0)
     }
@@ -157,16 +173,23 @@ impl Conv2d {
     }
 }
 
+/// torch.nn.GroupNorm with a per-channel affine.
 pub struct GroupNorm {
     /// Identifies these parameters (see `fresh_uid`).
     pub uid: u64,
+    /// `num_groups`: the channels are normalised in this many groups.
     pub groups: usize,
+    /// Added to the variance before the inverse square root.
     pub eps: f32,
+    /// `weight` (γ), `[channels]`.
     pub weight: Tensor,
+    /// `bias` (β), `[channels]`.
     pub bias: Tensor,
 }
 
 impl GroupNorm {
+    /// Takes `{prefix}.weight` and `{prefix}.bias` (`[channels]`) from `ws`; `channels` must be a
+    /// positive multiple of `groups`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -207,15 +230,20 @@ impl GroupNorm {
     }
 }
 
+/// torch.nn.LayerNorm over the last dimension, with an affine.
 pub struct LayerNorm {
     /// Identifies these parameters (see `fresh_uid`).
     pub uid: u64,
+    /// Added to the variance before the inverse square root.
     pub eps: f32,
+    /// `weight` (γ), `[dim]`.
     pub weight: Tensor,
+    /// `bias` (β), `[dim]`.
     pub bias: Tensor,
 }
 
 impl LayerNorm {
+    /// Takes `{prefix}.weight` and `{prefix}.bias` (`[dim]`) from `ws`.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, dim: usize, eps: f32) -> Result<Self> {
         Ok(LayerNorm {
             uid: fresh_uid(),
@@ -238,10 +266,12 @@ impl LayerNorm {
 
 /// torch.nn.Embedding: a lookup table of rows.
 pub struct Embedding {
+    /// `weight`, `[num_embeddings, dim]`: row i is the embedding of index i.
     pub weight: Tensor,
 }
 
 impl Embedding {
+    /// Takes `{prefix}.weight` (`[num, dim]`) from `ws`.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, num: usize, dim: usize) -> Result<Self> {
         Ok(Embedding {
             weight: ws.take(&join(prefix, "weight"), &[num, dim])?,

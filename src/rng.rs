@@ -1,12 +1,15 @@
 //! A small deterministic generator (SplitMix64 + Box–Muller) for random inputs and weights.
 //! Not cryptographic and not meant to match any other library's stream.
 
+/// A SplitMix64 stream with Box–Muller normals (each pair of uniforms gives two; the second is
+/// kept for the next call).
 pub struct Rng {
     state: u64,
     spare: Option<f32>,
 }
 
 impl Rng {
+    /// A generator whose stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Rng {
             state: seed ^ 0x9E37_79B9_7F4A_7C15,
@@ -14,6 +17,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 uniform bits (SplitMix64).
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -27,6 +31,7 @@ impl Rng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
+    /// A standard normal value.
     pub fn normal(&mut self) -> f32 {
         if let Some(z) = self.spare.take() {
             return z;

@@ -24,10 +24,13 @@ use crate::tensor::{HalfType, Mapping, Tensor};
 /// A tensor read from a file, widened to f32, with the dtype it was stored in.
 #[derive(Clone, Debug)]
 pub struct StoredTensor {
+    /// The safetensors dtype it was stored in.
     pub dtype: Dtype,
+    /// The values, widened to f32 (16-bit ones kept as stored where asked).
     pub tensor: Tensor,
 }
 
+/// The bytes of `path`, or an `Error::Io` naming it.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }

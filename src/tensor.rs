@@ -217,11 +217,14 @@ struct HalfValues {
 /// A stored 16-bit float type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HalfType {
+    /// IEEE half precision (safetensors `F16`).
     F16,
+    /// bfloat16 (safetensors `BF16`).
     BF16,
 }
 
 impl HalfType {
+    /// The f32 value of the stored bits `bits` (exact: both widen without rounding).
     pub fn to_f32(self, bits: u16) -> f32 {
         match self {
             HalfType::F16 => half::f16::from_bits(bits).to_f32(),
@@ -242,7 +245,9 @@ impl HalfType {
 /// Bytes a checkpoint's tensors can borrow: a read-only memory map of a file, or (for buffers
 /// built in memory) an owned byte vector.
 pub enum Mapping {
+    /// A read-only map of a safetensors file.
     File(memmap2::Mmap),
+    /// Bytes held in memory (a buffer parsed without a file).
     Bytes(Vec<u8>),
 }
 
@@ -329,6 +334,21 @@ impl Storage {
     }
 }
 
+/// A dense row-major f32 tensor: a shape and its values (images `[B, C, H, W]`, NCHW). Cloning
+/// copies owned values and shares mapped ones; equality compares shapes and values.
+///
+/// ```
+/// use freelunch::Tensor;
+///
+/// let t = Tensor::new([2, 3], vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0])?;
+/// assert_eq!((t.shape(), t.rank(), t.numel()), (&[2, 3][..], 2, 6));
+/// assert_eq!(t.data()[4], 4.0);
+/// let t = t.reshape([3, 2])?;
+/// assert_eq!(t.shape(), &[3, 2]);
+/// // A shape and a value count that disagree are an error, not a panic.
+/// assert!(Tensor::new([2, 2], vec![0.0; 3]).is_err());
+/// # Ok::<(), freelunch::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -422,10 +442,12 @@ impl Tensor {
         })
     }
 
+    /// The dimensions, outermost first.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The values, row-major (a 16-bit mapped tensor is widened to f32 on the first call).
     pub fn data(&self) -> &[f32] {
         self.data.as_slice()
     }
@@ -441,6 +463,7 @@ impl Tensor {
         }
     }
 
+    /// The values as an owned vector (copied when they are mapped).
     pub fn into_data(self) -> Vec<f32> {
         match self.data {
             Storage::Owned(v) => v,
@@ -448,6 +471,7 @@ impl Tensor {
         }
     }
 
+    /// The number of elements.
     pub fn numel(&self) -> usize {
         self.data.len()
     }
@@ -535,6 +559,7 @@ impl Tensor {
             || matches!(&self.data, Storage::Half(h) if h.widened.get().is_none())
     }
 
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }

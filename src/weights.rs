@@ -21,8 +21,11 @@ pub trait WeightSource {
 /// The files of a diffusers model folder.
 #[derive(Clone, Debug)]
 pub struct ModelFiles {
+    /// The model folder (a pipeline folder's `unet/`).
     pub dir: PathBuf,
+    /// Its `config.json`.
     pub config: PathBuf,
+    /// The safetensors files of the weights: one, or every shard of the index.
     pub weights: Vec<PathBuf>,
     /// The variant the weights are (None: full precision).
     pub variant: Option<String>,
@@ -306,6 +309,7 @@ impl Checkpoint {
         })
     }
 
+    /// Parameters built in memory, checked finite as the model builder takes them.
     pub fn from_tensors(tensors: BTreeMap<String, Tensor>) -> Self {
         Checkpoint {
             tensors,
@@ -313,6 +317,7 @@ impl Checkpoint {
         }
     }
 
+    /// The parameters not yet taken, by name.
     pub fn into_tensors(self) -> BTreeMap<String, Tensor> {
         self.tensors
     }
@@ -391,6 +396,7 @@ pub struct RandomWeights {
 }
 
 impl RandomWeights {
+    /// Parameters drawn from `seed` (each from its own stream, keyed by its name).
     pub fn new(seed: u64) -> Self {
         RandomWeights { seed }
     }

@@ -229,6 +229,8 @@ pub struct Router {
 }
 
 impl Router {
+    /// Routes timesteps 0..`num_train_timesteps` over `experts` (low timesteps first), which must
+    /// share one config.
     pub fn new(experts: Vec<UNet>, num_train_timesteps: usize) -> Result<Self> {
         if experts.is_empty() || num_train_timesteps == 0 {
             return Err(Error::Msg(
@@ -257,6 +259,7 @@ impl Router {
         Self::new(experts, num_train_timesteps)
     }
 
+    /// The experts, low timesteps first.
     pub fn experts(&self) -> &[UNet] {
         &self.experts
     }

@@ -19,19 +19,42 @@ pub enum FreeUBlocks {
 /// The largest FreeU threshold: a window wider than any image covers every frequency.
 pub const MAX_THRESHOLD: usize = 1 << 16;
 
+/// FreeU's settings: (b1, s1) for the resnets of the innermost decoder stage, (b2, s2) for the
+/// next (which ones: `blocks`). The published values are the `preset`s; `validate` bounds them.
+///
+/// ```
+/// use freelunch::boosters::{FreeU, FreeUBlocks};
+///
+/// let mut f = FreeU::preset("sdxl")?;
+/// assert_eq!((f.b1, f.b2, f.s1, f.s2), (1.3, 1.4, 0.9, 0.2));
+/// f.blocks = FreeUBlocks::Channels; // as the official repo and ComfyUI select resnets
+/// f.validate()?;
+/// # Ok::<(), freelunch::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct FreeU {
+    /// Backbone factor of the first stage (`up_blocks[0]`, or `h` of 4·C0 channels).
     pub b1: f32,
+    /// Backbone factor of the second stage (`up_blocks[1]`, or `h` of 2·C0 channels).
     pub b2: f32,
+    /// Skip factor of the first stage: its skips' low frequencies are scaled by it.
     pub s1: f32,
+    /// Skip factor of the second stage.
     pub s2: f32,
+    /// Which decoder resnets count as the two stages.
     pub blocks: FreeUBlocks,
+    /// FreeU v2: the backbone factor is `(b − 1)·m̂ + 1` per pixel, m̂ the mean over channels
+    /// min-max normalised over the sample's pixels (`scale_backbone`).
     pub v2: bool,
+    /// Half-width of the low-frequency window of the skip filter, in frequencies (diffusers: 1).
     pub threshold: usize,
+    /// How the skip filter is computed (FFT or the exact direct form; same result).
     pub filter: FilterForm,
 }
 
 impl FreeU {
+    /// (b1, b2, s1, s2) with diffusers' defaults for the rest: stage convention, v1, threshold 1,
+    /// the direct filter.
     pub fn new(b1: f32, b2: f32, s1: f32, s2: f32) -> Self {
         FreeU {
             b1,

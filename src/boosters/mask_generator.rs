@@ -83,8 +83,12 @@ struct BlockGenerator {
     adapters: Vec<Adapter>,
 }
 
+/// MaskUNet's hyper-network for one U-Net: per up block with masked layers, the generator and
+/// its per-layer adapters (see the module docs). Computes masks inside each call
+/// (`Boosters::mask_generator`); equality is identity.
 pub struct MaskGenerator {
     blocks: BTreeMap<usize, BlockGenerator>,
+    /// The Gumbel noise of the hard Gumbel-sigmoid.
     pub gumbel: Gumbel,
 }
 

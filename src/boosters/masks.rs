@@ -62,14 +62,17 @@ impl MaskView<'_> {
 }
 
 impl WeightMask {
+    /// Identifies these bits for a device backend's cache of uploaded masks.
     pub fn uid(&self) -> u64 {
         self.uid
     }
 
+    /// Rows of the weight (its output channels, `shape[0]`).
     pub fn rows(&self) -> usize {
         self.shape[0]
     }
 
+    /// Elements per weight row (the product of `shape[1..]`).
     pub fn row_len(&self) -> usize {
         self.shape[1..].iter().product()
     }
@@ -199,22 +202,27 @@ pub struct MaskSet {
 }
 
 impl MaskSet {
+    /// No masks.
     pub fn new() -> Self {
         MaskSet::default()
     }
 
+    /// Sets the mask of weight `weight_name` (its state-dict name), replacing any.
     pub fn insert(&mut self, weight_name: String, mask: WeightMask) {
         self.masks.insert(weight_name, mask);
     }
 
+    /// The mask of weight `weight_name`, if it has one.
     pub fn get(&self, weight_name: &str) -> Option<&WeightMask> {
         self.masks.get(weight_name)
     }
 
+    /// How many weights have masks.
     pub fn len(&self) -> usize {
         self.masks.len()
     }
 
+    /// Whether no weight has a mask.
     pub fn is_empty(&self) -> bool {
         self.masks.is_empty()
     }
@@ -267,6 +275,7 @@ impl MaskSet {
         Self::parse(&bytes, &path.display().to_string(), layers)
     }
 
+    /// As `load`, from the bytes of a mask file (`origin` names it in errors).
     pub fn parse(
         bytes: &[u8],
         origin: &str,

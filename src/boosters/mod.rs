@@ -23,7 +23,9 @@ use crate::error::Result;
 /// Per-call booster settings; the default does nothing.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Boosters {
+    /// Skip-Tuning's scale of each encoder skip.
     pub skip_scales: Option<SkipScales>,
+    /// FreeU's backbone and skip factors.
     pub freeu: Option<FreeU>,
     /// MaskUNet masks, by weight name (shared, per sample, or per step and sample).
     pub masks: Option<Arc<MaskSet>>,

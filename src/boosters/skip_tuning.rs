@@ -3,15 +3,22 @@
 
 use crate::error::{Error, Result};
 
+/// Skip-Tuning's factors, one per encoder skip.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SkipScales {
     /// `rho[j] = top + (bottom − top)·j/(n−1)`.
-    Linear { top: f32, bottom: f32 },
+    Linear {
+        /// `rho[0]`: the outermost skip's factor (`conv_in`'s output).
+        top: f32,
+        /// `rho[n−1]`: the innermost skip's factor.
+        bottom: f32,
+    },
     /// One factor per skip, in encoder order.
     Explicit(Vec<f32>),
 }
 
 impl SkipScales {
+    /// The factor of skip `j` of `n` (encoder order).
     pub fn rho(&self, j: usize, n: usize) -> f32 {
         match self {
             SkipScales::Linear { top, bottom } if n > 1 => {
@@ -22,6 +29,8 @@ impl SkipScales {
         }
     }
 
+    /// Checks the factors against a model with `num_skips` skips: finite, within ±`MAX_FACTOR`,
+    /// and one per skip when explicit.
     pub fn validate(&self, num_skips: usize) -> Result<()> {
         let values: Vec<f32> = match self {
             SkipScales::Linear { top, bottom } => vec![*top, *bottom],

@@ -9,16 +9,19 @@ const PAR_CHUNK: usize = 1 << 14;
 
 pub use super::vector::silu as silu_scalar;
 
+/// Exact GELU, `x · Φ(x)` with the erf form of Φ (PyTorch's default `approximate="none"`).
 #[inline]
 pub fn gelu_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// SiLU, `x · sigmoid(x)`, of every value in place (in parallel chunks).
 pub fn silu_inplace(data: &mut [f32]) {
     data.par_chunks_mut(PAR_CHUNK)
         .for_each(super::vector::silu_slice);
 }
 
+/// SiLU of every element (aborts where a copy cannot be allocated: use `try_silu`).
 pub fn silu(x: &Tensor) -> Tensor {
     let mut y = x.clone();
     silu_inplace(y.data_mut());
@@ -32,6 +35,7 @@ pub fn try_silu(x: &Tensor) -> Result<Tensor> {
     Ok(y)
 }
 
+/// Exact GELU of every element.
 pub fn gelu(x: &Tensor) -> Tensor {
     let mut y = x.clone();
     y.data_mut()

@@ -30,13 +30,18 @@ pub const TILE: usize = 64;
 /// Zero padding on each side, as (top, bottom, left, right).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Padding {
+    /// Zero rows above the image.
     pub top: usize,
+    /// Zero rows below the image.
     pub bottom: usize,
+    /// Zero columns left of the image.
     pub left: usize,
+    /// Zero columns right of the image.
     pub right: usize,
 }
 
 impl Padding {
+    /// `p` on every side (PyTorch's `padding=p`).
     pub fn same(p: usize) -> Self {
         Padding {
             top: p,

@@ -5,7 +5,7 @@
 //! - `Fft`: the definition, with rustfft in f32 (as diffusers computes it).
 //! - `Direct`: since M − 1 is non-zero only on a K×L window of at most 2t×2t frequencies,
 //!   `y = x + (scale − 1)/(HW) · Re(Σ_{k∈K, l∈L} X[k,l] e^{2πi(km/H + ln/W)})`, with the few
-//!   X[k,l] taken as separable DFT sums. O(HW·|L|) per plane in f64, no FFT; for t = 1 and
+//!   `X[k,l]` taken as separable DFT sums. O(HW·|L|) per plane in f64, no FFT; for t = 1 and
 //!   H, W ≥ 3 this is SPEC's closed form (DC × s, the ±(1,0), ±(0,1), ±(1,1) pairs × (1+s)/2).
 
 use std::ops::Range;
@@ -20,7 +20,9 @@ use crate::tensor::Tensor;
 /// Which form computes the filter; both give the same result to f32 rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FilterForm {
+    /// The definition, with rustfft in f32, as diffusers computes it.
     Fft,
+    /// The exact FFT-free form over the window's frequencies, in f64 (the faster).
     Direct,
 }
 

@@ -3,12 +3,16 @@
 /// A matrix inside a slice: element (i, j) is at `offset + i*rs + j*cs`.
 #[derive(Clone, Copy, Debug)]
 pub struct Mat {
+    /// Index of element (0, 0).
     pub offset: usize,
+    /// Row stride, in elements.
     pub rs: usize,
+    /// Column stride, in elements.
     pub cs: usize,
 }
 
 impl Mat {
+    /// A row-major matrix at `offset` with rows of `cols` elements.
     pub fn row_major(offset: usize, cols: usize) -> Self {
         Mat {
             offset,
@@ -50,7 +54,9 @@ impl Mat {
 /// products in parallel, nor for products too small to split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Threads {
+    /// Run on the calling thread.
     Single,
+    /// Split over rayon's current pool when the product is large enough (m·n·k ≥ 2^15).
     Pool,
 }
 

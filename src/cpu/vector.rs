@@ -5,11 +5,21 @@
 //! `exp` is Cephes' `expf`: range reduction by ln 2 and a degree-6 polynomial, within 2 ulp of
 //! the correctly rounded result over the float range (PyTorch's vectorised kernels are within
 //! 1 ulp), flushing below e^-87.3 to 0 and saturating above e^88.7.
+//!
+//! The multiversioned loops:
+//! - `silu_slice(xs)`: SiLU of every value, in place.
+//! - `sum(xs)`: the sum, in f32 lanes folded into f64 per block of 4096.
+//! - `sum_sq_dev(xs, mean)`: `Σ (x − mean)²`, accumulated the same way.
+//! - `normalize(src, dst, mean, scale, shift, then_silu)`: `dst = (src − mean)·scale + shift`,
+//!   then SiLU when `then_silu` (GroupNorm's per-channel affine).
+//! - `softmax_row(row)`: softmax in place, the row's maximum subtracted first.
 
 /// Runs `$body` with the best instruction set this CPU has; the body is inlined into each
 /// `#[target_feature]` copy so that its loops are vectorised for that set.
 macro_rules! multiversion {
     (fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
+        /// One of this module's multiversioned loops (listed in the module docs), run in its
+        /// AVX-512, AVX2+FMA or baseline copy, whichever this CPU has.
         pub fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
@@ -37,6 +47,8 @@ macro_rules! multiversion {
     };
 }
 
+/// `e^x` by Cephes' `expf` (see the module docs): within 2 ulp, 0 below e^-87.3, saturating
+/// above e^88.7; branch-free, so loops over it vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -61,6 +73,7 @@ pub fn exp(x: f32) -> f32 {
     y * a * b
 }
 
+/// SiLU, `x / (1 + e^−x)`, with this module's `exp`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))

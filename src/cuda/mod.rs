@@ -200,10 +200,12 @@ impl Gpu {
         })
     }
 
+    /// The device's name, as the driver reports it.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The type this device stores weights and activations in.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -218,6 +220,7 @@ impl Gpu {
         self.ptr(&t.buf)
     }
 
+    /// The compute capability, (major, minor): 8.0 or newer.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.compute_capability
     }

@@ -8,6 +8,8 @@ use cudarc::driver::CudaSlice;
 
 use crate::device::DType;
 
+/// A tensor in device memory: `dtype` elements in the backend's layout (see the module docs)
+/// under a semantic shape.
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
     pub(crate) buf: Arc<CudaSlice<u8>>,
@@ -16,14 +18,17 @@ pub struct GpuTensor {
 }
 
 impl GpuTensor {
+    /// The semantic shape (images `[B, C, H, W]`, stored NHWC).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The element type of the storage.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

@@ -9,11 +9,14 @@ use crate::weights::WeightSource;
 
 /// GEGLU projection to 2·4·dim, gate, then back to dim (`ff.net.0.proj`, `ff.net.2`).
 pub struct FeedForward {
+    /// `ff.net.0.proj`: GEGLU's projection, `dim` → 2·4·`dim` (value half, then gate half).
     pub proj_in: Linear,
+    /// `ff.net.2`: 4·`dim` → `dim`.
     pub proj_out: Linear,
 }
 
 impl FeedForward {
+    /// Takes `{prefix}.net.0.proj` and `{prefix}.net.2` for width `dim`.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(FeedForward {
@@ -22,6 +25,7 @@ impl FeedForward {
         })
     }
 
+    /// `x`: [B, N, dim] → [B, N, dim]; `epi` is fused into `proj_out` (the block's residual).
     pub fn forward<B: Backend>(
         &self,
         be: &B,
@@ -34,18 +38,28 @@ impl FeedForward {
     }
 }
 
+/// diffusers' `BasicTransformerBlock` (pre-LayerNorm, GEGLU feed-forward): self-attention,
+/// cross-attention to `encoder_hidden_states`, feed-forward, each added to its input.
 pub struct BasicTransformerBlock {
+    /// `norm1`: LayerNorm before `attn1`, eps 1e-5.
     pub norm1: LayerNorm,
+    /// `attn1`: self-attention (or cross-attention with `only_cross_attention`).
     pub attn1: Attention,
+    /// `norm2`: LayerNorm before `attn2`, eps 1e-5.
     pub norm2: LayerNorm,
+    /// `attn2`: cross-attention to `encoder_hidden_states`.
     pub attn2: Attention,
+    /// `norm3`: LayerNorm before `ff`, eps 1e-5.
     pub norm3: LayerNorm,
+    /// `ff`: the GEGLU feed-forward.
     pub ff: FeedForward,
     /// `only_cross_attention`: attn1 also attends to the encoder states.
     pub only_cross_attention: bool,
 }
 
 impl BasicTransformerBlock {
+    /// Takes `norm1`, `attn1`, `norm2`, `attn2`, `norm3` and `ff` under `prefix`, for tokens of
+    /// width `dim` split into `heads` heads of `dim_head`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,

@@ -7,30 +7,46 @@ use crate::error::Result;
 use crate::nn::{join, GroupNorm, LayerCtx, Linear};
 use crate::weights::WeightSource;
 
+/// diffusers' `Attention` with the default processor: per head `softmax(q·kᵀ/√dim_head)·v`
+/// over the projections, then `to_out`.
 pub struct Attention {
+    /// `group_norm`: GroupNorm of image inputs (spatial attention); None in transformers.
     pub group_norm: Option<GroupNorm>,
+    /// `to_q`: `query_dim` → `heads · dim_head`.
     pub to_q: Linear,
+    /// `to_k`: `context_dim` → `heads · dim_head`.
     pub to_k: Linear,
+    /// `to_v`: `context_dim` → `heads · dim_head`.
     pub to_v: Linear,
+    /// `to_out.0`: `heads · dim_head` → `query_dim`, with bias.
     pub to_out: Linear,
+    /// Attention heads; the head width is `to_q`'s output width over it.
     pub heads: usize,
+    /// `rescale_output_factor`: `forward_spatial` divides output plus residual by it.
     pub rescale_output_factor: f32,
 }
 
 /// Shapes and flags of one `Attention`.
 pub struct AttentionSpec {
+    /// Width of the queries' source, and of the output.
     pub query_dim: usize,
     /// Width of the keys' source: `query_dim` for self-attention.
     pub context_dim: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Width of each head.
     pub dim_head: usize,
+    /// Whether `to_q`, `to_k` and `to_v` have biases (spatial attention: yes; transformers: no).
     pub qkv_bias: bool,
     /// `(groups, eps)` of the input GroupNorm, for image-space attention blocks.
     pub group_norm: Option<(usize, f32)>,
+    /// See `Attention::rescale_output_factor` (1 but in UNetMidBlock2D).
     pub rescale_output_factor: f32,
 }
 
 impl Attention {
+    /// Takes `to_q`, `to_k`, `to_v`, `to_out.0` and, with `s.group_norm`, `group_norm` under
+    /// `prefix`.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, s: AttentionSpec) -> Result<Self> {
         let inner = s.heads * s.dim_head;
         let p = |n: &str| join(prefix, n);

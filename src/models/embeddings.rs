@@ -10,12 +10,16 @@ use crate::weights::WeightSource;
 /// `freq_i = exp(-ln(10000) * i / (half - shift))`, `[sin(t·freq), cos(t·freq)]`, halves swapped
 /// when `flip_sin_to_cos`, a zero column appended for odd `dim`.
 pub struct Timesteps {
+    /// Width of the embedding (`block_out_channels[0]` for `time_proj`).
     pub dim: usize,
+    /// `flip_sin_to_cos`: the cosines come first.
     pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` (the config's `freq_shift`).
     pub downscale_freq_shift: f32,
 }
 
 impl Timesteps {
+    /// `timesteps`: N values → [N, dim].
     pub fn forward(&self, timesteps: &[f32]) -> Tensor {
         let half = self.dim / 2;
         let neg_log = -(10000f64.ln() as f32);
@@ -45,11 +49,14 @@ impl Timesteps {
 
 /// `linear_2(silu(linear_1(x)))`.
 pub struct TimestepEmbedding {
+    /// `linear_1`: `in_channels` → `time_embed_dim`.
     pub linear_1: Linear,
+    /// `linear_2`: `time_embed_dim` → `time_embed_dim`.
     pub linear_2: Linear,
 }
 
 impl TimestepEmbedding {
+    /// Takes `{prefix}.linear_1` and `{prefix}.linear_2`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -74,6 +81,7 @@ impl TimestepEmbedding {
         })
     }
 
+    /// `x`: [B, in_channels] → [B, time_embed_dim].
     pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
         let h = be.linear(&self.linear_1, x, lc, Epilogue::default())?;
         be.linear(&self.linear_2, &be.silu(&h)?, lc, Epilogue::default())

@@ -31,6 +31,8 @@ pub trait Denoiser: Send + Sync {
 
 /// A model that can run on any execution device.
 pub trait Runnable: Send + Sync {
+    /// The model output for `inputs` on `exec` with this call's boosters (a host tensor, like
+    /// `Denoiser::forward_with`'s).
     fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
 
     /// As `Denoiser::check`.
@@ -41,7 +43,9 @@ pub trait Runnable: Send + Sync {
 
 /// A model bound to the device it runs on: what samplers take when the device is not the CPU.
 pub struct Placed<M> {
+    /// What runs: a `UNet`, DeMe's `Router`, or any other `Runnable`.
     pub model: M,
+    /// The device every call of it runs on.
     pub exec: Exec,
 }
 

@@ -10,27 +10,43 @@ use crate::weights::WeightSource;
 /// norm1 → SiLU → conv1 → (+ time embedding, or scale/shift after norm2) → norm2 → SiLU →
 /// conv2, plus the (1×1-projected when channels change) input, divided by `output_scale_factor`.
 pub struct ResnetBlock2D {
+    /// `norm1`: GroupNorm of the input, `[in_channels]`.
     pub norm1: GroupNorm,
+    /// `conv1`: 3×3, `in_channels` → `out_channels`.
     pub conv1: Conv2d,
+    /// `time_emb_proj`: `temb_channels` → `out_channels` (2·`out_channels` for scale_shift).
     pub time_emb_proj: Linear,
+    /// `norm2`: GroupNorm of conv1's output, `[out_channels]`.
     pub norm2: GroupNorm,
+    /// `conv2`: 3×3, `out_channels` → `out_channels`.
     pub conv2: Conv2d,
+    /// `conv_shortcut`: the 1×1 projection of the input, present when the channels change.
     pub conv_shortcut: Option<Conv2d>,
+    /// How the time embedding enters (`resnet_time_scale_shift`).
     pub time_scale_shift: TimeScaleShift,
+    /// `output_scale_factor`: the sum of both branches is divided by it (the mid block's
+    /// `mid_block_scale_factor`, else 1).
     pub output_scale_factor: f32,
 }
 
 /// What every resnet of a U-Net shares.
 #[derive(Clone, Copy, Debug)]
 pub struct ResnetOptions {
+    /// The time embedding's width (`UNetConfig::time_embed_dim`).
     pub temb_channels: usize,
+    /// GroupNorm groups (`norm_num_groups`).
     pub groups: usize,
+    /// GroupNorm epsilon (`norm_eps`).
     pub eps: f32,
+    /// `resnet_time_scale_shift`.
     pub time_scale_shift: TimeScaleShift,
+    /// What the output is divided by (see `ResnetBlock2D::output_scale_factor`).
     pub output_scale_factor: f32,
 }
 
 impl ResnetBlock2D {
+    /// Takes the parameters under `prefix`: `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`,
+    /// and `conv_shortcut` when `in_channels != out_channels`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -68,6 +84,7 @@ impl ResnetBlock2D {
         })
     }
 
+    /// The input channels (conv1's).
     pub fn in_channels(&self) -> usize {
         self.conv1.in_channels()
     }
@@ -108,10 +125,12 @@ impl ResnetBlock2D {
 
 /// A 3×3 stride-2 convolution; with `padding = 0`, diffusers pads right and bottom by one first.
 pub struct Downsample2D {
+    /// `conv`: 3×3 stride 2, channels → channels.
     pub conv: Conv2d,
 }
 
 impl Downsample2D {
+    /// Takes `{prefix}.conv` for `channels` channels with diffusers' `padding`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -139,6 +158,7 @@ impl Downsample2D {
         Ok(Downsample2D { conv })
     }
 
+    /// `x`: [B, C, H, W] → [B, C, ⌊(H + pads − 3)/2⌋ + 1, ⌊(W + pads − 3)/2⌋ + 1].
     pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
         be.conv2d(&self.conv, x, lc, Epilogue::default())
     }
@@ -146,16 +166,20 @@ impl Downsample2D {
 
 /// Nearest 2× (or to an explicit size) then a 3×3 convolution.
 pub struct Upsample2D {
+    /// `conv`: 3×3 stride 1 padding 1, channels → channels.
     pub conv: Conv2d,
 }
 
 impl Upsample2D {
+    /// Takes `{prefix}.conv` for `channels` channels.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, channels: usize) -> Result<Self> {
         Ok(Upsample2D {
             conv: Conv2d::load(ws, &join(prefix, "conv"), channels, channels, 3, 1, 1, true)?,
         })
     }
 
+    /// `x`: [B, C, H, W] → [B, C, 2H, 2W], or to `size` (diffusers' `upsample_size`, given when
+    /// the encoder's sizes were not exact halves).
     pub fn forward<B: Backend>(
         &self,
         be: &B,

@@ -13,25 +13,37 @@ enum Proj {
     Linear(Linear),
 }
 
+/// diffusers' `Transformer2DModel` on an image: norm, `proj_in`, `transformer_blocks` over
+/// the H·W tokens, `proj_out`, plus the input.
 pub struct Transformer2DModel {
+    /// `norm`: GroupNorm of the input, eps 1e-6.
     pub norm: GroupNorm,
     proj_in: Proj,
+    /// `transformer_blocks`, in order (`transformer_layers_per_block` of them).
     pub transformer_blocks: Vec<BasicTransformerBlock>,
     proj_out: Proj,
 }
 
 /// Shapes and flags of one `Transformer2DModel`.
 pub struct TransformerSpec {
+    /// The image's channels (also the transformer width: heads × head dim).
     pub in_channels: usize,
+    /// Attention heads; the head width is `in_channels / heads`.
     pub heads: usize,
+    /// How many transformer blocks (`transformer_layers_per_block`).
     pub depth: usize,
+    /// Width of `encoder_hidden_states`.
     pub cross_attention_dim: usize,
+    /// Groups of `norm` (`norm_num_groups`).
     pub norm_groups: usize,
+    /// `use_linear_projection`: `proj_in`/`proj_out` are linear layers, not 1×1 convolutions.
     pub use_linear_projection: bool,
+    /// `only_cross_attention`: every block's `attn1` attends to `encoder_hidden_states`.
     pub only_cross_attention: bool,
 }
 
 impl Transformer2DModel {
+    /// Takes `norm`, `proj_in`, `transformer_blocks.{d}` and `proj_out` under `prefix`.
     pub fn load(ws: &mut dyn WeightSource, prefix: &str, s: TransformerSpec) -> Result<Self> {
         let dim_head = s.in_channels / s.heads;
         let inner = s.heads * dim_head;

@@ -33,7 +33,7 @@ pub struct UNetInputs {
     pub timesteps: Vec<f32>,
     /// [B, M, cross_attention_dim], for UNet2DConditionModel.
     pub encoder_hidden_states: Option<Tensor>,
-    /// [B] integer labels, for class-conditional models.
+    /// `[B]` integer labels, for class-conditional models.
     pub class_labels: Option<Vec<f32>>,
     /// SDXL added conditioning: [B, E] pooled text embeddings.
     pub text_embeds: Option<Tensor>,
@@ -90,6 +90,8 @@ impl UNetInputs {
         })
     }
 
+    /// `sample` ([B, in_channels, H, W]) at one `timestep` for the whole batch, with no
+    /// conditioning: set the optional fields a model needs.
     pub fn new(sample: Tensor, timestep: f32) -> Self {
         UNetInputs {
             sample,
@@ -207,7 +209,12 @@ fn finite_input(path: &Path, name: &str, s: safetensors_io::StoredTensor) -> Res
     }
 }
 
+/// A diffusers U-Net with its weights: `UNet2DModel` and `UNet2DConditionModel` both load into
+/// this one type (alias [`UNet`]), built module by module with diffusers' names. Load once, then
+/// call it any number of times from any thread (`Send + Sync`, `forward` takes `&self`);
+/// boosters are per call. `forward` runs on the CPU; `Runnable::run` runs on any [`Exec`].
 pub struct UNet2DConditionModel {
+    /// The config the network was built from (validated).
     pub config: UNetConfig,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
@@ -293,14 +300,40 @@ impl WeightSource for Recording<'_> {
 pub type UNet = UNet2DConditionModel;
 
 impl UNet2DConditionModel {
-    /// Loads a diffusers model folder (or a pipeline folder's `unet/`).
+    /// Loads a diffusers model folder (or a pipeline folder's `unet/`), with its full-precision
+    /// weights, else the folder's only variant: `from_pretrained` with the default options.
+    ///
+    /// ```
+    /// use freelunch::UNet;
+    ///
+    /// let unet = UNet::from_dir("tests/fixtures/sd15_like".as_ref())?;
+    /// assert!(unet.config.is_conditional());
+    /// // A pipeline folder (`model_index.json` beside `unet/`), here with sharded weights.
+    /// let unet = UNet::from_dir("tests/fixtures/ddpm_noattn_sharded/model".as_ref())?;
+    /// assert!(!unet.config.is_conditional());
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
     pub fn from_dir(dir: &Path) -> Result<Self> {
         Self::from_pretrained(dir, &LoadOptions::default())
     }
 
     /// Loads the model `arg` names, as diffusers' `from_pretrained` does from disk: a model or
     /// pipeline folder, a Hugging Face cache repo folder or a repo id in the cache, with the
-    /// variant and revision of `opts` (`ModelFiles::find`).
+    /// variant and revision of `opts` (`ModelFiles::find`). The config is checked, and the
+    /// weights' size against the memory available, before any weight is read.
+    ///
+    /// ```
+    /// use freelunch::weights::LoadOptions;
+    /// use freelunch::UNet;
+    ///
+    /// let opts = LoadOptions {
+    ///     variant: Some("fp16".into()),
+    ///     ..LoadOptions::default()
+    /// };
+    /// let unet = UNet::from_pretrained("tests/fixtures/ddpm_scale_shift_class".as_ref(), &opts)?;
+    /// assert_eq!(unet.config.num_class_embeds, Some(10));
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
     pub fn from_pretrained(arg: &Path, opts: &LoadOptions) -> Result<Self> {
         let files = ModelFiles::find(arg, opts)?;
         let config = UNetConfig::from_file(&files.config)?;
@@ -608,12 +641,50 @@ impl UNet2DConditionModel {
             .sum::<usize>()
     }
 
-    /// diffusers' `model(sample, timestep, ...).sample`.
+    /// diffusers' `model(sample, timestep, ...).sample`, on the CPU: every input is checked
+    /// against the model first, and the memory the call needs against what is available.
+    ///
+    /// ```
+    /// use std::path::Path;
+    ///
+    /// use freelunch::{UNet, UNetInputs};
+    ///
+    /// let dir = Path::new("tests/fixtures/sd15_like");
+    /// let unet = UNet::from_dir(dir)?;
+    /// let inputs = UNetInputs::load(&dir.join("inputs.safetensors"))?;
+    /// let out = unet.forward(&inputs)?;
+    /// // diffusers' output for the same weights and inputs.
+    /// let expected = UNetInputs::load_tensor(&dir.join("expected.safetensors"), "sample")?;
+    /// assert!(out.rel_l2(&expected) < 1e-4);
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
     pub fn forward(&self, inputs: &UNetInputs) -> Result<Tensor> {
         self.forward_with(inputs, &Boosters::default())
     }
 
-    /// The forward pass with this call's boosters.
+    /// The forward pass with this call's boosters (checked against the model and the call
+    /// before any work is done).
+    ///
+    /// ```
+    /// use freelunch::boosters::{Boosters, FreeU, SkipScales};
+    /// use freelunch::{Tensor, UNet, UNetInputs};
+    ///
+    /// let unet = UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?;
+    /// let inputs = UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 250.0);
+    /// let plain = unet.forward(&inputs)?;
+    /// let freeu = Boosters {
+    ///     freeu: Some(FreeU::preset("sd15")?),
+    ///     ..Boosters::default()
+    /// };
+    /// assert_ne!(unet.forward_with(&inputs, &freeu)?, plain);
+    /// // Neutral settings give the plain output, bit for bit.
+    /// let neutral = Boosters {
+    ///     skip_scales: Some(SkipScales::Linear { top: 1.0, bottom: 1.0 }),
+    ///     ..Boosters::default()
+    /// };
+    /// assert_eq!(unet.forward_with(&inputs, &neutral)?, plain);
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
     pub fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         Denoiser::forward_with(self, inputs, boosters)
     }

@@ -14,6 +14,7 @@ use crate::weights::WeightSource;
 
 /// What every block call receives besides its input.
 pub struct BlockInputs<'a, B: Backend> {
+    /// The backend the call runs on.
     pub be: &'a B,
     /// SiLU of the time embedding, [B, temb] (every resnet applies SiLU first; done once).
     pub temb_act: &'a B::Tensor,
@@ -23,8 +24,9 @@ pub struct BlockInputs<'a, B: Backend> {
     pub boosters: &'a Boosters,
     /// This call's masks, for every layer.
     pub lc: LayerCtx<'a>,
-    /// How many skips the encoder produced, and `block_out_channels[0]`.
+    /// How many skips the encoder produced.
     pub num_skips: usize,
+    /// `block_out_channels[0]`, for FreeU's channel convention.
     pub base_channels: usize,
 }
 
@@ -113,7 +115,10 @@ fn resnet_options(cfg: &UNetConfig, output_scale_factor: f32) -> ResnetOptions {
 
 /// Resnets, each followed by its attention layer if the block has them.
 pub struct Layers {
+    /// `resnets`, in order.
     pub resnets: Vec<ResnetBlock2D>,
+    /// `attentions`: one per resnet (the mid block: one per resnet after the first), or none in a
+    /// block without attention.
     pub attentions: Vec<AttnLayer>,
 }
 
@@ -132,12 +137,18 @@ impl Layers {
     }
 }
 
+/// DownBlock2D, AttnDownBlock2D or CrossAttnDownBlock2D: `layers_per_block` resnets (each with
+/// its attention layer in the latter two), then a downsampler on every level but the innermost.
 pub struct DownBlock2D {
+    /// The resnets and their attention layers.
     pub layers: Layers,
+    /// `downsamplers.0`; None on the innermost level.
     pub downsampler: Option<Downsample2D>,
 }
 
 impl DownBlock2D {
+    /// Takes the block's parameters under `prefix` (`down_blocks.{i}`): its first resnet takes
+    /// `in_channels`, the rest the level's width.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -225,7 +236,10 @@ impl DownBlock2D {
     }
 }
 
+/// UNetMidBlock2D or UNetMidBlock2DCrossAttn at the innermost level: a resnet, then per
+/// attention layer an attention (spatial or Transformer2DModel) and a resnet.
 pub struct UNetMidBlock2D {
+    /// The resnets (one more than the attention layers) and the attention layers.
     pub layers: Layers,
 }
 
@@ -283,6 +297,7 @@ impl UNetMidBlock2D {
         })
     }
 
+    /// `x`: [B, C, H, W] → [B, C, H, W].
     pub fn forward<B: Backend>(&self, x: &B::Tensor, inputs: &BlockInputs<B>) -> Result<B::Tensor> {
         let l = &self.layers;
         let be = inputs.be;
@@ -297,12 +312,20 @@ impl UNetMidBlock2D {
     }
 }
 
+/// UpBlock2D, AttnUpBlock2D or CrossAttnUpBlock2D: `layers_per_block + 1` resnets, each taking
+/// `[h, skip]` (with its attention layer in the latter two), then an upsampler on every level but
+/// the outermost.
 pub struct UpBlock2D {
+    /// The resnets and their attention layers.
     pub layers: Layers,
+    /// `upsamplers.0`; None on the outermost level.
     pub upsampler: Option<Upsample2D>,
 }
 
 impl UpBlock2D {
+    /// Takes the block's parameters under `prefix` (`up_blocks.{i}`): resnet i takes the running
+    /// feature (`prev_output_channels` wide for the first, the level's width after) joined with its
+    /// skip (the level's width, `in_channels` for the last).
     #[allow(clippy::too_many_arguments)]
     pub fn load(
         ws: &mut dyn WeightSource,
@@ -387,6 +410,7 @@ impl UpBlock2D {
         }
     }
 
+    /// How many skips this block pops: one per resnet.
     pub fn num_skips(&self) -> usize {
         self.layers.resnets.len()
     }
