@@ -21,7 +21,7 @@ pub struct Conditioning {
     pub encoder_hidden_states: Option<Tensor>,
     /// [B, M, D] unconditional states, for classifier-free guidance.
     pub uncond_hidden_states: Option<Tensor>,
-    /// [B] class labels (the same for both halves under guidance).
+    /// `[B]` class labels (the same for both halves under guidance).
     pub class_labels: Option<Vec<f32>>,
     /// SDXL: [B, D'] pooled text embedding (`add_text_embeds`).
     pub text_embeds: Option<Tensor>,

@@ -88,6 +88,7 @@ pub struct SampleOptions<'a> {
     /// Classifier-free guidance scale: uncond and cond run in one batch,
     /// `out = uncond + g·(cond − uncond)`.
     pub guidance: Option<f32>,
+    /// What the run is conditioned on (prompt embeddings, class labels, SDXL's extras).
     pub conditioning: Conditioning,
     /// Boosters for every call; the loop sets `mask_step` to the call index.
     pub boosters: Boosters,
