@@ -11,7 +11,9 @@ Output: `tests/fixtures/samplers/<case>/` (located from this script's own path):
     scheduler_config.json     scheduler.save_config(dir) (has `_class_name`)
     case.json                 {"model", "steps", "guidance", "eta", "step_noise", "batch",
                                "timesteps": scheduler.timesteps as floats,
-                               "sigmas": scheduler.sigmas as floats or null}
+                               "sigmas": scheduler.sigmas as floats or null,
+                               LMS only: "lms_coefficients": per step, diffusers'
+                               get_lms_coefficient(order, i, j) for j = 0..order}
     noise.safetensors         `sample`: initial noise, N(0,1), UNSCALED, f32 [B,C,H,W]
     cond.safetensors          (conditional cases) `encoder_hidden_states` [B,7,48] and,
                               with guidance, `uncond_hidden_states` [B,7,48]
@@ -34,10 +36,18 @@ The loop is the one diffusers pipelines run (CPU, f32, torch.no_grad()):
 Noise injection: DDPMScheduler draws its variance noise via `randn_tensor` imported
 into `diffusers.schedulers.scheduling_ddpm`; that name is monkeypatched to return
 noise_i (it is only called when t > 0, so with "leading" spacing the last noise
-tensor, for t = 0, is not consumed). DDIMScheduler (eta > 0) gets noise_i through
-`step(..., variance_noise=noise_i)`. Both injections are verified by re-running
-with negated step noise and checking that the result changes (and, for DDPM, that
-the patched function was called the expected number of times).
+tensor, for t = 0, is not consumed). EulerAncestralDiscreteScheduler draws through
+the same name in `scheduling_euler_ancestral_discrete`, patched the same way (it
+draws at every step, the last with sigma_up = 0). DDIMScheduler (eta > 0) and
+DPMSolverMultistepScheduler (algorithm_type sde-dpmsolver++) get noise_i through
+`step(..., variance_noise=noise_i)`. Every injection is verified by re-running
+with negated step noise and checking that the result changes (and, for the
+patched modules, that the patched function was called the expected number of
+times).
+
+PNDMScheduler's timesteps repeat entries (PLMS evaluates its second timestep
+twice; the PRK warm-up its midpoints): `timesteps` in case.json is the list of
+model calls, one per loop iteration, as the pipelines loop over it.
 """
 
 import json
@@ -50,14 +60,19 @@ from safetensors.torch import save_file
 
 import diffusers
 import diffusers.schedulers.scheduling_ddpm as ddpm_mod
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_mod
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     UNet2DConditionModel,
     UNet2DModel,
+    UniPCMultistepScheduler,
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +169,104 @@ CASES = {
         EulerDiscreteScheduler, 10, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
         beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
         prediction_type="epsilon"),
+    # ==== added with PNDM, Euler ancestral, LMS, UniPC, DPM-Solver++ SDE, zero terminal SNR ====
+    # Appended, so that the seeds of the cases above stay the same; batch 1 and few steps, so
+    # that the GPU-emulated run of every case stays short. Each case covers several options.
+    # ---- PNDM: PLMS only (skip_prk_steps, the SD1.x default) and the PRK warm-up ----
+    "pndm_plms_scaled_leading_offset1": C(
+        PNDMScheduler, 5, batch=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        skip_prk_steps=True, set_alpha_to_one=False, timestep_spacing="leading", steps_offset=1,
+        prediction_type="epsilon"),
+    "pndm_prk_linear_trailing_v": C(
+        PNDMScheduler, 4, batch=1, beta_schedule="linear", skip_prk_steps=False, set_alpha_to_one=False,
+        timestep_spacing="trailing", prediction_type="v_prediction"),
+    "pndm_plms_cos_linspace_v_alpha1": C(
+        PNDMScheduler, 4, batch=1, beta_schedule="squaredcos_cap_v2", skip_prk_steps=True,
+        set_alpha_to_one=True, timestep_spacing="linspace", prediction_type="v_prediction"),
+    "cfg_pndm_sd15": C(
+        PNDMScheduler, 4, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, skip_prk_steps=True, set_alpha_to_one=False,
+        timestep_spacing="leading", steps_offset=1, prediction_type="epsilon"),
+    # ---- Euler ancestral (stochastic) ----
+    "euler_a_eps_scaled_linspace_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 5, batch=1, step_noise=True, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, timestep_spacing="linspace", prediction_type="epsilon"),
+    "euler_a_v_linear_leading_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 4, batch=1, step_noise=True, beta_schedule="linear",
+        timestep_spacing="leading", steps_offset=1, prediction_type="v_prediction"),
+    "euler_a_eps_cos_trailing_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 4, batch=1, step_noise=True, beta_schedule="squaredcos_cap_v2",
+        timestep_spacing="trailing", prediction_type="epsilon"),
+    "cfg_euler_a_sd15_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 4, model="sd15_like", guidance=7.5, step_noise=True,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="leading",
+        steps_offset=1, prediction_type="epsilon"),
+    # ---- LMS (order 4: 6 steps reach it) ----
+    "lms_eps_scaled_linspace": C(
+        LMSDiscreteScheduler, 6, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, timestep_spacing="linspace", prediction_type="epsilon"),
+    "lms_v_linear_leading": C(
+        LMSDiscreteScheduler, 5, batch=1, beta_schedule="linear", timestep_spacing="leading",
+        steps_offset=1, prediction_type="v_prediction"),
+    "lms_sample_cos_trailing": C(
+        LMSDiscreteScheduler, 5, batch=1, beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing",
+        prediction_type="sample"),
+    "cfg_lms_sd15_karras": C(
+        LMSDiscreteScheduler, 5, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, use_karras_sigmas=True, prediction_type="epsilon"),
+    # ---- UniPC (bh2, order 2, predict_x0, lower_order_final: diffusers' defaults) ----
+    "unipc_eps_scaled_linspace": C(
+        UniPCMultistepScheduler, 6, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, timestep_spacing="linspace", prediction_type="epsilon"),
+    "unipc_v_linear_leading": C(
+        UniPCMultistepScheduler, 5, batch=1, beta_schedule="linear", timestep_spacing="leading",
+        steps_offset=1, prediction_type="v_prediction"),
+    "unipc_sample_cos_trailing": C(
+        UniPCMultistepScheduler, 5, batch=1, beta_schedule="squaredcos_cap_v2",
+        timestep_spacing="trailing", prediction_type="sample"),
+    "unipc_order1_disable_corrector": C(
+        UniPCMultistepScheduler, 5, batch=1, beta_schedule="linear", solver_order=1,
+        disable_corrector=[0, 2], prediction_type="epsilon"),
+    "cfg_unipc_sd15_karras": C(
+        UniPCMultistepScheduler, 5, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, use_karras_sigmas=True, prediction_type="epsilon"),
+    # ---- DPM-Solver++ 2M SDE (stochastic) ----
+    "dpmpp2m_sde_eps_linear_stepnoise": C(
+        DPMSolverMultistepScheduler, 5, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="linear", prediction_type="epsilon"),
+    "dpmpp2m_sde_v_scaled_karras_stepnoise": C(
+        DPMSolverMultistepScheduler, 5, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        use_karras_sigmas=True, prediction_type="v_prediction"),
+    "dpmpp2m_sde_sample_cos_leading_stepnoise": C(
+        DPMSolverMultistepScheduler, 5, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="squaredcos_cap_v2", timestep_spacing="leading",
+        prediction_type="sample"),
+    "cfg_dpmpp2m_sde_sd15_stepnoise": C(
+        DPMSolverMultistepScheduler, 4, model="sd15_like", guidance=7.5, step_noise=True,
+        algorithm_type="sde-dpmsolver++", solver_order=2, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, prediction_type="epsilon"),
+    # ---- zero terminal SNR (rescale_betas_zero_snr), with trailing spacing from t = 999 ----
+    "ddim_zsnr_v_trailing": C(
+        DDIMScheduler, 5, batch=1, eta=0.0, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
+        prediction_type="v_prediction"),
+    "euler_zsnr_v_trailing": C(
+        EulerDiscreteScheduler, 5, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        prediction_type="v_prediction"),
+    "euler_a_zsnr_v_trailing_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 4, batch=1, step_noise=True, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        prediction_type="v_prediction"),
+    "dpmpp2m_zsnr_v_trailing": C(
+        DPMSolverMultistepScheduler, 4, batch=1, algorithm_type="dpmsolver++", solver_order=2,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+        timestep_spacing="trailing", prediction_type="v_prediction"),
+    "unipc_zsnr_v_trailing": C(
+        UniPCMultistepScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        prediction_type="v_prediction"),
 }
 # fmt: on
 
@@ -175,34 +288,36 @@ def make_scheduler(spec):
     return sched
 
 
-class DDPMNoisePatch:
-    """Replace scheduling_ddpm.randn_tensor so that the k-th call returns `noises[idx()]`."""
+class NoisePatch:
+    """Replace `module.randn_tensor` so that a call during step i returns noise_i."""
 
-    def __init__(self):
-        self.orig = ddpm_mod.randn_tensor
+    def __init__(self, module):
+        self.module = module
+        self.orig = module.randn_tensor
         self.current = None
         self.calls = 0
 
     def __enter__(self):
         def fake(shape, generator=None, device=None, dtype=None, layout=None):
-            assert self.current is not None, "DDPM drew noise outside of a step"
+            assert self.current is not None, "the scheduler drew noise outside of a step"
             assert tuple(shape) == tuple(self.current.shape), (shape, self.current.shape)
             self.calls += 1
             return self.current.to(dtype=dtype or torch.float32)
 
-        ddpm_mod.randn_tensor = fake
+        self.module.randn_tensor = fake
         return self
 
     def __exit__(self, *exc):
-        ddpm_mod.randn_tensor = self.orig
+        self.module.randn_tensor = self.orig
         return False
 
 
 def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
     sched = make_scheduler(spec)
     guidance = spec["guidance"]
-    is_ddpm = isinstance(sched, DDPMScheduler)
-    patch = DDPMNoisePatch() if is_ddpm else None
+    patched = {DDPMScheduler: ddpm_mod, EulerAncestralDiscreteScheduler: euler_a_mod}.get(type(sched))
+    patch = NoisePatch(patched) if patched else None
+    sde = isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type.startswith("sde")
     n_model_calls = 0
     latents = noise * sched.init_noise_sigma
     if patch:
@@ -225,6 +340,8 @@ def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
                 step_kw["eta"] = spec["eta"]
                 if spec["eta"] and spec["eta"] > 0:
                     step_kw["variance_noise"] = step_noise[i]
+            if sde:
+                step_kw["variance_noise"] = step_noise[i]
             if patch:
                 patch.current = step_noise[i]
             latents = sched.step(out, t, latents, **step_kw).prev_sample
@@ -274,7 +391,10 @@ def run_case(seed, name, spec):
             diff = float((out - out3).abs().max())
             assert diff > 1e-3, f"{name}: step noise injection had no effect ({diff})"
             if noise_calls is not None:
-                expected_calls = int((sched.timesteps > 0).sum())
+                if isinstance(sched, DDPMScheduler):
+                    expected_calls = int((sched.timesteps > 0).sum())
+                else:
+                    expected_calls = len(sched.timesteps)
                 assert noise_calls == expected_calls, (noise_calls, expected_calls)
         # rough conditioning estimate for choosing test tolerances
         eps = 1e-4
@@ -293,6 +413,14 @@ def run_case(seed, name, spec):
         "timesteps": floats(sched.timesteps),
         "sigmas": floats(sigmas) if sigmas is not None else None,
     }
+    if isinstance(sched, LMSDiscreteScheduler):
+        # The LMS coefficients diffusers integrates with scipy's quad, per step (newest
+        # derivative first), for `step`'s default order 4.
+        probe = make_scheduler(spec)
+        case["lms_coefficients"] = [
+            [float(probe.get_lms_coefficient(min(i + 1, 4), i, j)) for j in range(min(i + 1, 4))]
+            for i in range(len(probe.timesteps))
+        ]
     with open(os.path.join(case_dir, "case.json"), "w") as f:
         json.dump(case, f, indent=2)
         f.write("\n")
@@ -314,7 +442,7 @@ def run_case(seed, name, spec):
         f"{name:34s} {type(sched).__name__:28s} iters={n_calls:2d} ts_dtype={str(ts.dtype).replace('torch.', '')} "
         f"init_sigma={float(sched.init_noise_sigma):.4f} out_std={float(out.std()):.4f} "
         f"out_maxabs={float(out.abs().max()):.3f} noise_amp~{amp:.2f}"
-        + (f" ddpm_noise_calls={noise_calls}" if noise_calls is not None else ""),
+        + (f" noise_calls={noise_calls}" if noise_calls is not None else ""),
         flush=True,
     )
 
