@@ -563,6 +563,13 @@ mod tests {
                 10,
                 &["use_beta_sigmas"],
             ),
+            // From σ ≈ 20000 (cosine, t = 999) σ_down has no real value in f32.
+            (
+                EulerAncestral,
+                r#"{"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}"#,
+                3,
+                &["σ_down", "step 1"],
+            ),
             (
                 Lms,
                 r#"{"rescale_betas_zero_snr": true}"#,
@@ -634,6 +641,26 @@ mod tests {
         let s = zsnr.train_sigmas();
         assert!((s[999] - 4096.0).abs() < 1e-3, "{}", s[999]);
         assert!(z.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    /// The scheduler config Stable Diffusion 1.5 ships: PLMS from timestep 981, the second
+    /// timestep evaluated twice.
+    #[test]
+    fn the_sd15_pndm_config_builds_plms() {
+        let cfg = config(
+            r#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+                "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                "num_train_timesteps": 1000, "set_alpha_to_one": false,
+                "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null,
+                "clip_sample": false}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.class, Some(SamplerKind::Pndm));
+        let s = build(SamplerKind::Pndm, &cfg, 50, 0.0).unwrap();
+        let ts = s.timesteps();
+        assert_eq!(ts.len(), 51);
+        assert_eq!(&ts[..4], &[981.0, 961.0, 961.0, 941.0]);
+        assert_eq!(ts[50], 1.0);
     }
 
     /// A stand-in model: its input, halved.

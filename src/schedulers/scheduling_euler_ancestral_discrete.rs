@@ -27,12 +27,37 @@ impl EulerAncestralScheduler {
         }
         // The class has no Karras option: diffusers ignores `use_karras_sigmas` here.
         let s = DiscreteSigmas::new("Euler ancestral", cfg, steps, false)?;
-        Ok(EulerAncestralScheduler {
+        let s = EulerAncestralScheduler {
             sigmas: s.sigmas,
             timesteps: s.timesteps,
             init_noise_sigma: s.init_noise_sigma,
             prediction: cfg.prediction_type,
-        })
+        };
+        // Every step's split, before any model call: from a σ thousands of times the next
+        // (the cosine schedule's ~20000 at t = 999), σ_from² − σ_to² rounds to σ_from² in f32
+        // and σ_down is the root of a negative number, in diffusers as here.
+        for i in 0..steps {
+            let (up, down) = s.split(i);
+            if !(up.is_finite() && down.is_finite()) {
+                return Err(Error::Msg(format!(
+                    "Euler ancestral: step {} from σ = {} to σ = {} has no real σ_down in f32 \
+                     (diffusers' update is NaN there); give another `timestep_spacing` or more \
+                     steps",
+                    i + 1,
+                    s.sigmas[i],
+                    s.sigmas[i + 1]
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// (σ_up, σ_down) of call `i`, in f32 and diffusers' order: σ_up² = σ_to²(σ_from² −
+    /// σ_to²)/σ_from², σ_down² = σ_to² − σ_up².
+    fn split(&self, i: usize) -> (f32, f32) {
+        let (from, to) = (self.sigmas[i], self.sigmas[i + 1]);
+        let up = (to * to * (from * from - to * to) / (from * from)).sqrt();
+        (up, (to * to - up * up).sqrt())
     }
 }
 
@@ -60,11 +85,9 @@ impl Sampler for EulerAncestralScheduler {
         sample: &Tensor,
         noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
-        let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let sigma = self.sigmas[i];
         let x0 = denoised(self.prediction, sigma, output, sample, None);
-        // f32, in diffusers' order.
-        let sigma_up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
-        let sigma_down = (next * next - sigma_up * sigma_up).sqrt();
+        let (sigma_up, sigma_down) = self.split(i);
         let dt = sigma_down - sigma;
         let z = noise.noise(i, sample.shape())?;
         let data = sample

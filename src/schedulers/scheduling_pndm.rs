@@ -134,8 +134,8 @@ impl PndmScheduler {
         }
         // Every update's coefficients, before any model call.
         for c in 0..s.updates.len() {
-            let (sample_coeff, eps_coeff, ..) = s.coefficients(c);
-            if !(sample_coeff.is_finite() && eps_coeff.is_finite()) {
+            let (sample_coeff, diff, denom, _) = s.coefficients(c);
+            if !(sample_coeff.is_finite() && (diff / denom).is_finite()) {
                 return Err(Error::Msg(format!(
                     "PNDM: the coefficients of call {} (timestep {}) are not finite",
                     c + 1,
