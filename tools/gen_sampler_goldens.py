@@ -181,13 +181,15 @@ CASES = {
         PNDMScheduler, 4, batch=1, beta_schedule="linear", skip_prk_steps=False, set_alpha_to_one=False,
         timestep_spacing="trailing", prediction_type="v_prediction"),
     # (4 steps: the 3-term formula's call is not the last, whose ε barely matters.)
-    "pndm_plms_scaled_leading_offset1": C(
+    "pndm_plms_scaled_linspace": C(
         PNDMScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-        skip_prk_steps=True, set_alpha_to_one=False, timestep_spacing="leading", steps_offset=1,
+        skip_prk_steps=True, set_alpha_to_one=False, timestep_spacing="linspace",
         prediction_type="epsilon"),
-    "cfg_pndm_sd15_cos_linspace_alpha1": C(
+    # (Not from t = 999 on the cosine schedule: the first step's sqrt(alpha_prev / alpha) of
+    # ~20000 takes an epsilon model's latents past f16's range.)
+    "cfg_pndm_sd15_cos_leading_alpha1": C(
         PNDMScheduler, 2, model="sd15_like", guidance=7.5, beta_schedule="squaredcos_cap_v2",
-        skip_prk_steps=True, set_alpha_to_one=True, timestep_spacing="linspace",
+        skip_prk_steps=True, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=1,
         prediction_type="epsilon"),
     # ---- Euler ancestral (stochastic) ----
     "euler_a_eps_scaled_linspace_stepnoise": C(
