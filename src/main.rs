@@ -75,7 +75,8 @@ enum Command {
         /// pipeline folder).
         #[arg(long, value_name = "DIR_OR_JSON")]
         scheduler: Option<PathBuf>,
-        /// Overrides the config's `_class_name`: ddpm, ddim, euler, heun, dpmpp-2m.
+        /// Overrides the config's `_class_name`: ddpm, ddim, pndm, euler, euler-a, heun, lms,
+        /// dpmpp-2m, dpmpp-2m-sde, unipc.
         #[arg(long)]
         sampler: Option<String>,
         #[arg(long, default_value_t = 50)]
@@ -304,16 +305,6 @@ fn finite(flag: &str, v: f32) -> freelunch::Result<f32> {
         Ok(v)
     } else {
         Err(msg(format!("--{flag} {v}: must be a finite number")))
-    }
-}
-
-fn short_name(kind: SamplerKind) -> &'static str {
-    match kind {
-        SamplerKind::Ddpm => "ddpm",
-        SamplerKind::Ddim => "ddim",
-        SamplerKind::Euler => "euler",
-        SamplerKind::Heun => "heun",
-        SamplerKind::DpmSolverMultistep => "dpmpp-2m",
     }
 }
 
@@ -612,10 +603,18 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     (Some(s), _) => SamplerKind::from_short_name(s)?,
                     (None, Some(k)) => k,
                     (None, None) => {
+                        let why = match &config.class_name {
+                            Some(c) => format!(
+                                "its _class_name \"{c}\" is not implemented here \
+                                 (implemented: {})",
+                                SamplerKind::class_names()
+                            ),
+                            None => "it has no _class_name".to_string(),
+                        };
                         return Err(freelunch::Error::Msg(format!(
-                            "{origin}: its _class_name names no sampler implemented here; \
-                             pick one with --sampler ddpm|ddim|euler|heun|dpmpp-2m"
-                        )))
+                            "{origin}: {why}; pick a sampler with --sampler {}",
+                            SamplerKind::ALL.map(SamplerKind::short_name).join("|")
+                        )));
                     }
                 };
                 let n = config.num_train_timesteps;
@@ -628,17 +627,17 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 if eta.is_some() && kind != SamplerKind::Ddim {
                     return Err(msg(format!(
                         "--eta applies to the DDIM sampler only; the {} sampler has no eta",
-                        short_name(kind)
+                        kind.short_name()
                     )));
                 }
                 let eta = eta.unwrap_or(0.0);
-                let stochastic = kind == SamplerKind::Ddpm || eta > 0.0;
+                let stochastic = kind.always_stochastic() || eta > 0.0;
                 if let (Some(seed), Some(p), false) = (seed, &noise, stochastic) {
                     return Err(msg(format!(
                         "--seed {seed} has no effect: the initial noise comes from --noise {} and \
                          the {} sampler draws no noise of its own",
                         p.display(),
-                        short_name(kind)
+                        kind.short_name()
                     )));
                 }
                 let seed = seed.unwrap_or(0);

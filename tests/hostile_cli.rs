@@ -17,13 +17,7 @@ use freelunch::schedulers::{
 use freelunch::{safetensors_io, Tensor, UNetInputs};
 use proptest::prelude::*;
 
-const KINDS: [SamplerKind; 5] = [
-    SamplerKind::Ddpm,
-    SamplerKind::Ddim,
-    SamplerKind::Euler,
-    SamplerKind::Heun,
-    SamplerKind::DpmSolverMultistep,
-];
+const KINDS: [SamplerKind; 10] = SamplerKind::ALL;
 
 /// Runs the CLI, expecting a clean failure: non-zero exit, no panic, and no file at `out`.
 /// Returns stderr.
@@ -756,6 +750,13 @@ const KEYS: &[&str] = &[
     "trained_betas",
     "final_sigmas_type",
     "algorithm_type",
+    "skip_prk_steps",
+    "rescale_betas_zero_snr",
+    "solver_type",
+    "predict_x0",
+    "lower_order_final",
+    "disable_corrector",
+    "solver_p",
     "unrelated_key",
 ];
 
@@ -781,6 +782,10 @@ fn value() -> impl Strategy<Value = String> {
             "\"EulerDiscreteScheduler\"",
             "\"HeunDiscreteScheduler\"",
             "\"DPMSolverMultistepScheduler\"",
+            "\"PNDMScheduler\"",
+            "\"EulerAncestralDiscreteScheduler\"",
+            "\"LMSDiscreteScheduler\"",
+            "\"UniPCMultistepScheduler\"",
             "\"linear\"",
             "\"scaled_linear\"",
             "\"squaredcos_cap_v2\"",
@@ -792,6 +797,9 @@ fn value() -> impl Strategy<Value = String> {
             "\"linspace\"",
             "\"fixed_small\"",
             "\"dpmsolver++\"",
+            "\"sde-dpmsolver++\"",
+            "\"bh1\"",
+            "\"bh2\"",
             "\"zero\"",
             "\"\"",
             "\"NaN\"",
@@ -849,6 +857,10 @@ fn config_text() -> impl Strategy<Value = String> {
         "EulerDiscreteScheduler",
         "HeunDiscreteScheduler",
         "DPMSolverMultistepScheduler",
+        "PNDMScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "UniPCMultistepScheduler",
     ]);
     let small_n = prop_oneof![Just(1000usize), 2usize..50, 50usize..3000];
     (

@@ -10,12 +10,8 @@ use freelunch::boosters::Boosters;
 use freelunch::device::Exec;
 use freelunch::models::{Denoiser, Placed};
 use freelunch::safetensors_io;
-use freelunch::schedulers::scheduling_ddim::DdimScheduler;
-use freelunch::schedulers::scheduling_ddpm::DdpmScheduler;
-use freelunch::schedulers::scheduling_euler_discrete::EulerScheduler;
 use freelunch::schedulers::{
-    sample, Conditioning, GivenNoise, SampleOptions, Sampler, SamplerKind, SchedulerConfig,
-    SeededNoise,
+    sample, Conditioning, GivenNoise, SampleOptions, Sampler, SchedulerConfig, SeededNoise,
 };
 use freelunch::{Tensor, UNet, UNetInputs};
 use serde_json::Value;
@@ -38,34 +34,55 @@ fn run_case(dir: &Path, exec: &Exec, perturb: Option<f32>) -> Option<Tensor> {
     let steps = case["steps"].as_u64().unwrap() as usize;
     let eta = case["eta"].as_f64().unwrap_or(0.0) as f32;
     let kind = cfg.class?;
-    if matches!(kind, SamplerKind::Heun | SamplerKind::DpmSolverMultistep) {
-        let s = freelunch::schedulers::build(kind, &cfg, steps, 0.0).unwrap();
-        return Some(finish(dir, &case, s, steps, exec, perturb));
-    }
-    let sampler: Box<dyn Sampler> = match kind {
-        SamplerKind::Ddim => Box::new(DdimScheduler::new(&cfg, steps, eta).unwrap()),
-        SamplerKind::Ddpm => Box::new(DdpmScheduler::new(&cfg, steps).unwrap()),
-        SamplerKind::Euler => {
-            let e = EulerScheduler::new(&cfg, steps).unwrap();
-            let want: Vec<f64> = case["sigmas"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap())
-                .collect();
-            assert_eq!(e.sigmas().len(), want.len(), "{}", dir.display());
-            for (g, w) in e.sigmas().iter().zip(&want) {
+    let sampler = freelunch::schedulers::build(kind, &cfg, steps, eta).unwrap();
+    // diffusers' `scheduler.sigmas`, for the samplers that have them.
+    match (sampler.sigmas(), case["sigmas"].as_array()) {
+        (Some(got), Some(want)) => {
+            assert_eq!(got.len(), want.len(), "{}", dir.display());
+            for (g, w) in got.iter().zip(want) {
+                let w = w.as_f64().unwrap();
                 assert!(
                     (*g as f64 - w).abs() <= 1e-5 * w.abs().max(1e-3),
                     "{}: sigma {g} vs {w}",
                     dir.display()
                 );
             }
-            Box::new(e)
         }
-        SamplerKind::Heun | SamplerKind::DpmSolverMultistep => unreachable!(),
-    };
-    Some(finish(dir, &case, sampler, steps, exec, perturb))
+        (None, None) => {}
+        (got, want) => panic!(
+            "{}: sigmas {got:?} here, {want:?} in diffusers",
+            dir.display()
+        ),
+    }
+    // diffusers integrates the LMS coefficients numerically (scipy's quad on an f32 integrand);
+    // here they are exact.
+    if let Some(want) = case["lms_coefficients"].as_array() {
+        let lms =
+            freelunch::schedulers::scheduling_lms_discrete::LmsScheduler::new(&cfg, steps).unwrap();
+        assert_eq!(lms.coefficients().len(), want.len());
+        let mut worst = 0f64;
+        for (i, (got, want)) in lms.coefficients().iter().zip(want).enumerate() {
+            let want = want.as_array().unwrap();
+            assert_eq!(got.len(), want.len());
+            for (j, (g, w)) in got.iter().zip(want).enumerate() {
+                let w = w.as_f64().unwrap();
+                let err = (*g as f64 - w).abs() / w.abs().max(1e-6);
+                // The σ's here and in diffusers may differ in their last bit, and a coefficient
+                // divides by differences of σ's.
+                assert!(
+                    err <= 2e-6,
+                    "{}: LMS coefficient ({i}, {j}): {g} vs diffusers' {w}",
+                    dir.display()
+                );
+                worst = worst.max(err);
+            }
+        }
+        eprintln!(
+            "{}: LMS coefficients within {worst:.1e} (relative) of diffusers'",
+            dir.file_name().unwrap().to_string_lossy()
+        );
+    }
+    Some(finish(dir, &case, sampler, exec, perturb))
 }
 
 /// A model whose every output carries seeded noise of relative RMS size `eps`: how the loop
@@ -104,7 +121,6 @@ fn finish(
     dir: &Path,
     case: &Value,
     mut sampler: Box<dyn Sampler>,
-    steps: usize,
     exec: &Exec,
     perturb: Option<f32>,
 ) -> Tensor {
@@ -151,8 +167,9 @@ fn finish(
     let mut seeded = SeededNoise(0);
     let step_noise: &mut dyn freelunch::schedulers::NoiseSource =
         if case["step_noise"].as_bool().unwrap() {
+            // One noise tensor per model call.
             given = GivenNoise(
-                (0..steps)
+                (0..want_ts.len())
                     .map(|i| tensor(dir, "step_noise.safetensors", &format!("noise_{i}")))
                     .collect(),
             );
@@ -254,14 +271,9 @@ fn sampling_loops_on(exec: &Exec, tolerance: &dyn Fn(&Path) -> f64) {
         checked += 1;
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    // Heun and DPM-Solver++ have goldens but no implementation yet; nothing else may be skipped.
-    assert!(
-        pending
-            .iter()
-            .all(|c| c.starts_with("heun_") || c.starts_with("dpmpp2m_")),
-        "skipped: {pending:?}"
-    );
-    assert!(checked >= 12, "only {checked} sampler goldens ran");
+    // Every golden names an implemented class.
+    assert!(pending.is_empty(), "skipped: {pending:?}");
+    assert!(checked >= 36, "only {checked} sampler goldens ran");
 }
 
 fn freelunch(args: &[&std::ffi::OsStr]) -> std::process::Output {
@@ -364,8 +376,22 @@ fn sample_cli_errors() {
     assert!(run(&["--scheduler", s, "--sampler", "plms"]).contains("unknown sampler"));
     assert!(run(&["--scheduler", s, "--guidance", "7"]).contains("guidance"));
     let bad = dir.join("sched.json");
-    std::fs::write(&bad, r#"{"_class_name": "LMSDiscreteScheduler"}"#).unwrap();
-    assert!(run(&["--scheduler", bad.to_str().unwrap()]).contains("--sampler"));
+    // An unimplemented class is named, with every implemented one and the --sampler way out.
+    std::fs::write(&bad, r#"{"_class_name": "KDPM2DiscreteScheduler"}"#).unwrap();
+    let msg = run(&["--scheduler", bad.to_str().unwrap()]);
+    for word in [
+        "KDPM2DiscreteScheduler",
+        "PNDMScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+        "--sampler",
+        "euler-a",
+        "dpmpp-2m-sde",
+    ] {
+        assert!(msg.contains(word), "{word}: {msg}");
+    }
     std::fs::write(
         &bad,
         r#"{"_class_name": "DDIMScheduler", "beta_schedule": "sigmoid"}"#,

@@ -11,7 +11,9 @@ Output: `tests/fixtures/samplers/<case>/` (located from this script's own path):
     scheduler_config.json     scheduler.save_config(dir) (has `_class_name`)
     case.json                 {"model", "steps", "guidance", "eta", "step_noise", "batch",
                                "timesteps": scheduler.timesteps as floats,
-                               "sigmas": scheduler.sigmas as floats or null}
+                               "sigmas": scheduler.sigmas as floats or null,
+                               LMS only: "lms_coefficients": per step, diffusers'
+                               get_lms_coefficient(order, i, j) for j = 0..order}
     noise.safetensors         `sample`: initial noise, N(0,1), UNSCALED, f32 [B,C,H,W]
     cond.safetensors          (conditional cases) `encoder_hidden_states` [B,7,48] and,
                               with guidance, `uncond_hidden_states` [B,7,48]
@@ -34,10 +36,18 @@ The loop is the one diffusers pipelines run (CPU, f32, torch.no_grad()):
 Noise injection: DDPMScheduler draws its variance noise via `randn_tensor` imported
 into `diffusers.schedulers.scheduling_ddpm`; that name is monkeypatched to return
 noise_i (it is only called when t > 0, so with "leading" spacing the last noise
-tensor, for t = 0, is not consumed). DDIMScheduler (eta > 0) gets noise_i through
-`step(..., variance_noise=noise_i)`. Both injections are verified by re-running
-with negated step noise and checking that the result changes (and, for DDPM, that
-the patched function was called the expected number of times).
+tensor, for t = 0, is not consumed). EulerAncestralDiscreteScheduler draws through
+the same name in `scheduling_euler_ancestral_discrete`, patched the same way (it
+draws at every step, the last with sigma_up = 0). DDIMScheduler (eta > 0) and
+DPMSolverMultistepScheduler (algorithm_type sde-dpmsolver++) get noise_i through
+`step(..., variance_noise=noise_i)`. Every injection is verified by re-running
+with negated step noise and checking that the result changes (and, for the
+patched modules, that the patched function was called the expected number of
+times).
+
+PNDMScheduler's timesteps repeat entries (PLMS evaluates its second timestep
+twice; the PRK warm-up its midpoints): `timesteps` in case.json is the list of
+model calls, one per loop iteration, as the pipelines loop over it.
 """
 
 import json
@@ -50,14 +60,19 @@ from safetensors.torch import save_file
 
 import diffusers
 import diffusers.schedulers.scheduling_ddpm as ddpm_mod
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_a_mod
 from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     UNet2DConditionModel,
     UNet2DModel,
+    UniPCMultistepScheduler,
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -162,6 +177,96 @@ CASES = {
         EulerDiscreteScheduler, 10, model="sd15_like", guidance=7.5, beta_schedule="scaled_linear",
         beta_start=0.00085, beta_end=0.012, timestep_spacing="leading", steps_offset=1,
         prediction_type="epsilon"),
+    # ==== added with PNDM, Euler ancestral, LMS, UniPC, DPM-Solver++ SDE, zero terminal SNR ====
+    # Appended, so that the seeds of the cases above stay the same. The GPU-emulated test runs
+    # every case in three dtypes at ~0.5 s per model call and dtype, so these are batch 1 with
+    # 2-4 steps, each covering several options (every beta schedule, prediction type and
+    # spacing of each sampler across its cases). f16 must hold the latents (below 65504): the
+    # cosine schedule's first sigma of ~20000 goes with v or sample prediction.
+    # ---- PNDM: PLMS only (skip_prk_steps, the SD1.x default) and the PRK warm-up ----
+    # The PRK warm-up takes 4 steps (12 calls), its PLMS calls use the 4-term formula.
+    "pndm_prk_linear_trailing_v": C(
+        PNDMScheduler, 4, batch=1, beta_schedule="linear", skip_prk_steps=False, set_alpha_to_one=False,
+        timestep_spacing="trailing", prediction_type="v_prediction"),
+    # (4 steps: the 3-term formula's call is not the last, whose ε barely matters.)
+    "pndm_plms_scaled_linspace": C(
+        PNDMScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        skip_prk_steps=True, set_alpha_to_one=False, timestep_spacing="linspace",
+        prediction_type="epsilon"),
+    # (Not from t = 999 on the cosine schedule: the first step's sqrt(alpha_prev / alpha) of
+    # ~20000 takes an epsilon model's latents past f16's range.)
+    "cfg_pndm_sd15_cos_leading_alpha1": C(
+        PNDMScheduler, 2, model="sd15_like", guidance=7.5, beta_schedule="squaredcos_cap_v2",
+        skip_prk_steps=True, set_alpha_to_one=True, timestep_spacing="leading", steps_offset=1,
+        prediction_type="epsilon"),
+    # ---- Euler ancestral (stochastic) ----
+    "euler_a_eps_scaled_linspace_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 2, batch=1, step_noise=True, beta_schedule="scaled_linear",
+        beta_start=0.00085, beta_end=0.012, timestep_spacing="linspace", prediction_type="epsilon"),
+    # (From the cosine schedule's sigma of ~20000 at t = 999, diffusers' f32 sigma_down is NaN:
+    # sigma_from**2 - sigma_to**2 rounds to sigma_from**2. Leading spacing starts lower.)
+    "cfg_euler_a_sd15_v_cos_leading_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 2, model="sd15_like", guidance=7.5, step_noise=True,
+        beta_schedule="squaredcos_cap_v2", timestep_spacing="leading", steps_offset=1,
+        prediction_type="v_prediction"),
+    # ---- LMS (order 4, reached at the 4th step) ----
+    "lms_eps_scaled_karras": C(
+        LMSDiscreteScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, use_karras_sigmas=True, prediction_type="epsilon"),
+    "lms_v_linear_trailing": C(
+        LMSDiscreteScheduler, 2, batch=1, beta_schedule="linear", timestep_spacing="trailing",
+        prediction_type="v_prediction"),
+    "lms_sample_cos_leading": C(
+        LMSDiscreteScheduler, 2, batch=1, beta_schedule="squaredcos_cap_v2", timestep_spacing="leading",
+        steps_offset=1, prediction_type="sample"),
+    # ---- UniPC (bh2, order 2, predict_x0, lower_order_final: diffusers' defaults) ----
+    # (4 steps: a second-order corrector at step 2 (step 3's cannot matter), on latents of
+    # size ~1, where it shows.)
+    "unipc_v_scaled_linspace": C(
+        UniPCMultistepScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, timestep_spacing="linspace", prediction_type="v_prediction"),
+    # (UniPC's spacing rules are DPM-Solver's; Karras timesteps are always rounded here.)
+    "cfg_unipc_sd15_sample_cos_karras": C(
+        UniPCMultistepScheduler, 2, model="sd15_like", guidance=7.5, beta_schedule="squaredcos_cap_v2",
+        use_karras_sigmas=True, prediction_type="sample"),
+    # ---- DPM-Solver++ 2M SDE (stochastic) ----
+    "dpmpp2m_sde_eps_linear_stepnoise": C(
+        DPMSolverMultistepScheduler, 3, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="linear", prediction_type="epsilon"),
+    "dpmpp2m_sde_v_scaled_karras_stepnoise": C(
+        DPMSolverMultistepScheduler, 2, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+        use_karras_sigmas=True, prediction_type="v_prediction"),
+    "dpmpp2m_sde_sample_cos_leading_stepnoise": C(
+        DPMSolverMultistepScheduler, 2, batch=1, step_noise=True, algorithm_type="sde-dpmsolver++",
+        solver_order=2, beta_schedule="squaredcos_cap_v2", timestep_spacing="leading",
+        prediction_type="sample"),
+    # ---- zero terminal SNR (rescale_betas_zero_snr), with trailing spacing from t = 999 ----
+    "ddim_zsnr_v_trailing": C(
+        DDIMScheduler, 2, batch=1, eta=0.0, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=False,
+        prediction_type="v_prediction"),
+    # (diffusers' first sigma there is torch.sqrt(2**24 - 1) = 4096.0 on the CPU that generated
+    # these, one ulp above the correctly rounded root; the first Euler step from it cancels
+    # about three digits, so the next two agree to a few 1e-5 only, and less with fewer steps.)
+    "euler_zsnr_v_trailing": C(
+        EulerDiscreteScheduler, 4, batch=1, beta_schedule="scaled_linear", beta_start=0.00085,
+        beta_end=0.012, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+        prediction_type="v_prediction"),
+    "euler_a_zsnr_v_linear_trailing_stepnoise": C(
+        EulerAncestralDiscreteScheduler, 4, batch=1, step_noise=True, beta_schedule="linear",
+        rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"),
+    "dpmpp2m_zsnr_v_trailing": C(
+        DPMSolverMultistepScheduler, 2, batch=1, algorithm_type="dpmsolver++", solver_order=2,
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True,
+        timestep_spacing="trailing", prediction_type="v_prediction"),
+    # UniPC at order 1 with the first corrector switched off (step 2's still runs; the last
+    # step's correction cannot matter: the final update to sigma = 0 is its x0 prediction), on
+    # zero terminal SNR.
+    "unipc_zsnr_v_linear_trailing_order1_disable_corrector": C(
+        UniPCMultistepScheduler, 4, batch=1, beta_schedule="linear", rescale_betas_zero_snr=True,
+        timestep_spacing="trailing", solver_order=1, disable_corrector=[0],
+        prediction_type="v_prediction"),
     # ---- SDXL: pooled text embeddings and time ids, guided, one prompt for a batch of two ----
     "cfg_euler_sdxl": C(
         EulerDiscreteScheduler, 8, model="sdxl_like", guidance=5.0, batch=2, cond_batch=1,
@@ -188,26 +293,27 @@ def make_scheduler(spec):
     return sched
 
 
-class DDPMNoisePatch:
-    """Replace scheduling_ddpm.randn_tensor so that the k-th call returns `noises[idx()]`."""
+class NoisePatch:
+    """Replace `module.randn_tensor` so that a call during step i returns noise_i."""
 
-    def __init__(self):
-        self.orig = ddpm_mod.randn_tensor
+    def __init__(self, module):
+        self.module = module
+        self.orig = module.randn_tensor
         self.current = None
         self.calls = 0
 
     def __enter__(self):
         def fake(shape, generator=None, device=None, dtype=None, layout=None):
-            assert self.current is not None, "DDPM drew noise outside of a step"
+            assert self.current is not None, "the scheduler drew noise outside of a step"
             assert tuple(shape) == tuple(self.current.shape), (shape, self.current.shape)
             self.calls += 1
             return self.current.to(dtype=dtype or torch.float32)
 
-        ddpm_mod.randn_tensor = fake
+        self.module.randn_tensor = fake
         return self
 
     def __exit__(self, *exc):
-        ddpm_mod.randn_tensor = self.orig
+        self.module.randn_tensor = self.orig
         return False
 
 
@@ -222,8 +328,9 @@ def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
     `text_embeds` and `time_ids`, already at the noise's batch."""
     sched = make_scheduler(spec)
     guidance = spec["guidance"]
-    is_ddpm = isinstance(sched, DDPMScheduler)
-    patch = DDPMNoisePatch() if is_ddpm else None
+    patched = {DDPMScheduler: ddpm_mod, EulerAncestralDiscreteScheduler: euler_a_mod}.get(type(sched))
+    patch = NoisePatch(patched) if patched else None
+    sde = isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type.startswith("sde")
     n_model_calls = 0
     latents = noise * sched.init_noise_sigma
     if patch:
@@ -248,6 +355,8 @@ def run_loop(spec, unet, noise, cond=None, uncond=None, step_noise=None):
                 step_kw["eta"] = spec["eta"]
                 if spec["eta"] and spec["eta"] > 0:
                     step_kw["variance_noise"] = step_noise[i]
+            if sde:
+                step_kw["variance_noise"] = step_noise[i]
             if patch:
                 patch.current = step_noise[i]
             latents = sched.step(out, t, latents, **step_kw).prev_sample
@@ -321,7 +430,10 @@ def run_case(seed, name, spec):
             diff = float((out - out3).abs().max())
             assert diff > 1e-3, f"{name}: step noise injection had no effect ({diff})"
             if noise_calls is not None:
-                expected_calls = int((sched.timesteps > 0).sum())
+                if isinstance(sched, DDPMScheduler):
+                    expected_calls = int((sched.timesteps > 0).sum())
+                else:
+                    expected_calls = len(sched.timesteps)
                 assert noise_calls == expected_calls, (noise_calls, expected_calls)
         # rough conditioning estimate for choosing test tolerances
         eps = 1e-4
@@ -340,6 +452,14 @@ def run_case(seed, name, spec):
         "timesteps": floats(sched.timesteps),
         "sigmas": floats(sigmas) if sigmas is not None else None,
     }
+    if isinstance(sched, LMSDiscreteScheduler):
+        # The LMS coefficients diffusers integrates with scipy's quad, per step (newest
+        # derivative first), for `step`'s default order 4.
+        probe = make_scheduler(spec)
+        case["lms_coefficients"] = [
+            [float(probe.get_lms_coefficient(min(i + 1, 4), i, j)) for j in range(min(i + 1, 4))]
+            for i in range(len(probe.timesteps))
+        ]
     with open(os.path.join(case_dir, "case.json"), "w") as f:
         json.dump(case, f, indent=2)
         f.write("\n")
@@ -358,7 +478,7 @@ def run_case(seed, name, spec):
         f"{name:34s} {type(sched).__name__:28s} iters={n_calls:2d} ts_dtype={str(ts.dtype).replace('torch.', '')} "
         f"init_sigma={float(sched.init_noise_sigma):.4f} out_std={float(out.std()):.4f} "
         f"out_maxabs={float(out.abs().max()):.3f} noise_amp~{amp:.2f}"
-        + (f" ddpm_noise_calls={noise_calls}" if noise_calls is not None else ""),
+        + (f" noise_calls={noise_calls}" if noise_calls is not None else ""),
         flush=True,
     )
 

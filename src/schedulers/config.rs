@@ -15,39 +15,106 @@ pub enum SamplerKind {
     Euler,
     Heun,
     DpmSolverMultistep,
+    /// `DPMSolverMultistepScheduler` with `algorithm_type` = sde-dpmsolver++.
+    DpmSolverMultistepSde,
+    Pndm,
+    EulerAncestral,
+    Lms,
+    UniPc,
 }
 
 impl SamplerKind {
-    /// From a diffusers `_class_name`.
-    pub fn from_class_name(name: &str) -> Result<Self> {
-        match name {
-            "DDPMScheduler" => Ok(SamplerKind::Ddpm),
-            "DDIMScheduler" => Ok(SamplerKind::Ddim),
-            "EulerDiscreteScheduler" => Ok(SamplerKind::Euler),
-            "HeunDiscreteScheduler" => Ok(SamplerKind::Heun),
-            "DPMSolverMultistepScheduler" => Ok(SamplerKind::DpmSolverMultistep),
-            other => Err(Error::Unsupported {
-                field: "_class_name".into(),
-                value: format!(
-                    "\"{other}\" (implemented: DDPMScheduler, DDIMScheduler, EulerDiscreteScheduler, \
-                     HeunDiscreteScheduler, DPMSolverMultistepScheduler)"
-                ),
-            }),
+    /// Every sampler implemented, in the order the messages list them.
+    pub const ALL: [SamplerKind; 10] = [
+        SamplerKind::Ddpm,
+        SamplerKind::Ddim,
+        SamplerKind::Pndm,
+        SamplerKind::Euler,
+        SamplerKind::EulerAncestral,
+        SamplerKind::Heun,
+        SamplerKind::Lms,
+        SamplerKind::DpmSolverMultistep,
+        SamplerKind::DpmSolverMultistepSde,
+        SamplerKind::UniPc,
+    ];
+
+    /// The diffusers class (the SDE variant is DPM-Solver's class with another
+    /// `algorithm_type`).
+    pub fn class_name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "DDPMScheduler",
+            SamplerKind::Ddim => "DDIMScheduler",
+            SamplerKind::Pndm => "PNDMScheduler",
+            SamplerKind::Euler => "EulerDiscreteScheduler",
+            SamplerKind::EulerAncestral => "EulerAncestralDiscreteScheduler",
+            SamplerKind::Heun => "HeunDiscreteScheduler",
+            SamplerKind::Lms => "LMSDiscreteScheduler",
+            SamplerKind::DpmSolverMultistep | SamplerKind::DpmSolverMultistepSde => {
+                "DPMSolverMultistepScheduler"
+            }
+            SamplerKind::UniPc => "UniPCMultistepScheduler",
         }
+    }
+
+    /// The CLI's name (`--sampler`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddpm => "ddpm",
+            SamplerKind::Ddim => "ddim",
+            SamplerKind::Pndm => "pndm",
+            SamplerKind::Euler => "euler",
+            SamplerKind::EulerAncestral => "euler-a",
+            SamplerKind::Heun => "heun",
+            SamplerKind::Lms => "lms",
+            SamplerKind::DpmSolverMultistep => "dpmpp-2m",
+            SamplerKind::DpmSolverMultistepSde => "dpmpp-2m-sde",
+            SamplerKind::UniPc => "unipc",
+        }
+    }
+
+    /// Draws noise at every step whatever its options (DDIM only with eta > 0).
+    pub fn always_stochastic(self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Ddpm | SamplerKind::EulerAncestral | SamplerKind::DpmSolverMultistepSde
+        )
+    }
+
+    /// The implemented classes, for messages: "DDPMScheduler, DDIMScheduler, …".
+    pub fn class_names() -> String {
+        let mut names: Vec<&str> = Self::ALL.iter().map(|k| k.class_name()).collect();
+        names.dedup();
+        names.join(", ")
+    }
+
+    /// The CLI's names, for messages: "ddpm, ddim, …".
+    pub fn short_names() -> String {
+        Self::ALL.map(Self::short_name).join(", ")
+    }
+
+    /// From a diffusers `_class_name` (`DPMSolverMultistepScheduler` is the ODE solver here; the
+    /// config reader picks the SDE one from its `algorithm_type`).
+    pub fn from_class_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.class_name() == name)
+            .ok_or_else(|| Error::Unsupported {
+                field: "_class_name".into(),
+                value: format!("\"{name}\" (implemented: {})", Self::class_names()),
+            })
     }
 
     /// From the CLI's short names.
     pub fn from_short_name(name: &str) -> Result<Self> {
-        match name {
-            "ddpm" => Ok(SamplerKind::Ddpm),
-            "ddim" => Ok(SamplerKind::Ddim),
-            "euler" => Ok(SamplerKind::Euler),
-            "heun" => Ok(SamplerKind::Heun),
-            "dpmpp-2m" => Ok(SamplerKind::DpmSolverMultistep),
-            other => Err(Error::Msg(format!(
-                "unknown sampler `{other}` (implemented: ddpm, ddim, euler, heun, dpmpp-2m)"
-            ))),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|k| k.short_name() == name)
+            .ok_or_else(|| {
+                Error::Msg(format!(
+                    "unknown sampler `{name}` (implemented: {})",
+                    Self::short_names()
+                ))
+            })
     }
 }
 
@@ -65,13 +132,30 @@ pub enum Spacing {
     Linspace,
 }
 
+/// `solver_type` as written: DPM-Solver implements midpoint (diffusers reads bh1, bh2 and logrho
+/// as midpoint there), UniPC bh1 and bh2 (diffusers reads midpoint, heun and logrho as bh2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SolverType {
+    Midpoint,
+    Heun,
+    Logrho,
+    Bh1,
+    Bh2,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
-    /// The sampler the config's `_class_name` names, if any.
+    /// The sampler the config's `_class_name` names, if any (DPM-Solver's SDE variant when its
+    /// `algorithm_type` is sde-dpmsolver++).
     pub class: Option<SamplerKind>,
+    /// `_class_name` as written, implemented or not (for messages).
+    pub class_name: Option<String>,
     pub num_train_timesteps: usize,
-    /// β per training timestep, as torch computes them (f32).
+    /// β per training timestep, as torch computes them (f32), after the zero-terminal-SNR
+    /// rescale when `rescale_betas_zero_snr` is set (the last β is then 1).
     pub betas: Vec<f32>,
+    /// `rescale_betas_zero_snr`: the betas are rescaled so that the last ᾱ is 0.
+    pub rescale_betas_zero_snr: bool,
     pub prediction_type: Prediction,
     /// None: the sampler's own default (linspace for Euler, leading otherwise).
     pub timestep_spacing: Option<Spacing>,
@@ -79,10 +163,22 @@ pub struct SchedulerConfig {
     /// None: the sampler's default (on for DDPM and DDIM).
     pub clip_sample: Option<bool>,
     pub clip_sample_range: f32,
-    pub set_alpha_to_one: bool,
+    /// None: the sampler's default (true for DDIM, false for PNDM).
+    pub set_alpha_to_one: Option<bool>,
     pub use_karras_sigmas: bool,
-    /// DPM-Solver's `solver_order` (1 or 2 implemented).
+    /// `solver_order` of DPM-Solver and UniPC (1 or 2 implemented).
     pub dpm_solver_order: usize,
+    /// None: the sampler's default (midpoint for DPM-Solver, bh2 for UniPC).
+    pub solver_type: Option<SolverType>,
+    /// PNDM's `skip_prk_steps`: PLMS steps only (true), or a Runge–Kutta warm-up first
+    /// (false, diffusers' default).
+    pub skip_prk_steps: bool,
+    /// UniPC's `predict_x0`: the multistep updates on data (true) or noise (false) predictions.
+    pub predict_x0: bool,
+    /// UniPC's `lower_order_final`: the last steps at lower order.
+    pub lower_order_final: bool,
+    /// UniPC's `disable_corrector`: the steps whose model output corrects no previous step.
+    pub disable_corrector: Vec<usize>,
     /// `beta_schedule` is squaredcos_cap_v2 (DPM-Solver keeps fractional Karras timesteps then).
     pub beta_schedule_is_cosine: bool,
 }
@@ -133,7 +229,6 @@ impl SchedulerConfig {
         let p = Fields { m, origin };
         for k in [
             "thresholding",
-            "rescale_betas_zero_snr",
             "use_exponential_sigmas",
             "use_beta_sigmas",
             "use_lu_lambdas",
@@ -150,8 +245,6 @@ impl SchedulerConfig {
             ("interpolation_type", "linear"),
             ("final_sigmas_type", "zero"),
             ("timestep_type", "discrete"),
-            ("algorithm_type", "dpmsolver++"),
-            ("solver_type", "midpoint"),
         ] {
             if let Some(v) = p.string(k)? {
                 if v != ok {
@@ -166,18 +259,75 @@ impl SchedulerConfig {
             Some(v) if non_finite(v) == Some("-Infinity") => {}
             Some(v) => return Err(p.unsupported("lambda_min_clipped", v)),
         }
-        for k in ["sigma_min", "sigma_max", "trained_betas"] {
+        // `solver_p` would be a scheduler object (never JSON), `shift_terminal` applies to flow
+        // sigmas only.
+        for k in [
+            "sigma_min",
+            "sigma_max",
+            "trained_betas",
+            "solver_p",
+            "shift_terminal",
+        ] {
             match m.get(k) {
                 None | Some(Value::Null) => {}
                 Some(v) => return Err(p.unsupported(k, v)),
             }
         }
-        let class = p
-            .string("_class_name")?
-            .map(SamplerKind::from_class_name)
-            .transpose()
-            .ok()
-            .flatten();
+        // dpmsolver and sde-dpmsolver (diffusers deprecates both) are not implemented.
+        let sde = p.choice(
+            "algorithm_type",
+            "dpmsolver++",
+            &["dpmsolver++", "sde-dpmsolver++"],
+        )? == "sde-dpmsolver++";
+        let class_name = p.string("_class_name")?.map(str::to_string);
+        let class = class_name
+            .as_deref()
+            .and_then(|c| SamplerKind::from_class_name(c).ok())
+            .map(|k| match k {
+                SamplerKind::DpmSolverMultistep if sde => SamplerKind::DpmSolverMultistepSde,
+                k => k,
+            });
+        let solver_type = if m.contains_key("solver_type") {
+            Some(
+                match p.choice(
+                    "solver_type",
+                    "midpoint",
+                    &["midpoint", "heun", "logrho", "bh1", "bh2"],
+                )? {
+                    "midpoint" => SolverType::Midpoint,
+                    "heun" => SolverType::Heun,
+                    "logrho" => SolverType::Logrho,
+                    "bh1" => SolverType::Bh1,
+                    _ => SolverType::Bh2,
+                },
+            )
+        } else {
+            None
+        };
+        let disable_corrector = match m.get("disable_corrector") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(steps)) => steps
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|s| usize::try_from(s).ok())
+                        .ok_or_else(|| {
+                            p.invalid(
+                                "disable_corrector",
+                                shown(v),
+                                "must be a list of step indices (integers from 0)",
+                            )
+                        })
+                })
+                .collect::<Result<_>>()?,
+            Some(v) => {
+                return Err(p.invalid(
+                    "disable_corrector",
+                    shown(v),
+                    "must be a list of step indices",
+                ))
+            }
+        };
         let n = p.integer("num_train_timesteps", 1000, 2, MAX_TRAIN_TIMESTEPS)?;
         let schedule = p
             .choice(
@@ -212,6 +362,12 @@ impl SchedulerConfig {
                 }
             }
             _ => betas_for_alpha_bar(n),
+        };
+        let rescale_betas_zero_snr = p.flag("rescale_betas_zero_snr")?.unwrap_or(false);
+        let betas = if rescale_betas_zero_snr {
+            rescale_zero_terminal_snr(&betas)
+        } else {
+            betas
         };
         let prediction_type = match p.choice(
             "prediction_type",
@@ -248,16 +404,23 @@ impl SchedulerConfig {
         }
         let config = SchedulerConfig {
             class,
+            class_name,
             num_train_timesteps: n,
             betas,
+            rescale_betas_zero_snr,
             prediction_type,
             timestep_spacing,
             steps_offset,
             clip_sample: p.flag("clip_sample")?,
             clip_sample_range: clip_sample_range as f32,
-            set_alpha_to_one: p.flag("set_alpha_to_one")?.unwrap_or(true),
+            set_alpha_to_one: p.flag("set_alpha_to_one")?,
             use_karras_sigmas: p.flag("use_karras_sigmas")?.unwrap_or(false),
             dpm_solver_order: p.integer("solver_order", 2, 1, 3)?,
+            solver_type,
+            skip_prk_steps: p.flag("skip_prk_steps")?.unwrap_or(false),
+            predict_x0: p.flag("predict_x0")?.unwrap_or(true),
+            lower_order_final: p.flag("lower_order_final")?.unwrap_or(true),
+            disable_corrector,
             beta_schedule_is_cosine: schedule == "squaredcos_cap_v2",
         };
         config.check(origin)?;
@@ -290,11 +453,14 @@ impl SchedulerConfig {
                 self.betas.len()
             )));
         }
+        // Zero terminal SNR: the last β is 1 and the last ᾱ 0 (the samplers that take it treat
+        // that timestep apart).
+        let terminal = |t: usize| self.rescale_betas_zero_snr && t == n - 1;
         if let Some((t, b)) = self
             .betas
             .iter()
             .enumerate()
-            .find(|(_, &b)| !(b > 0.0 && b < 1.0))
+            .find(|&(t, &b)| !((b > 0.0 && b < 1.0) || (terminal(t) && b == 1.0)))
         {
             return Err(err(format!(
                 "β at timestep {t} is {b}: every beta must be in (0, 1) (from `beta_start`, \
@@ -302,6 +468,15 @@ impl SchedulerConfig {
             )));
         }
         for (t, a) in self.alphas_cumprod().into_iter().enumerate() {
+            if terminal(t) {
+                if a != 0.0 {
+                    return Err(err(format!(
+                        "ᾱ at the last timestep is {a:e}, not 0, although \
+                         `rescale_betas_zero_snr` is set"
+                    )));
+                }
+                continue;
+            }
             if a >= 1.0 {
                 return Err(err(format!(
                     "ᾱ at timestep {t} rounds to 1 in f32 (β = {:e}): σ = 0 there, which the \
@@ -346,6 +521,44 @@ impl SchedulerConfig {
                 acc as f32
             })
             .collect()
+    }
+
+    /// ᾱ_t as diffusers' σ-parameterised samplers (Euler, Euler ancestral, DPM-Solver, UniPC)
+    /// hold it: with zero terminal SNR the last ᾱ is 2⁻²⁴ instead of 0, so that the last σ is
+    /// √(2²⁴ − 1) ≈ 4096, not infinite.
+    pub fn alphas_cumprod_nonzero(&self) -> Vec<f32> {
+        let mut a = self.alphas_cumprod();
+        if self.rescale_betas_zero_snr {
+            if let Some(last) = a.last_mut() {
+                *last = 2f32.powi(-24);
+            }
+        }
+        a
+    }
+
+    /// σ_t = √((1 − ᾱ)/ᾱ) of every training timestep in f32 (from `alphas_cumprod_nonzero`).
+    pub fn train_sigmas(&self) -> Vec<f32> {
+        self.alphas_cumprod_nonzero()
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect()
+    }
+
+    /// An error for the samplers here without zero terminal SNR: DDPM (diffusers has it, not
+    /// implemented here) and PNDM, Heun and LMS (diffusers' classes have no such option and
+    /// would ignore the key, running on the original betas; here it is refused rather than
+    /// silently dropped).
+    pub fn refuse_zero_snr(&self, sampler: &str) -> Result<()> {
+        if self.rescale_betas_zero_snr {
+            return Err(Error::Unsupported {
+                field: "rescale_betas_zero_snr".into(),
+                value: format!(
+                    "true (not implemented for {sampler}; implemented for DDIM, Euler, Euler \
+                     ancestral, DPM-Solver++ and UniPC)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The x̂₀ clamp range when `clip_sample` is on; `default` is the sampler's own default.
@@ -600,6 +813,32 @@ fn betas_for_alpha_bar(n: usize) -> Vec<f32> {
         .map(|i| {
             let (t1, t2) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
             (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023), in torch's f32 arithmetic: √ᾱ is
+/// shifted so that its last value is 0 and scaled so that its first is kept, and the betas are
+/// recovered from the new ᾱ (the last β is 1).
+fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
+    let mut acc = 1f64;
+    let mut s: Vec<f32> = betas
+        .iter()
+        .map(|&b| {
+            acc *= (1.0 - b) as f64;
+            (acc as f32).sqrt()
+        })
+        .collect();
+    let (s0, st) = (s[0], s[s.len() - 1]);
+    let scale = s0 / (s0 - st);
+    for v in &mut s {
+        *v = (*v - st) * scale;
+    }
+    let ab: Vec<f32> = s.iter().map(|v| v * v).collect();
+    (0..ab.len())
+        .map(|i| {
+            let alpha = if i == 0 { ab[0] } else { ab[i] / ab[i - 1] };
+            1.0 - alpha
         })
         .collect()
 }

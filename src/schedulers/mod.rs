@@ -1,14 +1,19 @@
 //! Samplers numerically the same as diffusers' schedulers for the same `scheduler_config.json`
 //! (module names mirror diffusers': `scheduling_ddim`, `scheduling_ddpm`,
-//! `scheduling_euler_discrete`), a `Sampler` trait, and the sampling loop diffusers' pipelines run.
+//! `scheduling_euler_discrete`, …), a `Sampler` trait, and the sampling loop diffusers'
+//! pipelines run.
 
 pub mod conditioning;
 pub mod config;
 pub mod scheduling_ddim;
 pub mod scheduling_ddpm;
 pub mod scheduling_dpmsolver_multistep;
+pub mod scheduling_euler_ancestral_discrete;
 pub mod scheduling_euler_discrete;
 pub mod scheduling_heun_discrete;
+pub mod scheduling_lms_discrete;
+pub mod scheduling_pndm;
+pub mod scheduling_unipc_multistep;
 
 pub use conditioning::Conditioning;
 pub use config::{SamplerKind, SchedulerConfig};
@@ -63,8 +68,14 @@ impl NoiseSource for GivenNoise {
 
 /// A diffusion sampler: a schedule of timesteps and the update that follows each model call.
 pub trait Sampler: Send {
-    /// The timesteps the model is evaluated at, in order (one model call each).
+    /// The timesteps the model is evaluated at, in order (one model call each; PNDM's and
+    /// Heun's repeat some).
     fn timesteps(&self) -> &[f32];
+    /// The σ schedule of the σ-parameterised samplers (diffusers' `scheduler.sigmas`: one per
+    /// call, then the final one); None for the DDPM-parameterised ones.
+    fn sigmas(&self) -> Option<&[f32]> {
+        None
+    }
     /// The scale of the initial noise (1 for the DDPM-parameterised samplers).
     fn init_noise_sigma(&self) -> f32 {
         1.0
@@ -375,16 +386,28 @@ pub fn build(
         )));
     }
     config.validate()?;
+    use scheduling_dpmsolver_multistep::DpmSolverMultistepScheduler;
     let sampler: Box<dyn Sampler> = match kind {
         SamplerKind::Ddpm => Box::new(scheduling_ddpm::DdpmScheduler::new(config, steps)?),
         SamplerKind::Ddim => Box::new(scheduling_ddim::DdimScheduler::new(config, steps, eta)?),
+        SamplerKind::Pndm => Box::new(scheduling_pndm::PndmScheduler::new(config, steps)?),
         SamplerKind::Euler => Box::new(scheduling_euler_discrete::EulerScheduler::new(
             config, steps,
         )?),
-        SamplerKind::Heun => Box::new(scheduling_heun_discrete::HeunScheduler::new(config, steps)?),
-        SamplerKind::DpmSolverMultistep => Box::new(
-            scheduling_dpmsolver_multistep::DpmSolverMultistepScheduler::new(config, steps)?,
+        SamplerKind::EulerAncestral => Box::new(
+            scheduling_euler_ancestral_discrete::EulerAncestralScheduler::new(config, steps)?,
         ),
+        SamplerKind::Heun => Box::new(scheduling_heun_discrete::HeunScheduler::new(config, steps)?),
+        SamplerKind::Lms => Box::new(scheduling_lms_discrete::LmsScheduler::new(config, steps)?),
+        SamplerKind::DpmSolverMultistep => {
+            Box::new(DpmSolverMultistepScheduler::new(config, steps, false)?)
+        }
+        SamplerKind::DpmSolverMultistepSde => {
+            Box::new(DpmSolverMultistepScheduler::new(config, steps, true)?)
+        }
+        SamplerKind::UniPc => Box::new(scheduling_unipc_multistep::UniPcScheduler::new(
+            config, steps,
+        )?),
     };
     check_timesteps(&format!("{kind:?}"), sampler.timesteps())?;
     Ok(sampler)
@@ -399,4 +422,316 @@ pub(crate) fn check_eta(eta: f32) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::unet_2d::UNetInputs;
+
+    fn config(json: &str) -> Result<SchedulerConfig> {
+        SchedulerConfig::from_json_str(json, "test")
+    }
+
+    /// The error of building `kind` from `json` for `steps`, as text.
+    fn refused(kind: SamplerKind, json: &str, steps: usize) -> String {
+        match config(json).and_then(|c| build(kind, &c, steps, 0.0)) {
+            Ok(_) => panic!("{kind:?} accepted {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_unsupported_class_is_named_with_every_supported_one() {
+        let msg = SamplerKind::from_class_name("KDPM2DiscreteScheduler")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("_class_name") && msg.contains("KDPM2DiscreteScheduler"));
+        for kind in SamplerKind::ALL {
+            assert!(msg.contains(kind.class_name()), "{msg}");
+        }
+        let msg = SamplerKind::from_short_name("plms")
+            .unwrap_err()
+            .to_string();
+        for kind in SamplerKind::ALL {
+            assert!(msg.contains(kind.short_name()), "{msg}");
+        }
+        // The config itself still loads (a --sampler may be given); its class is unknown.
+        let c = config(r#"{"_class_name": "KDPM2DiscreteScheduler"}"#).unwrap();
+        assert_eq!(c.class, None);
+        assert_eq!(c.class_name.as_deref(), Some("KDPM2DiscreteScheduler"));
+    }
+
+    #[test]
+    fn class_names_and_short_names_round_trip() {
+        for kind in SamplerKind::ALL {
+            assert_eq!(
+                SamplerKind::from_short_name(kind.short_name()).unwrap(),
+                kind
+            );
+        }
+        let class = |json: &str| config(json).unwrap().class;
+        assert_eq!(
+            class(r#"{"_class_name": "PNDMScheduler"}"#),
+            Some(SamplerKind::Pndm)
+        );
+        assert_eq!(
+            class(r#"{"_class_name": "UniPCMultistepScheduler", "solver_type": "bh2"}"#),
+            Some(SamplerKind::UniPc)
+        );
+        assert_eq!(
+            class(r#"{"_class_name": "DPMSolverMultistepScheduler"}"#),
+            Some(SamplerKind::DpmSolverMultistep)
+        );
+        assert_eq!(
+            class(
+                r#"{"_class_name": "DPMSolverMultistepScheduler",
+                    "algorithm_type": "sde-dpmsolver++"}"#
+            ),
+            Some(SamplerKind::DpmSolverMultistepSde)
+        );
+    }
+
+    #[test]
+    fn unimplemented_options_are_named() {
+        use SamplerKind::*;
+        let cases: &[(SamplerKind, &str, usize, &[&str])] = &[
+            (UniPc, r#"{"solver_order": 3}"#, 10, &["solver_order", "3"]),
+            (UniPc, r#"{"predict_x0": false}"#, 10, &["predict_x0"]),
+            (
+                UniPc,
+                r#"{"lower_order_final": false}"#,
+                10,
+                &["lower_order_final"],
+            ),
+            (UniPc, r#"{"solver_p": {}}"#, 10, &["solver_p"]),
+            (
+                UniPc,
+                r#"{"disable_corrector": [1.5]}"#,
+                10,
+                &["disable_corrector"],
+            ),
+            (
+                UniPc,
+                r#"{"disable_corrector": 1}"#,
+                10,
+                &["disable_corrector"],
+            ),
+            (
+                UniPc,
+                r#"{"final_sigmas_type": "sigma_min"}"#,
+                10,
+                &["final_sigmas_type"],
+            ),
+            (
+                UniPc,
+                r#"{"use_flow_sigmas": true}"#,
+                10,
+                &["use_flow_sigmas"],
+            ),
+            (
+                UniPc,
+                r#"{"solver_type": "fancy"}"#,
+                10,
+                &["solver_type", "fancy"],
+            ),
+            (
+                UniPc,
+                r#"{"solver_type": "bh1"}"#,
+                10,
+                &["solver_type", "bh1"],
+            ),
+            (UniPc, r#"{"shift_terminal": 0.1}"#, 10, &["shift_terminal"]),
+            (
+                DpmSolverMultistep,
+                r#"{"algorithm_type": "dpmsolver"}"#,
+                10,
+                &["algorithm_type", "dpmsolver"],
+            ),
+            (
+                DpmSolverMultistepSde,
+                r#"{"solver_type": "heun"}"#,
+                10,
+                &["solver_type", "heun"],
+            ),
+            (
+                Pndm,
+                r#"{"prediction_type": "sample"}"#,
+                10,
+                &["prediction_type"],
+            ),
+            (
+                Pndm,
+                r#"{"skip_prk_steps": false}"#,
+                3,
+                &["skip_prk_steps", "4"],
+            ),
+            (
+                EulerAncestral,
+                r#"{"prediction_type": "sample"}"#,
+                10,
+                &["prediction_type"],
+            ),
+            (
+                Lms,
+                r#"{"use_beta_sigmas": true}"#,
+                10,
+                &["use_beta_sigmas"],
+            ),
+            // From σ ≈ 20000 (cosine, t = 999) σ_down has no real value in f32.
+            (
+                EulerAncestral,
+                r#"{"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "trailing"}"#,
+                3,
+                &["σ_down", "step 1"],
+            ),
+            (
+                Lms,
+                r#"{"rescale_betas_zero_snr": true}"#,
+                10,
+                &["rescale_betas_zero_snr"],
+            ),
+            (
+                Pndm,
+                r#"{"rescale_betas_zero_snr": true}"#,
+                10,
+                &["rescale_betas_zero_snr"],
+            ),
+            (
+                Heun,
+                r#"{"rescale_betas_zero_snr": true}"#,
+                10,
+                &["rescale_betas_zero_snr"],
+            ),
+            (
+                Ddpm,
+                r#"{"rescale_betas_zero_snr": true}"#,
+                10,
+                &["rescale_betas_zero_snr"],
+            ),
+            // Zero terminal SNR under epsilon prediction divides by √ᾱ = 0 where t = 999.
+            (
+                Ddim,
+                r#"{"rescale_betas_zero_snr": true, "timestep_spacing": "trailing"}"#,
+                10,
+                &["ᾱ = 0", "v_prediction"],
+            ),
+        ];
+        for (kind, json, steps, words) in cases {
+            let msg = refused(*kind, json, *steps);
+            for w in *words {
+                assert!(msg.contains(w), "{kind:?} {json}: {msg:?} lacks {w:?}");
+            }
+        }
+        // diffusers reads UniPC's solver types as DPM-Solver's midpoint and the reverse.
+        for (kind, json) in [
+            (DpmSolverMultistep, r#"{"solver_type": "bh2"}"#),
+            (UniPc, r#"{"solver_type": "midpoint"}"#),
+            (UniPc, r#"{"disable_corrector": [0, 2]}"#),
+            (
+                Ddim,
+                r#"{"rescale_betas_zero_snr": true, "prediction_type": "v_prediction"}"#,
+            ),
+        ] {
+            build(kind, &config(json).unwrap(), 10, 0.0).unwrap();
+        }
+    }
+
+    #[test]
+    fn zero_terminal_snr_ends_at_zero_and_keeps_the_first_alpha() {
+        let plain = config(
+            r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#,
+        )
+        .unwrap();
+        let zsnr = config(
+            r#"{"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "rescale_betas_zero_snr": true}"#,
+        )
+        .unwrap();
+        let (a, z) = (plain.alphas_cumprod(), zsnr.alphas_cumprod());
+        assert_eq!(z[999], 0.0);
+        assert_eq!(zsnr.betas[999], 1.0);
+        assert!((a[0] - z[0]).abs() < 1e-6, "{} vs {}", a[0], z[0]);
+        // The σ-samplers' last ᾱ is 2⁻²⁴: σ = √(2²⁴ − 1).
+        let s = zsnr.train_sigmas();
+        assert!((s[999] - 4096.0).abs() < 1e-3, "{}", s[999]);
+        assert!(z.windows(2).all(|w| w[1] < w[0]));
+    }
+
+    /// The scheduler config Stable Diffusion 1.5 ships: PLMS from timestep 981, the second
+    /// timestep evaluated twice.
+    #[test]
+    fn the_sd15_pndm_config_builds_plms() {
+        let cfg = config(
+            r#"{"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0",
+                "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                "num_train_timesteps": 1000, "set_alpha_to_one": false,
+                "skip_prk_steps": true, "steps_offset": 1, "trained_betas": null,
+                "clip_sample": false}"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.class, Some(SamplerKind::Pndm));
+        let s = build(SamplerKind::Pndm, &cfg, 50, 0.0).unwrap();
+        let ts = s.timesteps();
+        assert_eq!(ts.len(), 51);
+        assert_eq!(&ts[..4], &[981.0, 961.0, 961.0, 941.0]);
+        assert_eq!(ts[50], 1.0);
+    }
+
+    /// A stand-in model: its input, halved.
+    struct Half;
+
+    impl Denoiser for Half {
+        fn forward_with(&self, inputs: &UNetInputs, _: &Boosters) -> Result<Tensor> {
+            let mut out = inputs.sample.clone();
+            out.data_mut().iter_mut().for_each(|v| *v *= 0.5);
+            Ok(out)
+        }
+    }
+
+    /// Every sampler over spacings, schedules, step counts and its options either refuses the
+    /// schedule with an error or runs it to a finite sample (no panic, no silent NaN), and
+    /// calls the model once per timestep.
+    #[test]
+    fn every_sampler_runs_or_refuses_every_schedule() {
+        let mut ran = 0;
+        for kind in SamplerKind::ALL {
+            for spacing in ["leading", "trailing", "linspace"] {
+                for extra in [
+                    r#""beta_schedule": "linear""#,
+                    r#""beta_schedule": "squaredcos_cap_v2", "steps_offset": 1"#,
+                    r#""beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                       "skip_prk_steps": true, "use_karras_sigmas": true,
+                       "prediction_type": "v_prediction""#,
+                    r#""rescale_betas_zero_snr": true, "prediction_type": "v_prediction",
+                       "solver_order": 1"#,
+                ] {
+                    let json = format!(
+                        r#"{{"num_train_timesteps": 60, "timestep_spacing": "{spacing}", {extra}}}"#
+                    );
+                    let cfg = config(&json).unwrap();
+                    for steps in 1..=61 {
+                        let Ok(mut s) = build(kind, &cfg, steps, 0.0) else {
+                            continue;
+                        };
+                        let noise = Tensor::randn([1, 1, 2, 2], steps as u64);
+                        let opts = SampleOptions {
+                            guidance: None,
+                            conditioning: Conditioning::default(),
+                            boosters: Boosters::default(),
+                            on_step: None,
+                        };
+                        let calls = s.timesteps().len();
+                        let out = sample(&Half, s.as_mut(), &noise, opts, &mut SeededNoise(1));
+                        match out {
+                            Ok(x) => assert!(x.data().iter().all(|v| v.is_finite())),
+                            Err(e) => panic!("{kind:?} {json} {steps} steps ({calls} calls): {e}"),
+                        }
+                        ran += 1;
+                    }
+                }
+            }
+        }
+        assert!(ran > 1000, "{ran}");
+    }
 }

@@ -23,7 +23,7 @@ impl DdimScheduler {
         let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
         let timesteps = cfg.discrete_timesteps(steps, spacing)?;
         let s = DdimScheduler {
-            final_alpha_cumprod: if cfg.set_alpha_to_one {
+            final_alpha_cumprod: if cfg.set_alpha_to_one.unwrap_or(true) {
                 1.0
             } else {
                 alphas_cumprod[0]
@@ -38,7 +38,19 @@ impl DdimScheduler {
         // Every step's coefficients, before any model call.
         for i in 0..s.timesteps.len() {
             let (a, a_prev, std_dev, dir) = s.coefficients(i);
-            if !(a > 0.0 && a < 1.0 && a_prev > 0.0 && [std_dev, dir].iter().all(|v| v.is_finite()))
+            // ᾱ = 0 (zero terminal SNR) leaves x̂₀ = (x − √(1 − ᾱ)·ε)/√ᾱ undefined under epsilon
+            // prediction; v- and sample prediction give x̂₀ and ε̂ without dividing by √ᾱ.
+            if a == 0.0 && s.prediction == Prediction::Epsilon {
+                return Err(Error::Msg(format!(
+                    "DDIM: ᾱ = 0 at timestep {} (rescale_betas_zero_snr), where epsilon \
+                     prediction divides by √ᾱ; zero terminal SNR needs v_prediction or sample \
+                     prediction",
+                    s.timesteps[i]
+                )));
+            }
+            if !((0.0..1.0).contains(&a)
+                && a_prev > 0.0
+                && [std_dev, dir].iter().all(|v| v.is_finite()))
             {
                 return Err(Error::Msg(format!(
                     "DDIM: the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \

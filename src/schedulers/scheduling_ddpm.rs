@@ -16,6 +16,7 @@ pub struct DdpmScheduler {
 impl DdpmScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.validate()?;
+        cfg.refuse_zero_snr("DDPM")?;
         let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
         let s = DdpmScheduler {
             alphas_cumprod: cfg.alphas_cumprod(),

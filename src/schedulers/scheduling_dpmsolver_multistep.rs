@@ -1,8 +1,10 @@
-//! DPM-Solver++ (`DPMSolverMultistepScheduler`, algorithm dpmsolver++, midpoint solver, order
-//! ≤ 2): data-prediction multistep updates in log-SNR λ = ln(α/σ), the last step first order
-//! (final σ = 0), optionally on Karras sigmas.
+//! DPM-Solver++ (`DPMSolverMultistepScheduler`, algorithm dpmsolver++ or sde-dpmsolver++,
+//! midpoint solver, order ≤ 2): data-prediction multistep updates in log-SNR λ = ln(α/σ), the
+//! last step first order (final σ = 0), optionally on Karras sigmas. The SDE variant adds
+//! noise every step: the deterministic part decays by e^{−h} more and the noise has variance
+//! σ_t²(1 − e^{−2h}).
 
-use super::config::{Prediction, SchedulerConfig, Spacing};
+use super::config::{Prediction, SchedulerConfig, SolverType, Spacing};
 use super::scheduling_euler_discrete::sigma_to_t;
 use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
@@ -14,6 +16,8 @@ pub struct DpmSolverMultistepScheduler {
     timesteps: Vec<f32>,
     prediction: Prediction,
     order: usize,
+    /// sde-dpmsolver++: noise at every step.
+    sde: bool,
     /// Data predictions of the previous calls (newest last).
     outputs: Vec<Tensor>,
     lower_order_nums: usize,
@@ -30,95 +34,119 @@ fn lambda(sigma: f32) -> f64 {
     a.ln() - s.ln()
 }
 
+/// The schedule of diffusers' multistep solvers (DPM-Solver, UniPC): integer timesteps by the
+/// config's spacing (linspace by default) placing `steps` + 1 points and dropping the last,
+/// σ interpolated linearly from the training σ's (with zero terminal SNR, the last ᾱ is 2⁻²⁴),
+/// or on Karras' schedule between the first and last training σ with the timesteps read back
+/// from σ (DPM-Solver keeps them fractional on the cosine schedule, `round_karras` = false;
+/// UniPC always rounds). Returns (timesteps, σ's with a final 0), checked.
+pub(crate) fn multistep_schedule(
+    sampler: &str,
+    cfg: &SchedulerConfig,
+    steps: usize,
+    round_karras: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let n = cfg.num_train_timesteps;
+    let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
+    // Linspace and leading spacing place steps + 1 points on the training timesteps.
+    let max_steps = match spacing {
+        Spacing::Trailing => n,
+        Spacing::Linspace | Spacing::Leading => n - 1,
+    };
+    super::config::check_steps(steps, n, max_steps)?;
+    let mut ts: Vec<f64> = match spacing {
+        Spacing::Linspace => super::config::numpy_linspace(0.0, (n - 1) as f64, steps + 1)
+            .into_iter()
+            .rev()
+            .take(steps)
+            .map(|v| v.round_ties_even())
+            .collect(),
+        Spacing::Leading => {
+            let ratio = n / (steps + 1);
+            (1..=steps)
+                .rev()
+                .map(|i| (i * ratio + cfg.steps_offset) as f64)
+                .collect()
+        }
+        Spacing::Trailing => cfg
+            .discrete_timesteps(steps, Spacing::Trailing)?
+            .into_iter()
+            .map(|t| t as f64)
+            .collect(),
+    };
+    let train = cfg.train_sigmas();
+    let mut sigmas: Vec<f64> = if cfg.use_karras_sigmas {
+        let (smin, smax) = (train[0] as f64, train[n - 1] as f64);
+        let rho = 7.0;
+        let (lo, hi) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
+        let s: Vec<f64> = super::config::numpy_linspace(0.0, 1.0, steps)
+            .into_iter()
+            .map(|r| (hi + r * (lo - hi)).powf(rho))
+            .collect();
+        let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln() as f64).collect();
+        ts = s
+            .iter()
+            .map(|&x| {
+                let t = sigma_to_t(x, &log_sigmas);
+                if round_karras {
+                    t.round_ties_even()
+                } else {
+                    t
+                }
+            })
+            .collect();
+        s
+    } else {
+        ts.iter()
+            .map(|&t| {
+                let lo = (t.floor() as usize).min(n - 1);
+                let hi = (lo + 1).min(n - 1);
+                let w = t - lo as f64;
+                train[lo] as f64 * (1.0 - w) + train[hi] as f64 * w
+            })
+            .collect()
+    };
+    if let Some(t) = ts.iter().find(|&&t| !(t >= 0.0 && t < n as f64)) {
+        return Err(Error::Msg(format!(
+            "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach timestep \
+             {t}, outside 0..{n} (`num_train_timesteps`)",
+            cfg.steps_offset
+        )));
+    }
+    sigmas.push(0.0);
+    let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
+    super::check_sigmas(sampler, &sigmas, true)?;
+    // diffusers stores these timesteps as int64.
+    Ok((ts.into_iter().map(|t| t as i64 as f32).collect(), sigmas))
+}
+
 impl DpmSolverMultistepScheduler {
-    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+    /// The ODE solver (dpmsolver++), or with `sde` the SDE one (sde-dpmsolver++, whose noise
+    /// comes from the loop's noise source).
+    pub fn new(cfg: &SchedulerConfig, steps: usize, sde: bool) -> Result<Self> {
         cfg.validate()?;
-        let n = cfg.num_train_timesteps;
-        let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
-        // Linspace and leading spacing place steps + 1 points on the training timesteps.
-        let max_steps = match spacing {
-            Spacing::Trailing => n,
-            Spacing::Linspace | Spacing::Leading => n - 1,
-        };
-        super::config::check_steps(steps, n, max_steps)?;
         if cfg.dpm_solver_order == 0 || cfg.dpm_solver_order > 2 {
             return Err(Error::Unsupported {
                 field: "solver_order".into(),
                 value: cfg.dpm_solver_order.to_string(),
             });
         }
-        let mut ts: Vec<f64> = match spacing {
-            Spacing::Linspace => super::config::numpy_linspace(0.0, (n - 1) as f64, steps + 1)
-                .into_iter()
-                .rev()
-                .take(steps)
-                .map(|v| v.round_ties_even())
-                .collect(),
-            Spacing::Leading => {
-                let ratio = n / (steps + 1);
-                (1..=steps)
-                    .rev()
-                    .map(|i| (i * ratio + cfg.steps_offset) as f64)
-                    .collect()
-            }
-            Spacing::Trailing => cfg
-                .discrete_timesteps(steps, Spacing::Trailing)?
-                .into_iter()
-                .map(|t| t as f64)
-                .collect(),
-        };
-        let train: Vec<f32> = cfg
-            .alphas_cumprod()
-            .iter()
-            .map(|&a| ((1.0 - a) / a).sqrt())
-            .collect();
-        let mut sigmas: Vec<f64> = if cfg.use_karras_sigmas {
-            let (smin, smax) = (train[0] as f64, train[n - 1] as f64);
-            let rho = 7.0;
-            let (lo, hi) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
-            let s: Vec<f64> = super::config::numpy_linspace(0.0, 1.0, steps)
-                .into_iter()
-                .map(|r| (hi + r * (lo - hi)).powf(rho))
-                .collect();
-            let log_sigmas: Vec<f64> = train.iter().map(|s| s.ln() as f64).collect();
-            ts = s
-                .iter()
-                .map(|&x| {
-                    let t = sigma_to_t(x, &log_sigmas);
-                    if cfg.beta_schedule_is_cosine {
-                        t
-                    } else {
-                        t.round_ties_even()
-                    }
-                })
-                .collect();
-            s
-        } else {
-            ts.iter()
-                .map(|&t| {
-                    let lo = (t.floor() as usize).min(n - 1);
-                    let hi = (lo + 1).min(n - 1);
-                    let w = t - lo as f64;
-                    train[lo] as f64 * (1.0 - w) + train[hi] as f64 * w
-                })
-                .collect()
-        };
-        if let Some(t) = ts.iter().find(|&&t| !(t >= 0.0 && t < n as f64)) {
-            return Err(Error::Msg(format!(
-                "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach timestep \
-                 {t}, outside 0..{n} (`num_train_timesteps`)",
-                cfg.steps_offset
-            )));
+        // diffusers reads bh1, bh2 and logrho (UniPC's) as midpoint.
+        if cfg.solver_type == Some(SolverType::Heun) {
+            return Err(Error::Unsupported {
+                field: "solver_type".into(),
+                value: "heun (DPM-Solver++ implements midpoint)".into(),
+            });
         }
-        sigmas.push(0.0);
-        let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();
-        super::check_sigmas("DPM-Solver++", &sigmas, true)?;
+        // The cosine schedule keeps fractional Karras timesteps in diffusers' DPM-Solver.
+        let (timesteps, sigmas) =
+            multistep_schedule("DPM-Solver++", cfg, steps, !cfg.beta_schedule_is_cosine)?;
         Ok(DpmSolverMultistepScheduler {
             sigmas,
-            // diffusers stores these timesteps as int64.
-            timesteps: ts.into_iter().map(|t| t as i64 as f32).collect(),
+            timesteps,
             prediction: cfg.prediction_type,
             order: cfg.dpm_solver_order,
+            sde,
             outputs: Vec::new(),
             lower_order_nums: 0,
         })
@@ -134,14 +162,23 @@ impl Sampler for DpmSolverMultistepScheduler {
         &self.timesteps
     }
 
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
+    }
+
     fn step(
         &mut self,
         output: &Tensor,
         i: usize,
         sample: &Tensor,
-        _noise: &mut dyn NoiseSource,
+        noise: &mut dyn NoiseSource,
     ) -> Result<Tensor> {
         let steps = self.timesteps.len();
+        let z = if self.sde {
+            Some(noise.noise(i, sample.shape())?)
+        } else {
+            None
+        };
         let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[i]);
         // Data prediction x̂₀ from the model output at σ_i.
         let x0: Vec<f32> = sample
@@ -174,7 +211,16 @@ impl Sampler for DpmSolverMultistepScheduler {
         let m0 = self.outputs.last().expect("pushed above");
         let ratio = (sigma_t64 / sigma_s0) as f32;
         let coeff = (alpha_t * ((-h).exp() - 1.0)) as f32;
-        let data: Vec<f32> = if first_order {
+        let data: Vec<f32> = if let Some(z) = z {
+            self.sde_update(
+                sample,
+                &z,
+                first_order,
+                h,
+                (alpha_t, sigma_t64, sigma_s0),
+                i,
+            )
+        } else if first_order {
             sample
                 .data()
                 .iter()
@@ -199,5 +245,40 @@ impl Sampler for DpmSolverMultistepScheduler {
             self.lower_order_nums += 1;
         }
         Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+    }
+}
+
+impl DpmSolverMultistepScheduler {
+    /// sde-dpmsolver++'s midpoint update from σ_i to σ_{i+1} (diffusers' first- or second-order
+    /// formula): x_t = (σ_t/σ_s·e^{−h})·x + α_t(1 − e^{−2h})·(D0 + ½D1) + σ_t√(1 − e^{−2h})·z.
+    fn sde_update(
+        &self,
+        sample: &Tensor,
+        z: &Tensor,
+        first_order: bool,
+        h: f64,
+        (alpha_t, sigma_t, sigma_s0): (f64, f64, f64),
+        i: usize,
+    ) -> Vec<f32> {
+        let decay = (-h).exp();
+        let c_x = (sigma_t / sigma_s0 * decay) as f32;
+        let c_d = (alpha_t * (1.0 - (-2.0 * h).exp())) as f32;
+        let c_z = (sigma_t * (1.0 - (-2.0 * h).exp()).sqrt()) as f32;
+        let m0 = &self.outputs[self.outputs.len() - 1];
+        let d1 = (!first_order).then(|| {
+            let m1 = &self.outputs[self.outputs.len() - 2];
+            let h0 = lambda(self.sigmas[i]) - lambda(self.sigmas[i - 1]);
+            (m1, (h0 / h) as f32)
+        });
+        (0..sample.numel())
+            .map(|k| {
+                let (x, d0, z) = (sample.data()[k], m0.data()[k], z.data()[k]);
+                let mut v = c_x * x + c_d * d0;
+                if let Some((m1, r0)) = &d1 {
+                    v += 0.5 * c_d * ((d0 - m1.data()[k]) / r0);
+                }
+                v + c_z * z
+            })
+            .collect()
     }
 }

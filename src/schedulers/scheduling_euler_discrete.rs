@@ -1,4 +1,5 @@
-//! Euler (`EulerDiscreteScheduler`), optionally on Karras sigmas; s_churn = 0 (deterministic).
+//! Euler (`EulerDiscreteScheduler`), optionally on Karras sigmas or with zero terminal SNR;
+//! s_churn = 0 (deterministic).
 
 use super::config::{numpy_linspace, Prediction, SchedulerConfig, Spacing};
 use super::{NoiseSource, Sampler};
@@ -13,9 +14,11 @@ pub struct EulerScheduler {
     prediction: Prediction,
 }
 
-/// The σ schedule of diffusers' discrete Euler-family samplers (Euler, Heun): timesteps by the
-/// config's spacing (linspace by default, kept fractional), σ interpolated linearly in t from
-/// the training σ's (or on Karras' schedule), a final σ = 0, and the initial noise scale.
+/// The σ schedule of diffusers' discrete Euler-family samplers (Euler, Euler ancestral, Heun,
+/// LMS): timesteps by the config's spacing (linspace by default, kept fractional), σ
+/// interpolated linearly in t from the training σ's (or, with `karras`, on Karras' schedule), a
+/// final σ = 0, and the initial noise scale. With zero terminal SNR the last training ᾱ is
+/// 2⁻²⁴ (σ ≈ 4096), as diffusers sets it.
 pub(crate) struct DiscreteSigmas {
     pub timesteps: Vec<f32>,
     pub sigmas: Vec<f32>,
@@ -23,7 +26,7 @@ pub(crate) struct DiscreteSigmas {
 }
 
 impl DiscreteSigmas {
-    pub fn new(sampler: &str, cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
+    pub fn new(sampler: &str, cfg: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self> {
         cfg.validate()?;
         let n = cfg.num_train_timesteps;
         super::config::check_steps(steps, n, n)?;
@@ -42,11 +45,7 @@ impl DiscreteSigmas {
                 .collect(),
         };
         // σ_t = √((1 − ᾱ)/ᾱ), computed in f32 as torch does, interpolated linearly in t.
-        let train_sigmas: Vec<f64> = cfg
-            .alphas_cumprod()
-            .iter()
-            .map(|&a| ((1.0 - a) / a).sqrt() as f64)
-            .collect();
+        let train_sigmas: Vec<f64> = cfg.train_sigmas().iter().map(|&s| s as f64).collect();
         let interp = |t: f64| {
             let lo = (t.floor() as usize).min(n - 1);
             let hi = (lo + 1).min(n - 1);
@@ -55,7 +54,7 @@ impl DiscreteSigmas {
         };
         let mut sigmas: Vec<f64> = ts.iter().map(|&t| interp(t)).collect();
         let mut timesteps = ts;
-        if cfg.use_karras_sigmas {
+        if karras {
             let (smin, smax) = (sigmas[steps - 1], sigmas[0]);
             let rho = 7.0;
             let (min_inv, max_inv) = (smin.powf(1.0 / rho), smax.powf(1.0 / rho));
@@ -93,7 +92,7 @@ impl DiscreteSigmas {
 
 impl EulerScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let s = DiscreteSigmas::new("Euler", cfg, steps)?;
+        let s = DiscreteSigmas::new("Euler", cfg, steps, cfg.use_karras_sigmas)?;
         Ok(EulerScheduler {
             sigmas: s.sigmas,
             timesteps: s.timesteps,
@@ -157,6 +156,10 @@ pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
 impl Sampler for EulerScheduler {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
     }
 
     fn init_noise_sigma(&self) -> f32 {

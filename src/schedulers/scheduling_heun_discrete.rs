@@ -22,7 +22,8 @@ pub struct HeunScheduler {
 
 impl HeunScheduler {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
-        let s = DiscreteSigmas::new("Heun", cfg, steps)?;
+        cfg.refuse_zero_snr("Heun")?;
+        let s = DiscreteSigmas::new("Heun", cfg, steps, cfg.use_karras_sigmas)?;
         let twice = |v: &[f32], keep_last: bool| {
             let mut out = vec![v[0]];
             let end = if keep_last { v.len() - 1 } else { v.len() };
@@ -48,6 +49,10 @@ impl HeunScheduler {
 impl Sampler for HeunScheduler {
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f32]> {
+        Some(&self.sigmas)
     }
 
     fn init_noise_sigma(&self) -> f32 {
