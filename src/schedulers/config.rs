@@ -8,18 +8,29 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+/// A sampler this crate implements: one diffusers scheduler class (and for DPM-Solver, its
+/// algorithm).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SamplerKind {
+    /// `DDPMScheduler`: ancestral sampling with the posterior variance (stochastic).
     Ddpm,
+    /// `DDIMScheduler`: deterministic at eta 0, DDPM-like noise up to eta 1.
     Ddim,
+    /// `EulerDiscreteScheduler`.
     Euler,
+    /// `HeunDiscreteScheduler`: second order, two model calls per step but the last.
     Heun,
+    /// `DPMSolverMultistepScheduler` with `algorithm_type` = dpmsolver++ (DPM-Solver++ 2M).
     DpmSolverMultistep,
     /// `DPMSolverMultistepScheduler` with `algorithm_type` = sde-dpmsolver++.
     DpmSolverMultistepSde,
+    /// `PNDMScheduler`: PLMS (`skip_prk_steps`, the SD 1.x default), or the PRK warm-up first.
     Pndm,
+    /// `EulerAncestralDiscreteScheduler` (stochastic).
     EulerAncestral,
+    /// `LMSDiscreteScheduler` (linear multistep, order 4).
     Lms,
+    /// `UniPCMultistepScheduler` (bh2 predictor-corrector).
     UniPc,
 }
 
@@ -118,17 +129,25 @@ impl SamplerKind {
     }
 }
 
+/// What the model predicts (`prediction_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prediction {
+    /// The noise ε (`epsilon`).
     Epsilon,
+    /// The velocity v = √ᾱ·ε − √(1−ᾱ)·x₀ (`v_prediction`).
     VPrediction,
+    /// The clean sample x₀ (`sample`).
     Sample,
 }
 
+/// How inference timesteps are picked from the training ones (`timestep_spacing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spacing {
+    /// Multiples of T / steps from 0, plus `steps_offset` (`leading`).
     Leading,
+    /// Counting down from T − 1 in steps of T / steps (`trailing`).
     Trailing,
+    /// Evenly spaced from 0 to T − 1, rounded (`linspace`).
     Linspace,
 }
 
@@ -136,13 +155,20 @@ pub enum Spacing {
 /// as midpoint there), UniPC bh1 and bh2 (diffusers reads midpoint, heun and logrho as bh2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SolverType {
+    /// `midpoint` (DPM-Solver's).
     Midpoint,
+    /// `heun`.
     Heun,
+    /// `logrho`.
     Logrho,
+    /// `bh1` (UniPC's B(h) = h).
     Bh1,
+    /// `bh2` (UniPC's B(h) = eʰ − 1, diffusers' default).
     Bh2,
 }
 
+/// A diffusers `scheduler_config.json`, validated: the noise schedule and every option the
+/// samplers here read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
     /// The sampler the config's `_class_name` names, if any (DPM-Solver's SDE variant when its
@@ -150,21 +176,27 @@ pub struct SchedulerConfig {
     pub class: Option<SamplerKind>,
     /// `_class_name` as written, implemented or not (for messages).
     pub class_name: Option<String>,
+    /// `num_train_timesteps`: T, the training timesteps (1000 for SD).
     pub num_train_timesteps: usize,
     /// β per training timestep, as torch computes them (f32), after the zero-terminal-SNR
     /// rescale when `rescale_betas_zero_snr` is set (the last β is then 1).
     pub betas: Vec<f32>,
     /// `rescale_betas_zero_snr`: the betas are rescaled so that the last ᾱ is 0.
     pub rescale_betas_zero_snr: bool,
+    /// `prediction_type`: what the model predicts.
     pub prediction_type: Prediction,
     /// None: the sampler's own default (linspace for Euler, leading otherwise).
     pub timestep_spacing: Option<Spacing>,
+    /// `steps_offset`: added to every leading-spaced timestep (1 for SD).
     pub steps_offset: usize,
     /// None: the sampler's default (on for DDPM and DDIM).
     pub clip_sample: Option<bool>,
+    /// `clip_sample_range`: the bound of x₀'s clipping when `clip_sample` is on.
     pub clip_sample_range: f32,
     /// None: the sampler's default (true for DDIM, false for PNDM).
     pub set_alpha_to_one: Option<bool>,
+    /// `use_karras_sigmas`: Karras et al.'s σ spacing (ρ = 7) for the σ-parameterised
+    /// samplers.
     pub use_karras_sigmas: bool,
     /// `solver_order` of DPM-Solver and UniPC (1 or 2 implemented).
     pub dpm_solver_order: usize,
@@ -213,6 +245,8 @@ impl SchedulerConfig {
         Self::from_json_str(&text, &file.display().to_string())
     }
 
+    /// Parses and validates a config's JSON text (`origin` names it in errors); Python's bare
+    /// `Infinity`/`NaN` are read as diffusers writes them.
     pub fn from_json_str(text: &str, origin: &str) -> Result<Self> {
         // Python's json module writes non-finite floats as bare `Infinity`/`NaN` (DPM-Solver's
         // `lambda_min_clipped: -Infinity`); they are read as marked strings, so a NaN is never

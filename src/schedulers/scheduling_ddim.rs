@@ -5,6 +5,7 @@ use super::{axpby, NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `DDIMScheduler`: the DDIM update with eta-scaled noise.
 pub struct DdimScheduler {
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
@@ -16,6 +17,7 @@ pub struct DdimScheduler {
 }
 
 impl DdimScheduler {
+    /// The sampler for `cfg` over `steps` model calls, with DDIM's `eta` (0 to 1).
     pub fn new(cfg: &SchedulerConfig, steps: usize, eta: f32) -> Result<Self> {
         cfg.validate()?;
         super::check_eta(eta)?;

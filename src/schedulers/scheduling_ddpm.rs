@@ -6,6 +6,7 @@ use super::{axpby, NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `DDPMScheduler`: ancestral sampling with the `fixed_small` posterior variance.
 pub struct DdpmScheduler {
     alphas_cumprod: Vec<f32>,
     timesteps: Vec<f32>,
@@ -14,6 +15,7 @@ pub struct DdpmScheduler {
 }
 
 impl DdpmScheduler {
+    /// The sampler for `cfg` over `steps` model calls.
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.validate()?;
         cfg.refuse_zero_snr("DDPM")?;

@@ -10,6 +10,8 @@ use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `DPMSolverMultistepScheduler`: DPM-Solver++ of order 1 or 2, deterministic
+/// (`dpmsolver++`) or stochastic (`sde-dpmsolver++`).
 pub struct DpmSolverMultistepScheduler {
     /// σ per call, then 0.
     sigmas: Vec<f32>,
@@ -152,6 +154,7 @@ impl DpmSolverMultistepScheduler {
         })
     }
 
+    /// The σ of each step, then the final one (diffusers' `scheduler.sigmas`).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }

@@ -8,6 +8,8 @@ use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `EulerAncestralDiscreteScheduler`: an Euler step to σ_down, then fresh noise
+/// of σ_up.
 pub struct EulerAncestralScheduler {
     /// σ per call, then a final 0.
     sigmas: Vec<f32>,
@@ -17,6 +19,7 @@ pub struct EulerAncestralScheduler {
 }
 
 impl EulerAncestralScheduler {
+    /// The sampler for `cfg` over `steps` model calls.
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         if cfg.prediction_type == Prediction::Sample {
             // diffusers raises NotImplementedError for it.

@@ -6,6 +6,7 @@ use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `EulerDiscreteScheduler`: Euler steps in σ (Karras et al.'s sampler).
 pub struct EulerScheduler {
     /// σ per call, then a final 0.
     sigmas: Vec<f32>,
@@ -91,6 +92,7 @@ impl DiscreteSigmas {
 }
 
 impl EulerScheduler {
+    /// The sampler for `cfg` over `steps` model calls.
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let s = DiscreteSigmas::new("Euler", cfg, steps, cfg.use_karras_sigmas)?;
         Ok(EulerScheduler {
@@ -101,6 +103,7 @@ impl EulerScheduler {
         })
     }
 
+    /// The σ of each step, then the final 0 (diffusers' `scheduler.sigmas`).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }

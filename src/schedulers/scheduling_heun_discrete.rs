@@ -8,6 +8,7 @@ use super::{NoiseSource, Sampler};
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+/// diffusers' `HeunDiscreteScheduler`: Heun's second-order method in σ.
 pub struct HeunScheduler {
     /// [σ0, σ1, σ1, …, σ_{N−1}, σ_{N−1}, 0].
     sigmas: Vec<f32>,
@@ -21,6 +22,7 @@ pub struct HeunScheduler {
 }
 
 impl HeunScheduler {
+    /// The sampler for `cfg` over `steps` steps (2 × steps − 1 model calls).
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.refuse_zero_snr("Heun")?;
         let s = DiscreteSigmas::new("Heun", cfg, steps, cfg.use_karras_sigmas)?;

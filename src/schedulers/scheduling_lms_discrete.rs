@@ -13,6 +13,7 @@ use crate::tensor::Tensor;
 /// diffusers' default `order` of `step`.
 pub const LMS_ORDER: usize = 4;
 
+/// diffusers' `LMSDiscreteScheduler`: linear multistep in σ, order 4.
 pub struct LmsScheduler {
     /// σ per call, then a final 0.
     sigmas: Vec<f32>,
@@ -56,6 +57,7 @@ pub fn lms_coefficient(sigmas: &[f32], order: usize, i: usize, j: usize) -> f64 
 }
 
 impl LmsScheduler {
+    /// The sampler for `cfg` over `steps` model calls.
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.refuse_zero_snr("LMS")?;
         let s = DiscreteSigmas::new("LMS", cfg, steps, cfg.use_karras_sigmas)?;

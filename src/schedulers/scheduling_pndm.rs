@@ -9,6 +9,8 @@ use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `PNDMScheduler`: pseudo numerical methods (PLMS, after an optional PRK
+/// warm-up).
 pub struct PndmScheduler {
     alphas_cumprod: Vec<f32>,
     final_alpha_cumprod: f32,
@@ -29,6 +31,8 @@ pub struct PndmScheduler {
 }
 
 impl PndmScheduler {
+    /// The sampler for `cfg` over `steps` steps (its `timesteps` list the model calls, repeats
+    /// included).
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.validate()?;
         cfg.refuse_zero_snr("PNDM")?;

@@ -12,6 +12,7 @@ use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// diffusers' `UniPCMultistepScheduler`: the UniP predictor and UniC corrector (bh2).
 pub struct UniPcScheduler {
     /// σ per call, then 0.
     sigmas: Vec<f32>,
@@ -71,6 +72,7 @@ fn phi_coefficients(hh: f32, order: usize) -> (f32, f32, Vec<f32>) {
 }
 
 impl UniPcScheduler {
+    /// The sampler for `cfg` over `steps` model calls.
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         cfg.validate()?;
         if !(1..=2).contains(&cfg.dpm_solver_order) {
