@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README and of CI: installs NVRTC and ptxas into .cache/cuda (once; see
-# tools/cuda_toolchain.sh), builds the workspace (the PTX executor's libraries among it), then
-# checks the public API's documentation, then runs every test in release mode with FREELUNCH_DEVICE=emu: the GPU suites (tests/gpu_*.rs, the
-# sampler loops on the GPU) run the CUDA backend on the PTX executor, with its checks on, and
+# tools/cuda_toolchain.sh), builds the workspace (the PTX executor's libraries among it), checks
+# that every public item is documented, then runs every test in release mode with
+# FREELUNCH_DEVICE=emu: the GPU suites (tests/gpu_*.rs, the sampler loops on the GPU) run the CUDA backend on the PTX executor, with its checks on, and
 # fail rather than skip; the kernel test fails rather than skips if NVRTC or ptxas is missing.
 # Arguments go to `cargo test`.
 set -euo pipefail
