@@ -333,8 +333,8 @@ impl BoosterArgs {
         if let Some(step) = self.mask_step {
             if sampling {
                 return Err(msg(format!(
-                    "--mask-step {step}: `sample` gives each call its own step (call i uses \
-                     step i); --mask-step is for `forward`"
+                    "--mask-step {step}: `sample` gives each call its sampler step (all calls \
+                     of one step share it); --mask-step is for `forward`"
                 )));
             }
             if self.masks.is_none() && self.mask_generator.is_none() {

@@ -217,3 +217,53 @@ fn per_sample_masks_serve_both_halves_of_a_guided_batch() {
     assert_eq!(per_sample, explicit);
     assert_ne!(per_sample, run(None));
 }
+
+/// Per-step masks follow the sampler's steps, not its model calls: Heun's and PNDM's steps take
+/// several calls, and every call of a step sees that step (so N-step masks serve N steps).
+#[test]
+fn mask_steps_follow_sampler_steps() {
+    use freelunch::models::Denoiser;
+    use freelunch::UNetInputs;
+    use std::sync::Mutex;
+    struct Recorder(Mutex<Vec<usize>>);
+    impl Denoiser for Recorder {
+        fn forward_with(&self, x: &UNetInputs, b: &Boosters) -> freelunch::Result<Tensor> {
+            self.0.lock().unwrap().push(b.mask_step);
+            let mut out = x.sample.clone();
+            out.data_mut().iter_mut().for_each(|v| *v *= 0.1);
+            Ok(out)
+        }
+    }
+    let steps_of = |class: &str, extra: &str, steps: usize| {
+        let json = format!(
+            r#"{{"_class_name": "{class}", "beta_schedule": "scaled_linear",
+                "beta_start": 0.00085, "beta_end": 0.012{extra}}}"#
+        );
+        let cfg = SchedulerConfig::from_json_str(&json, "test").unwrap();
+        let mut s = schedulers::build(cfg.class.unwrap(), &cfg, steps, 0.0).unwrap();
+        let calls = s.timesteps().len();
+        let model = Recorder(Mutex::new(Vec::new()));
+        let opts = SampleOptions {
+            guidance: None,
+            conditioning: Default::default(),
+            boosters: Boosters::default(),
+            on_step: None,
+        };
+        let noise = Tensor::randn([1, 3, 8, 8], 1);
+        schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(0)).unwrap();
+        let seen = model.0.into_inner().unwrap();
+        assert_eq!(seen.len(), calls);
+        seen
+    };
+    assert_eq!(
+        steps_of("HeunDiscreteScheduler", "", 4),
+        [0, 0, 1, 1, 2, 2, 3]
+    );
+    assert_eq!(
+        steps_of("PNDMScheduler", r#", "skip_prk_steps": true"#, 4),
+        [0, 0, 1, 2, 3]
+    );
+    let prk = steps_of("PNDMScheduler", r#", "skip_prk_steps": false"#, 5);
+    assert_eq!(prk, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4]);
+    assert_eq!(steps_of("EulerDiscreteScheduler", "", 3), [0, 1, 2]);
+}

@@ -2,8 +2,9 @@
 # The test command of the README and of CI: installs NVRTC and ptxas into .cache/cuda (once; see
 # tools/cuda_toolchain.sh), builds the workspace (the PTX executor's libraries among it), checks
 # that every public item is documented, then runs every test in release mode with
-# FREELUNCH_DEVICE=emu: the GPU suites (tests/gpu_*.rs, the sampler loops on the GPU) run the CUDA backend on the PTX executor, with its checks on, and
-# fail rather than skip; the kernel test fails rather than skips if NVRTC or ptxas is missing.
+# FREELUNCH_DEVICE=emu: the GPU suites (tests/gpu_*.rs, the sampler loops on the GPU) run the CUDA
+# backend on the PTX executor, with its checks on, and fail rather than skip; the kernel test
+# fails rather than skips if NVRTC or ptxas is missing.
 # Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

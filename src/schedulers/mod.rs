@@ -76,6 +76,11 @@ pub trait Sampler: Send {
     fn sigmas(&self) -> Option<&[f32]> {
         None
     }
+    /// The sampler step model call `call` belongs to (what per-step masks are indexed by): the
+    /// call itself for one-call-per-step samplers; Heun's and PNDM's steps take several calls.
+    fn step_of_call(&self, call: usize) -> usize {
+        call
+    }
     /// The scale of the initial noise (1 for the DDPM-parameterised samplers).
     fn init_noise_sigma(&self) -> f32 {
         1.0
@@ -216,7 +221,8 @@ pub fn sample(
             ));
         }
         let inputs = context.inputs(scaled, t);
-        boosters.mask_step = i;
+        // Per-step masks follow the sampler's steps: all calls of one step share its masks.
+        boosters.mask_step = sampler.step_of_call(i);
         let out = model.forward_with(&inputs, &boosters).map_err(in_step)?;
         if let Some((k, v)) = first_non_finite(out.data()) {
             return Err(at(

@@ -53,6 +53,12 @@ impl Sampler for HeunScheduler {
         &self.timesteps
     }
 
+    /// Step k evaluates σ_k and then σ_{k+1} (calls 2k and 2k + 1); the last step is first
+    /// order (one call).
+    fn step_of_call(&self, call: usize) -> usize {
+        call / 2
+    }
+
     fn sigmas(&self) -> Option<&[f32]> {
         Some(&self.sigmas)
     }

@@ -209,6 +209,23 @@ impl Sampler for PndmScheduler {
         &self.timesteps
     }
 
+    /// PRK's steps take 4 calls each; PLMS' first step takes 2 (its two stages), the rest one.
+    fn step_of_call(&self, call: usize) -> usize {
+        if call < self.prk_calls {
+            call / 4
+        } else {
+            let prk_steps = self.prk_calls / 4;
+            let plms = call - self.prk_calls;
+            // Without the warm-up, PLMS' first step is two-stage; after it, PLMS steps are one
+            // call each (the history is already there).
+            if self.prk_calls == 0 {
+                plms.saturating_sub(1)
+            } else {
+                prk_steps + plms
+            }
+        }
+    }
+
     fn step(
         &mut self,
         output: &Tensor,
