@@ -787,17 +787,22 @@ fn load_reporting_unused(dir: &std::path::Path, opts: &LoadOptions) -> freelunch
         .map(|m| m.len())
         .sum();
     // Shown only on a terminal (indicatif draws nothing otherwise).
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!(
-        "loading {} ({:.2} GB in {} file{})",
+    let bar = indicatif::ProgressBar::new(bytes);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading {msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .expect("a valid template"),
+    );
+    bar.set_message(format!(
+        "{} ({} file{})",
         files.dir.display(),
-        bytes as f64 / 1e9,
         files.weights.len(),
         if files.weights.len() == 1 { "" } else { "s" }
     ));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    let loaded = Checkpoint::load_keeping(&files.weights, opts.keep)
+    let loaded = Checkpoint::load_reporting(&files.weights, opts.keep, &mut |b| bar.inc(b))
         .and_then(|mut ckpt| Ok((UNet::load(config, &mut ckpt)?, ckpt)));
-    spinner.finish_and_clear();
+    bar.finish_and_clear();
     let (unet, ckpt) = loaded?;
     let unused = ckpt.remaining();
     if !unused.is_empty() {

@@ -100,6 +100,16 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, StoredTensor>> {
 /// As `load`, keeping f16 or bf16 tensors of type `keep` as stored (`Tensor::stored_half`) for a
 /// device that computes in that type.
 pub fn load_keeping(path: &Path, keep: Option<HalfType>) -> Result<BTreeMap<String, StoredTensor>> {
+    load_reporting(path, keep, &mut |_| {})
+}
+
+/// As `load_keeping`, calling `loaded` with each tensor's stored bytes once it is built (a
+/// progress bar's feed).
+pub fn load_reporting(
+    path: &Path,
+    keep: Option<HalfType>,
+    loaded: &mut dyn FnMut(u64),
+) -> Result<BTreeMap<String, StoredTensor>> {
     let map = map_file(path)?;
     let origin = path.display().to_string();
     let st = deserialize(&map, &origin)?;
@@ -122,6 +132,7 @@ pub fn load_keeping(path: &Path, keep: Option<HalfType>) -> Result<BTreeMap<Stri
                 msg: format!("tensor `{name}`: {msg}"),
             }),
         }?;
+        loaded(raw.len() as u64);
         out.insert(
             name,
             StoredTensor {

@@ -267,10 +267,20 @@ impl Checkpoint {
 
     /// As `load`, keeping tensors stored as `keep` in that type (see `LoadOptions::keep`).
     pub fn load_keeping(files: &[PathBuf], keep: Option<crate::tensor::HalfType>) -> Result<Self> {
+        Self::load_reporting(files, keep, &mut |_| {})
+    }
+
+    /// As `load_keeping`, calling `loaded` with each tensor's stored bytes as it is read (a
+    /// progress bar's feed; the files' sizes are the total, less their headers).
+    pub fn load_reporting(
+        files: &[PathBuf],
+        keep: Option<crate::tensor::HalfType>,
+        loaded: &mut dyn FnMut(u64),
+    ) -> Result<Self> {
         let mut tensors = BTreeMap::new();
         let mut source: BTreeMap<String, &Path> = BTreeMap::new();
         for file in files {
-            for (name, stored) in safetensors_io::load_keeping(file, keep)? {
+            for (name, stored) in safetensors_io::load_reporting(file, keep, loaded)? {
                 if !stored.dtype.is_float() {
                     return Err(Error::weight(
                         &name,
