@@ -49,16 +49,15 @@ pub struct LoadOptions {
 }
 
 /// The weight files a variant may have in a folder, in the order diffusers tries them: one file,
-/// then a sharded index as `save_pretrained` names it now (`….safetensors.index.<v>.json`), then
-/// the index naming of diffusers before 0.28 (`….safetensors.<v>.index.json`).
-fn candidates(variant: Option<&str>) -> [String; 3] {
+/// then a sharded index as `save_pretrained` names it now (`….safetensors.index.<v>.json`), then,
+/// for a variant, the index naming of diffusers before 0.28 (`….safetensors.<v>.index.json`).
+fn candidates(variant: Option<&str>) -> Vec<String> {
     match variant {
-        None => [
+        None => vec![
             format!("{WEIGHT_STEM}.safetensors"),
             format!("{WEIGHT_STEM}.safetensors.index.json"),
-            format!("{WEIGHT_STEM}.safetensors.index.json"),
         ],
-        Some(v) => [
+        Some(v) => vec![
             format!("{WEIGHT_STEM}.{v}.safetensors"),
             format!("{WEIGHT_STEM}.safetensors.index.{v}.json"),
             format!("{WEIGHT_STEM}.safetensors.{v}.index.json"),
@@ -145,27 +144,23 @@ impl ModelFiles {
             }
         }
         let found = |variant: Option<&str>| -> Result<Option<Vec<PathBuf>>> {
-            let [single, index, legacy] = candidates(variant);
-            if dir.join(&single).is_file() {
-                return Ok(Some(vec![dir.join(single)]));
+            let names = candidates(variant);
+            if dir.join(&names[0]).is_file() {
+                return Ok(Some(vec![dir.join(&names[0])]));
             }
-            for index in [index, legacy] {
-                if dir.join(&index).is_file() {
-                    return shard_files(&dir.join(index)).map(Some);
-                }
+            match names[1..].iter().find(|index| dir.join(index).is_file()) {
+                Some(index) => shard_files(&dir.join(index)).map(Some),
+                None => Ok(None),
             }
-            Ok(None)
         };
         let present = variants_in(&dir);
         let mut chosen = variant.map(str::to_string);
         let weights = match variant {
             Some(v) => found(Some(v))?.ok_or_else(|| {
                 Error::Msg(format!(
-                    "{}: no weights of variant `{v}` (looked for {}, {} and {}); the folder has {}",
+                    "{}: no weights of variant `{v}` (looked for {}); the folder has {}",
                     dir.display(),
-                    candidates(Some(v))[0],
-                    candidates(Some(v))[1],
-                    candidates(Some(v))[2],
+                    candidates(Some(v)).join(", "),
                     describe_variants(&dir, &present)
                 ))
             })?,
@@ -202,7 +197,7 @@ impl ModelFiles {
 }
 
 fn describe_variants(dir: &Path, present: &[String]) -> String {
-    let full = candidates(None)[..2].iter().any(|f| dir.join(f).is_file());
+    let full = candidates(None).iter().any(|f| dir.join(f).is_file());
     let mut parts: Vec<String> = Vec::new();
     if full {
         parts.push("full-precision weights".into());

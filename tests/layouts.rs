@@ -59,8 +59,9 @@ fn assert_close(case: &str, got: &Tensor, want: &Tensor) {
     assert!(err <= 1e-5, "{case}: rel L2 {err:.3e} from diffusers");
 }
 
-/// The CLI's `forward` on the layout inputs, with `HF_HUB_CACHE` at the fixture cache.
-fn cli_forward(args: &[&str]) -> std::process::Output {
+/// The CLI's `forward` on the layout inputs, with `HF_HUB_CACHE` at the fixture cache: its
+/// process output, and where it was told to write.
+fn cli_forward_to(args: &[&str]) -> (std::process::Output, PathBuf) {
     let out = scratch("layout").join("out.safetensors");
     let o = Command::new(freelunch_bin())
         .env("HF_HUB_CACHE", layouts().join("hub"))
@@ -73,7 +74,11 @@ fn cli_forward(args: &[&str]) -> std::process::Output {
         .arg(&out)
         .output()
         .unwrap();
-    o
+    (o, out)
+}
+
+fn cli_forward(args: &[&str]) -> std::process::Output {
+    cli_forward_to(args).0
 }
 
 /// Every layout loads the weights diffusers loads: through the library for folders, through the
@@ -107,18 +112,7 @@ fn every_layout_loads_what_diffusers_loads() {
         if let Some(r) = &c.revision {
             args.extend(["--revision", r]);
         }
-        let out = scratch("layout-cli").join("out.safetensors");
-        let o = Command::new(freelunch_bin())
-            .env("HF_HUB_CACHE", layouts().join("hub"))
-            .env_remove("HF_HOME")
-            .arg("forward")
-            .args(&args)
-            .arg("--input")
-            .arg(layouts().join("inputs.safetensors"))
-            .arg("--output")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let (o, out) = cli_forward_to(&args);
         assert!(
             o.status.success(),
             "{}: {}",

@@ -76,10 +76,6 @@ fn at_batch(name: &str, t: &Tensor, b: usize) -> Result<Tensor> {
     }
 }
 
-fn stack(u: &Tensor, c: &Tensor) -> Result<Tensor> {
-    super::concat_batch(u, c)
-}
-
 /// Whether `e` is about input `name`, renamed `to` (the unconditional half's checks).
 fn renamed(e: Error, to: &[(&str, &str)]) -> Error {
     match e {
@@ -226,7 +222,7 @@ impl Conditioning {
                 )
             })?;
         let both = |u: &Option<Tensor>, c: &Option<Tensor>| match (u, c) {
-            (Some(u), Some(c)) => stack(u, c).map(Some),
+            (Some(u), Some(c)) => super::concat_batch(u, c).map(Some),
             _ => Ok(None),
         };
         Ok(ModelConditioning {
