@@ -107,17 +107,17 @@ impl FromStr for DType {
     }
 }
 
-/// An opened device, ready to run models: [`Runnable::run`](crate::models::Runnable::run) takes
-/// one per call, and [`Placed`](crate::models::Placed) binds a model to one for the samplers.
+/// An opened device, ready to run models: [`UNet::on`](crate::UNet::on) places a model on it
+/// (models placed on one `Exec` share its context and stream).
 ///
 /// ```
 /// use freelunch::device::{DType, Device};
-/// use freelunch::models::{Denoiser, Placed};
+/// use freelunch::models::Denoiser;
 /// use freelunch::{Tensor, UNet, UNetInputs};
 ///
 /// let exec = Device::Cpu.open(DType::F32)?;
 /// let unet = UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?;
-/// let placed = Placed { model: unet, exec };
+/// let placed = unet.on(exec);
 /// let inputs = UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 250.0);
 /// let out = placed.forward_with(&inputs, &Default::default())?;
 /// assert_eq!(out.shape(), &[1, 3, 16, 16]);

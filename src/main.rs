@@ -12,7 +12,7 @@ use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::{DType, Device, Exec};
-use freelunch::models::{Placed, Runnable};
+use freelunch::models::Denoiser;
 use freelunch::schedulers::config::MAX_TRAIN_TIMESTEPS;
 use freelunch::schedulers::{
     self, Conditioning, SampleOptions, SamplerKind, SchedulerConfig, SeededNoise,
@@ -491,12 +491,13 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                         let router = Router::from_dirs(&dirs, route_timesteps)?;
                         loaded = started.elapsed().as_secs_f64();
                         let b = boosters.boosters(&router.experts()[0])?;
-                        router.run(&exec, &inputs, &b)?
+                        router.on(exec.clone()).forward_with(&inputs, &b)?
                     }
                     (Some(model), None) => {
                         let unet = load_reporting_unused(&model, &load.options(Some(&exec)))?;
                         loaded = started.elapsed().as_secs_f64();
-                        unet.run(&exec, &inputs, &boosters.boosters(&unet)?)?
+                        unet.on(exec.clone())
+                            .forward_with(&inputs, &boosters.boosters(&unet)?)?
                     }
                     (None, None) => unreachable!("clap requires --model or --route"),
                 };
@@ -700,7 +701,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     boosters: boosters.boosters(&unet)?,
                     on_step: Some(&mut tick),
                 };
-                let model = Placed { model: unet, exec };
+                let model = unet.on(exec);
                 let out =
                     schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(seed));
                 bar.finish_and_clear();

@@ -553,6 +553,16 @@ impl Tensor {
         }
     }
 
+    /// The mapped checkpoint bytes this tensor reads its values from (f32 in place, or 16-bit
+    /// kept as stored), for releasing their pages once they are no longer needed on the host.
+    pub(crate) fn mapped_bytes(&self) -> Option<(Arc<Mapping>, Range<usize>)> {
+        match &self.data {
+            Storage::Mapped(map, bytes) => Some((map.clone(), bytes.clone())),
+            Storage::Half(h) => Some((h.map.clone(), h.bytes.clone())),
+            Storage::Owned(_) => None,
+        }
+    }
+
     /// Whether the values are read in place from a mapped file (no copy of them exists).
     pub fn is_mapped(&self) -> bool {
         matches!(&self.data, Storage::Mapped(..))

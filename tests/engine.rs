@@ -267,3 +267,174 @@ fn mask_steps_follow_sampler_steps() {
     assert_eq!(prk, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 4]);
     assert_eq!(steps_of("EulerDiscreteScheduler", "", 3), [0, 1, 2]);
 }
+
+/// Calls `model` through the one run trait, whatever holds it.
+fn call(model: impl freelunch::models::Denoiser, inputs: &freelunch::UNetInputs) -> Tensor {
+    model.forward_with(inputs, &Boosters::default()).unwrap()
+}
+
+/// One loaded model serves every holder (`&M`, `Arc<M>`, `Box<M>`), and handles placed with
+/// threads of their own share its weights and compute what it computes.
+#[test]
+fn one_model_runs_through_one_trait_whoever_holds_it() {
+    use std::sync::Arc;
+    let unet = Arc::new(UNet::from_dir(&fixture("ddpm_basic")).unwrap());
+    let inputs = freelunch::UNetInputs::new(Tensor::randn([2, 3, 16, 16], 3), 400.0);
+    let by_ref = call(&*unet, &inputs);
+    assert_eq!(call(Arc::clone(&unet), &inputs), by_ref);
+    assert_eq!(
+        call(Box::new(unet.on(freelunch::device::Exec::Cpu)), &inputs),
+        by_ref
+    );
+    for threads in [1, 3] {
+        let own = unet
+            .to(Device::Cpu, DType::F32)
+            .unwrap()
+            .with_threads(threads)
+            .unwrap();
+        assert_eq!(own.placement().threads(), threads);
+        own.warm_up().unwrap();
+        let out = call(&own, &inputs);
+        assert!(
+            out.rel_l2(&by_ref) < 1e-6,
+            "{threads} threads: {}",
+            out.rel_l2(&by_ref)
+        );
+    }
+    // Placement is per handle: the CPU cannot hold f16, and saying so is an error, not a panic.
+    assert!(matches!(
+        unet.to(Device::Cpu, DType::F16),
+        Err(Error::DeviceUnavailable { .. })
+    ));
+}
+
+/// On a GPU (the PTX executor in CI) a placed model's weights go up at `warm_up`, its calls
+/// match the CPU, `unload` frees them (and the next call uploads them again), and dropping the
+/// last handle frees them too.
+#[test]
+fn a_placed_model_uploads_at_warm_up_and_frees_its_weights_when_unloaded_or_dropped() {
+    let device = match Device::from_env().unwrap() {
+        Some(d) => d,
+        None if freelunch::cuda::device_count() == 0 => {
+            println!("skipped: no CUDA device");
+            return;
+        }
+        None => Device::Cuda(0),
+    };
+    let exec = device.open(DType::F32).unwrap();
+    let freelunch::device::Exec::Cuda(gpu) = &exec else {
+        panic!("{device:?} opened as the CPU");
+    };
+    let unet = UNet::from_dir(&fixture("ddpm_basic")).unwrap();
+    let inputs = freelunch::UNetInputs::new(Tensor::randn([1, 3, 16, 16], 4), 700.0);
+    let on_cpu = call(&unet, &inputs);
+    assert_eq!(gpu.resident_layers(), 0);
+    let placed = unet.on(exec.clone());
+    placed.warm_up().unwrap();
+    let uploaded = gpu.resident_layers();
+    assert!(
+        uploaded > 10,
+        "{uploaded} layers on the device after warm_up"
+    );
+    let out = call(&placed, &inputs);
+    assert_eq!(
+        gpu.resident_layers(),
+        uploaded,
+        "a call after warm_up uploads nothing"
+    );
+    assert!(out.rel_l2(&on_cpu) < 1e-4, "{}", out.rel_l2(&on_cpu));
+    placed.unload();
+    assert_eq!(gpu.resident_layers(), 0);
+    assert_eq!(call(&placed, &inputs), out);
+    assert_eq!(gpu.resident_layers(), uploaded);
+    // A second model on the same device keeps its own copies; dropping the first model (every
+    // handle of it) frees only the first's.
+    let other = UNet::from_dir(&fixture("ddpm_basic"))
+        .unwrap()
+        .on(exec.clone());
+    other.warm_up().unwrap();
+    assert_eq!(gpu.resident_layers(), 2 * uploaded);
+    drop(placed);
+    assert_eq!(
+        gpu.resident_layers(),
+        2 * uploaded,
+        "`unet` still holds the weights"
+    );
+    drop(unet);
+    assert_eq!(gpu.resident_layers(), uploaded);
+    assert_eq!(call(&other, &inputs), out);
+}
+
+/// A random-weight checkpoint of `config` (a diffusers config.json) written to `dir`.
+fn write_random_checkpoint(dir: &std::path::Path, config: &str) {
+    struct Random(Vec<(String, Tensor)>, u64);
+    impl freelunch::weights::WeightSource for Random {
+        fn take(&mut self, name: &str, shape: &[usize]) -> freelunch::Result<Tensor> {
+            self.1 += 1;
+            let r = Tensor::randn(shape.to_vec(), self.1);
+            let t = Tensor::new(shape.to_vec(), r.data().iter().map(|v| v * 0.05).collect())?;
+            self.0.push((name.to_string(), t.clone()));
+            Ok(t)
+        }
+        fn has(&self, _: &str) -> bool {
+            false
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let cfg = freelunch::UNetConfig::from_json_str(config, "test").unwrap();
+    let mut random = Random(Vec::new(), 0);
+    UNet::load(cfg, &mut random).unwrap();
+    let named: Vec<(&str, &Tensor)> = random.0.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    freelunch::safetensors_io::save(&dir.join("diffusion_pytorch_model.safetensors"), &named)
+        .unwrap();
+}
+
+/// Resident kB of this process's maps of `file`, from /proc/self/smaps (exact per mapping,
+/// whatever other threads allocate).
+fn resident_kb_of(file: &std::path::Path) -> u64 {
+    let file = file.canonicalize().unwrap();
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut total = 0;
+    let mut in_file = false;
+    for line in smaps.lines() {
+        let mut cols = line.split_whitespace();
+        match cols.next() {
+            Some(range) if range.contains('-') && !range.ends_with(':') => {
+                in_file = cols.nth(4).is_some_and(|p| std::path::Path::new(p) == file);
+            }
+            Some("Rss:") if in_file => total += cols.next().unwrap().parse::<u64>().unwrap(),
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Weights read in place from a mapped checkpoint become resident as a call reads them, and
+/// `release_host_memory` hands those pages back (the next call reads them again, unchanged).
+#[test]
+#[cfg(target_os = "linux")]
+fn release_host_memory_gives_back_the_mapped_weight_pages() {
+    let dir = common::scratch("release_host_memory");
+    let config = std::fs::read_to_string(fixture("ddpm_basic/config.json"))
+        .unwrap()
+        .replace("16,\n    32,\n    32", "64,\n    128,\n    128");
+    write_random_checkpoint(&dir, &config);
+    let weights = dir.join("diffusion_pytorch_model.safetensors");
+    let file_kb = std::fs::metadata(&weights).unwrap().len() / 1024;
+    let unet = UNet::from_dir(&dir).unwrap();
+    let inputs = freelunch::UNetInputs::new(Tensor::randn([1, 3, 16, 16], 6), 10.0);
+    let before = call(&unet, &inputs);
+    let used = resident_kb_of(&weights);
+    assert!(
+        used > file_kb * 9 / 10,
+        "{used} kB of {file_kb} kB resident after a call"
+    );
+    unet.release_host_memory();
+    let left = resident_kb_of(&weights);
+    assert!(
+        left < file_kb / 20,
+        "{left} kB of {file_kb} kB still resident"
+    );
+    assert_eq!(call(&unet, &inputs), before);
+}

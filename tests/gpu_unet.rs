@@ -7,7 +7,6 @@ mod common;
 use common::goldens::{self, Golden, Models};
 use common::gpu::{gpus, tolerance};
 use freelunch::device::Exec;
-use freelunch::models::Runnable;
 
 fn check_all(test: &str, cases: impl FnOnce(&mut Models) -> Vec<Golden>) {
     let devices = gpus(test);
@@ -22,7 +21,7 @@ fn check_all(test: &str, cases: impl FnOnce(&mut Models) -> Vec<Golden>) {
         let unet = models.get(&g.model);
         for (dt, gpu) in devices {
             let exec = Exec::Cuda(gpu.clone());
-            match unet.run(&exec, &g.inputs, &g.boosters) {
+            match unet.on(exec).forward_with(&g.inputs, &g.boosters) {
                 Ok(out) => {
                     let err = out.rel_l2(&g.expected);
                     let nan = out.data().iter().any(|v| !v.is_finite());

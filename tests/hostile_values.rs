@@ -360,7 +360,7 @@ fn the_gpu_path_names_the_first_non_finite_layer() {
     };
     let exec = device.open(freelunch::device::DType::F32).unwrap();
     let run = |unet: &UNet, x: &UNetInputs| {
-        freelunch::models::Runnable::run(unet, &exec, x, &Boosters::default())
+        freelunch::models::Denoiser::forward_with(&unet.on(exec.clone()), x, &Boosters::default())
             .unwrap_err()
             .to_string()
     };

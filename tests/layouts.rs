@@ -330,7 +330,6 @@ fn a_kept_half_weight_that_is_infinite_is_refused() {
 fn kept_half_weights_run_on_the_gpu_as_widened_ones() {
     use common::gpu::gpus;
     use freelunch::device::{DType, Exec};
-    use freelunch::models::Runnable;
     let devices = gpus("kept_half_weights_run_on_the_gpu_as_widened_ones");
     let inputs = UNetInputs::load(&layouts().join("inputs.safetensors")).unwrap();
     let dir = layouts().join("variants");
@@ -349,8 +348,8 @@ fn kept_half_weights_run_on_the_gpu_as_widened_ones() {
         let widened = UNet::from_pretrained(&dir, &opts(None)).unwrap();
         let exec = Exec::Cuda(gpu.clone());
         let b = freelunch::boosters::Boosters::default();
-        let a = kept.run(&exec, &inputs, &b).unwrap();
-        let w = widened.run(&exec, &inputs, &b).unwrap();
+        let a = kept.on(exec.clone()).forward_with(&inputs, &b).unwrap();
+        let w = widened.on(exec).forward_with(&inputs, &b).unwrap();
         assert_eq!(a.data(), w.data(), "{dt:?}");
         let golden = if variant == "bf16" {
             "variant_bf16_sharded"

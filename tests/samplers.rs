@@ -8,7 +8,7 @@ use std::path::Path;
 use common::fixture;
 use freelunch::boosters::Boosters;
 use freelunch::device::Exec;
-use freelunch::models::{Denoiser, Placed};
+use freelunch::models::Denoiser;
 use freelunch::safetensors_io;
 use freelunch::schedulers::{
     sample, Conditioning, GivenNoise, SampleOptions, Sampler, SchedulerConfig, SeededNoise,
@@ -183,10 +183,7 @@ fn finish(
         boosters: Boosters::default(),
         on_step: None,
     };
-    let model = Placed {
-        model: unet,
-        exec: exec.clone(),
-    };
+    let model = unet.on(exec.clone());
     match perturb {
         None => sample(&model, sampler.as_mut(), &noise, opts, step_noise).unwrap(),
         Some(eps) => {

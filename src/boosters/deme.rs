@@ -12,7 +12,7 @@ use crate::config::UNetConfig;
 use crate::device::Exec;
 use crate::error::{Error, Result};
 use crate::models::unet_2d::{UNet, UNetInputs};
-use crate::models::{Denoiser, Runnable};
+use crate::models::Denoiser;
 use crate::safetensors_io;
 use crate::tensor::Tensor;
 use crate::weights::{Checkpoint, ModelFiles};
@@ -271,28 +271,38 @@ impl Router {
     }
 }
 
-impl Denoiser for Router {
-    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
-        self.run(&Exec::Cpu, inputs, boosters)
+impl Router {
+    /// The experts (sharing their weights with these) placed on an opened device: see
+    /// [`UNet::on`].
+    pub fn on(&self, exec: Exec) -> Self {
+        Router {
+            experts: self.experts.iter().map(|e| e.on(exec.clone())).collect(),
+            num_train_timesteps: self.num_train_timesteps,
+        }
     }
 
-    fn check(&self, inputs: &UNetInputs) -> Result<()> {
-        Runnable::check(self, inputs)
+    /// The experts placed on `device` in `dtype`: see [`UNet::to`].
+    pub fn to(&self, device: crate::device::Device, dtype: crate::device::DType) -> Result<Self> {
+        Ok(self.on(device.open(dtype)?))
     }
 }
 
-impl Runnable for Router {
+impl Denoiser for Router {
     /// The experts share one architecture (checked at load), so the first one's checks hold.
     fn check(&self, inputs: &UNetInputs) -> Result<()> {
-        Runnable::check(&self.experts[0], inputs)
+        self.experts[0].check(inputs)
     }
 
-    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+    fn warm_up(&self) -> Result<()> {
+        self.experts.iter().try_for_each(Denoiser::warm_up)
+    }
+
+    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         let b = inputs.sample.shape().first().copied().unwrap_or(0);
         let n_t = inputs.timesteps.len();
         if b == 0 || (n_t != 1 && n_t != b) {
             // Nothing to route by: the expert's own input checks say what is wrong.
-            return self.experts[0].run(exec, inputs, boosters);
+            return self.experts[0].forward_with(inputs, boosters);
         }
         let expert_of = |i: usize| {
             let t = if inputs.timesteps.len() == 1 {
@@ -304,7 +314,7 @@ impl Runnable for Router {
         };
         let first = expert_of(0);
         if (0..b).all(|i| expert_of(i) == first) {
-            return self.experts[first].run(exec, inputs, boosters);
+            return self.experts[first].forward_with(inputs, boosters);
         }
         // Samples served by different experts: run each expert on its samples, then reassemble.
         if boosters.masks.as_ref().is_some_and(|m| m.has_per_sample()) {
@@ -321,7 +331,7 @@ impl Runnable for Router {
             if idx.is_empty() {
                 continue;
             }
-            let y = self.experts[e].run(exec, &inputs.select(&idx)?, boosters)?;
+            let y = self.experts[e].forward_with(&inputs.select(&idx)?, boosters)?;
             let per = y.numel() / idx.len();
             if out.is_none() {
                 out_shape = y.shape().to_vec();

@@ -29,6 +29,27 @@ pub struct ParamCache {
     ffts: Mutex<HashMap<(usize, usize, usize), FftPlans>>,
 }
 
+impl ParamCache {
+    /// Drops the device copies of the layers `uids` (a model being unloaded); they are made
+    /// again on their next use.
+    pub(crate) fn evict(&self, uids: &[u64]) {
+        let uids: std::collections::HashSet<u64> = uids.iter().copied().collect();
+        self.layers
+            .lock()
+            .expect("cache")
+            .retain(|k, _| !uids.contains(k));
+        self.norms
+            .lock()
+            .expect("cache")
+            .retain(|k, _| !uids.contains(k));
+    }
+
+    /// How many layers' parameters are on the device.
+    pub(crate) fn resident(&self) -> usize {
+        self.layers.lock().expect("cache").len() + self.norms.lock().expect("cache").len()
+    }
+}
+
 struct LayerParams {
     w: CudaSlice<u8>,
     bias: Option<CudaSlice<f32>>,

@@ -210,6 +210,12 @@ impl Gpu {
         self.dtype
     }
 
+    /// How many layers' parameters are on the device now: uploaded on a layer's first use (or
+    /// by `warm_up`), evicted when their model is unloaded or dropped.
+    pub fn resident_layers(&self) -> usize {
+        self.cache.resident()
+    }
+
     /// The stream every kernel of this device runs on (for peers such as cuBLAS in benches).
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

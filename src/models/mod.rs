@@ -16,9 +16,12 @@ use crate::error::Result;
 use crate::tensor::Tensor;
 use unet_2d::UNetInputs;
 
-/// A noise-prediction network: one U-Net, routed DeMe experts, or an engine's own model.
+/// A noise-prediction network: one U-Net, routed DeMe experts, or an engine's own model. This is
+/// the one trait models run through: samplers take any `Denoiser`, and it is implemented for
+/// `&M`, `Box<M>` and `Arc<M>` of every `M` that has it, so one loaded model can be shared by
+/// threads and wrappers. A model runs where it was placed ([`UNet::to`](unet_2d::UNet2DConditionModel::to)).
 pub trait Denoiser: Send + Sync {
-    /// The model output for `inputs` with this call's boosters.
+    /// The model output for `inputs` with this call's boosters, as a host tensor.
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
 
     /// Checks `inputs` against the model without computing anything, so a sampling loop can
@@ -27,34 +30,89 @@ pub trait Denoiser: Send + Sync {
     fn check(&self, _inputs: &UNetInputs) -> Result<()> {
         Ok(())
     }
-}
 
-/// A model that can run on any execution device.
-pub trait Runnable: Send + Sync {
-    /// The model output for `inputs` on `exec` with this call's boosters (a host tensor, like
-    /// `Denoiser::forward_with`'s).
-    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor>;
-
-    /// As `Denoiser::check`.
-    fn check(&self, _inputs: &UNetInputs) -> Result<()> {
+    /// Does now what a first call would otherwise do on the way (uploading weights to the
+    /// device, compiling and loading kernels, widening 16-bit weights for the CPU), so the first
+    /// real call is as fast as the rest (default: nothing to do).
+    fn warm_up(&self) -> Result<()> {
         Ok(())
     }
 }
 
-/// A model bound to the device it runs on: what samplers take when the device is not the CPU.
-pub struct Placed<M> {
-    /// What runs: a `UNet`, DeMe's `Router`, or any other `Runnable`.
-    pub model: M,
-    /// The device every call of it runs on.
-    pub exec: Exec,
+macro_rules! forward_denoiser {
+    ($($ptr:ty),*) => {$(
+        impl<M: Denoiser + ?Sized> Denoiser for $ptr {
+            fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+                (**self).forward_with(inputs, boosters)
+            }
+
+            fn check(&self, inputs: &UNetInputs) -> Result<()> {
+                (**self).check(inputs)
+            }
+
+            fn warm_up(&self) -> Result<()> {
+                (**self).warm_up()
+            }
+        }
+    )*};
 }
 
-impl<M: Runnable> Denoiser for Placed<M> {
-    fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
-        self.model.run(&self.exec, inputs, boosters)
+forward_denoiser!(&M, Box<M>, std::sync::Arc<M>);
+
+/// Where a model runs: the device, and the CPU threads its calls may use.
+#[derive(Clone)]
+pub struct Placement {
+    /// The device every call runs on.
+    pub exec: Exec,
+    /// The model's own CPU thread pool (`with_threads`); `None` runs on the caller's pool
+    /// (rayon's global one unless the caller installed another).
+    pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Placement {
+            exec: Exec::Cpu,
+            pool: None,
+        }
+    }
+}
+
+impl Placement {
+    /// On `exec`, with the caller's threads.
+    pub fn on(exec: Exec) -> Self {
+        Placement { exec, pool: None }
     }
 
-    fn check(&self, inputs: &UNetInputs) -> Result<()> {
-        self.model.check(inputs)
+    /// As this one, with CPU work on a pool of `threads` threads of its own (0: the caller's).
+    pub fn with_threads(self, threads: usize) -> Result<Self> {
+        if threads == 0 {
+            return Ok(Placement { pool: None, ..self });
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("freelunch-{i}"))
+            .build()
+            .map_err(|e| crate::Error::Msg(format!("cannot start {threads} threads: {e}")))?;
+        Ok(Placement {
+            pool: Some(std::sync::Arc::new(pool)),
+            ..self
+        })
+    }
+
+    /// The CPU threads a call gets: the model's own, or the caller's.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
+    }
+
+    /// `f` on this placement's threads.
+    pub(crate) fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
     }
 }

@@ -9,19 +9,22 @@
 //! whose output holds a NaN or infinity; on the GPU the output is checked once downloaded.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
-use super::{Denoiser, Runnable};
+use super::{Denoiser, Placement};
 use crate::backend::{Backend, Cpu, Epilogue};
 use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
+use crate::cuda::Gpu;
 use crate::device::Exec;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Embedding, GroupNorm, LayerCtx};
 use crate::safetensors_io;
-use crate::tensor::Tensor;
+use crate::tensor::{Mapping, Tensor};
 use crate::weights::{Checkpoint, LoadOptions, ModelFiles, WeightSource};
 
 /// The inputs of one forward call, as diffusers' `UNet*.forward` takes them.
@@ -212,10 +215,21 @@ fn finite_input(path: &Path, name: &str, s: safetensors_io::StoredTensor) -> Res
 /// A diffusers U-Net with its weights: `UNet2DModel` and `UNet2DConditionModel` both load into
 /// this one type (alias [`UNet`]), built module by module with diffusers' names. Load once, then
 /// call it any number of times from any thread (`Send + Sync`, `forward` takes `&self`);
-/// boosters are per call. `forward` runs on the CPU; `Runnable::run` runs on any [`Exec`].
+/// boosters are per call. A loaded model runs on the CPU; [`to`](Self::to) places a handle on
+/// the same weights on another device (or with threads of its own), and every call of that
+/// handle runs there.
+#[derive(Clone)]
 pub struct UNet2DConditionModel {
     /// The config the network was built from (validated).
     pub config: UNetConfig,
+    /// The modules and their weights, shared by every placement of this model.
+    modules: Arc<Modules>,
+    /// Where this handle's calls run.
+    placement: Placement,
+}
+
+/// The network's modules, with diffusers' names.
+struct Modules {
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     class_embedding: Option<Embedding>,
@@ -231,6 +245,21 @@ pub struct UNet2DConditionModel {
     layers: BTreeMap<String, Vec<usize>>,
     /// DeMe's channel projections (`adapter_list.{k}`), when the checkpoint has them.
     adapters: Option<ChannelProjections>,
+    /// The keys of every layer's parameters, as device caches hold them.
+    uids: Vec<u64>,
+    /// The mapped checkpoint bytes the weights are read from in place.
+    mapped: Vec<(Arc<Mapping>, Range<usize>)>,
+    /// The GPUs this model was placed on, so dropping it frees its copies there.
+    gpus: Mutex<Vec<Weak<Gpu>>>,
+}
+
+impl Drop for Modules {
+    fn drop(&mut self) {
+        let gpus = self.gpus.get_mut().map(std::mem::take).unwrap_or_default();
+        for gpu in gpus.iter().filter_map(Weak::upgrade) {
+            gpu.cache.evict(&self.uids);
+        }
+    }
 }
 
 /// DeMe's bias-free 1×1 projections of the running sample (never of the skips): one after each
@@ -277,11 +306,15 @@ impl ChannelProjections {
 struct Recording<'a> {
     inner: &'a mut dyn WeightSource,
     layers: BTreeMap<String, Vec<usize>>,
+    mapped: Vec<(Arc<Mapping>, Range<usize>)>,
 }
 
 impl WeightSource for Recording<'_> {
     fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.inner.take(name, shape)?;
+        if let Some(bytes) = t.mapped_bytes() {
+            self.mapped.push(bytes);
+        }
         let is_layer = name.ends_with(".weight")
             && matches!(shape.len(), 2 | 4)
             && !name.starts_with("class_embedding");
@@ -350,19 +383,26 @@ impl UNet2DConditionModel {
         let mut rec = Recording {
             inner: ws,
             layers: BTreeMap::new(),
+            mapped: Vec::new(),
         };
-        let mut unet = Self::build(config, &mut rec)?;
-        unet.layers = rec.layers;
-        Ok(unet)
+        let (modules, uids) = crate::nn::taking_uids(|| Self::build(&config, &mut rec));
+        let mut modules = modules?;
+        modules.layers = rec.layers;
+        modules.mapped = rec.mapped;
+        modules.uids = uids;
+        Ok(UNet2DConditionModel {
+            config,
+            modules: Arc::new(modules),
+            placement: Placement::default(),
+        })
     }
 
     /// Linear and convolution weights by name, with their shapes: what a mask file may name.
     pub fn layers(&self) -> &BTreeMap<String, Vec<usize>> {
-        &self.layers
+        &self.modules.layers
     }
 
-    fn build(config: UNetConfig, ws: &mut dyn WeightSource) -> Result<Self> {
-        let cfg = &config;
+    fn build(cfg: &UNetConfig, ws: &mut dyn WeightSource) -> Result<Modules> {
         let c0 = cfg.levels[0].out_channels;
         let n = cfg.levels.len();
         let ted = cfg.time_embed_dim;
@@ -476,8 +516,7 @@ impl UNet2DConditionModel {
             (k_out - 1) / 2,
             true,
         )?;
-        Ok(UNet2DConditionModel {
-            config,
+        Ok(Modules {
             time_proj,
             time_embedding,
             class_embedding,
@@ -491,6 +530,9 @@ impl UNet2DConditionModel {
             conv_out,
             layers: BTreeMap::new(),
             adapters,
+            uids: Vec::new(),
+            mapped: Vec::new(),
+            gpus: Mutex::new(Vec::new()),
         })
     }
 
@@ -565,7 +607,7 @@ impl UNet2DConditionModel {
                 "given, but the model has no cross-attention to use it",
             ));
         }
-        match (&self.class_embedding, &x.class_labels) {
+        match (&self.modules.class_embedding, &x.class_labels) {
             (Some(_), None) => {
                 return Err(Error::input(
                     "class_labels",
@@ -635,6 +677,7 @@ impl UNet2DConditionModel {
     /// How many skips the encoder produces (`conv_in` + each down-block output).
     pub fn num_skips(&self) -> usize {
         1 + self
+            .modules
             .down_blocks
             .iter()
             .map(DownBlock2D::num_outputs)
@@ -688,24 +731,122 @@ impl UNet2DConditionModel {
     pub fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
         Denoiser::forward_with(self, inputs, boosters)
     }
+
+    /// [`Denoiser::warm_up`]: uploads the weights and loads the kernels now, so the first real
+    /// call is as fast as the rest.
+    pub fn warm_up(&self) -> Result<()> {
+        Denoiser::warm_up(self)
+    }
 }
 
 impl Denoiser for UNet2DConditionModel {
     fn forward_with(&self, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
-        self.run(&Exec::Cpu, inputs, boosters)
+        self.placement
+            .install(|| self.forward_on_exec(&self.placement.exec, inputs, boosters))
     }
 
     fn check(&self, inputs: &UNetInputs) -> Result<()> {
         self.check_inputs(inputs)
+    }
+
+    /// One forward call at the smallest input the model takes, its result dropped: every
+    /// weight is then on the device (or widened, on the CPU) and every kernel loaded.
+    fn warm_up(&self) -> Result<()> {
+        let inputs = self.smallest_inputs();
+        self.forward_with(&inputs, &Boosters::default()).map(drop)
     }
 }
 
-impl Runnable for UNet2DConditionModel {
-    fn check(&self, inputs: &UNetInputs) -> Result<()> {
-        self.check_inputs(inputs)
+impl UNet2DConditionModel {
+    /// This model (sharing its weights with `self`) placed on `device`, storing weights and
+    /// activations there in `dtype`: opens the device, uploads nothing yet ([`warm_up`] does,
+    /// else the first call). The CPU computes in f32 only.
+    ///
+    /// [`warm_up`]: Denoiser::warm_up
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use freelunch::device::{DType, Device};
+    /// use freelunch::models::Denoiser;
+    /// use freelunch::{Tensor, UNet, UNetInputs};
+    ///
+    /// let unet = Arc::new(UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?);
+    /// // Another handle on the same weights, with two CPU threads of its own.
+    /// let two = unet.to(Device::Cpu, DType::F32)?.with_threads(2)?;
+    /// two.warm_up()?;
+    /// let inputs = UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 250.0);
+    /// assert!(two.forward(&inputs)?.rel_l2(&unet.forward(&inputs)?) < 1e-6);
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
+    pub fn to(&self, device: crate::device::Device, dtype: crate::device::DType) -> Result<Self> {
+        Ok(self.on(device.open(dtype)?))
     }
 
-    fn run(&self, exec: &Exec, inputs: &UNetInputs, boosters: &Boosters) -> Result<Tensor> {
+    /// This model (sharing its weights with `self`) placed on an opened device, which models
+    /// placed on the same `Exec` share (one context, one stream).
+    pub fn on(&self, exec: Exec) -> Self {
+        if let Exec::Cuda(gpu) = &exec {
+            let mut gpus = self.modules.gpus.lock().unwrap_or_else(|p| p.into_inner());
+            gpus.retain(|g| g.strong_count() > 0);
+            if !gpus
+                .iter()
+                .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(gpu)))
+            {
+                gpus.push(Arc::downgrade(gpu));
+            }
+        }
+        UNet2DConditionModel {
+            placement: Placement {
+                exec,
+                ..self.placement.clone()
+            },
+            ..self.clone()
+        }
+    }
+
+    /// This handle with CPU work (the CPU backend's GEMMs, convolutions and attention, and the
+    /// host side of a GPU call) on a pool of `threads` threads of its own; 0 uses the caller's
+    /// (rayon's global pool unless the caller installed another).
+    pub fn with_threads(self, threads: usize) -> Result<Self> {
+        Ok(UNet2DConditionModel {
+            placement: self.placement.clone().with_threads(threads)?,
+            ..self
+        })
+    }
+
+    /// Where this handle's calls run.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// Frees this model's parameter copies on its device (a GPU; nothing on the CPU). The model
+    /// stays usable: a later call uploads them again. Dropping the last handle of a model frees
+    /// them on every GPU it was placed on.
+    pub fn unload(&self) {
+        if let Exec::Cuda(gpu) = &self.placement.exec {
+            gpu.cache.evict(&self.modules.uids);
+        }
+    }
+
+    /// Lets the memory-mapped checkpoint pages this model's weights are read from leave the
+    /// process's resident memory: once the weights are on a GPU (after `warm_up`), the host
+    /// needs them no more. Nothing is lost: the pages stay in the OS page cache and a later read
+    /// (a CPU call, an upload to another device) faults them back in. Weights the loader copied
+    /// (f32 where the file was not aligned, 16-bit widened at load) are not mapped and stay.
+    pub fn release_host_memory(&self) {
+        for (map, bytes) in &self.modules.mapped {
+            map.release(bytes.clone());
+        }
+    }
+
+    /// The model output for `inputs` on `exec` (a host tensor).
+    fn forward_on_exec(
+        &self,
+        exec: &Exec,
+        inputs: &UNetInputs,
+        boosters: &Boosters,
+    ) -> Result<Tensor> {
         match exec {
             Exec::Cpu => self.forward_on(&Cpu, inputs, boosters),
             Exec::Cuda(gpu) => {
@@ -733,6 +874,28 @@ impl Runnable for UNet2DConditionModel {
             }
         }
     }
+
+    /// The smallest inputs the model takes: one sample, the spatial size its downsamplers
+    /// need, one conditioning token, and SDXL's six time ids where it has text_time.
+    fn smallest_inputs(&self) -> UNetInputs {
+        let c = &self.config;
+        let side = 1usize << (c.levels.len() - 1);
+        let mut inputs = UNetInputs::new(Tensor::zeros([1, c.in_channels, side, side]), 1.0);
+        if self.has_transformers() {
+            let d = c.levels[0].cross_attention_dim;
+            inputs.encoder_hidden_states = Some(Tensor::zeros([1, 1, d]));
+        }
+        if self.modules.class_embedding.is_some() {
+            inputs.class_labels = Some(vec![0.0]);
+        }
+        if let Some(tt) = &c.text_time {
+            let want = tt.projection_class_embeddings_input_dim;
+            let k = (want.saturating_sub(1) / tt.addition_time_embed_dim.max(1)).min(6);
+            inputs.time_ids = Some(Tensor::zeros([1, k]));
+            inputs.text_embeds = Some(Tensor::zeros([1, want - k * tt.addition_time_embed_dim]));
+        }
+        inputs
+    }
 }
 
 impl UNet2DConditionModel {
@@ -752,7 +915,7 @@ impl UNet2DConditionModel {
             .ensure_fits(be.available_memory())?;
         boosters.validate(self.num_skips(), inputs.sample.shape()[0])?;
         if let Some(m) = &boosters.masks {
-            m.check_layers(&self.layers)?;
+            m.check_layers(&self.modules.layers)?;
         }
         let watch = std::cell::RefCell::new((be.new_watch()?, Vec::<(String, Vec<usize>)>::new()));
         let check = |layer: &str, x: &B::Tensor| {
@@ -775,18 +938,18 @@ impl UNet2DConditionModel {
         } else {
             inputs.timesteps.clone()
         };
-        let t_proj = be.timestep_embedding(&self.time_proj, &timesteps)?;
+        let t_proj = be.timestep_embedding(&self.modules.time_proj, &timesteps)?;
         check("time_proj", &t_proj)?;
-        let mut emb = self.time_embedding.forward(be, &t_proj, lc)?;
+        let mut emb = self.modules.time_embedding.forward(be, &t_proj, lc)?;
         check("time_embedding", &emb)?;
-        if let (Some(ce), Some(labels)) = (&self.class_embedding, &inputs.class_labels) {
+        if let (Some(ce), Some(labels)) = (&self.modules.class_embedding, &inputs.class_labels) {
             let class_emb = be.upload(&ce.forward(labels, "class_labels")?)?;
             emb = be.add(&emb, &class_emb, 1.0)?;
             check("class_embedding", &emb)?;
         }
         if let (Some(proj), Some(add), Some(te), Some(ti)) = (
-            &self.add_time_proj,
-            &self.add_embedding,
+            &self.modules.add_time_proj,
+            &self.modules.add_embedding,
             &inputs.text_embeds,
             &inputs.time_ids,
         ) {
@@ -828,9 +991,9 @@ impl UNet2DConditionModel {
             be.upload(&inputs.sample)?
         };
 
-        let adapters = self.adapters.as_ref();
+        let adapters = self.modules.adapters.as_ref();
         let project = |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv, x, lc, Epilogue::default());
-        let mut skips = vec![be.conv2d(&self.conv_in, &sample, lc, Epilogue::default())?];
+        let mut skips = vec![be.conv2d(&self.modules.conv_in, &sample, lc, Epilogue::default())?];
         check("conv_in", &skips[0])?;
         let mut adapter_index = 0;
         let mut project_checked = |conv: &Conv2d, x: &B::Tensor| -> Result<B::Tensor> {
@@ -841,7 +1004,7 @@ impl UNet2DConditionModel {
         };
         // The running sample is the last skip, unless a DeMe projection made its own copy.
         let mut projected: Option<B::Tensor> = None;
-        for (i, block) in self.down_blocks.iter().enumerate() {
+        for (i, block) in self.modules.down_blocks.iter().enumerate() {
             let input = projected
                 .as_ref()
                 .unwrap_or_else(|| skips.last().expect("conv_in"));
@@ -861,7 +1024,7 @@ impl UNet2DConditionModel {
         let running = projected
             .as_ref()
             .unwrap_or_else(|| skips.last().expect("non-empty"));
-        let mut h = match &self.mid_block {
+        let mut h = match &self.modules.mid_block {
             Some(mid) => {
                 let h = mid.forward(running, &block_inputs)?;
                 check("mid_block", &h)?;
@@ -874,15 +1037,15 @@ impl UNet2DConditionModel {
         }
         // diffusers passes explicit upsample sizes when H or W is not a multiple of the overall
         // upsampling factor (odd latents); the UNet2DModel path was checked divisible above.
-        let factor = 1usize << (self.up_blocks.len() - 1);
+        let factor = 1usize << (self.modules.up_blocks.len() - 1);
         let forward_upsample_size = h_w_not_multiple(h_w(&inputs.sample), factor);
-        let n_up = self.up_blocks.len();
+        let n_up = self.modules.up_blocks.len();
         // MaskUNet's hyper-network runs on the host, from the block input and first skip.
         let host_emb = match &boosters.mask_generator {
             Some(_) => Some(be.download(&emb)?),
             None => None,
         };
-        for (i, block) in self.up_blocks.iter().enumerate() {
+        for (i, block) in self.modules.up_blocks.iter().enumerate() {
             let remaining = skips.len() - block.num_skips();
             let size = (forward_upsample_size && i + 1 < n_up).then(|| {
                 let s = be.shape(&skips[remaining - 1]);
@@ -912,9 +1075,9 @@ impl UNet2DConditionModel {
             }
         }
         debug_assert!(skips.is_empty());
-        let h = be.group_norm(&self.conv_norm_out, &h, None, true)?;
+        let h = be.group_norm(&self.modules.conv_norm_out, &h, None, true)?;
         check("conv_norm_out", &h)?;
-        let out = be.conv2d(&self.conv_out, &h, lc, Epilogue::default())?;
+        let out = be.conv2d(&self.modules.conv_out, &h, lc, Epilogue::default())?;
         check("conv_out", &out)?;
         let (w, layers) = watch.into_inner();
         if let Some((k, i, v)) = be.first_watched(w)? {
