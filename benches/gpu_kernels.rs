@@ -102,7 +102,8 @@ fn gemm(c: &mut Criterion) {
         set.insert(
             "w".into(),
             WeightMask::from_bytes(vec![n, k], None, Some(2), &bytes).unwrap(),
-        );
+        )
+        .unwrap();
         let masked = LayerCtx {
             masks: Some(&set),
             step: 0,

@@ -195,7 +195,7 @@ fn per_sample_masks_serve_both_halves_of_a_guided_batch() {
             };
             let b = if twice { 2 * batch } else { batch };
             let m = WeightMask::from_bytes(shape.to_vec(), None, Some(b), &bytes).unwrap();
-            set.insert(name.to_string(), m);
+            set.insert(name.to_string(), m).unwrap();
         }
         Arc::new(set)
     };

@@ -62,8 +62,8 @@ proptest! {
         let mut set = MaskSet::new();
         let n = cout * cin * k * k;
         match mask {
-            1 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, None, &common::random_mask_bytes(n, 0.7, seed + 3)).unwrap()),
-            2 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &common::random_mask_bytes(b * n, 0.7, seed + 3)).unwrap()),
+            1 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, None, &common::random_mask_bytes(n, 0.7, seed + 3)).unwrap()).unwrap(),
+            2 => set.insert("conv.weight".into(), WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &common::random_mask_bytes(b * n, 0.7, seed + 3)).unwrap()).unwrap(),
             _ => {}
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };
@@ -94,8 +94,8 @@ proptest! {
         let x = Tensor::randn([b, n, k], seed + 2);
         let mut set = MaskSet::new();
         match mask {
-            1 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, None, &common::random_mask_bytes(out * k, 0.7, seed + 3)).unwrap()),
-            2 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, Some(b), &common::random_mask_bytes(b * out * k, 0.7, seed + 3)).unwrap()),
+            1 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, None, &common::random_mask_bytes(out * k, 0.7, seed + 3)).unwrap()).unwrap(),
+            2 => set.insert("lin.weight".into(), WeightMask::from_bytes(vec![out, k], None, Some(b), &common::random_mask_bytes(b * out * k, 0.7, seed + 3)).unwrap()).unwrap(),
             _ => {}
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };
@@ -229,7 +229,8 @@ fn all_ones_mask_is_the_dense_gemm_exactly() {
     set.insert(
         "lin.weight".into(),
         WeightMask::from_bytes(vec![77, 131], None, Some(2), &vec![1u8; 2 * 77 * 131]).unwrap(),
-    );
+    )
+    .unwrap();
     for (_, gpu) in gpus("all_ones_mask") {
         let gx = gpu.upload(&x).unwrap();
         let dense = gpu

@@ -558,7 +558,7 @@ fn the_mask_api_answers_misuse_with_errors() {
     assert_eq!(unet.layers()[conv], [16, 16, 3, 3]);
     let forward = |name: &str, mask: WeightMask| {
         let mut set = MaskSet::new();
-        set.insert(name.to_string(), mask);
+        set.insert(name.to_string(), mask).unwrap();
         let b = Boosters {
             masks: Some(Arc::new(set)),
             ..Boosters::default()

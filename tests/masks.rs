@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{fixture, scratch, write_raw_safetensors};
+use common::{fixture, random_mask_bytes, scratch, write_raw_safetensors};
 use freelunch::boosters::masks::{MaskSet, WeightMask};
 use freelunch::boosters::Boosters;
 use freelunch::cpu::{self, masked, Padding};
@@ -138,7 +138,8 @@ fn all_ones_masks_on_a_model_give_the_plain_output() {
         set.insert(
             name.clone(),
             WeightMask::from_bytes(shape.clone(), None, Some(2), &vec![1u8; 2 * n]).unwrap(),
-        );
+        )
+        .unwrap();
     }
     let b = Boosters {
         masks: Some(Arc::new(set)),
@@ -177,7 +178,7 @@ fn mask_errors() {
     let inputs = UNetInputs::load(&dir.join("inputs.safetensors")).unwrap();
     let call = |mask: WeightMask, step: usize| {
         let mut set = MaskSet::new();
-        set.insert(Q.to_string(), mask);
+        set.insert(Q.to_string(), mask).unwrap();
         let b = Boosters {
             masks: Some(Arc::new(set)),
             mask_step: step,
@@ -302,4 +303,48 @@ fn forward_cli_takes_a_mask_generator() {
     );
     let want = common::load_sample(&case.join("expected.safetensors"));
     assert!(got.rel_l2(&want) <= 1e-4);
+}
+
+/// A set made for a model checks each mask as it is inserted: a name the model lacks, a mask of
+/// another shape than its weight, are errors naming the weight, and leave the set unchanged; a
+/// set made for no model takes anything and the model's call refuses it.
+#[test]
+fn a_set_made_for_a_model_checks_masks_at_insert() {
+    let unet = UNet::from_dir(&fixture("ddpm_basic")).unwrap();
+    let name = "down_blocks.0.resnets.0.conv1.weight";
+    let shape = unet.layers()[name].clone();
+    let n: usize = shape.iter().product();
+    let ok =
+        WeightMask::from_bytes(shape.clone(), None, None, &random_mask_bytes(n, 0.5, 1)).unwrap();
+    let mut wrong_shape = shape.clone();
+    wrong_shape[1] += 1;
+    let m = wrong_shape.iter().product();
+    let wrong =
+        WeightMask::from_bytes(wrong_shape, None, None, &random_mask_bytes(m, 0.5, 2)).unwrap();
+
+    let mut set = MaskSet::for_layers(unet.layers());
+    set.insert(name.into(), ok.clone()).unwrap();
+    for (key, mask) in [
+        ("down_blocks.0.resnets.0.conv9.weight", &ok),
+        (name, &wrong),
+    ] {
+        match set.insert(key.into(), mask.clone()) {
+            Err(freelunch::Error::Mask { name: n, .. }) => assert_eq!(n, key),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert_eq!(set.len(), 1);
+    assert_eq!(set.get(name), Some(&ok));
+
+    let mut unbound = MaskSet::new();
+    unbound.insert(name.into(), wrong).unwrap();
+    let inputs = UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 10.0);
+    let b = Boosters {
+        masks: Some(Arc::new(unbound)),
+        ..Boosters::default()
+    };
+    assert!(matches!(
+        unet.forward_with(&inputs, &b),
+        Err(freelunch::Error::Mask { .. })
+    ));
 }

@@ -74,7 +74,7 @@ pub fn official_masks(
         let mask =
             WeightMask::from_bytes(vec![out, inp], None, per_sample.then_some(batch), &bytes)
                 .unwrap();
-        set.insert(name, mask);
+        set.insert(name, mask).unwrap();
     }
     set
 }

@@ -295,7 +295,7 @@ impl MaskGenerator {
             set.insert(
                 a.weight_name.clone(),
                 WeightMask::from_bytes(vec![out_f, in_f], None, Some(b), &bytes)?,
-            );
+            )?;
         }
         Ok(Some(set))
     }

@@ -196,20 +196,64 @@ impl WeightMask {
 }
 
 /// The masks of one forward call (or a sampler run), keyed by weight name.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// A set made for a model ([`for_layers`](Self::for_layers) with `unet.layers()`) checks each
+/// mask as it is inserted; any set is checked again against the model of each call.
+///
+/// ```
+/// use freelunch::boosters::{MaskSet, WeightMask};
+/// use freelunch::UNet;
+///
+/// let unet = UNet::from_dir("tests/fixtures/ddpm_basic".as_ref())?;
+/// let mut masks = MaskSet::for_layers(unet.layers());
+/// let name = "conv_in.weight";
+/// let shape = unet.layers()[name].clone();
+/// let n: usize = shape.iter().product();
+/// let keep_all = WeightMask::from_bytes(shape, None, None, &vec![1; n])?;
+/// masks.insert(name.into(), keep_all.clone())?;
+/// // A name the model does not have is refused at once, naming it.
+/// let err = masks.insert("conv_in".into(), keep_all).unwrap_err();
+/// assert!(err.to_string().contains("did you mean `conv_in.weight`"));
+/// # Ok::<(), freelunch::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
 pub struct MaskSet {
     masks: BTreeMap<String, WeightMask>,
+    /// The maskable weights (name → shape) of the model this set was made for, if one.
+    layers: Option<std::sync::Arc<BTreeMap<String, Vec<usize>>>>,
+}
+
+impl PartialEq for MaskSet {
+    /// Two sets are equal when they hold the same masks, whichever model they were made for.
+    fn eq(&self, other: &Self) -> bool {
+        self.masks == other.masks
+    }
 }
 
 impl MaskSet {
-    /// No masks.
+    /// No masks, for any model: masks are checked when a call uses them.
     pub fn new() -> Self {
         MaskSet::default()
     }
 
-    /// Sets the mask of weight `weight_name` (its state-dict name), replacing any.
-    pub fn insert(&mut self, weight_name: String, mask: WeightMask) {
+    /// No masks, for the model whose maskable weights are `layers` (`UNet::layers`): each
+    /// `insert` is checked against them.
+    pub fn for_layers(layers: &BTreeMap<String, Vec<usize>>) -> Self {
+        MaskSet {
+            masks: BTreeMap::new(),
+            layers: Some(std::sync::Arc::new(layers.clone())),
+        }
+    }
+
+    /// Sets the mask of weight `weight_name` (its state-dict name), replacing any. In a set made
+    /// for a model, a name the model does not have, or a mask of another shape than its weight,
+    /// is an error naming it (and the set is unchanged).
+    pub fn insert(&mut self, weight_name: String, mask: WeightMask) -> Result<()> {
+        if let Some(layers) = &self.layers {
+            check_layer(layers, &weight_name, &mask)?;
+        }
         self.masks.insert(weight_name, mask);
+        Ok(())
     }
 
     /// The mask of weight `weight_name`, if it has one.
@@ -265,7 +309,10 @@ impl MaskSet {
                 (name.clone(), doubled)
             })
             .collect();
-        Some(MaskSet { masks })
+        Some(MaskSet {
+            masks,
+            layers: self.layers.clone(),
+        })
     }
 
     /// Reads a mask file for a model whose maskable weights (linear and convolution) are
@@ -286,7 +333,7 @@ impl MaskSet {
             name: name.to_string(),
             msg: format!("mask file {origin}: `{name}`: {msg}"),
         };
-        let mut set = MaskSet::new();
+        let mut set = MaskSet::for_layers(layers);
         for (name, view) in st.tensors() {
             if !matches!(view.dtype(), Dtype::U8 | Dtype::BOOL) {
                 return Err(bad(
@@ -322,7 +369,7 @@ impl MaskSet {
             }
             let mask = WeightMask::from_bytes(wshape.clone(), steps, batch, view.data())
                 .map_err(|e| bad(&name, e.to_string()))?;
-            set.insert(name, mask);
+            set.insert(name, mask)?;
         }
         Ok(set)
     }
@@ -331,25 +378,9 @@ impl MaskSet {
     /// (name → shape): a mask under a name the model does not have, or of another shape than
     /// its weight, is an error naming it.
     pub fn check_layers(&self, layers: &BTreeMap<String, Vec<usize>>) -> Result<()> {
-        for (name, m) in &self.masks {
-            let Some(shape) = layers.get(name) else {
-                let hint = if layers.contains_key(&format!("{name}.weight")) {
-                    format!(" (did you mean `{name}.weight`?)")
-                } else {
-                    String::new()
-                };
-                return Err(Error::Mask {
-                    name: name.to_string(),
-                    msg: format!(
-                        "mask `{name}` names no linear or convolution weight of this model{hint}; \
-                         masks are keyed by weight names such as `{}`",
-                        layers.keys().next().map_or("", String::as_str)
-                    ),
-                });
-            };
-            m.check_weight(name, shape)?;
-        }
-        Ok(())
+        self.masks
+            .iter()
+            .try_for_each(|(name, m)| check_layer(layers, name, m))
     }
 
     /// Checks the masks against a call with batch `batch` at sampler step `step`.
@@ -377,4 +408,24 @@ impl MaskSet {
         }
         Ok(())
     }
+}
+
+/// Checks mask `m` under weight name `name` against a model's maskable weights `layers`.
+fn check_layer(layers: &BTreeMap<String, Vec<usize>>, name: &str, m: &WeightMask) -> Result<()> {
+    let Some(shape) = layers.get(name) else {
+        let hint = if layers.contains_key(&format!("{name}.weight")) {
+            format!(" (did you mean `{name}.weight`?)")
+        } else {
+            String::new()
+        };
+        return Err(Error::Mask {
+            name: name.to_string(),
+            msg: format!(
+                "mask `{name}` names no linear or convolution weight of this model{hint}; \
+                 masks are keyed by weight names such as `{}`",
+                layers.keys().next().map_or("", String::as_str)
+            ),
+        });
+    };
+    m.check_weight(name, shape)
 }

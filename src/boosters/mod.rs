@@ -12,7 +12,7 @@ pub mod masks;
 pub mod skip_tuning;
 
 pub use freeu::{FreeU, FreeUBlocks};
-pub use masks::MaskSet;
+pub use masks::{MaskSet, WeightMask};
 pub use skip_tuning::SkipScales;
 
 use std::sync::Arc;

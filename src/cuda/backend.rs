@@ -1209,7 +1209,7 @@ mod tests {
                 padding: pad,
             };
             let mut set = MaskSet::new();
-            set.insert("c.weight".into(), mask);
+            set.insert("c.weight".into(), mask).unwrap();
             let lc = LayerCtx {
                 masks: Some(&set),
                 step: 0,
