@@ -438,3 +438,85 @@ fn release_host_memory_gives_back_the_mapped_weight_pages() {
     );
     assert_eq!(call(&unet, &inputs), before);
 }
+
+/// A model that knows the data: for the clean sample `x0` it returns the exact noise of its
+/// input (`(x − √ᾱ_t·x0)/√(1 − ᾱ_t)`; the σ-samplers' scaled input is in that same form), so
+/// every sampler's prediction of the denoised sample must be `x0` itself at every step.
+struct KnowsTheData {
+    x0: Tensor,
+    alphas_cumprod: Vec<f64>,
+}
+
+impl freelunch::models::Denoiser for KnowsTheData {
+    fn forward_with(
+        &self,
+        inputs: &freelunch::UNetInputs,
+        _: &Boosters,
+    ) -> freelunch::Result<Tensor> {
+        let t = inputs.timesteps[0];
+        assert_eq!(t.fract(), 0.0, "timestep {t} between training timesteps");
+        let a = self.alphas_cumprod[t as usize];
+        let data = (inputs.sample.data().iter().zip(self.x0.data()))
+            .map(|(&x, &x0)| ((x as f64 - a.sqrt() * x0 as f64) / (1.0 - a).sqrt()) as f32)
+            .collect();
+        Tensor::new(inputs.sample.shape().to_vec(), data)
+    }
+}
+
+/// The step callback's `pred_x0` is the sampler's prediction of the denoised sample: given a
+/// model that knows the data, it equals the data at every step of every sampler that has one.
+#[test]
+fn the_step_callback_sees_each_samplers_prediction_of_the_data() {
+    let path = fixture("samplers/ddim_linear_leading_offset1/scheduler_config.json");
+    let cfg = SchedulerConfig::from_path(&path).unwrap();
+    let mut alpha = 1.0f64;
+    let alphas_cumprod = (0..1000)
+        .map(|i| {
+            alpha *= 1.0 - (0.0001 + (0.02 - 0.0001) * i as f64 / 999.0);
+            alpha
+        })
+        .collect();
+    let model = KnowsTheData {
+        x0: Tensor::randn([2, 3, 8, 8], 11),
+        alphas_cumprod,
+    };
+    use SamplerKind::*;
+    for kind in [
+        Ddpm,
+        Ddim,
+        Euler,
+        EulerAncestral,
+        Lms,
+        Heun,
+        DpmSolverMultistep,
+        UniPc,
+        Pndm,
+    ] {
+        let mut sampler = schedulers::build(kind, &cfg, 6, 0.0).unwrap();
+        let mut seen = Vec::new();
+        let mut on_step = |s: &StepState| {
+            seen.push(s.pred_x0.map(|x0| x0.rel_l2(&model.x0)));
+            StepControl::Continue
+        };
+        let opts = SampleOptions {
+            guidance: None,
+            conditioning: Default::default(),
+            boosters: Boosters::default(),
+            on_step: Some(&mut on_step),
+        };
+        let noise = Tensor::randn([2, 3, 8, 8], 12);
+        schedulers::sample(&model, sampler.as_mut(), &noise, opts, &mut SeededNoise(1)).unwrap();
+        assert!(!seen.is_empty());
+        if kind == Pndm {
+            assert!(seen.iter().all(Option::is_none), "PNDM has no x̂₀: {seen:?}");
+            continue;
+        }
+        for (i, err) in seen.iter().enumerate() {
+            let err = err.unwrap_or_else(|| panic!("{kind:?} step {i}: no pred_x0"));
+            assert!(
+                err < 1e-4,
+                "{kind:?} step {i}: pred_x0 {err:.2e} from the data"
+            );
+        }
+    }
+}

@@ -89,6 +89,12 @@ pub trait Sampler: Send {
     fn scale_model_input(&self, sample: &Tensor, _i: usize) -> Tensor {
         sample.clone()
     }
+    /// The last step's prediction of the denoised sample, x̂₀ (diffusers' `pred_original_sample`),
+    /// where the sampler computes one: DDPM, DDIM, Euler, Euler ancestral, LMS and Heun do, and
+    /// DPM-Solver++ and UniPC step from it; PNDM has none. None before the first step.
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        None
+    }
     /// The sample after call `i`, from that call's model output.
     fn step(
         &mut self,
@@ -124,6 +130,9 @@ pub struct StepState<'a> {
     pub timestep: f32,
     /// The latents after the step (what the run returns if it ends here).
     pub latents: &'a Tensor,
+    /// The step's prediction of the denoised latents (diffusers' `pred_original_sample`; one
+    /// per sample, guidance applied), where the sampler has one: what a preview shows.
+    pub pred_x0: Option<&'a Tensor>,
 }
 
 /// The step callback's answer.
@@ -283,6 +292,7 @@ pub fn sample(
                 total,
                 timestep: t,
                 latents: &latents,
+                pred_x0: sampler.pred_original_sample(),
             };
             match f(&state) {
                 StepControl::Continue => {}

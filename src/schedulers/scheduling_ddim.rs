@@ -14,6 +14,8 @@ pub struct DdimScheduler {
     prediction: Prediction,
     clip: Option<f32>,
     eta: f32,
+    /// The last step's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 impl DdimScheduler {
@@ -36,6 +38,7 @@ impl DdimScheduler {
             prediction: cfg.prediction_type,
             clip: cfg.clip(true),
             eta,
+            x0: None,
         };
         // Every step's coefficients, before any model call.
         for i in 0..s.timesteps.len() {
@@ -123,6 +126,10 @@ pub(crate) fn predict(
 }
 
 impl Sampler for DdimScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -140,6 +147,7 @@ impl Sampler for DdimScheduler {
             x0.data_mut().iter_mut().for_each(|v| *v = v.clamp(-r, r));
         }
         let mut prev_sample = axpby(alpha_prod_prev.sqrt(), &x0, dir, &eps);
+        self.x0 = Some(x0);
         if self.eta > 0.0 {
             let z = noise.noise(i, sample.shape())?;
             prev_sample

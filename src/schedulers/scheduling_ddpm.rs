@@ -12,6 +12,8 @@ pub struct DdpmScheduler {
     timesteps: Vec<f32>,
     prediction: Prediction,
     clip: Option<f32>,
+    /// The last step's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 impl DdpmScheduler {
@@ -29,6 +31,7 @@ impl DdpmScheduler {
                 .collect(),
             prediction: cfg.prediction_type,
             clip: cfg.clip(true),
+            x0: None,
         };
         // Every step's coefficients, before any model call.
         for i in 0..s.timesteps.len() {
@@ -71,6 +74,10 @@ impl DdpmScheduler {
 }
 
 impl Sampler for DdpmScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -88,6 +95,7 @@ impl Sampler for DdpmScheduler {
             x0.data_mut().iter_mut().for_each(|v| *v = v.clamp(-r, r));
         }
         let mut prev = axpby(x0_coeff, &x0, x_coeff, sample);
+        self.x0 = Some(x0);
         if self.timesteps[i] > 0.0 {
             let z = noise.noise(i, sample.shape())?;
             prev.data_mut()

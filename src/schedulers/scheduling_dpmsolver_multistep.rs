@@ -161,6 +161,11 @@ impl DpmSolverMultistepScheduler {
 }
 
 impl Sampler for DpmSolverMultistepScheduler {
+    /// The data prediction the last step stored (this solver always predicts x̂₀).
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.outputs.last()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }

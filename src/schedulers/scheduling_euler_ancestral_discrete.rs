@@ -16,6 +16,8 @@ pub struct EulerAncestralScheduler {
     timesteps: Vec<f32>,
     init_noise_sigma: f32,
     prediction: Prediction,
+    /// The last step's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 impl EulerAncestralScheduler {
@@ -35,6 +37,7 @@ impl EulerAncestralScheduler {
             timesteps: s.timesteps,
             init_noise_sigma: s.init_noise_sigma,
             prediction: cfg.prediction_type,
+            x0: None,
         };
         // Every step's split, before any model call: from a σ thousands of times the next
         // (the cosine schedule's ~20000 at t = 999), σ_from² − σ_to² rounds to σ_from² in f32
@@ -65,6 +68,10 @@ impl EulerAncestralScheduler {
 }
 
 impl Sampler for EulerAncestralScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -103,6 +110,7 @@ impl Sampler for EulerAncestralScheduler {
                 prev + z * sigma_up
             })
             .collect();
+        self.x0 = Some(x0);
         Ok(Tensor::from_parts(sample.shape().to_vec(), data))
     }
 }

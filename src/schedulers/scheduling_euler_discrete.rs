@@ -13,6 +13,8 @@ pub struct EulerScheduler {
     timesteps: Vec<f32>,
     init_noise_sigma: f32,
     prediction: Prediction,
+    /// The last step's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 /// The σ schedule of diffusers' discrete Euler-family samplers (Euler, Euler ancestral, Heun,
@@ -100,6 +102,7 @@ impl EulerScheduler {
             timesteps: s.timesteps,
             init_noise_sigma: s.init_noise_sigma,
             prediction: cfg.prediction_type,
+            x0: None,
         })
     }
 
@@ -157,6 +160,10 @@ pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
 }
 
 impl Sampler for EulerScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -189,6 +196,7 @@ impl Sampler for EulerScheduler {
             .zip(x0.data())
             .map(|(&x, &x0)| x + (x - x0) / sigma * dt)
             .collect();
+        self.x0 = Some(x0);
         Ok(Tensor::from_parts(sample.shape().to_vec(), data))
     }
 }

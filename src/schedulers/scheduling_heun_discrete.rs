@@ -19,6 +19,8 @@ pub struct HeunScheduler {
     clip: Option<f32>,
     /// After a first-order call: its slope, step and starting sample.
     pending: Option<(Tensor, f32, Tensor)>,
+    /// The last call's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 impl HeunScheduler {
@@ -44,11 +46,16 @@ impl HeunScheduler {
             prediction: cfg.prediction_type,
             clip: cfg.clip(false),
             pending: None,
+            x0: None,
         })
     }
 }
 
 impl Sampler for HeunScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -90,6 +97,7 @@ impl Sampler for HeunScheduler {
                 let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
                 let x0 = denoised(self.prediction, sigma, output, sample, self.clip);
                 let d = slope(sample, &x0, sigma);
+                self.x0 = Some(x0);
                 let dt = next - sigma;
                 let d_t = Tensor::from_parts(sample.shape().to_vec(), d.clone());
                 self.pending = Some((d_t, dt, sample.clone()));
@@ -99,6 +107,7 @@ impl Sampler for HeunScheduler {
                 let next = self.sigmas[i];
                 let x0 = denoised(self.prediction, next, output, sample, self.clip);
                 let d2 = slope(sample, &x0, next);
+                self.x0 = Some(x0);
                 let d = prev_d
                     .data()
                     .iter()

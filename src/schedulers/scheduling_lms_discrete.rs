@@ -24,6 +24,8 @@ pub struct LmsScheduler {
     coeffs: Vec<Vec<f32>>,
     /// Slopes of the last calls (newest last).
     derivatives: Vec<Tensor>,
+    /// The last step's prediction of the denoised sample (`pred_original_sample`).
+    x0: Option<Tensor>,
 }
 
 /// ∫_{σ_i}^{σ_{i+1}} Π_{k≠j} (τ − σ_{i−k}) / (σ_{i−j} − σ_{i−k}) dτ over k < `order`.
@@ -84,6 +86,7 @@ impl LmsScheduler {
             prediction: cfg.prediction_type,
             coeffs,
             derivatives: Vec::new(),
+            x0: None,
         })
     }
 
@@ -94,6 +97,10 @@ impl LmsScheduler {
 }
 
 impl Sampler for LmsScheduler {
+    fn pred_original_sample(&self) -> Option<&Tensor> {
+        self.x0.as_ref()
+    }
+
     fn timesteps(&self) -> &[f32] {
         &self.timesteps
     }
@@ -125,6 +132,7 @@ impl Sampler for LmsScheduler {
             .zip(x0.data())
             .map(|(&x, &x0)| (x - x0) / sigma)
             .collect();
+        self.x0 = Some(x0);
         self.derivatives
             .push(Tensor::from_parts(sample.shape().to_vec(), d));
         if self.derivatives.len() > LMS_ORDER {
