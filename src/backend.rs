@@ -179,9 +179,13 @@ fn per_channel_table(
         ([b, c, ..], [tb, tc]) if tb == b && c.checked_mul(need).is_some_and(|n| *tc >= n) => {
             Ok((*b, *c, *tc))
         }
-        (ys, ts) => Err(Error::Msg(format!(
-            "{what}: a table of shape {ts:?} does not give {need} value(s) per sample and channel of {ys:?}"
-        ))),
+        (ys, ts) => Err(Error::shape(
+            what,
+            format!(
+                "a table of shape {ts:?} does not give {need} value(s) per sample and channel \
+                 of {ys:?}"
+            ),
+        )),
     }
 }
 
@@ -231,8 +235,7 @@ impl Backend for Cpu {
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
         let mut y = conv.try_forward(x, lc)?;
-        apply_epilogue(&mut y, epi)
-            .map_err(|e| Error::Msg(format!("layer `{}`: {e}", conv.name)))?;
+        apply_epilogue(&mut y, epi).map_err(|e| crate::nn::in_layer(&conv.name, e))?;
         Ok(y)
     }
 
@@ -244,8 +247,7 @@ impl Backend for Cpu {
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
         let mut y = lin.try_forward(x, lc)?;
-        apply_epilogue(&mut y, epi)
-            .map_err(|e| Error::Msg(format!("layer `{}`: {e}", lin.name)))?;
+        apply_epilogue(&mut y, epi).map_err(|e| crate::nn::in_layer(&lin.name, e))?;
         Ok(y)
     }
 
@@ -305,11 +307,10 @@ impl Backend for Cpu {
 
     fn add(&self, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
         if a.shape() != b.shape() {
-            return Err(Error::Msg(format!(
-                "elementwise add: shapes {:?} and {:?} differ",
-                a.shape(),
-                b.shape()
-            )));
+            return Err(Error::shape(
+                "elementwise add",
+                format!("shapes {:?} and {:?} differ", a.shape(), b.shape()),
+            ));
         }
         let mut y = a.try_clone()?;
         cpu::try_add_inplace(&mut y, b, scale)?;
@@ -331,10 +332,13 @@ impl Backend for Cpu {
         match (h.shape(), skip.shape()) {
             ([hb, _, hh, hw], [sb, _, sh, sw]) if (hb, hh, hw) == (sb, sh, sw) => {}
             (hs, ss) => {
-                return Err(Error::Msg(format!(
+                return Err(Error::shape(
+                    "cat_channels",
+                    format!(
                     "cannot join the decoder feature {hs:?} and its skip {ss:?} along channels: \
                      both must be [B, C, H, W] with the same B, H and W"
-                )))
+                    ),
+                ));
             }
         }
         if skip_scale == 1.0 {

@@ -50,7 +50,7 @@ pub fn real_stats() -> Result<(Vec<f64>, Vec<f64>)> {
                     .map(|&v| v as f64)
                     .collect::<Vec<f64>>()
             })
-            .ok_or_else(|| crate::Error::Msg(format!("built-in real_stats has no `{k}`")))
+            .ok_or_else(|| crate::Error::MissingWeight(format!("real_stats.{k} (built in)")))
     };
     Ok((take("mu")?, take("sigma")?))
 }

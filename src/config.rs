@@ -630,9 +630,10 @@ impl UNetConfig {
         };
         let n = self.levels.len();
         if n == 0 || self.up_blocks.len() != n || self.down_blocks.len() != n {
-            return Err(Error::Msg(
-                "plan_forward: the config's block lists do not match its levels".into(),
-            ));
+            return Err(Error::Config {
+                origin: "plan_forward".into(),
+                msg: "the config's block lists do not match its levels".into(),
+            });
         }
         let factor = self
             .downsample_factor()
@@ -752,9 +753,12 @@ impl UNetConfig {
             let mut need = l.layers.checked_add(1).ok_or_else(|| too_large("layers"))?;
             while need > 0 {
                 let Some(run) = skips.last_mut() else {
-                    return Err(Error::Msg(format!(
-                        "up_blocks.{i}.resnets.{j}: the encoder produced too few skips"
-                    )));
+                    return Err(Error::Config {
+                        origin: "plan_forward".into(),
+                        msg: format!(
+                            "up_blocks.{i}.resnets.{j}: the encoder produced too few skips"
+                        ),
+                    });
                 };
                 let cin = if j == 0 { prev_out } else { c };
                 if run.hw != hw {

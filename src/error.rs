@@ -148,6 +148,44 @@ pub enum Error {
         /// What went wrong in the step.
         source: Box<Error>,
     },
+    /// Operands an op cannot take: tensors of shapes that do not agree, the wrong rank, an
+    /// empty dimension (a caller of the layers or backend ops, not a model input: those are
+    /// `Input`).
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The op or layer (`conv2d`, `attention`, `layer `up_blocks.0.resnets.1.conv1``, ...).
+        op: String,
+        /// The shapes, and what the op needs of them.
+        msg: String,
+    },
+    /// A sampler that cannot run its schedule: settings or a step count its maths cannot take
+    /// (σ's that repeat, too few steps for its order, a timestep outside training).
+    #[error("{sampler}: {msg}")]
+    Sampler {
+        /// The sampler (`DDIM`, `LMS`, `PNDM`, ...).
+        sampler: String,
+        /// What is wrong, and what to change.
+        msg: String,
+    },
+    /// A booster's settings that do not fit the model or the call (FreeU's factors, skip
+    /// scales, DeMe's merge weights or experts, the mask generator's model).
+    #[error("{msg}")]
+    Booster {
+        /// The booster (`freeu`, `skip_scales`, `deme`, `mask_generator`).
+        booster: String,
+        /// The whole message.
+        msg: String,
+    },
+    /// A model, file, variant or revision that is not where it was looked for (nothing is ever
+    /// downloaded).
+    #[error("{msg}")]
+    NotFound {
+        /// What was asked for: the path or repo id as given, or `--variant fp16`,
+        /// `--revision main`.
+        what: String,
+        /// The whole message: where it was looked for, and what is there instead.
+        msg: String,
+    },
     /// Anything else, in words.
     #[error("{0}")]
     Msg(String),
@@ -190,6 +228,38 @@ impl Error {
     pub fn weight(name: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Weight {
             name: name.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A shape error of op `op`.
+    pub fn shape(op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op: op.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An error of sampler `sampler`'s schedule or settings.
+    pub fn sampler(sampler: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Sampler {
+            sampler: sampler.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An error of booster `booster`'s settings.
+    pub fn booster(booster: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Booster {
+            booster: booster.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// `what` was not found: `msg` says where it was looked for.
+    pub fn not_found(what: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::NotFound {
+            what: what.into(),
             msg: msg.into(),
         }
     }

@@ -153,7 +153,7 @@ pub fn score(images: &Tensor, with_fid: bool) -> Result<Scores> {
 }
 
 fn too_few_for_fid(n: usize) -> Error {
-    Error::Msg(format!(
+    Error::input("samples", format!(
         "an FID needs at least {MIN_FID_SAMPLES} samples ({FEATURES} features need {MIN_FID_SAMPLES} \
          for a non-singular covariance); got {n}"
     ))
@@ -172,31 +172,43 @@ pub fn fid(features: &Tensor, mu: &[f64], sigma: &[f64]) -> Result<f64> {
         }
     };
     if d == 0 || mu.len() != d || sigma.len() != d * d {
-        return Err(Error::Msg(format!(
-            "FID: {d} features against statistics of {} means and {} covariances",
-            mu.len(),
-            sigma.len()
-        )));
+        return Err(Error::input(
+            "statistics",
+            format!(
+                "FID: {d} features against statistics of {} means and {} covariances",
+                mu.len(),
+                sigma.len()
+            ),
+        ));
     }
     if n < d + 1 {
         return Err(if d == FEATURES {
             too_few_for_fid(n)
         } else {
-            Error::Msg(format!(
-                "an FID of {d} features needs at least {} samples; got {n}",
-                d + 1
-            ))
+            Error::input(
+                "samples",
+                format!(
+                    "an FID of {d} features needs at least {} samples; got {n}",
+                    d + 1
+                ),
+            )
         });
     }
     if features.data().iter().any(|v| !v.is_finite())
         || mu.iter().chain(sigma).any(|v| !v.is_finite())
     {
-        return Err(Error::Msg("FID: non-finite features or statistics".into()));
+        return Err(Error::NonFinite {
+            at: "FID".into(),
+            msg: "FID: non-finite features or statistics".into(),
+        });
     }
     let (m, s) = gaussian(features);
     let v = frechet_distance(&m, &s, mu, sigma);
     if !v.is_finite() {
-        return Err(Error::Msg(format!("FID: the distance is not finite ({v})")));
+        return Err(Error::NonFinite {
+            at: "FID".into(),
+            msg: format!("FID: the distance is not finite ({v})"),
+        });
     }
     Ok(v)
 }

@@ -18,36 +18,48 @@ pub fn resolve(arg: &Path, revision: Option<&str>) -> Result<PathBuf> {
             return snapshot(arg, revision);
         }
         if let Some(r) = revision {
-            return Err(Error::Msg(format!(
-                "--revision {r}: {} is a plain folder, not a Hugging Face cache repo \
+            return Err(Error::not_found(
+                format!("--revision {r}"),
+                format!(
+                    "--revision {r}: {} is a plain folder, not a Hugging Face cache repo \
                  (models--org--name) or a repo id",
-                arg.display()
-            )));
+                    arg.display()
+                ),
+            ));
         }
         return Ok(arg.to_path_buf());
     }
     let Some(id) = repo_id(arg) else {
-        return Err(Error::Msg(format!(
-            "model folder {} does not exist or is not a folder",
-            arg.display()
-        )));
+        return Err(Error::not_found(
+            arg.display().to_string(),
+            format!(
+                "model folder {} does not exist or is not a folder",
+                arg.display()
+            ),
+        ));
     };
     let cache = cache_dir().ok_or_else(|| {
-        Error::Msg(format!(
-            "{} is not a folder, and no Hugging Face cache folder is known to look for it in \
+        Error::not_found(
+            arg.display().to_string(),
+            format!(
+                "{} is not a folder, and no Hugging Face cache folder is known to look for it in \
              (set HF_HUB_CACHE or HF_HOME)",
-            arg.display()
-        ))
+                arg.display()
+            ),
+        )
     })?;
     let repo = cache.join(format!("models--{}", id.replace('/', "--")));
     if !repo.is_dir() {
-        return Err(Error::Msg(format!(
-            "{id} is neither a folder here nor in the Hugging Face cache ({} has no {}); this \
+        return Err(Error::not_found(
+            id.to_string(),
+            format!(
+                "{id} is neither a folder here nor in the Hugging Face cache ({} has no {}); this \
              tool reads models from disk only and never downloads: fetch it first (e.g. \
              `huggingface-cli download {id}`) or give its folder",
-            cache.display(),
-            repo.file_name().unwrap_or_default().to_string_lossy()
-        )));
+                cache.display(),
+                repo.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        ));
     }
     snapshot(&repo, revision)
 }
@@ -103,19 +115,20 @@ fn snapshot(repo: &Path, revision: Option<&str>) -> Result<PathBuf> {
             .any(|p| p.is_empty() || p == "." || p == "..")
         || rev.contains('\\');
     if bad_name {
-        return Err(Error::Msg(format!(
-            "revision `{rev}` is not a branch, tag or commit name"
-        )));
+        return Err(Error::Unsupported {
+            field: "revision".into(),
+            value: format!("`{rev}` (not a branch, tag or commit name)"),
+        });
     }
     let refs = repo.join("refs").join(rev);
     let commit = if refs.is_file() {
         let text = std::fs::read_to_string(&refs).map_err(|e| Error::io(&refs, e))?;
         let commit = text.trim().to_string();
         if !is_commit(&commit) {
-            return Err(Error::Msg(format!(
-                "{}: holds `{commit}`, not a commit hash",
-                refs.display()
-            )));
+            return Err(Error::not_found(
+                refs.display().to_string(),
+                format!("{}: holds `{commit}`, not a commit hash", refs.display()),
+            ));
         }
         commit
     } else if is_commit(rev) {
@@ -128,24 +141,30 @@ fn snapshot(repo: &Path, revision: Option<&str>) -> Result<PathBuf> {
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
             .collect();
         known.sort();
-        return Err(Error::Msg(format!(
-            "{}: no revision `{rev}` in the cache (it has refs: {}); this tool never \
+        return Err(Error::not_found(
+            format!("--revision {rev}"),
+            format!(
+                "{}: no revision `{rev}` in the cache (it has refs: {}); this tool never \
              downloads",
-            repo.display(),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )));
+                repo.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
     };
     let dir = repo.join("snapshots").join(&commit);
     if !dir.is_dir() {
-        return Err(Error::Msg(format!(
-            "{}: revision `{rev}` is commit {commit}, whose snapshot folder is missing (an \
+        return Err(Error::not_found(
+            format!("--revision {rev}"),
+            format!(
+                "{}: revision `{rev}` is commit {commit}, whose snapshot folder is missing (an \
              interrupted download?)",
-            repo.display()
-        )));
+                repo.display()
+            ),
+        ));
     }
     Ok(dir)
 }

@@ -17,9 +17,12 @@ pub fn join(prefix: &str, name: &str) -> String {
 }
 
 /// `e` with the layer's weight name in front (shape errors inside a kernel say which layer).
-fn in_layer(name: &str, e: Error) -> Error {
+pub(crate) fn in_layer(name: &str, e: Error) -> Error {
     match e {
-        Error::Msg(m) => Error::Msg(format!("layer `{name}`: {m}")),
+        Error::Shape { op, msg } => Error::Shape {
+            op: format!("layer `{name}` ({op})"),
+            msg,
+        },
         other => other,
     }
 }

@@ -106,12 +106,15 @@ pub fn refuse_inputs_as_outputs(outputs: &[&Path], inputs: &[&Path]) -> Result<(
             continue; // does not exist yet, so it is no input
         };
         if let Some((_, input)) = inputs.iter().find(|(i, _)| *i == c) {
-            return Err(Error::Msg(format!(
-                "the output {} is the input {}: writing it would destroy what is being read; \
+            return Err(Error::input(
+                "output",
+                format!(
+                    "the output {} is the input {}: writing it would destroy what is being read; \
                  choose another output",
-                out.display(),
-                input.display()
-            )));
+                    out.display(),
+                    input.display()
+                ),
+            ));
         }
     }
     Ok(())

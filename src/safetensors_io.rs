@@ -48,7 +48,10 @@ pub fn map_file(path: &Path) -> Result<Arc<Mapping>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::Msg(format!("{} is not a file", path.display())));
+        return Err(Error::not_found(
+            path.display().to_string(),
+            format!("{} is not a file", path.display()),
+        ));
     }
     #[cfg(unix)]
     let key: Key = {
@@ -208,13 +211,19 @@ pub fn serialize(tensors: &[(&str, &Tensor)], path: &Path) -> Result<Vec<u8>> {
     let views = bytes
         .iter()
         .map(|(name, raw, shape)| {
-            let view = TensorView::new(Dtype::F32, shape.clone(), raw)
-                .map_err(|e| Error::Msg(format!("cannot serialise tensor `{name}`: {e}")))?;
+            let view = TensorView::new(Dtype::F32, shape.clone(), raw).map_err(|e| {
+                Error::Safetensors {
+                    origin: path.display().to_string(),
+                    msg: format!("cannot serialise tensor `{name}`: {e}"),
+                }
+            })?;
             Ok((name.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize(views, &None)
-        .map_err(|e| Error::Msg(format!("cannot serialise {}: {e}", path.display())))
+    safetensors::serialize(views, &None).map_err(|e| Error::Safetensors {
+        origin: path.display().to_string(),
+        msg: format!("cannot serialise: {e}"),
+    })
 }
 
 /// Writes f32 tensors to a safetensors file, atomically (`output::write_file`).

@@ -376,10 +376,13 @@ impl Tensor {
         let shape = shape.into();
         let numel = numel_of(&shape, "tensor")?;
         if numel != data.len() {
-            return Err(Error::Msg(format!(
-                "tensor of shape {shape:?} needs {numel} elements, got {}",
-                data.len()
-            )));
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "tensor of shape {shape:?} needs {numel} elements, got {}",
+                    data.len()
+                ),
+            ));
         }
         Ok(Tensor {
             shape,
@@ -579,10 +582,13 @@ impl Tensor {
         let shape = shape.into();
         let numel = numel_of(&shape, "tensor")?;
         if numel != self.numel() {
-            return Err(Error::Msg(format!(
-                "tensor of shape {shape:?} needs {numel} elements, got {}",
-                self.numel()
-            )));
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "tensor of shape {shape:?} needs {numel} elements, got {}",
+                    self.numel()
+                ),
+            ));
         }
         Ok(self.with_shape(shape))
     }

@@ -118,10 +118,13 @@ impl ModelFiles {
     /// variant) in a model folder or a pipeline folder's `unet/`.
     pub fn locate_with(dir: &Path, variant: Option<&str>) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(Error::Msg(format!(
-                "model folder {} does not exist or is not a folder",
-                dir.display()
-            )));
+            return Err(Error::not_found(
+                dir.display().to_string(),
+                format!(
+                    "model folder {} does not exist or is not a folder",
+                    dir.display()
+                ),
+            ));
         }
         let dir = if dir.join("model_index.json").is_file() && dir.join("unet").is_dir() {
             dir.join("unet")
@@ -130,7 +133,7 @@ impl ModelFiles {
         };
         let config = dir.join("config.json");
         if !config.is_file() {
-            return Err(Error::Msg(format!(
+            return Err(Error::not_found(dir.display().to_string(), format!(
                 "{}: no config.json (expected a diffusers model folder, or a pipeline folder with unet/)",
                 dir.display()
             )));
@@ -138,9 +141,10 @@ impl ModelFiles {
         if let Some(v) = variant {
             let ok = !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
-                return Err(Error::Msg(format!(
-                    "--variant `{v}`: a variant is a name like fp16 or bf16"
-                )));
+                return Err(Error::Unsupported {
+                    field: "variant".into(),
+                    value: format!("`{v}` (a variant is a name like fp16 or bf16)"),
+                });
             }
         }
         let found = |variant: Option<&str>| -> Result<Option<Vec<PathBuf>>> {
@@ -157,7 +161,7 @@ impl ModelFiles {
         let mut chosen = variant.map(str::to_string);
         let weights = match variant {
             Some(v) => found(Some(v))?.ok_or_else(|| {
-                Error::Msg(format!(
+                Error::not_found(format!("--variant {v}"), format!(
                     "{}: no weights of variant `{v}` (looked for {}); the folder has {}",
                     dir.display(),
                     candidates(Some(v)).join(", "),
@@ -172,13 +176,13 @@ impl ModelFiles {
                         found(Some(only))?.expect("variants_in saw its file")
                     }
                     [] => {
-                        return Err(Error::Msg(format!(
+                        return Err(Error::not_found(dir.display().to_string(), format!(
                             "{}: no weights found (looked for {WEIGHT_STEM}.safetensors, variants                              like {WEIGHT_STEM}.fp16.safetensors, and their sharded                              .safetensors.index.json; PyTorch .bin checkpoints are not read,                              convert them to safetensors)",
                             dir.display()
                         )))
                     }
                     several => {
-                        return Err(Error::Msg(format!(
+                        return Err(Error::not_found(dir.display().to_string(), format!(
                             "{}: no full-precision weights, and several variants ({}); pick one                              with --variant",
                             dir.display(),
                             several.join(", ")

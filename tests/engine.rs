@@ -121,6 +121,42 @@ fn errors_come_by_kind() {
         Err(Error::Input { name, .. }) => assert_eq!(name, "sample"),
         other => panic!("{other:?}"),
     }
+    // A model that is not there (nothing is downloaded).
+    match UNet::from_dir("no/such/model".as_ref()) {
+        Err(Error::NotFound { what, .. }) => assert!(what.contains("no/such/model"), "{what}"),
+        other => panic!("{:?}", other.err()),
+    }
+    // A sampler nobody implemented, and a schedule a sampler cannot take.
+    assert!(matches!(
+        SamplerKind::from_short_name("dpm-3m"),
+        Err(Error::Unsupported { .. })
+    ));
+    let cfg = SchedulerConfig::from_json_str(r#"{"_class_name": "DDIMScheduler"}"#, "t").unwrap();
+    match schedulers::build(SamplerKind::Ddim, &cfg, 5000, 0.0) {
+        Err(Error::Sampler { sampler, .. }) => assert_eq!(sampler, "timesteps"),
+        other => panic!("{:?}", other.err()),
+    }
+    // Booster settings out of range, and operands that do not agree.
+    let freeu = freelunch::boosters::FreeU::preset("sd15").unwrap();
+    let boosters = Boosters {
+        freeu: Some(freelunch::boosters::FreeU {
+            b1: f32::NAN,
+            ..freeu
+        }),
+        ..Boosters::default()
+    };
+    let x = freelunch::UNetInputs::new(Tensor::randn([1, 3, 16, 16], 0), 10.0);
+    match unet.forward_with(&x, &boosters) {
+        Err(Error::Booster { booster, msg }) => {
+            assert_eq!(booster, "boosters");
+            assert!(msg.contains("b1"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Tensor::new(vec![2, 3], vec![0.0; 5]),
+        Err(Error::Shape { .. })
+    ));
 }
 
 /// A model's error inside a run keeps its kind under the step it happened at.

@@ -47,12 +47,15 @@ fn same_architecture(base: &ModelFiles, experts: &[ModelFiles]) -> Result<UNetCo
         if ecfg != cfg {
             let what = config_difference(&base.config, &e.config)?
                 .unwrap_or_else(|| "an equivalent spelling of a different network".into());
-            return Err(Error::Msg(format!(
-                "expert {} has a different config from {} ({what}); DeMe experts must share \
+            return Err(Error::booster(
+                "deme",
+                format!(
+                    "expert {} has a different config from {} ({what}); DeMe experts must share \
                  the architecture",
-                e.dir.display(),
-                base.dir.display()
-            )));
+                    e.dir.display(),
+                    base.dir.display()
+                ),
+            ));
         }
     }
     Ok(cfg)
@@ -65,17 +68,19 @@ fn same_architecture(base: &ModelFiles, experts: &[ModelFiles]) -> Result<UNetCo
 /// task-vector form up to that rounding, and exactly θ₁ for one expert of weight 1.
 pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> Result<()> {
     if experts.is_empty() {
-        return Err(Error::Msg("merge needs at least one expert".into()));
+        return Err(Error::booster("deme", "merge needs at least one expert"));
     }
     if weights.len() != experts.len() {
-        return Err(Error::Msg(format!(
-            "{} experts but {} weights",
-            experts.len(),
-            weights.len()
-        )));
+        return Err(Error::booster(
+            "deme",
+            format!("{} experts but {} weights", experts.len(), weights.len()),
+        ));
     }
     if weights.iter().any(|w| !w.is_finite()) {
-        return Err(Error::Msg("merge weights must be finite numbers".into()));
+        return Err(Error::booster(
+            "deme",
+            "merge weights must be finite numbers",
+        ));
     }
     let base_files = ModelFiles::locate(base)?;
     let expert_files = experts
@@ -93,7 +98,7 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
 
     // Every tensor of every checkpoint is finite (`Checkpoint::load`); an error names whose.
     let theta0 = Checkpoint::load(&base_files.weights)
-        .map_err(|e| Error::Msg(format!("base {}: {e}", base_files.dir.display())))?
+        .map_err(|e| naming_checkpoint(e, format!("base {}", base_files.dir.display())))?
         .into_tensors();
     let base_share = 1.0 - weights.iter().map(|&w| w as f64).sum::<f64>();
     let mut acc: BTreeMap<String, Vec<f64>> = theta0
@@ -108,34 +113,42 @@ pub fn merge(base: &Path, experts: &[PathBuf], weights: &[f32], out: &Path) -> R
     let load_expert = |i: usize, files: &ModelFiles| {
         Checkpoint::load(&files.weights)
             .map(Checkpoint::into_tensors)
-            .map_err(|e| Error::Msg(format!("expert {} ({}): {e}", i + 1, files.dir.display())))
+            .map_err(|e| {
+                naming_checkpoint(e, format!("expert {} ({})", i + 1, files.dir.display()))
+            })
     };
     for (i, (files, &w)) in expert_files.iter().zip(weights).enumerate() {
         let mut theta = load_expert(i, files)?;
         for (name, sum) in acc.iter_mut() {
             let t = theta.remove(name).ok_or_else(|| {
-                Error::Msg(format!(
-                    "expert {} has no tensor `{name}`",
-                    files.dir.display()
-                ))
+                Error::booster(
+                    "deme",
+                    format!("expert {} has no tensor `{name}`", files.dir.display()),
+                )
             })?;
             if t.shape() != theta0[name].shape() {
-                return Err(Error::Msg(format!(
-                    "expert {}: `{name}` has shape {:?}, the base {:?}",
-                    files.dir.display(),
-                    t.shape(),
-                    theta0[name].shape()
-                )));
+                return Err(Error::booster(
+                    "deme",
+                    format!(
+                        "expert {}: `{name}` has shape {:?}, the base {:?}",
+                        files.dir.display(),
+                        t.shape(),
+                        theta0[name].shape()
+                    ),
+                ));
             }
             sum.iter_mut()
                 .zip(t.data())
                 .for_each(|(s, &v)| *s += w as f64 * v as f64);
         }
         if let Some(extra) = theta.keys().next() {
-            return Err(Error::Msg(format!(
-                "expert {} has tensor `{extra}`, which the base lacks",
-                files.dir.display()
-            )));
+            return Err(Error::booster(
+                "deme",
+                format!(
+                    "expert {} has tensor `{extra}`, which the base lacks",
+                    files.dir.display()
+                ),
+            ));
         }
     }
     let mut merged: Vec<(String, Tensor)> = Vec::with_capacity(acc.len());
@@ -214,12 +227,15 @@ fn overflow_error(
             }
         }
     }
-    Error::Msg(format!(
-        "merged `{name}` is {value:e} at index {:?}, which overflows f32; its largest term is \
+    Error::booster(
+        "deme",
+        format!(
+            "merged `{name}` is {value:e} at index {:?}, which overflows f32; its largest term is \
          {}: merge weights that large make no model",
-        safetensors_io::index_of(shape, j),
-        culprit.1
-    ))
+            safetensors_io::index_of(shape, j),
+            culprit.1
+        ),
+    )
 }
 
 /// Unmerged experts, each serving its share of the timesteps (low timesteps first).
@@ -233,16 +249,20 @@ impl Router {
     /// share one config.
     pub fn new(experts: Vec<UNet>, num_train_timesteps: usize) -> Result<Self> {
         if experts.is_empty() || num_train_timesteps == 0 {
-            return Err(Error::Msg(
-                "routing needs at least one expert and a positive number of timesteps".into(),
+            return Err(Error::booster(
+                "deme",
+                "routing needs at least one expert and a positive number of timesteps",
             ));
         }
         if let Some(i) = experts.iter().position(|e| e.config != experts[0].config) {
-            return Err(Error::Msg(format!(
+            return Err(Error::booster(
+                "deme",
+                format!(
                 "routed expert {} has a different config from expert 0; DeMe experts must share \
                  the architecture",
                 i
-            )));
+            ),
+            ));
         }
         Ok(Router {
             experts,
@@ -318,10 +338,10 @@ impl Denoiser for Router {
         }
         // Samples served by different experts: run each expert on its samples, then reassemble.
         if boosters.masks.as_ref().is_some_and(|m| m.has_per_sample()) {
-            return Err(Error::Msg(
+            return Err(Error::booster(
+                "deme",
                 "per-sample masks cannot be used when one batch is routed to several experts; \
-                 give all samples timesteps of one expert, or shared masks"
-                    .into(),
+                 give all samples timesteps of one expert, or shared masks",
             ));
         }
         let mut out: Option<Vec<f32>> = None;
@@ -344,5 +364,22 @@ impl Denoiser for Router {
             }
         }
         Tensor::new(out_shape, out.unwrap_or_default())
+    }
+}
+
+/// A checkpoint's load error `e` with `which` (the base, expert i) in its message; the kind is
+/// kept, so an engine still matches a bad weight or a missing file.
+fn naming_checkpoint(e: Error, which: String) -> Error {
+    match e {
+        Error::Weight { name, msg } => Error::Weight {
+            name,
+            msg: format!("{which}: {msg}"),
+        },
+        Error::Safetensors { origin, msg } => Error::Safetensors {
+            origin: format!("{which}: {origin}"),
+            msg,
+        },
+        Error::MissingWeight(name) => Error::MissingWeight(format!("{name} ({which})")),
+        other => other,
     }
 }

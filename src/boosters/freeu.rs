@@ -76,9 +76,10 @@ impl FreeU {
             "sd21" => (1.4, 1.6, 0.9, 0.2),
             "sdxl" => (1.3, 1.4, 0.9, 0.2),
             other => {
-                return Err(Error::Msg(format!(
-                    "unknown FreeU preset `{other}` (known: sd14, sd15, sd21, sdxl)"
-                )))
+                return Err(Error::booster(
+                    "freeu",
+                    format!("unknown FreeU preset `{other}` (known: sd14, sd15, sd21, sdxl)"),
+                ))
             }
         };
         Ok(FreeU::new(b1, b2, s1, s2))
@@ -97,11 +98,14 @@ impl FreeU {
             crate::boosters::check_factor(&format!("FreeU {name}"), v)?;
         }
         if self.threshold == 0 || self.threshold > MAX_THRESHOLD {
-            return Err(Error::Msg(format!(
-                "FreeU threshold {} is outside 1..={MAX_THRESHOLD} (it is the half-width of \
+            return Err(Error::booster(
+                "freeu",
+                format!(
+                    "FreeU threshold {} is outside 1..={MAX_THRESHOLD} (it is the half-width of \
                  the low-frequency window, in frequencies)",
-                self.threshold
-            )));
+                    self.threshold
+                ),
+            ));
         }
         Ok(())
     }

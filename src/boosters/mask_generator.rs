@@ -122,7 +122,10 @@ impl MaskGenerator {
         for (i, layers) in maskunet_layers(unet) {
             let conv1 = format!("up_blocks.{i}.resnets.0.conv1.weight");
             let shape = unet.layers().get(&conv1).ok_or_else(|| {
-                Error::Msg(format!("up block {i} has no first resnet (`{conv1}`)"))
+                Error::booster(
+                    "mask_generator",
+                    format!("up block {i} has no first resnet (`{conv1}`)"),
+                )
             })?;
             let (cout, cin) = (shape[0], shape[1]);
             let (o4, i4) = (cout / 4, cin / 4);
@@ -153,8 +156,9 @@ impl MaskGenerator {
             );
         }
         if blocks.is_empty() {
-            return Err(Error::Msg(
-                "this model has no layers MaskUNet masks (linears of the up blocks)".into(),
+            return Err(Error::booster(
+                "mask_generator",
+                "this model has no layers MaskUNet masks (linears of the up blocks)",
             ));
         }
         Ok(MaskGenerator { blocks, gumbel })

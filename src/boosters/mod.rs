@@ -42,15 +42,19 @@ pub const MAX_FACTOR: f32 = 1e4;
 /// Refuses a booster factor that is not finite or not within ±`MAX_FACTOR`, naming it.
 pub fn check_factor(what: &str, v: f32) -> Result<()> {
     if !v.is_finite() {
-        return Err(crate::Error::Msg(format!(
-            "{what} = {v}: booster factors must be finite numbers"
-        )));
+        return Err(crate::Error::booster(
+            "boosters",
+            format!("{what} = {v}: booster factors must be finite numbers"),
+        ));
     }
     if v.abs() > MAX_FACTOR {
-        return Err(crate::Error::Msg(format!(
+        return Err(crate::Error::booster(
+            "boosters",
+            format!(
             "{what} = {v} is outside ±{MAX_FACTOR}: a factor that large overflows the features \
              it scales (published values lie within 0.2–1.6)"
-        )));
+        ),
+        ));
     }
     Ok(())
 }
@@ -74,8 +78,9 @@ impl Boosters {
     pub fn validate(&self, num_skips: usize, batch: usize) -> Result<()> {
         if let Some(m) = &self.masks {
             if self.mask_generator.is_some() {
-                return Err(crate::Error::Msg(
-                    "masks from a file and a mask generator are exclusive; give one".into(),
+                return Err(crate::Error::booster(
+                    "boosters",
+                    "masks from a file and a mask generator are exclusive; give one",
                 ));
             }
             m.check_call(batch, self.mask_step)?;

@@ -36,10 +36,13 @@ impl SkipScales {
             SkipScales::Linear { top, bottom } => vec![*top, *bottom],
             SkipScales::Explicit(v) => {
                 if v.len() != num_skips {
-                    return Err(Error::Msg(format!(
-                        "skip scales: {} values given; this model has {num_skips} skips",
-                        v.len()
-                    )));
+                    return Err(Error::booster(
+                        "skip_scales",
+                        format!(
+                            "skip scales: {} values given; this model has {num_skips} skips",
+                            v.len()
+                        ),
+                    ));
                 }
                 v.clone()
             }

@@ -55,10 +55,13 @@ pub fn try_geglu(x: &Tensor) -> Result<Tensor> {
     let two_d = match x.shape().last() {
         Some(&n) if n > 0 && n % 2 == 0 => n,
         _ => {
-            return Err(Error::Msg(format!(
-                "geglu: the last dimension must be even and positive, got shape {:?}",
-                x.shape()
-            )))
+            return Err(Error::shape(
+                "geglu",
+                format!(
+                    "the last dimension must be even and positive, got shape {:?}",
+                    x.shape()
+                ),
+            ))
         }
     };
     let d = two_d / 2;

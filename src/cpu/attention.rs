@@ -31,7 +31,7 @@ pub fn try_attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
-    let bad = |msg: String| Err(Error::Msg(format!("attention: {msg}")));
+    let bad = |msg: String| Err(Error::shape("attention", msg));
     let [b, n, inner] = q.shape()[..] else {
         return bad(format!("q must be rank 3 [B, N, C], got {:?}", q.shape()));
     };

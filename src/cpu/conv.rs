@@ -90,7 +90,7 @@ pub fn conv2d_masked(
 }
 
 fn conv_error(msg: String) -> Error {
-    Error::Msg(format!("conv2d: {msg}"))
+    Error::shape("conv2d", msg)
 }
 
 fn too_large(what: &str) -> Error {

@@ -57,10 +57,10 @@ pub fn try_fourier_filter(
 ) -> Result<Tensor> {
     let r = x.rank();
     if r < 2 {
-        return Err(Error::Msg(format!(
-            "Fourier filter: expected [.., H, W], got shape {:?}",
-            x.shape()
-        )));
+        return Err(Error::shape(
+            "Fourier filter",
+            format!("expected [.., H, W], got shape {:?}", x.shape()),
+        ));
     }
     let (h, w) = (x.shape()[r - 2], x.shape()[r - 1]);
     // The direct form multiplies two indices below H (or W) before reducing them.

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::tensor::{try_zeroed_vec, Tensor};
 
 fn layout_error(what: &str, msg: String) -> Error {
-    Error::Msg(format!("{what}: {msg}"))
+    Error::shape(what, msg)
 }
 
 /// [B, C, H, W] → [B, H·W, C]. Panics where `try_nchw_to_nlc` errs.

@@ -16,23 +16,26 @@ pub(crate) fn check_linear(
     bias: Option<&[f32]>,
 ) -> Result<(usize, usize, usize)> {
     let [out_f, in_f] = weight.shape()[..] else {
-        return Err(Error::Msg(format!(
-            "linear: weight must be rank 2 [out, in], got {:?}",
-            weight.shape()
-        )));
+        return Err(Error::shape(
+            "linear",
+            format!("weight must be rank 2 [out, in], got {:?}", weight.shape()),
+        ));
     };
     if x.shape().last() != Some(&in_f) {
-        return Err(Error::Msg(format!(
-            "linear: input {:?} does not end in the weight's {in_f} input features",
-            x.shape()
-        )));
+        return Err(Error::shape(
+            "linear",
+            format!(
+                "input {:?} does not end in the weight's {in_f} input features",
+                x.shape()
+            ),
+        ));
     }
     if let Some(b) = bias {
         if b.len() != out_f {
-            return Err(Error::Msg(format!(
-                "linear: {} bias values for {out_f} outputs",
-                b.len()
-            )));
+            return Err(Error::shape(
+                "linear",
+                format!("{} bias values for {out_f} outputs", b.len()),
+            ));
         }
     }
     let rows = x.shape()[..x.rank() - 1]

@@ -55,10 +55,10 @@ pub fn try_masked_linear(
     mask: Option<MaskFn>,
 ) -> Result<Tensor> {
     if x.rank() < 2 {
-        return Err(Error::Msg(format!(
-            "linear: input must be [B, ..., in], got {:?}",
-            x.shape()
-        )));
+        return Err(Error::shape(
+            "linear",
+            format!("input must be [B, ..., in], got {:?}", x.shape()),
+        ));
     }
     let (all_rows, in_f, out_f) = super::linear::check_linear(x, weight, bias)?;
     let b = x.shape()[0];

@@ -35,7 +35,7 @@ pub fn try_group_norm(
     eps: f32,
     silu: bool,
 ) -> Result<Tensor> {
-    let bad = |msg: String| Err(Error::Msg(format!("group_norm: {msg}")));
+    let bad = |msg: String| Err(Error::shape("group_norm", msg));
     if x.rank() < 2 {
         return bad(format!("input must be [B, C, ...], got {:?}", x.shape()));
     }
@@ -78,15 +78,18 @@ pub fn layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Tensor {
 /// As `layer_norm`; shapes that do not agree and memory that cannot be had are errors.
 pub fn try_layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Result<Tensor> {
     let Some(&d) = x.shape().last() else {
-        return Err(Error::Msg("layer_norm: a rank-0 input".into()));
+        return Err(Error::shape("layer_norm", "a rank-0 input"));
     };
     if gamma.len() != d || beta.len() != d {
-        return Err(Error::Msg(format!(
-            "layer_norm: {} scales and {} shifts for an input of shape {:?}",
-            gamma.len(),
-            beta.len(),
-            x.shape()
-        )));
+        return Err(Error::shape(
+            "layer_norm",
+            format!(
+                "{} scales and {} shifts for an input of shape {:?}",
+                gamma.len(),
+                beta.len(),
+                x.shape()
+            ),
+        ));
     }
     let mut out = try_zeroed_vec(x.numel(), "layer_norm output")?;
     if out.is_empty() {

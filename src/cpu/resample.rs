@@ -27,19 +27,20 @@ pub fn upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Tensor {
 /// and sizes that overflow are errors.
 pub fn try_upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let [b, c, h, w] = x.shape()[..] else {
-        return Err(Error::Msg(format!(
-            "upsample: expected a rank-4 [B, C, H, W] tensor, got {:?}",
-            x.shape()
-        )));
+        return Err(Error::shape(
+            "upsample",
+            format!("expected a rank-4 [B, C, H, W] tensor, got {:?}", x.shape()),
+        ));
     };
     let n = numel_of(&[b, c, out_h, out_w], "upsample output")?;
     if n == 0 {
         return Ok(Tensor::from_parts(vec![b, c, out_h, out_w], Vec::new()));
     }
     if h == 0 || w == 0 {
-        return Err(Error::Msg(format!(
-            "upsample: an empty {h}×{w} image cannot be resized to {out_h}×{out_w}"
-        )));
+        return Err(Error::shape(
+            "upsample",
+            format!("an empty {h}×{w} image cannot be resized to {out_h}×{out_w}"),
+        ));
     }
     let cols: Vec<usize> = (0..out_w).map(|o| src_index(o, w, out_w)).collect();
     let mut out = try_zeroed_vec(n, "upsample output")?;

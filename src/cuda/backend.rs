@@ -175,8 +175,18 @@ fn launch_1d(n: usize) -> LaunchConfig {
 }
 
 fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v)
-        .map_err(|_| Error::Msg(format!("{what} = {v} is too large for the GPU kernels")))
+    i32::try_from(v).map_err(|_| Error::TooLarge {
+        what: what.to_string(),
+        detail: format!("{v} is too large for the GPU kernels"),
+    })
+}
+
+/// The GPU kernels put the batch on the grid's z (or y) axis, at most 65535.
+fn batch_too_large(b: usize) -> Error {
+    Error::TooLarge {
+        what: "batch".into(),
+        detail: format!("{b} samples exceed the GPU kernels' 65535"),
+    }
 }
 
 fn shape_err(what: &str, msg: String) -> Error {
@@ -227,10 +237,10 @@ impl Gpu {
 
     fn check_dtype(&self, t: &GpuTensor) -> Result<()> {
         if t.dtype != self.dtype {
-            return Err(Error::Msg(format!(
-                "a {:?} tensor given to a {:?} device",
-                t.dtype, self.dtype
-            )));
+            return Err(Error::shape(
+                "gpu",
+                format!("a {:?} tensor given to a {:?} device", t.dtype, self.dtype),
+            ));
         }
         Ok(())
     }
@@ -375,7 +385,7 @@ impl Gpu {
             _ => (self.kernel("gemm_conv"), 128),
         };
         if g.samples > 65535 {
-            return Err(Error::Msg(format!("batch {} exceeds 65535", g.samples)));
+            return Err(batch_too_large(g.samples));
         }
         let cfg = LaunchConfig {
             grid_dim: (
@@ -704,7 +714,7 @@ impl Backend for Gpu {
             return Ok(y);
         }
         if b > 65535 {
-            return Err(Error::Msg(format!("batch {b} exceeds 65535")));
+            return Err(batch_too_large(b));
         }
         let f = self.function(&self.kernel("group_norm"))?;
         let (px, pg, pb, py) = (
@@ -997,7 +1007,7 @@ impl Backend for Gpu {
             return Ok(x.clone());
         }
         if b > 65535 {
-            return Err(Error::Msg(format!("batch {b} exceeds 65535")));
+            return Err(batch_too_large(b));
         }
         let (u0, nu, v0, nv) = (
             rows[0] as i32,
@@ -1033,11 +1043,12 @@ impl Backend for Gpu {
         }
         // SAFETY: only tries to dlopen the library.
         if !unsafe { cudarc::cufft::sys::is_culib_present() } {
-            return Err(Error::Msg(
-                "cuFFT (libcufft) is not installed; the direct FreeU filter \
+            return Err(Error::DeviceUnavailable {
+                device: "cufft".into(),
+                msg: "cuFFT (libcufft) is not installed; the direct FreeU filter \
                  (--freeu-filter direct) is exact and needs no cuFFT for thresholds up to 2"
                     .into(),
-            ));
+            });
         }
         let planes = b * c;
         let (hw, wh) = (h * w, w / 2 + 1);
@@ -1067,7 +1078,10 @@ impl Backend for Gpu {
                             planes as i32,
                             self.stream.clone(),
                         )
-                        .map_err(|e| Error::Msg(format!("cuFFT plan for {planes}×{h}×{w}: {e:?}")))
+                        .map_err(|e| Error::Cuda {
+                            during: format!("making a cuFFT plan for {planes}×{h}×{w}"),
+                            code: format!("{e:?}"),
+                        })
                     };
                     use cudarc::cufft::sys::cufftType as K;
                     let p = FftPlans {
@@ -1077,9 +1091,10 @@ impl Backend for Gpu {
                     slot.insert(p)
                 }
             };
-            p.r2c
-                .exec_r2c(&real, &mut spec)
-                .map_err(|e| Error::Msg(format!("cuFFT R2C: {e:?}")))?;
+            p.r2c.exec_r2c(&real, &mut spec).map_err(|e| Error::Cuda {
+                during: "running cuFFT R2C".into(),
+                code: format!("{e:?}"),
+            })?;
             let ps = self.ptr(&spec);
             let n = planes as i64;
             self.launch(
@@ -1089,7 +1104,10 @@ impl Backend for Gpu {
             )?;
             p.c2r
                 .exec_c2r(&mut spec, &mut real)
-                .map_err(|e| Error::Msg(format!("cuFFT C2R: {e:?}")))?;
+                .map_err(|e| Error::Cuda {
+                    during: "running cuFFT C2R".into(),
+                    code: format!("{e:?}"),
+                })?;
         }
         let (pr, inv) = (self.ptr(&real), 1.0f32 / hw as f32);
         self.launch(

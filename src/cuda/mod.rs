@@ -112,9 +112,10 @@ impl Gpu {
             .iter()
             .find(|(s, _)| !kernels::SOURCES.iter().any(|(k, _)| k == s))
         {
-            return Err(Error::Msg(format!(
-                "there is no kernels/{stem}.cu to replace"
-            )));
+            return Err(Error::not_found(
+                format!("kernels/{stem}.cu"),
+                format!("there is no kernels/{stem}.cu to replace"),
+            ));
         }
         Self::open_with("emu", ordinal, dtype, sources)
     }
@@ -258,7 +259,10 @@ impl Gpu {
             .modules
             .iter()
             .find_map(|m| m.load_function(name).ok())
-            .ok_or_else(|| Error::Msg(format!("no CUDA kernel named `{name}`")))?;
+            .ok_or_else(|| Error::Cuda {
+                during: format!("looking up kernel `{name}`"),
+                code: "no such kernel in the loaded modules".into(),
+            })?;
         cache.insert(name.to_string(), f.clone());
         Ok(f)
     }

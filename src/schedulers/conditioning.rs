@@ -158,8 +158,9 @@ impl Conditioning {
             }
         }
         if guided && self.encoder_hidden_states.is_none() {
-            return Err(Error::Msg(
-                "guidance needs both encoder_hidden_states and uncond_hidden_states".into(),
+            return Err(Error::input(
+                "uncond_hidden_states",
+                "guidance needs both encoder_hidden_states and uncond_hidden_states",
             ));
         }
         if self.uncond_time_ids.is_some() && !guided {

@@ -120,11 +120,9 @@ impl SamplerKind {
         Self::ALL
             .into_iter()
             .find(|k| k.short_name() == name)
-            .ok_or_else(|| {
-                Error::Msg(format!(
-                    "unknown sampler `{name}` (implemented: {})",
-                    Self::short_names()
-                ))
+            .ok_or_else(|| Error::Unsupported {
+                field: "sampler".into(),
+                value: format!("`{name}` (implemented: {})", Self::short_names()),
             })
     }
 }
@@ -225,7 +223,12 @@ impl SchedulerConfig {
             ]
             .into_iter()
             .find(|p| p.is_file())
-            .ok_or_else(|| Error::Msg(format!("{}: no scheduler_config.json", path.display())))?
+            .ok_or_else(|| {
+                Error::not_found(
+                    path.display().to_string(),
+                    format!("{}: no scheduler_config.json", path.display()),
+                )
+            })?
         } else {
             path.to_path_buf()
         };
@@ -630,11 +633,14 @@ impl SchedulerConfig {
         ts.into_iter()
             .map(|t| {
                 usize::try_from(t).ok().filter(|&t| t < n).ok_or_else(|| {
-                    Error::Msg(format!(
-                        "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach \
+                    Error::sampler(
+                        "timesteps",
+                        format!(
+                            "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach \
                          timestep {t}, outside 0..{n} (`num_train_timesteps`)",
-                        self.steps_offset
-                    ))
+                            self.steps_offset
+                        ),
+                    )
                 })
             })
             .collect()
@@ -645,9 +651,12 @@ impl SchedulerConfig {
 /// can be distinct.
 pub(crate) fn check_steps(steps: usize, n: usize, max: usize) -> Result<()> {
     if steps == 0 || steps > max {
-        return Err(Error::Msg(format!(
+        return Err(Error::sampler(
+            "timesteps",
+            format!(
             "steps = {steps}: this schedule takes 1 to {max} steps (`num_train_timesteps` = {n})"
-        )));
+        ),
+        ));
     }
     Ok(())
 }

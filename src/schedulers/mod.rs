@@ -173,17 +173,21 @@ pub fn sample(
     }
     if let Some(g) = guidance {
         if !g.is_finite() {
-            return Err(Error::Msg(format!(
-                "guidance must be a finite number, got {g}"
-            )));
+            return Err(Error::input(
+                "guidance",
+                format!("must be a finite number, got {g}"),
+            ));
         }
     }
     check_timesteps("the sampler", sampler.timesteps())?;
     let init = sampler.init_noise_sigma();
     if !(init.is_finite() && init > 0.0) {
-        return Err(Error::Msg(format!(
-            "the sampler's initial noise sigma is {init}: it must be a positive finite number"
-        )));
+        return Err(Error::sampler(
+            "sampler",
+            format!(
+                "the sampler's initial noise sigma is {init}: it must be a positive finite number"
+            ),
+        ));
     }
     check_finite("noise", noise.data())?;
     // The conditioning against the model, before any work (its errors name the user's tensors).
@@ -191,10 +195,13 @@ pub fn sample(
     let mut latents = noise.clone();
     latents.data_mut().iter_mut().for_each(|v| *v *= init);
     if let Some((at, v)) = first_non_finite(latents.data()) {
-        return Err(Error::Msg(format!(
-            "the initial noise times the sampler's initial sigma {init} overflows \
+        return Err(Error::input(
+            "noise",
+            format!(
+                "the initial noise times the sampler's initial sigma {init} overflows \
              (element {at} is {v})"
-        )));
+            ),
+        ));
     }
     if guidance.is_some() {
         // Per-sample masks are given per sample; the guided call has each sample twice.
@@ -242,11 +249,14 @@ pub fn sample(
         let out = match guidance {
             Some(g) => {
                 if out.shape().first() != Some(&(2 * b)) {
-                    return Err(in_step(Error::Msg(format!(
-                        "the model outputs {:?} for a guided batch of {}",
-                        out.shape(),
-                        2 * b
-                    ))));
+                    return Err(in_step(Error::shape(
+                        "model",
+                        format!(
+                            "the model outputs {:?} for a guided batch of {}",
+                            out.shape(),
+                            2 * b
+                        ),
+                    )));
                 }
                 let half = out.numel() / 2;
                 let (u, c) = out.data().split_at(half);
@@ -267,12 +277,15 @@ pub fn sample(
             None => out,
         };
         if out.shape() != latents.shape() {
-            return Err(Error::Msg(format!(
-                "the model outputs {:?} for samples of {:?}; sampling needs out_channels = \
+            return Err(Error::shape(
+                "model",
+                format!(
+                    "the model outputs {:?} for samples of {:?}; sampling needs out_channels = \
                  in_channels (learned-variance outputs are not implemented)",
-                out.shape(),
-                latents.shape()
-            )));
+                    out.shape(),
+                    latents.shape()
+                ),
+            ));
         }
         latents = sampler
             .step(&out, i, &latents, step_noise)
@@ -322,14 +335,17 @@ pub(crate) fn check_finite(name: &str, data: &[f32]) -> Result<()> {
 /// A sampler's timesteps: at least one, all finite and non-negative.
 pub(crate) fn check_timesteps(sampler: &str, timesteps: &[f32]) -> Result<()> {
     if timesteps.is_empty() {
-        return Err(Error::Msg(format!("{sampler} has no timesteps")));
+        return Err(Error::sampler(sampler, "has no timesteps"));
     }
     if let Some(i) = timesteps.iter().position(|t| !(t.is_finite() && *t >= 0.0)) {
-        return Err(Error::Msg(format!(
-            "{sampler}: timestep {} of step {} is not a finite non-negative number",
-            timesteps[i],
-            i + 1
-        )));
+        return Err(Error::sampler(
+            sampler,
+            format!(
+                "timestep {} of step {} is not a finite non-negative number",
+                timesteps[i],
+                i + 1
+            ),
+        ));
     }
     Ok(())
 }
@@ -341,23 +357,29 @@ pub(crate) fn check_sigmas(sampler: &str, sigmas: &[f32], strictly_decreasing: b
     let steps = sigmas.len().saturating_sub(1);
     for (i, &s) in sigmas[..steps].iter().enumerate() {
         if !(s > 0.0 && (s * s).is_finite()) {
-            return Err(Error::Msg(format!(
-                "{sampler}: σ of step {} is {s}; it must be positive and finite (check \
+            return Err(Error::sampler(
+                sampler,
+                format!(
+                    "σ of step {} is {s}; it must be positive and finite (check \
                  `beta_start`, `beta_end`, `beta_schedule` and `num_train_timesteps`)",
-                i + 1
-            )));
+                    i + 1
+                ),
+            ));
         }
     }
     if strictly_decreasing {
         if let Some(i) = (0..steps).find(|&i| sigmas[i + 1] >= sigmas[i]) {
-            return Err(Error::Msg(format!(
-                "{sampler}: σ does not decrease from step {} to step {} ({} then {}): the \
+            return Err(Error::sampler(
+                sampler,
+                format!(
+                    "σ does not decrease from step {} to step {} ({} then {}): the \
                  timesteps repeat; give fewer steps or another `timestep_spacing`",
-                i + 1,
-                i + 2,
-                sigmas[i],
-                sigmas[i + 1]
-            )));
+                    i + 1,
+                    i + 2,
+                    sigmas[i],
+                    sigmas[i + 1]
+                ),
+            ));
         }
     }
     Ok(())
@@ -397,9 +419,10 @@ pub fn build(
 ) -> Result<Box<dyn Sampler>> {
     check_eta(eta)?;
     if eta > 0.0 && kind != SamplerKind::Ddim {
-        return Err(Error::Msg(format!(
-            "eta = {eta}: eta applies to the DDIM sampler only ({kind:?} has none)"
-        )));
+        return Err(Error::sampler(
+            format!("{kind:?}"),
+            format!("eta = {eta}: eta applies to the DDIM sampler only ({kind:?} has none)"),
+        ));
     }
     config.validate()?;
     use scheduling_dpmsolver_multistep::DpmSolverMultistepScheduler;
@@ -433,9 +456,10 @@ pub fn build(
 /// 1 − ᾱ_prev and the direction term would be the root of a negative number.
 pub(crate) fn check_eta(eta: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&eta) {
-        return Err(Error::Msg(format!(
-            "eta = {eta}: must be a number from 0 to 1"
-        )));
+        return Err(Error::sampler(
+            "DDIM",
+            format!("eta = {eta}: must be a number from 0 to 1"),
+        ));
     }
     Ok(())
 }

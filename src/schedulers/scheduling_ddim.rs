@@ -46,23 +46,29 @@ impl DdimScheduler {
             // ᾱ = 0 (zero terminal SNR) leaves x̂₀ = (x − √(1 − ᾱ)·ε)/√ᾱ undefined under epsilon
             // prediction; v- and sample prediction give x̂₀ and ε̂ without dividing by √ᾱ.
             if a == 0.0 && s.prediction == Prediction::Epsilon {
-                return Err(Error::Msg(format!(
-                    "DDIM: ᾱ = 0 at timestep {} (rescale_betas_zero_snr), where epsilon \
+                return Err(Error::sampler(
+                    "DDIM",
+                    format!(
+                        "ᾱ = 0 at timestep {} (rescale_betas_zero_snr), where epsilon \
                      prediction divides by √ᾱ; zero terminal SNR needs v_prediction or sample \
                      prediction",
-                    s.timesteps[i]
-                )));
+                        s.timesteps[i]
+                    ),
+                ));
             }
             if !((0.0..1.0).contains(&a)
                 && a_prev > 0.0
                 && [std_dev, dir].iter().all(|v| v.is_finite()))
             {
-                return Err(Error::Msg(format!(
-                    "DDIM: the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \
+                return Err(Error::sampler(
+                    "DDIM",
+                    format!(
+                        "the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \
                      ᾱ_prev = {a_prev}, σ_t = {std_dev}, direction {dir}",
-                    i + 1,
-                    s.timesteps[i]
-                )));
+                        i + 1,
+                        s.timesteps[i]
+                    ),
+                ));
             }
         }
         Ok(s)

@@ -37,12 +37,15 @@ impl DdpmScheduler {
         for i in 0..s.timesteps.len() {
             let (a, x0_coeff, x_coeff, std) = s.coefficients(i);
             if !(a > 0.0 && a < 1.0 && [x0_coeff, x_coeff, std].iter().all(|v| v.is_finite())) {
-                return Err(Error::Msg(format!(
-                    "DDPM: the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \
+                return Err(Error::sampler(
+                    "DDPM",
+                    format!(
+                        "the coefficients of step {} (timestep {}) are not usable: ᾱ_t = {a}, \
                      x̂₀ coefficient {x0_coeff}, sample coefficient {x_coeff}, noise σ {std}",
-                    i + 1,
-                    s.timesteps[i]
-                )));
+                        i + 1,
+                        s.timesteps[i]
+                    ),
+                ));
             }
         }
         Ok(s)

@@ -109,11 +109,14 @@ pub(crate) fn multistep_schedule(
             .collect()
     };
     if let Some(t) = ts.iter().find(|&&t| !(t >= 0.0 && t < n as f64)) {
-        return Err(Error::Msg(format!(
-            "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach timestep \
+        return Err(Error::sampler(
+            "timesteps",
+            format!(
+                "{steps} steps with {spacing:?} spacing and `steps_offset` = {} reach timestep \
              {t}, outside 0..{n} (`num_train_timesteps`)",
-            cfg.steps_offset
-        )));
+                cfg.steps_offset
+            ),
+        ));
     }
     sigmas.push(0.0);
     let sigmas: Vec<f32> = sigmas.into_iter().map(|s| s as f32).collect();

@@ -45,14 +45,17 @@ impl EulerAncestralScheduler {
         for i in 0..steps {
             let (up, down) = s.split(i);
             if !(up.is_finite() && down.is_finite()) {
-                return Err(Error::Msg(format!(
-                    "Euler ancestral: step {} from σ = {} to σ = {} has no real σ_down in f32 \
+                return Err(Error::sampler(
+                    "Euler ancestral",
+                    format!(
+                        "step {} from σ = {} to σ = {} has no real σ_down in f32 \
                      (diffusers' update is NaN there); give another `timestep_spacing` or more \
                      steps",
-                    i + 1,
-                    s.sigmas[i],
-                    s.sigmas[i + 1]
-                )));
+                        i + 1,
+                        s.sigmas[i],
+                        s.sigmas[i + 1]
+                    ),
+                ));
             }
         }
         Ok(s)

@@ -80,10 +80,13 @@ impl DiscreteSigmas {
         };
         super::check_sigmas(sampler, &sigmas, false)?;
         if !(init_noise_sigma.is_finite() && init_noise_sigma > 0.0) {
-            return Err(Error::Msg(format!(
-                "{sampler}: the initial noise sigma is {init_noise_sigma}; it must be positive \
+            return Err(Error::sampler(
+                sampler,
+                format!(
+                    "the initial noise sigma is {init_noise_sigma}; it must be positive \
                  and finite"
-            )));
+                ),
+            ));
         }
         Ok(DiscreteSigmas {
             timesteps: timesteps.into_iter().map(|t| t as f32).collect(),

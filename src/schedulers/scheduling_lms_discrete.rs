@@ -73,11 +73,14 @@ impl LmsScheduler {
             .collect();
         // Nodes that coincide (repeated σ) make the Lagrange basis divide by 0.
         if let Some(i) = coeffs.iter().position(|c| c.iter().any(|v| !v.is_finite())) {
-            return Err(Error::Msg(format!(
-                "LMS: the coefficients of step {} are not finite: its σ's repeat (give fewer \
+            return Err(Error::sampler(
+                "LMS",
+                format!(
+                    "the coefficients of step {} are not finite: its σ's repeat (give fewer \
                  steps or another `timestep_spacing`)",
-                i + 1
-            )));
+                    i + 1
+                ),
+            ));
         }
         Ok(LmsScheduler {
             sigmas: s.sigmas,

@@ -66,10 +66,13 @@ impl PndmScheduler {
         } else {
             if steps < 4 {
                 // diffusers' array arithmetic fails below 4 (the warm-up is 3 steps plus one).
-                return Err(Error::Msg(format!(
-                    "PNDM: steps = {steps}; the Runge–Kutta warm-up (`skip_prk_steps` = false) \
+                return Err(Error::sampler(
+                    "PNDM",
+                    format!(
+                        "steps = {steps}; the Runge–Kutta warm-up (`skip_prk_steps` = false) \
                      takes at least 4 steps"
-                )));
+                    ),
+                ));
             }
             let half = ratio / 2;
             // The last 4 timesteps, each followed by its midpoint …
@@ -112,10 +115,13 @@ impl PndmScheduler {
                     .filter(|&t| t < n)
                     .map(|t| (t, prev))
                     .ok_or_else(|| {
-                        Error::Msg(format!(
-                            "PNDM: {steps} steps with {spacing:?} spacing step from timestep \
+                        Error::sampler(
+                            "PNDM",
+                            format!(
+                                "{steps} steps with {spacing:?} spacing step from timestep \
                              {t}, outside 0..{n} (`num_train_timesteps`)"
-                        ))
+                            ),
+                        )
                     })
             })
             .collect::<Result<_>>()?;
@@ -131,20 +137,26 @@ impl PndmScheduler {
             cur_sample: None,
         };
         if let Some(t) = calls.iter().find(|&&t| !(0..n as i64).contains(&t)) {
-            return Err(Error::Msg(format!(
-                "PNDM: {steps} steps with {spacing:?} spacing reach timestep {t}, outside \
+            return Err(Error::sampler(
+                "PNDM",
+                format!(
+                    "{steps} steps with {spacing:?} spacing reach timestep {t}, outside \
                  0..{n} (`num_train_timesteps`)"
-            )));
+                ),
+            ));
         }
         // Every update's coefficients, before any model call.
         for c in 0..s.updates.len() {
             let (sample_coeff, diff, denom, _) = s.coefficients(c);
             if !(sample_coeff.is_finite() && (diff / denom).is_finite()) {
-                return Err(Error::Msg(format!(
-                    "PNDM: the coefficients of call {} (timestep {}) are not finite",
-                    c + 1,
-                    s.timesteps[c]
-                )));
+                return Err(Error::sampler(
+                    "PNDM",
+                    format!(
+                        "the coefficients of call {} (timestep {}) are not finite",
+                        c + 1,
+                        s.timesteps[c]
+                    ),
+                ));
             }
         }
         Ok(s)
