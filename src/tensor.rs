@@ -201,7 +201,9 @@ pub fn try_repeat(pattern: &[f32], times: usize, what: &str) -> Result<Vec<f32>>
 /// `data_mut` copies them.
 #[derive(Clone)]
 enum Storage {
-    Owned(Vec<f32>),
+    /// Values in memory, shared by clones of the tensor and copied on the first write to a
+    /// shared one (`data_mut`).
+    Owned(Arc<Vec<f32>>),
     Mapped(Arc<Mapping>, Range<usize>),
     Half(Arc<HalfValues>),
 }
@@ -335,7 +337,8 @@ impl Storage {
 }
 
 /// A dense row-major f32 tensor: a shape and its values (images `[B, C, H, W]`, NCHW). Cloning
-/// copies owned values and shares mapped ones; equality compares shapes and values.
+/// never copies values: clones share them until one writes (copy on write); equality compares
+/// shapes and values.
 ///
 /// ```
 /// use freelunch::Tensor;
@@ -386,7 +389,49 @@ impl Tensor {
         }
         Ok(Tensor {
             shape,
-            data: Storage::Owned(data),
+            data: Storage::Owned(Arc::new(data)),
+        })
+    }
+
+    /// A tensor of `shape` holding a copy of `values` (one allocation, made fallibly).
+    pub fn from_slice(shape: impl Into<Vec<usize>>, values: &[f32]) -> Result<Self> {
+        let shape = shape.into();
+        let v = try_copy(values, &format!("a tensor of shape {shape:?}"))?;
+        Self::new(shape, v)
+    }
+
+    /// A tensor of `shape` over `values` without a copy: an engine's buffer, shared. Reading
+    /// never copies; the first write to values still shared (`data_mut`) copies them first,
+    /// so the caller's buffer is never changed behind its back.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use freelunch::Tensor;
+    ///
+    /// let buffer = Arc::new(vec![1.0f32; 6]);
+    /// let t = Tensor::from_shared([2, 3], buffer.clone())?;
+    /// assert!(std::ptr::eq(t.data().as_ptr(), buffer.as_ptr()));
+    /// let mut u = t.clone();
+    /// u.data_mut()[0] = 5.0;
+    /// assert_eq!((buffer[0], t.data()[0], u.data()[0]), (1.0, 1.0, 5.0));
+    /// # Ok::<(), freelunch::Error>(())
+    /// ```
+    pub fn from_shared(shape: impl Into<Vec<usize>>, values: Arc<Vec<f32>>) -> Result<Self> {
+        let shape = shape.into();
+        let numel = numel_of(&shape, "tensor")?;
+        if numel != values.len() {
+            return Err(Error::shape(
+                "tensor",
+                format!(
+                    "tensor of shape {shape:?} needs {numel} elements, got {}",
+                    values.len()
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            data: Storage::Owned(values),
         })
     }
 
@@ -395,7 +440,7 @@ impl Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor {
             shape,
-            data: Storage::Owned(data),
+            data: Storage::Owned(Arc::new(data)),
         }
     }
 
@@ -411,7 +456,7 @@ impl Tensor {
         let data = try_zeroed_vec(n, &format!("a tensor of shape {shape:?}"))?;
         Ok(Tensor {
             shape,
-            data: Storage::Owned(data),
+            data: Storage::Owned(Arc::new(data)),
         })
     }
 
@@ -430,18 +475,19 @@ impl Tensor {
         data.extend((0..n).map(|_| rng.normal()));
         Ok(Tensor {
             shape,
-            data: Storage::Owned(data),
+            data: Storage::Owned(Arc::new(data)),
         })
     }
 
-    /// A copy, allocated fallibly (`clone` aborts when memory runs out).
+    /// A copy of the values, allocated now and fallibly (`clone` shares them instead, and a
+    /// later write to a shared tensor copies them, aborting if memory runs out).
     pub fn try_clone(&self) -> Result<Self> {
         Ok(Tensor {
             shape: self.shape.clone(),
-            data: Storage::Owned(try_copy(
+            data: Storage::Owned(Arc::new(try_copy(
                 self.data(),
                 &format!("a tensor of shape {:?}", self.shape),
-            )?),
+            )?)),
         })
     }
 
@@ -458,18 +504,19 @@ impl Tensor {
     /// The values to change in place; a mapped tensor's are copied first (once).
     pub fn data_mut(&mut self) -> &mut [f32] {
         if !matches!(self.data, Storage::Owned(_)) {
-            self.data = Storage::Owned(self.data.as_slice().to_vec());
+            self.data = Storage::Owned(Arc::new(self.data.as_slice().to_vec()));
         }
         match &mut self.data {
-            Storage::Owned(v) => v,
+            // Clones share their values until one of them writes.
+            Storage::Owned(v) => Arc::make_mut(v).as_mut_slice(),
             _ => unreachable!("made owned above"),
         }
     }
 
-    /// The values as an owned vector (copied when they are mapped).
+    /// The values as an owned vector (copied when they are mapped or shared).
     pub fn into_data(self) -> Vec<f32> {
         match self.data {
-            Storage::Owned(v) => v,
+            Storage::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()),
             other => other.as_slice().to_vec(),
         }
     }
@@ -509,7 +556,7 @@ impl Tensor {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
             map.release(bytes);
-            Storage::Owned(v)
+            Storage::Owned(Arc::new(v))
         };
         Ok(Tensor { shape, data })
     }
@@ -543,7 +590,7 @@ impl Tensor {
         map.release(bytes);
         Ok(Tensor {
             shape,
-            data: Storage::Owned(v),
+            data: Storage::Owned(Arc::new(v)),
         })
     }
 

@@ -1,0 +1,118 @@
+//! Bytes allocated by one U-Net forward on the CPU, after a warm-up call: the total the
+//! allocator hands out per call (every buffer, however short-lived), the number of
+//! allocations, and the peak above what was live before the call. The figures BENCHMARKS.md
+//! keeps for the engine API's copy-free I/O. A counting global allocator in this binary alone
+//! measures them; nothing is timed.
+//!
+//! `cargo bench --bench alloc` runs the SD1.5 architecture (random weights, the issue's
+//! `[2, 4, 32, 32]` call with 77 tokens); `FREELUNCH_ALLOC_CONFIG=tools/configs/X.json` and
+//! `FREELUNCH_ALLOC_SHAPE=B,C,H,W` change the model and the call.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use freelunch::weights::RandomWeights;
+use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
+
+struct Counting;
+
+static TOTAL: AtomicU64 = AtomicU64::new(0);
+static COUNT: AtomicU64 = AtomicU64::new(0);
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static PEAK: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call goes to the system allocator unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let size = layout.size() as u64;
+        TOTAL.fetch_add(size, Relaxed);
+        COUNT.fetch_add(1, Relaxed);
+        let live = LIVE.fetch_add(size, Relaxed) + size;
+        PEAK.fetch_max(live, Relaxed);
+        // SAFETY: as the caller's contract with `GlobalAlloc::alloc`.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as u64, Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and wants no run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config_path = std::env::var("FREELUNCH_ALLOC_CONFIG")
+        .map_or_else(|_| root.join("tools/configs/sd15.json"), Into::into);
+    let config = UNetConfig::from_file(&config_path).unwrap();
+    let shape: Vec<usize> = std::env::var("FREELUNCH_ALLOC_SHAPE")
+        .unwrap_or_else(|_| format!("2,{},32,32", config.in_channels))
+        .split(',')
+        .map(|d| d.trim().parse().expect("FREELUNCH_ALLOC_SHAPE: B,C,H,W"))
+        .collect();
+    // Where the bytes go: one single-threaded product of the shape of an SD 3×3 convolution's
+    // weight tile against its patch rows, operands allocated beforehand.
+    {
+        use freelunch::cpu::gemm::{sgemm, Mat, Threads};
+        let (m, n, k) = (64, 1024, 2880);
+        let (a, b, mut c) = (
+            vec![1.0f32; m * k],
+            vec![1.0f32; k * n],
+            vec![0.0f32; m * n],
+        );
+        let before = TOTAL.load(Relaxed);
+        let calls = COUNT.load(Relaxed);
+        sgemm(
+            m,
+            n,
+            k,
+            &a,
+            Mat::row_major(0, k),
+            &b,
+            Mat::row_major(0, n),
+            &mut c,
+            Mat::row_major(0, n),
+            false,
+            1.0,
+            Threads::Single,
+        );
+        println!(
+            "alloc/sgemm {m}x{n}x{k}: {:.2} MiB in {} allocations (operands {:.2} MiB)",
+            mib(TOTAL.load(Relaxed) - before),
+            COUNT.load(Relaxed) - calls,
+            mib(((m * k + k * n + m * n) * 4) as u64)
+        );
+    }
+    let unet = UNet::load(config.clone(), &mut RandomWeights::new(0)).unwrap();
+    let mut inputs = UNetInputs::new(Tensor::randn(shape.clone(), 1), 500.0);
+    if config.is_conditional() {
+        let d = config.levels[0].cross_attention_dim;
+        inputs.encoder_hidden_states = Some(Tensor::randn([shape[0], 77, d], 2));
+    }
+    unet.forward(&inputs).unwrap();
+    for call in 1..=3 {
+        let (total, count) = (TOTAL.load(Relaxed), COUNT.load(Relaxed));
+        let live = LIVE.load(Relaxed);
+        PEAK.store(live, Relaxed);
+        let out = unet.forward(&inputs).unwrap();
+        drop(out);
+        println!(
+            "alloc/{} {shape:?} call {call}: {:.1} MiB in {} allocations, peak +{:.1} MiB",
+            config_path.file_stem().unwrap().to_string_lossy(),
+            mib(TOTAL.load(Relaxed) - total),
+            COUNT.load(Relaxed) - count,
+            mib(PEAK.load(Relaxed) - live),
+        );
+    }
+}
