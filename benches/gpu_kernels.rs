@@ -2,7 +2,9 @@
 //! dense GEMM against cuBLAS (the ceiling), the implicit-GEMM convolutions, flash attention, and
 //! FreeU's filter on cuFFT against the direct form. Prints `skipped: no CUDA device` and exits
 //! where there is no GPU. `FREELUNCH_DTYPE` = f16 (default), bf16 or f32; `FREELUNCH_DEVICE=emu`
-//! runs them on the PTX executor (its speed, not a GPU's; no cuBLAS there).
+//! runs them on the PTX executor (its speed, not a GPU's; no cuBLAS there). Groups named
+//! `*_flop` count one criterion element per floating-point operation, so their `Gelem/s` are
+//! GFLOP/s.
 
 use std::hint::black_box;
 
@@ -88,7 +90,7 @@ fn gemm(c: &mut Criterion) {
         ("attn_l2_1280", 256, 1280, 1280),
         ("cross_kv_768x320", 77, 768, 320),
     ];
-    let mut g = c.benchmark_group("gemm");
+    let mut g = c.benchmark_group("gemm_flop");
     for (name, tokens, k, n) in shapes {
         let lin = Linear {
             uid: fresh_uid(),
@@ -138,7 +140,7 @@ fn gemm(c: &mut Criterion) {
 
 fn conv(c: &mut Criterion) {
     let Some(gpu) = gpu() else { return };
-    let mut g = c.benchmark_group("conv3x3");
+    let mut g = c.benchmark_group("conv3x3_flop");
     for (hw, cin, cout) in [
         (64, 320, 320),
         (32, 640, 640),

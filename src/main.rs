@@ -213,7 +213,7 @@ struct BoosterArgs {
     /// Half-width of FreeU's low-frequency window.
     #[arg(long, default_value_t = 1, requires = "freeu")]
     freeu_threshold: usize,
-    /// How the Fourier filter is computed (both exact; direct is the faster).
+    /// How the Fourier filter is computed (both exact; direct needs no cuFFT on the GPU).
     #[arg(long, value_enum, default_value = "direct", requires = "freeu")]
     freeu_filter: Filter,
     /// Skip-Tuning: skip factors varying linearly from the outermost to the innermost skip.
