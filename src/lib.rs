@@ -14,6 +14,7 @@ pub mod image;
 pub mod models;
 pub mod nn;
 pub mod output;
+pub mod pipelines;
 pub mod rng;
 pub mod safetensors_io;
 pub mod schedulers;
