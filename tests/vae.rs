@@ -366,6 +366,59 @@ fn cli_decode_end_to_end() {
     );
 }
 
+/// The intended use: `freelunch sample` writes latents, `freelunch decode` makes them a picture,
+/// the same as the library's decode of those latents.
+#[test]
+fn cli_sample_then_decode() {
+    let dir = scratch("vae-sample-decode");
+    let case = fixture("samplers").join("cfg_ddim_sd15");
+    let latents = dir.join("latents.safetensors");
+    let o = run_cli(&[
+        "sample".as_ref(),
+        "--model".as_ref(),
+        fixture("sd15_like").as_os_str(),
+        "--scheduler".as_ref(),
+        case.join("scheduler_config.json").as_os_str(),
+        "--cond".as_ref(),
+        case.join("cond.safetensors").as_os_str(),
+        "--steps".as_ref(),
+        "2".as_ref(),
+        "--batch".as_ref(),
+        "1".as_ref(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--output".as_ref(),
+        latents.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let z = common::load_sample(&latents);
+    assert_eq!(z.shape()[1], 4);
+    let png_out = dir.join("picture.png");
+    let o = run_cli(&[
+        "decode".as_ref(),
+        "--vae".as_ref(),
+        fixture("vae_sd_like").as_os_str(),
+        "--latents".as_ref(),
+        latents.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--output".as_ref(),
+        png_out.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let image = vae("vae_sd_like")
+        .decode_latents(&Exec::Cpu, &z, Tiling::Auto)
+        .unwrap();
+    let want = &postprocess(&image).unwrap()[0];
+    let (w, h, bytes) = read_png(&png_out);
+    assert_eq!((h as usize, w as usize), (want.height, want.width));
+    assert_eq!(
+        (h as usize, w as usize),
+        (z.shape()[2] * 2, z.shape()[3] * 2)
+    );
+    assert_eq!(bytes, want.data);
+}
+
 /// Copies the VAE fixture `case` (its `vae/` for a pipeline) into a scratch folder, config
 /// edited by `edit`.
 fn edited_copy(
@@ -665,5 +718,36 @@ fn gpu_decode_matches_cpu() {
             let dist = vae.encode(&exec, &g["pixels"]).unwrap();
             assert!(dist.mean.rel_l2(&g["encode_mean"]) < 1e-4);
         }
+    }
+    // `freelunch decode` on the executor: --dtype f16 of a force_upcast VAE decodes in f32, as
+    // diffusers' pipelines do, so it meets the f32 tolerance.
+    if std::env::var("FREELUNCH_DEVICE").is_ok_and(|d| d.starts_with("emu")) {
+        let dir = scratch("vae-emu-cli");
+        let g = goldens("vae_sd_like");
+        let latents = dir.join("latents.safetensors");
+        freelunch::safetensors_io::save(&latents, &[("latents", &g["latents"])]).unwrap();
+        let out = dir.join("out.safetensors");
+        let o = run_cli(&[
+            "decode".as_ref(),
+            "--vae".as_ref(),
+            fixture("vae_sd_like").as_os_str(),
+            "--latents".as_ref(),
+            latents.as_os_str(),
+            "--device".as_ref(),
+            "emu".as_ref(),
+            "--dtype".as_ref(),
+            "f16".as_ref(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("force_upcast"), "{err}");
+        close(
+            "emu cli decode",
+            &common::load_sample(&out),
+            &g["decoded"],
+            1e-4,
+        );
     }
 }
