@@ -677,7 +677,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 let c = unet.config.in_channels;
                 if ext == "png" && c != 1 && c != 3 {
                     return Err(msg(format!(
-                        "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors instead",
+                        "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors, then `freelunch decode` them",
                         output.display()
                     )));
                 }

@@ -749,5 +749,27 @@ fn gpu_decode_matches_cpu() {
             &g["decoded"],
             1e-4,
         );
+        // No force_upcast: f16 it is, from the fp16 weights kept as stored.
+        let g = goldens("vae_sd3_like");
+        freelunch::safetensors_io::save(&latents, &[("latents", &g["latents"])]).unwrap();
+        let o = run_cli(&[
+            "decode".as_ref(),
+            "--vae".as_ref(),
+            fixture("vae_sd3_like").as_os_str(),
+            "--latents".as_ref(),
+            latents.as_os_str(),
+            "--device".as_ref(),
+            "emu".as_ref(),
+            "--dtype".as_ref(),
+            "f16".as_ref(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && !err.contains("force_upcast"), "{err}");
+        let got = common::load_sample(&out);
+        let e = got.rel_l2(&g["decoded"]);
+        assert!(e > 1e-5 && e <= 1e-2, "emu cli f16 decode: rel L2 {e:.2e}");
+        println!("emu cli f16 decode: rel L2 {e:.2e}");
     }
 }
