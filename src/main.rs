@@ -876,11 +876,17 @@ fn decode(a: DecodeArgs) -> freelunch::Result<()> {
                 )
             })?;
         let latents = stored.remove(name).expect("found above").tensor;
-        let opts = LoadOptions {
-            revision: None,
-            ..a.load.options(Some(&exec))
-        };
-        let vae = AutoencoderKL::from_pretrained(&files.dir, &opts)?;
+        let keep = a.load.options(Some(&exec)).keep;
+        let mut ckpt = Checkpoint::load_keeping(&files.weights, keep)?;
+        let vae = AutoencoderKL::load(config, &mut ckpt)?;
+        let unused = ckpt.remaining();
+        if !unused.is_empty() {
+            eprintln!(
+                "warning: {} checkpoint tensors were not used by the VAE (first: `{}`)",
+                unused.len(),
+                unused[0]
+            );
+        }
         let loaded = started.elapsed().as_secs_f64();
         let image = vae.decode_latents(&exec, &latents, a.tiling)?;
         if ext == "png" {

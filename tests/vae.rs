@@ -583,6 +583,19 @@ fn hostile_latents_are_typed_errors() {
             other => panic!("{other:?}"),
         }
     }
+    // Finite, but so large that the decoder overflows: the error names the first module.
+    let mut z = Tensor::randn([1, 4, 6, 6], 0);
+    z.data_mut().iter_mut().for_each(|v| *v *= 1e37);
+    match vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto) {
+        Err(Error::NonFinite { at, msg }) => {
+            assert!(
+                at == "post_quant_conv" || at.starts_with("decoder."),
+                "{at}: {msg}"
+            );
+            assert!(msg.contains(&at), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
     // Finite, but overflowing once divided by scaling_factor.
     let mut z = Tensor::randn([1, 4, 6, 6], 0);
     z.data_mut()[0] = 3e38;
@@ -771,5 +784,46 @@ fn gpu_decode_matches_cpu() {
         let e = got.rel_l2(&g["decoded"]);
         assert!(e > 1e-5 && e <= 1e-2, "emu cli f16 decode: rel L2 {e:.2e}");
         println!("emu cli f16 decode: rel L2 {e:.2e}");
+    }
+}
+
+/// Full-size VAEs (SD's four levels up to 512 channels; SD3/Flux's 16 latent channels without
+/// quant convs): the loader takes exactly diffusers' state dict, every name and shape, none
+/// left over; and so for the fixtures' checkpoints.
+#[test]
+fn loader_takes_exactly_diffusers_state_dict() {
+    let path = fixture("vae_layouts.json");
+    let layouts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (name, layout) in layouts.as_object().unwrap() {
+        let config =
+            AutoencoderKLConfig::from_json_str(&layout["config"].to_string(), name).unwrap();
+        let tensors: BTreeMap<String, Tensor> = layout["weights"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, shape)| {
+                let shape: Vec<usize> = serde_json::from_value(shape.clone()).unwrap();
+                (k.clone(), Tensor::zeros(shape))
+            })
+            .collect();
+        let count = tensors.len();
+        assert!(count > 200, "{name}: {count} weights");
+        let mut ckpt = freelunch::weights::Checkpoint::from_tensors(tensors);
+        let vae = AutoencoderKL::load(config, &mut ckpt).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(ckpt.remaining(), Vec::<String>::new(), "{name}: left over");
+        assert_eq!(vae.decoder.up_blocks.len(), 4);
+        assert_eq!(
+            vae.config.tile_latent_min_size() * 8,
+            vae.config.sample_size
+        );
+    }
+    for case in CASES {
+        let opts = LoadOptions::default();
+        let files = AutoencoderKL::files(&fixture(case), &opts).unwrap();
+        let config = AutoencoderKLConfig::from_file(&files.config).unwrap();
+        let mut ckpt = freelunch::weights::Checkpoint::load(&files.weights).unwrap();
+        AutoencoderKL::load(config, &mut ckpt).unwrap();
+        assert_eq!(ckpt.remaining(), Vec::<String>::new(), "{case}: left over");
     }
 }

@@ -15,6 +15,9 @@ Cases:
   no mid-block attention, weights stored only as the fp16 variant (the reference uses those
   rounded weights upcast to f32).
 
+And `vae_layouts.json`: the configs and state-dict shapes of full-size SD and SD3/Flux VAEs (no
+weights), which the loader must take exactly.
+
 Each case folder holds `goldens.safetensors`:
 
 - `latents` [2, C, h, w] (random, as a pipeline's sampler leaves them, i.e. scaled) and `decoded`:
@@ -125,7 +128,48 @@ def case(name, seed, config, latent_hw, tiled_hw, pixel_hw, variant=None, pipeli
     )
 
 
+def layouts():
+    """`vae_layouts.json`: the config and every state-dict name and shape of full-size VAEs
+    (SD 1.x/2.x/XL's four levels of up to 512 channels; SD3/Flux's 16 latent channels without
+    quant convs), built on the meta device: a loader must take exactly these."""
+    full = dict(
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        norm_num_groups=32,
+    )
+    configs = {
+        "sd": dict(full, latent_channels=4, sample_size=512),
+        "sd3": dict(
+            full,
+            latent_channels=16,
+            sample_size=1024,
+            scaling_factor=1.5305,
+            shift_factor=0.0609,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        ),
+    }
+    out = {}
+    for name, cfg in configs.items():
+        with torch.device("meta"):
+            vae = AutoencoderKL(**cfg)
+        config = {k: v for k, v in dict(vae.config).items() if not k.startswith("_")}
+        config["_class_name"] = "AutoencoderKL"
+        out[name] = {
+            "config": config,
+            "weights": {k: list(v.shape) for k, v in vae.state_dict().items()},
+        }
+    path = os.path.join(FIXTURES, "vae_layouts.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=0, sort_keys=True)
+    counts = ", ".join(f"{k}: {len(v['weights'])} weights" for k, v in out.items())
+    print(f"vae_layouts.json: {counts}")
+
+
 def main():
+    layouts()
     case(
         "vae_sd_like",
         1,

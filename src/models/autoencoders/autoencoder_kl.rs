@@ -697,13 +697,44 @@ impl AutoencoderKL {
         }
     }
 
-    /// `post_quant_conv` and the decoder on backend `be` (no checks: `decode` makes them).
+    /// `post_quant_conv` and the decoder on backend `be` (input checks: `decode` makes them).
+    /// Each block's output is watched for NaN and infinity where the backend looks (at once on
+    /// the CPU, queued on the GPU), so the error names the first module that made one.
     pub fn decode_on<B: Backend>(&self, be: &B, z: &Tensor) -> Result<B::Tensor> {
+        let lc = LayerCtx::default();
+        let mut watch = be.new_watch()?;
+        let mut watched: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut check = |name: &str, x: &B::Tensor| -> Result<()> {
+            let shape = be.shape(x);
+            watched.push((name.to_string(), shape.clone()));
+            match be.watch_non_finite(&mut watch, x)? {
+                None => Ok(()),
+                Some(bad) => Err(non_finite_in(name, &shape, bad)),
+            }
+        };
         let mut h = be.upload(z)?;
         if let Some(pq) = &self.post_quant_conv {
-            h = be.conv2d(pq, &h, LayerCtx::default(), Epilogue::default())?;
+            h = be.conv2d(pq, &h, lc, Epilogue::default())?;
+            check("post_quant_conv", &h)?;
         }
-        self.decoder.forward(be, &h)
+        let d = &self.decoder;
+        h = be.conv2d(&d.conv_in, &h, lc, Epilogue::default())?;
+        check("decoder.conv_in", &h)?;
+        h = d.mid_block.forward(be, &h)?;
+        check("decoder.mid_block", &h)?;
+        for (i, block) in d.up_blocks.iter().enumerate() {
+            h = block.forward(be, &h)?;
+            check(&format!("decoder.up_blocks.{i}"), &h)?;
+        }
+        h = be.group_norm(&d.conv_norm_out, &h, None, true)?;
+        check("decoder.conv_norm_out", &h)?;
+        h = be.conv2d(&d.conv_out, &h, lc, Epilogue::default())?;
+        check("decoder.conv_out", &h)?;
+        if let Some((k, i, v)) = be.first_watched(watch)? {
+            let (name, shape) = &watched[k];
+            return Err(non_finite_in(name, shape, (i, v)));
+        }
+        Ok(h)
     }
 
     /// diffusers' `tiled_decode(z).sample`: overlapping tiles of `tile_latent_min_size` latents
@@ -806,6 +837,18 @@ impl AutoencoderKL {
             Some(q) => be.conv2d(q, &h, LayerCtx::default(), Epilogue::default()),
             None => Ok(h),
         }
+    }
+}
+
+fn non_finite_in(layer: &str, shape: &[usize], bad: (usize, f32)) -> Error {
+    Error::NonFinite {
+        at: layer.to_string(),
+        msg: format!(
+            "non-finite value in the VAE: the output of `{layer}` holds {} although everything \
+             before it was finite; latents far outside the range the VAE was trained on, or \
+             16-bit overflow (--dtype f32 avoids it), cause this",
+            safetensors_io::non_finite_words(shape, bad)
+        ),
     }
 }
 
