@@ -66,6 +66,37 @@ fn decode_matches_diffusers() {
 }
 
 #[test]
+fn scaling_round_trips_and_the_model_is_shareable() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<AutoencoderKL>();
+    for case in CASES {
+        let vae = vae(case);
+        let z = goldens(case)["latents"].clone();
+        let back = vae
+            .scale_latents(&vae.unscale_latents(&z).unwrap())
+            .unwrap();
+        assert!(back.rel_l2(&z) < 1e-6, "{case}");
+        assert!(
+            vae.unscale_latents(&z).unwrap().rel_l2(&z) > 0.2,
+            "{case}: unscaling is a no-op"
+        );
+    }
+    // One loaded VAE decoding from several threads at once gives what one thread does.
+    let vae = std::sync::Arc::new(vae("vae_sd_like"));
+    let z = goldens("vae_sd_like")["latents"].clone();
+    let want = vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap();
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (vae, z) = (vae.clone(), z.clone());
+            std::thread::spawn(move || vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), want);
+    }
+}
+
+#[test]
 fn config_fields_are_read() {
     let sd = vae("vae_sd_like").config;
     assert_eq!(
@@ -505,6 +536,20 @@ fn hostile_configs_are_typed_errors() {
         Error::Weight { name, .. } => assert!(name.contains("conv"), "{name}"),
         e => panic!("{e:?}"),
     }
+    // A tile smaller than two latents cannot advance: tiling is refused, the whole decode runs.
+    let dir = edited_copy("vae_sd_like", |m| {
+        m.insert("sample_size".into(), json!(3));
+    });
+    let small = AutoencoderKL::from_dir(&dir).unwrap();
+    let z = Tensor::randn([1, 4, 6, 5], 0);
+    match small.decode_latents(&Exec::Cpu, &z, Tiling::Always) {
+        Err(Error::Config { msg, .. }) => assert!(msg.contains("sample_size = 3"), "{msg}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        small.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap(),
+        small.decode_latents(&Exec::Cpu, &z, Tiling::Never).unwrap()
+    );
     // Direct parsing names its origin.
     let e = AutoencoderKLConfig::from_json_str("[1]", "inline").unwrap_err();
     assert!(e.to_string().contains("inline"), "{e}");

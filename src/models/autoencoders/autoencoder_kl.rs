@@ -587,6 +587,34 @@ impl AutoencoderKL {
         Tensor::new(latents.shape().to_vec(), data)
     }
 
+    /// The inverse of `unscale_latents`, what img2img pipelines do to an encoded image's latents:
+    /// `(z − shift_factor) · scaling_factor`.
+    pub fn scale_latents(&self, z: &Tensor) -> Result<Tensor> {
+        Self::check_image_like("latents", z, self.config.latent_channels)?;
+        let (s, shift) = (
+            self.config.scaling_factor,
+            self.config.shift_factor.unwrap_or(0.0),
+        );
+        let data: Vec<f32> = z
+            .data()
+            .iter()
+            .map(|v| match self.config.shift_factor {
+                Some(_) => (v - shift) * s,
+                None => v * s,
+            })
+            .collect();
+        if let Some(bad) = safetensors_io::first_non_finite(&data) {
+            return Err(Error::input(
+                "latents",
+                format!(
+                    "times scaling_factor = {s} they overflow f32 ({})",
+                    safetensors_io::non_finite_words(z.shape(), bad)
+                ),
+            ));
+        }
+        Tensor::new(z.shape().to_vec(), data)
+    }
+
     /// A pipeline's decode: `unscale_latents`, then `decode` (tiling as `tiling` says).
     ///
     /// ```
@@ -649,7 +677,7 @@ impl AutoencoderKL {
             return self.tiled_decode(exec, z);
         }
         let (b, _, h, w) = z.dims4("latents")?;
-        self.ensure_decode_fits(b, h, w, available)?;
+        self.ensure_decode_fits(b, h, w, available, "tiling decodes in parts")?;
         self.decode_tile(exec, z)
     }
 
@@ -659,10 +687,11 @@ impl AutoencoderKL {
         h: usize,
         w: usize,
         available: Option<u64>,
+        hint: &str,
     ) -> Result<()> {
         crate::tensor::ensure_fits_in(
             &format!(
-                "decoding [{b}, {}, {h}, {w}] latents (activations; tiling decodes in parts)",
+                "decoding [{b}, {}, {h}, {w}] latents (activations; {hint})",
                 self.config.latent_channels
             ),
             self.config.plan_decode(b, h, w)?,
@@ -763,7 +792,13 @@ impl AutoencoderKL {
             Exec::Cpu => Cpu.available_memory(),
             Exec::Cuda(gpu) => gpu.available_memory(),
         };
-        self.ensure_decode_fits(b, tile.min(h), tile.min(w), available)?;
+        self.ensure_decode_fits(
+            b,
+            tile.min(h),
+            tile.min(w),
+            available,
+            "one tile of a tiled decode, at the config's sample_size",
+        )?;
         let starts = |n: usize| (0..n).step_by(overlap).collect::<Vec<_>>();
         let (row_starts, col_starts) = (starts(h), starts(w));
         let mut rows: Vec<Vec<Tensor>> = Vec::with_capacity(row_starts.len());
