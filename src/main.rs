@@ -849,6 +849,16 @@ fn decode(a: DecodeArgs) -> freelunch::Result<()> {
     read.extend(files.paths().into_iter().map(PathBuf::from));
     refuse_overwriting(&a.output, &read)?;
     let config = AutoencoderKLConfig::from_file(&files.config)?;
+    let c = config.out_channels;
+    if ext == "png" && c != 1 && c != 3 {
+        return Err(freelunch::Error::input(
+            "--output",
+            format!(
+                "{}: a PNG needs 1 or 3 channels and this VAE decodes {c}; write .safetensors",
+                a.output.display()
+            ),
+        ));
+    }
     let device: Device = a.device.device.parse()?;
     let mut dtype: DType = a.device.dtype.parse()?;
     if dtype != DType::F32 && config.force_upcast {

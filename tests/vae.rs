@@ -194,6 +194,12 @@ fn image_bytes_match_diffusers() {
             golden_bytes, want_bytes,
             "{case}: bytes of the golden floats"
         );
+        // One sample as its own PNG: the same bytes come back.
+        let one = scratch("vae-png").join("one.png");
+        freelunch::image::save_png(&one, &from_golden[1]).unwrap();
+        let (pw, ph, back) = read_png(&one);
+        assert_eq!((ph as usize, pw as usize), (h, w));
+        assert_eq!(back, from_golden[1].data);
         let decoded = vae(case)
             .decode_latents(&Exec::Cpu, &g["latents"], Tiling::Auto)
             .unwrap();
