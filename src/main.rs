@@ -12,6 +12,7 @@ use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
 use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::{DType, Device, Exec};
+use freelunch::models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, Tiling};
 use freelunch::models::Denoiser;
 use freelunch::schedulers::config::MAX_TRAIN_TIMESTEPS;
 use freelunch::schedulers::{
@@ -120,6 +121,37 @@ enum Command {
         /// Only the mean confidence: no FID (which needs at least 65 samples).
         #[arg(long)]
         no_fid: bool,
+    },
+    /// Decode latents to an image with a pipeline's VAE (AutoencoderKL), as diffusers'
+    /// pipelines do: latents / scaling_factor (+ shift_factor) → vae.decode → postprocess.
+    Decode {
+        /// AutoencoderKL folder, pipeline folder with vae/, Hugging Face cache repo folder or
+        /// repo id in the cache.
+        #[arg(long, value_name = "DIR_OR_PIPELINE")]
+        vae: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+        /// safetensors with the latents as a sampler leaves them (scaled), [B, C, h, w]: tensor
+        /// `latents`, or `sample` (what `sample --output X.safetensors` writes).
+        #[arg(long, value_name = "LATENTS.safetensors")]
+        latents: PathBuf,
+        /// Always decode in tiles (diffusers' tiled_decode). Default: tiles when the latents are
+        /// larger than a tile (as after diffusers' enable_tiling) or the whole decode would not
+        /// fit in memory.
+        #[arg(long, conflicts_with = "no_tile")]
+        tile: bool,
+        /// Never decode in tiles (diffusers' default decode).
+        #[arg(long)]
+        no_tile: bool,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// .png (the image; a grid of the batch, as `sample` writes) or .safetensors (`sample`,
+        /// the decoded image, f32 [B, C, H, W], unclamped).
+        #[arg(long)]
+        output: PathBuf,
     },
     /// DeMe: merge timestep experts by task arithmetic, θ = θ0 + Σ w_i (θ_i − θ0), into a
     /// diffusers folder.
@@ -646,7 +678,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 let c = unet.config.in_channels;
                 if ext == "png" && c != 1 && c != 3 {
                     return Err(msg(format!(
-                        "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors instead",
+                        "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors, then `freelunch decode` them",
                         output.display()
                     )));
                 }
@@ -743,6 +775,28 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             println!("mean_confidence: {:.4}", scores.mean_confidence);
             Ok(())
         }
+        Command::Decode {
+            vae,
+            load,
+            latents,
+            tile,
+            no_tile,
+            device,
+            threads,
+            output,
+        } => decode(DecodeArgs {
+            vae,
+            load,
+            latents,
+            tiling: match (tile, no_tile) {
+                (true, _) => Tiling::Always,
+                (_, true) => Tiling::Never,
+                _ => Tiling::Auto,
+            },
+            device,
+            threads,
+            output,
+        }),
         Command::Merge {
             base,
             experts,
@@ -768,6 +822,98 @@ fn scheduler_beside(model: &std::path::Path) -> freelunch::Result<PathBuf> {
                 model.display()
             ))
         })
+}
+
+/// What `freelunch decode` was given.
+struct DecodeArgs {
+    vae: PathBuf,
+    load: LoadArgs,
+    latents: PathBuf,
+    tiling: Tiling,
+    device: DeviceArgs,
+    threads: Option<usize>,
+    output: PathBuf,
+}
+
+/// `freelunch decode`: latents → `AutoencoderKL::decode_latents` → PNG or safetensors.
+fn decode(a: DecodeArgs) -> freelunch::Result<()> {
+    let started = std::time::Instant::now();
+    let ext = a.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "png" && ext != "safetensors" {
+        return Err(freelunch::Error::input(
+            "--output",
+            format!("{}: must end in .png or .safetensors", a.output.display()),
+        ));
+    }
+    let files = AutoencoderKL::files(&a.vae, &a.load.options(None))?;
+    let mut read = vec![a.latents.clone()];
+    read.extend(files.paths().into_iter().map(PathBuf::from));
+    refuse_overwriting(&a.output, &read)?;
+    let config = AutoencoderKLConfig::from_file(&files.config)?;
+    let c = config.out_channels;
+    if ext == "png" && c != 1 && c != 3 {
+        return Err(freelunch::Error::input(
+            "--output",
+            format!(
+                "{}: a PNG needs 1 or 3 channels and this VAE decodes {c}; write .safetensors",
+                a.output.display()
+            ),
+        ));
+    }
+    let device: Device = a.device.device.parse()?;
+    let mut dtype: DType = a.device.dtype.parse()?;
+    if dtype != DType::F32 && config.force_upcast {
+        // diffusers' pipelines upcast such a VAE to f32 before decoding (16-bit overflows in it).
+        eprintln!(
+            "note: {} has force_upcast = true; decoding in f32, as diffusers does",
+            files.config.display()
+        );
+        dtype = DType::F32;
+    }
+    let exec = device.open(dtype)?;
+    let pool = thread_pool(a.threads)?;
+    pool.install(|| {
+        let mut stored = safetensors_io::load(&a.latents)?;
+        let name = ["latents", "sample"]
+            .into_iter()
+            .find(|n| stored.contains_key(*n))
+            .ok_or_else(|| {
+                freelunch::Error::input(
+                    "latents",
+                    format!(
+                        "{} has no tensor `latents` or `sample`",
+                        a.latents.display()
+                    ),
+                )
+            })?;
+        let latents = stored.remove(name).expect("found above").tensor;
+        let keep = a.load.options(Some(&exec)).keep;
+        let mut ckpt = Checkpoint::load_keeping(&files.weights, keep)?;
+        let vae = AutoencoderKL::load(config, &mut ckpt)?;
+        let unused = ckpt.remaining();
+        if !unused.is_empty() {
+            eprintln!(
+                "warning: {} checkpoint tensors were not used by the VAE (first: `{}`)",
+                unused.len(),
+                unused[0]
+            );
+        }
+        let loaded = started.elapsed().as_secs_f64();
+        let image = vae.decode_latents(&exec, &latents, a.tiling)?;
+        if ext == "png" {
+            freelunch::image::save_png_grid(&a.output, &image)?;
+        } else {
+            safetensors_io::save(&a.output, &[("sample", &image)])?;
+        }
+        eprintln!(
+            "wrote {}: image {:?} from latents {:?} in {:.2} s (VAE loaded in {loaded:.2} s)",
+            a.output.display(),
+            image.shape(),
+            latents.shape(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    })
 }
 
 /// Loads a model folder, warning about checkpoint tensors the model does not use.

@@ -14,8 +14,9 @@ pub struct ResnetBlock2D {
     pub norm1: GroupNorm,
     /// `conv1`: 3×3, `in_channels` → `out_channels`.
     pub conv1: Conv2d,
-    /// `time_emb_proj`: `temb_channels` → `out_channels` (2·`out_channels` for scale_shift).
-    pub time_emb_proj: Linear,
+    /// `time_emb_proj`: `temb_channels` → `out_channels` (2·`out_channels` for scale_shift);
+    /// None where the block takes no time embedding (the VAE's, `temb_channels=None`).
+    pub time_emb_proj: Option<Linear>,
     /// `norm2`: GroupNorm of conv1's output, `[out_channels]`.
     pub norm2: GroupNorm,
     /// `conv2`: 3×3, `out_channels` → `out_channels`.
@@ -32,8 +33,9 @@ pub struct ResnetBlock2D {
 /// What every resnet of a U-Net shares.
 #[derive(Clone, Copy, Debug)]
 pub struct ResnetOptions {
-    /// The time embedding's width (`UNetConfig::time_embed_dim`).
-    pub temb_channels: usize,
+    /// The time embedding's width (`UNetConfig::time_embed_dim`); None: no time embedding
+    /// (diffusers' `temb_channels=None`, as in the VAE).
+    pub temb_channels: Option<usize>,
     /// GroupNorm groups (`norm_num_groups`).
     pub groups: usize,
     /// GroupNorm epsilon (`norm_eps`).
@@ -45,8 +47,8 @@ pub struct ResnetOptions {
 }
 
 impl ResnetBlock2D {
-    /// Takes the parameters under `prefix`: `norm1`, `conv1`, `time_emb_proj`, `norm2`, `conv2`,
-    /// and `conv_shortcut` when `in_channels != out_channels`.
+    /// Takes the parameters under `prefix`: `norm1`, `conv1`, `time_emb_proj` (with
+    /// `o.temb_channels`), `norm2`, `conv2`, and `conv_shortcut` when `in_channels != out_channels`.
     pub fn load(
         ws: &mut dyn WeightSource,
         prefix: &str,
@@ -62,7 +64,10 @@ impl ResnetBlock2D {
         Ok(ResnetBlock2D {
             norm1: GroupNorm::load(ws, &p("norm1"), o.groups, in_channels, o.eps)?,
             conv1: Conv2d::load(ws, &p("conv1"), in_channels, out_channels, 3, 1, 1, true)?,
-            time_emb_proj: Linear::load(ws, &p("time_emb_proj"), o.temb_channels, temb_out, true)?,
+            time_emb_proj: match o.temb_channels {
+                Some(t) => Some(Linear::load(ws, &p("time_emb_proj"), t, temb_out, true)?),
+                None => None,
+            },
             norm2: GroupNorm::load(ws, &p("norm2"), o.groups, out_channels, o.eps)?,
             conv2: Conv2d::load(ws, &p("conv2"), out_channels, out_channels, 3, 1, 1, true)?,
             conv_shortcut: if in_channels != out_channels {
@@ -89,28 +94,38 @@ impl ResnetBlock2D {
         self.conv1.in_channels()
     }
 
-    /// `x`: [B, Cin, H, W]; `temb_act`: SiLU(time embedding), [B, temb_channels].
+    /// `x`: [B, Cin, H, W]; `temb_act`: SiLU(time embedding), [B, temb_channels], for a block
+    /// with `time_emb_proj` (one without ignores it, as diffusers does).
     pub fn forward<B: Backend>(
         &self,
         be: &B,
         x: &B::Tensor,
-        temb_act: &B::Tensor,
+        temb_act: Option<&B::Tensor>,
         lc: LayerCtx,
     ) -> Result<B::Tensor> {
         let h = be.group_norm(&self.norm1, x, None, true)?;
-        let t = be.linear(&self.time_emb_proj, temb_act, lc, Epilogue::default())?;
-        let h = match self.time_scale_shift {
-            TimeScaleShift::Default => {
+        let t = match (&self.time_emb_proj, temb_act) {
+            (Some(proj), Some(temb)) => Some(be.linear(proj, temb, lc, Epilogue::default())?),
+            (Some(_), None) => {
+                return Err(crate::Error::input(
+                    "temb",
+                    "missing; this resnet has a time embedding projection",
+                ))
+            }
+            (None, _) => None,
+        };
+        let h = match (self.time_scale_shift, &t) {
+            (TimeScaleShift::Default, _) | (TimeScaleShift::ScaleShift, None) => {
                 let epi = Epilogue {
-                    add_bc: Some(&t),
+                    add_bc: t.as_ref(),
                     ..Epilogue::default()
                 };
                 let h = be.conv2d(&self.conv1, &h, lc, epi)?;
                 be.group_norm(&self.norm2, &h, None, true)?
             }
-            TimeScaleShift::ScaleShift => {
+            (TimeScaleShift::ScaleShift, Some(t)) => {
                 let h = be.conv2d(&self.conv1, &h, lc, Epilogue::default())?;
-                be.group_norm(&self.norm2, &h, Some(&t), true)?
+                be.group_norm(&self.norm2, &h, Some(t), true)?
             }
         };
         let shortcut = match &self.conv_shortcut {

@@ -105,7 +105,7 @@ impl AttnLayer {
 
 fn resnet_options(cfg: &UNetConfig, output_scale_factor: f32) -> ResnetOptions {
     ResnetOptions {
-        temb_channels: cfg.time_embed_dim,
+        temb_channels: Some(cfg.time_embed_dim),
         groups: cfg.norm_num_groups,
         eps: cfg.norm_eps,
         time_scale_shift: cfg.resnet_time_scale_shift,
@@ -129,7 +129,7 @@ impl Layers {
         x: &B::Tensor,
         inputs: &BlockInputs<B>,
     ) -> Result<B::Tensor> {
-        let h = self.resnets[i].forward(inputs.be, x, inputs.temb_act, inputs.lc)?;
+        let h = self.resnets[i].forward(inputs.be, x, Some(inputs.temb_act), inputs.lc)?;
         match self.attentions.get(i) {
             Some(a) => a.forward(&h, inputs),
             None => Ok(h),
@@ -301,12 +301,12 @@ impl UNetMidBlock2D {
     pub fn forward<B: Backend>(&self, x: &B::Tensor, inputs: &BlockInputs<B>) -> Result<B::Tensor> {
         let l = &self.layers;
         let be = inputs.be;
-        let mut h = l.resnets[0].forward(be, x, inputs.temb_act, inputs.lc)?;
+        let mut h = l.resnets[0].forward(be, x, Some(inputs.temb_act), inputs.lc)?;
         for i in 1..l.resnets.len() {
             if let Some(a) = l.attentions.get(i - 1) {
                 h = a.forward(&h, inputs)?;
             }
-            h = l.resnets[i].forward(be, &h, inputs.temb_act, inputs.lc)?;
+            h = l.resnets[i].forward(be, &h, Some(inputs.temb_act), inputs.lc)?;
         }
         Ok(h)
     }
