@@ -31,6 +31,30 @@ pub fn try_attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    attention_impl(q, k, v, heads, scale, false)
+}
+
+/// As `try_attention` with a causal mask: query `i` sees keys `0..=i` only (CLIP's text
+/// encoder, transformers' `is_causal=True`), the masked scores being exactly zero after the
+/// softmax.
+pub fn try_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    attention_impl(q, k, v, heads, scale, true)
+}
+
+fn attention_impl(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    causal: bool,
+) -> Result<Tensor> {
     let bad = |msg: String| Err(Error::Msg(format!("attention: {msg}")));
     let [b, n, inner] = q.shape()[..] else {
         return bad(format!("q must be rank 3 [B, N, C], got {:?}", q.shape()));
@@ -94,6 +118,13 @@ pub fn try_attention(
                 scale,
                 Threads::Single,
             );
+            if causal {
+                // Key 0 is never masked, so every row keeps a finite maximum.
+                for (r, row) in scores.chunks_mut(m).enumerate() {
+                    let first_hidden = (r0 + r + 1).min(m);
+                    row[first_hidden..].fill(f32::NEG_INFINITY);
+                }
+            }
             scores.chunks_mut(m).for_each(super::vector::softmax_row);
             let mut o = vec![0.0f32; rows * dh];
             sgemm(
