@@ -114,8 +114,8 @@ pub trait Backend {
         heads: usize,
         scale: f32,
     ) -> Result<Self::Tensor>;
-    /// As `attention` with a causal mask: query `i` attends to keys `0..=i` only (CLIP's text
-    /// encoder).
+    /// Self-attention (`q`, `k`, `v` of one shape) under a causal mask: query `i` attends to
+    /// keys `0..=i` only (CLIP's text encoder).
     fn causal_attention(
         &self,
         q: &Self::Tensor,

@@ -149,6 +149,41 @@ fn text_encoders_match_transformers() {
 }
 
 #[test]
+fn causal_attention_is_attention_over_the_prefix() {
+    // Row i of causal attention is plain attention of query i over keys and values 0..=i.
+    let (b, n, heads, d) = (2, 23, 3, 8);
+    let q = Tensor::randn([b, n, heads * d], 11);
+    let k = Tensor::randn([b, n, heads * d], 12);
+    let v = Tensor::randn([b, n, heads * d], 13);
+    let got = Cpu.causal_attention(&q, &k, &v, heads, 0.3).unwrap();
+    let c = heads * d;
+    let rows = |t: &Tensor, bi: usize, r: std::ops::Range<usize>| {
+        let data = t.data()[(bi * n + r.start) * c..(bi * n + r.end) * c].to_vec();
+        Tensor::new(vec![1, r.len(), c], data).unwrap()
+    };
+    for bi in 0..b {
+        for i in [0, 1, 7, n - 1] {
+            let want = Cpu
+                .attention(
+                    &rows(&q, bi, i..i + 1),
+                    &rows(&k, bi, 0..i + 1),
+                    &rows(&v, bi, 0..i + 1),
+                    heads,
+                    0.3,
+                )
+                .unwrap();
+            close(&format!("row {i}"), &rows(&got, bi, i..i + 1), &want, 1e-6);
+        }
+    }
+    let plain = Cpu.attention(&q, &k, &v, heads, 0.3).unwrap();
+    assert!(got.rel_l2(&plain) > 0.1, "the mask must change the result");
+    let short = Tensor::randn([b, n - 1, heads * d], 14);
+    assert!(Cpu
+        .causal_attention(&q, &short, &short, heads, 0.3)
+        .is_err());
+}
+
+#[test]
 fn legacy_eos_rule_pools_at_the_largest_id() {
     // text_encoder's config has eos_token_id 2: the row's largest id, wherever it is.
     let model = CLIPTextModel::from_pretrained(&dir().join("text_encoder"), None).unwrap();
