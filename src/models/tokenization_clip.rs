@@ -1,5 +1,5 @@
 //! CLIP's tokenizer as transformers' `CLIPTokenizer` (the tokenizers-backed one of transformers 5,
-//! in `models/clip/tokenization_clip.py`) builds it from a pipeline's `tokenizer/` folder: byte-level
+//! in its CLIP tokenization module) builds it from a pipeline's `tokenizer/` folder: byte-level
 //! BPE with the `</w>` end-of-word suffix, NFC + whitespace-collapsing + lowercasing normalizer,
 //! CLIP's split pattern, `<|startoftext|>` … `<|endoftext|>` around every prompt, then truncation
 //! and padding to `model_max_length`, as diffusers' `encode_prompt` asks for them.
