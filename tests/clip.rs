@@ -270,6 +270,29 @@ fn encode_prompt_sd_matches_diffusers() {
     println!("encode_prompt (SD): worst rel L2 {worst:.2e}");
 }
 
+/// One SDXL case of `encode_prompt_cases.json` on `be` (force_zeros_for_empty_prompt, guidance).
+fn run_sdxl_case<B: Backend>(
+    be: &B,
+    e1: &TextEncoder,
+    e2: &TextEncoder,
+    case: &Value,
+) -> PromptEmbeds {
+    let owned: Vec<Option<Vec<String>>> =
+        ["prompt", "prompt_2", "negative_prompt", "negative_prompt_2"]
+            .iter()
+            .map(|k| case_strs(case, k))
+            .collect();
+    let refs: Vec<Option<Vec<&str>>> = owned.iter().map(as_refs).collect();
+    let prompts = SdxlPrompts {
+        prompt: refs[0].as_deref().unwrap(),
+        prompt_2: refs[1].as_deref(),
+        negative_prompt: refs[2].as_deref(),
+        negative_prompt_2: refs[3].as_deref(),
+    };
+    let clip_skip = case["clip_skip"].as_u64().map(|k| k as usize);
+    encode_prompt_sdxl(be, Some(e1), e2, &prompts, true, clip_skip, true).unwrap()
+}
+
 #[test]
 fn encode_prompt_sdxl_matches_diffusers() {
     let g = goldens();
@@ -282,21 +305,7 @@ fn encode_prompt_sdxl_matches_diffusers() {
         if !key.starts_with("sdxl.") {
             continue;
         }
-        let owned: Vec<Option<Vec<String>>> =
-            ["prompt", "prompt_2", "negative_prompt", "negative_prompt_2"]
-                .iter()
-                .map(|k| case_strs(case, k))
-                .collect();
-        let refs: Vec<Option<Vec<&str>>> = owned.iter().map(as_refs).collect();
-        let prompts = SdxlPrompts {
-            prompt: refs[0].as_deref().unwrap(),
-            prompt_2: refs[1].as_deref(),
-            negative_prompt: refs[2].as_deref(),
-            negative_prompt_2: refs[3].as_deref(),
-        };
-        let clip_skip = case["clip_skip"].as_u64().map(|k| k as usize);
-        let got =
-            encode_prompt_sdxl(&Cpu, Some(&e1), &e2, &prompts, true, clip_skip, true).unwrap();
+        let got = run_sdxl_case(&Cpu, &e1, &e2, case);
         worst = worst.max(check_embeds(key, &got, &g));
         let cond = got.into_conditioning();
         assert!(cond.text_embeds.is_some() && cond.uncond_text_embeds.is_some());
@@ -359,6 +368,21 @@ fn gpu_text_encoders_match_cpu() {
             }
             println!("{what}: worst rel L2 {worst:.2e} against the CPU");
         }
+        // SDXL's encode_prompt end to end on the device, against diffusers.
+        let (e1, e2) = (
+            load_encoder("tokenizer", "text_encoder"),
+            load_encoder("tokenizer_2", "text_encoder_2"),
+        );
+        let key = "sdxl.both_negatives";
+        let got = run_sdxl_case(gpu, &e1, &e2, &cases()[key]);
+        let f = |k: &str| &g.floats[&format!("{key}.{k}")];
+        let what = format!("{key} ({dtype:?})");
+        let mut worst = close(&what, &got.prompt_embeds, f("prompt_embeds"), tol);
+        let neg = got.negative_prompt_embeds.as_ref().unwrap();
+        worst = worst.max(close(&what, neg, f("negative_prompt_embeds"), tol));
+        let pooled = got.pooled_prompt_embeds.as_ref().unwrap();
+        worst = worst.max(close(&what, pooled, f("pooled_prompt_embeds"), tol));
+        println!("{what}: worst rel L2 {worst:.2e} against diffusers");
     }
 }
 
