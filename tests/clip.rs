@@ -586,6 +586,23 @@ fn hostile_encoder_configs_and_weights_are_typed_errors() {
         CLIPTextModel::from_pretrained(&d, None).err().unwrap(),
         Error::Io { .. }
     ));
+    // Weights stored only as a variant (the hub's `model.fp16.safetensors`).
+    let d = scratch_copy("text_encoder_2");
+    std::fs::rename(
+        d.join("model.safetensors"),
+        d.join("model.fp16.safetensors"),
+    )
+    .unwrap();
+    let want = CLIPTextModel::from_pretrained(&dir().join("text_encoder_2"), None).unwrap();
+    for variant in [None, Some("fp16")] {
+        let m = CLIPTextModel::from_pretrained(&d, variant).unwrap();
+        assert_eq!(m.token_embedding.data(), want.token_embedding.data());
+    }
+    let e = CLIPTextModel::from_pretrained(&d, Some("bf16"))
+        .err()
+        .unwrap();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+
     // A tokenizer whose ids the encoder cannot hold.
     let tok = CLIPTokenizer::from_pretrained(&dir().join("tokenizer")).unwrap();
     let mut model = CLIPTextModel::from_pretrained(&dir().join("text_encoder"), None).unwrap();

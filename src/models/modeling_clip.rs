@@ -287,6 +287,22 @@ fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
         return Ok(vec![dir.join(single)]);
     }
     let ip = dir.join(&index);
+    if variant.is_none() && !ip.is_file() {
+        // Without full-precision weights, the folder's one variant (as diffusers loads one).
+        let found: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter_map(|n| {
+                let v = n.strip_prefix("model.")?.strip_suffix(".safetensors")?;
+                (!v.is_empty() && !v.contains('.')).then(|| v.to_string())
+            })
+            .collect();
+        if let [v] = &found[..] {
+            return weight_files(dir, Some(v));
+        }
+    }
     if !ip.is_file() {
         return Err(Error::io(
             dir.join(&single),
@@ -324,7 +340,8 @@ fn weight_files(dir: &Path, variant: Option<&str>) -> Result<Vec<PathBuf>> {
 
 impl CLIPTextModel {
     /// Loads a text encoder folder (`config.json` and `model.safetensors`, or its shards;
-    /// `variant` reads `model.<variant>.safetensors`). The projection is loaded when the config's
+    /// `variant` reads `model.<variant>.safetensors`, and without one a folder holding only
+    /// `model.<v>.safetensors` reads that). The projection is loaded when the config's
     /// `architectures` names `CLIPTextModelWithProjection`. 16-bit weights are widened to f32.
     pub fn from_pretrained(dir: &Path, variant: Option<&str>) -> Result<Self> {
         let config = CLIPTextConfig::from_file(&dir.join("config.json"))?;
