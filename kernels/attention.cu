@@ -32,6 +32,7 @@ struct AttentionParams {
     int q_row, k_row, v_row, o_row;                // elements between tokens
     int Nq, Nk, heads, D;
     float scale;
+    int causal;  // non-zero: query i sees keys 0..i only (CLIP's text encoder)
 };
 
 namespace attn {
@@ -71,7 +72,9 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p) {
     }
     const float* qrow = Qs + warp * ROWS_PER_WARP * D;
 
-    for (int k0 = 0; k0 < p.Nk; k0 += KT) {
+    // Under the causal mask no row of this block sees a key past its last row.
+    const int k_end = p.causal ? min(p.Nk, q0 + ROWS) : p.Nk;
+    for (int k0 = 0; k0 < k_end; k0 += KT) {
         __syncthreads();  // the previous tile is consumed (first pass: Q is staged)
         for (int e = threadIdx.x; e < KT * D; e += blockDim.x) {
             const int j = e / D, d = e - j * D, kj = k0 + j;
@@ -93,7 +96,11 @@ __device__ __forceinline__ void attention_impl(const AttentionParams& p) {
         const bool valid = k0 + lane < p.Nk;
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; ++r) {
-            const float sr = valid ? s[r] : neg_inf;
+            const int qi = q0 + warp * ROWS_PER_WARP + r;
+            // Key 0 is always visible, so the running max is finite after the first tile and a
+            // fully masked later tile only adds zeros.
+            const bool seen = valid && (!p.causal || k0 + lane <= qi);
+            const float sr = seen ? s[r] : neg_inf;
             const float mnew = fmaxf(m[r], warp_max(sr));  // finite: key k0 is always valid
             const float pr = exp2f(sr - mnew);
             const float corr = exp2f(m[r] - mnew);
@@ -209,7 +216,8 @@ __device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
     for (int j = 0; j < DT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
     float m[2] = {neg_inf, neg_inf}, l[2] = {0.0f, 0.0f};  // rows g and g + 8
 
-    for (int k0 = 0; k0 < p.Nk; k0 += BK) {
+    const int k_end = p.causal ? min(p.Nk, q0 + BQ) : p.Nk;
+    for (int k0 = 0; k0 < k_end; k0 += BK) {
         __syncthreads();  // Q's fragments are read / the previous tile is consumed
         stage<DP>(Ks, k + (long long)k0 * p.k_row, BK, p.k_row, p.Nk - k0, D);
         stage<DP>(Vs, v + (long long)k0 * p.v_row, BK, p.v_row, p.Nk - k0, D);
@@ -236,7 +244,9 @@ __device__ __forceinline__ void attention_tc_impl(const AttentionParams& p) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = k0 + j * 8 + 2 * t + (e & 1);
-                s[j][e] = key < p.Nk ? s[j][e] * sl2 : neg_inf;
+                const int qi = q0 + warp * 16 + g + 8 * (e >> 1);
+                const bool seen = key < p.Nk && (!p.causal || key <= qi);
+                s[j][e] = seen ? s[j][e] * sl2 : neg_inf;
                 mt[e >> 1] = fmaxf(mt[e >> 1], s[j][e]);
             }
         float corr[2];

@@ -1,6 +1,7 @@
 // Pointwise and data-movement kernels: layout changes at the API boundary (NCHW f32 <-> NHWC
-// in the model dtype), casts, adds, SiLU, GEGLU, nearest upsampling, the sinusoidal timestep
-// embedding, and the decoder's channel concatenation with Skip-Tuning's scale fused in.
+// in the model dtype), casts, adds, SiLU, GELU, quick GELU (CLIP's MLPs), GEGLU, nearest
+// upsampling, the sinusoidal timestep embedding, and the decoder's channel concatenation with
+// Skip-Tuning's scale fused in.
 // All are grid-stride loops over output elements (any grid works; the host launches
 // min(ceil(n/256), 2^20) blocks of 256), arithmetic in f32.
 
@@ -51,6 +52,16 @@ __device__ __forceinline__ float gelu_erf(float x) {
     }                                                                                          \
     extern "C" __global__ void silu_##SUFFIX(const T* x, T* y, long long n) {                  \
         GRID_STRIDE(i, n) y[i] = from_f32<T>(silu_f32(to_f32(x[i])));                          \
+    }                                                                                          \
+    extern "C" __global__ void gelu_##SUFFIX(const T* x, T* y, long long n) {                  \
+        GRID_STRIDE(i, n) y[i] = from_f32<T>(gelu_erf(to_f32(x[i])));                          \
+    }                                                                                          \
+    /* transformers' quick_gelu, x · sigmoid(1.702 · x) */                                     \
+    extern "C" __global__ void quick_gelu_##SUFFIX(const T* x, T* y, long long n) {            \
+        GRID_STRIDE(i, n) {                                                                    \
+            const float v = to_f32(x[i]);                                                      \
+            y[i] = from_f32<T>(v / (1.0f + expf(-1.702f * v)));                                \
+        }                                                                                      \
     }                                                                                          \
     /* x: [M, 2·inner] (value, gate) -> y: [M, inner] = value · gelu(gate) */                  \
     extern "C" __global__ void geglu_##SUFFIX(const T* x, T* y, long long M, int inner) {      \

@@ -55,6 +55,15 @@ impl<'a, T> Epilogue<'a, T> {
     }
 }
 
+/// A pointwise activation of transformers' `ACT2FN` that a text encoder's MLP uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu`: exact GELU, `x · Φ(x)` with the erf form of Φ.
+    Gelu,
+    /// `quick_gelu`: `x · sigmoid(1.702 · x)`.
+    QuickGelu,
+}
+
 /// The ops every model module is written against, over the backend's own tensor type (shapes
 /// semantic, see the module docs): the CPU reference (`Cpu`) and the CUDA backend (`cuda::Gpu`)
 /// implement it.
@@ -105,6 +114,18 @@ pub trait Backend {
         heads: usize,
         scale: f32,
     ) -> Result<Self::Tensor>;
+    /// Self-attention (`q`, `k`, `v` of one shape) under a causal mask: query `i` attends to
+    /// keys `0..=i` only (CLIP's text encoder).
+    fn causal_attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Self::Tensor>;
+    /// `act`, elementwise.
+    fn activation(&self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
     /// diffusers' GEGLU after its projection: `[.., 2d]` → `x[.., :d] · gelu(x[.., d:])`.
     fn geglu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// SiLU, `x · sigmoid(x)`, elementwise.
@@ -295,6 +316,21 @@ impl Backend for Cpu {
         scale: f32,
     ) -> Result<Tensor> {
         cpu::try_attention(q, k, v, heads, scale)
+    }
+
+    fn causal_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<Tensor> {
+        cpu::try_causal_attention(q, k, v, heads, scale)
+    }
+
+    fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        cpu::try_activation(x, act)
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {

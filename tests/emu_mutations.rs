@@ -90,6 +90,21 @@ fn attention(gpu: &Gpu) -> Result<(), String> {
     compare(gpu, "attention", &got, &want).map(drop)
 }
 
+/// Causal self-attention over more keys than one tile of either form holds (77, CLIP's length).
+fn causal_attention(gpu: &Gpu) -> Result<(), String> {
+    let (b, n, heads, d) = (1, 77, 2, 64);
+    let q = Tensor::randn([b, n, heads * d], 24);
+    let k = Tensor::randn([b, n, heads * d], 25);
+    let v = Tensor::randn([b, n, heads * d], 26);
+    let scale = 1.0 / (d as f32).sqrt();
+    let want = Cpu.causal_attention(&q, &k, &v, heads, scale).unwrap();
+    let up = |t: &Tensor| gpu.upload(t).map_err(|e| e.to_string());
+    let got = gpu
+        .causal_attention(&up(&q)?, &up(&k)?, &up(&v)?, heads, scale)
+        .map_err(|e| e.to_string())?;
+    compare(gpu, "causal attention", &got, &want).map(drop)
+}
+
 /// FreeU's direct (FFT-free) skip filter.
 fn fourier(gpu: &Gpu) -> Result<(), String> {
     let x = Tensor::randn([2, 40, 8, 6], 31);
@@ -164,6 +179,33 @@ const MUTANTS: &[Mutant] = &[
         dtype: DType::F32,
         op: attention,
         caught: Caught::ByCheck(BOUNDS),
+    },
+    Mutant {
+        name: "attention (f32): the causal mask hides the diagonal",
+        stem: "attention",
+        find: "const bool seen = valid && (!p.causal || k0 + lane <= qi);",
+        replace: "const bool seen = valid && (!p.causal || k0 + lane < qi + (qi == 0));",
+        dtype: DType::F32,
+        op: causal_attention,
+        caught: Caught::ByResult,
+    },
+    Mutant {
+        name: "attention (f32): the causal key range stops a tile early",
+        stem: "attention",
+        find: "const int k_end = p.causal ? min(p.Nk, q0 + ROWS) : p.Nk;",
+        replace: "const int k_end = p.causal ? min(p.Nk, q0 + ROWS - KT) : p.Nk;",
+        dtype: DType::F32,
+        op: causal_attention,
+        caught: Caught::ByResult,
+    },
+    Mutant {
+        name: "attention (tensor cores): the causal mask off by one",
+        stem: "attention",
+        find: "const bool seen = key < p.Nk && (!p.causal || key <= qi);",
+        replace: "const bool seen = key < p.Nk && (!p.causal || key <= qi + 1);",
+        dtype: DType::F16,
+        op: causal_attention,
+        caught: Caught::ByResult,
     },
     Mutant {
         name: "freeu direct filter: the barrier before summing the warps' partial sums removed",

@@ -370,7 +370,8 @@ fn sample_cli_errors() {
     };
     let s = sched.to_str().unwrap();
     assert!(run(&["--scheduler", s, "--steps", "0"]).contains("steps"));
-    assert!(run(&["--scheduler", s, "--sampler", "plms"]).contains("unknown sampler"));
+    assert!(run(&["--scheduler", s, "--sampler", "plms"])
+        .contains("`sampler` = `plms` (implemented: ddpm"));
     assert!(run(&["--scheduler", s, "--guidance", "7"]).contains("guidance"));
     let bad = dir.join("sched.json");
     // An unimplemented class is named, with every implemented one and the --sampler way out.

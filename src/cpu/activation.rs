@@ -15,6 +15,25 @@ pub fn gelu_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// transformers' `quick_gelu`, `x · sigmoid(1.702 · x)` (CLIP's original activation).
+#[inline]
+pub fn quick_gelu_scalar(x: f32) -> f32 {
+    x / (1.0 + (-1.702 * x).exp())
+}
+
+/// `act` of every element, allocated fallibly.
+pub fn try_activation(x: &Tensor, act: crate::backend::Activation) -> Result<Tensor> {
+    let f = match act {
+        crate::backend::Activation::Gelu => gelu_scalar,
+        crate::backend::Activation::QuickGelu => quick_gelu_scalar,
+    };
+    let mut y = x.try_clone()?;
+    y.data_mut()
+        .par_chunks_mut(PAR_CHUNK)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    Ok(y)
+}
+
 /// SiLU, `x · sigmoid(x)`, of every value in place (in parallel chunks).
 pub fn silu_inplace(data: &mut [f32]) {
     data.par_chunks_mut(PAR_CHUNK)

@@ -124,3 +124,88 @@ pub fn try_attention(
         })?;
     Ok(Tensor::from_parts(vec![b, n, inner], out))
 }
+
+/// As `try_attention` for self-attention under a causal mask: query `i` sees keys `0..=i` only
+/// (CLIP's text encoder, transformers' `is_causal=True`); `q`, `k` and `v` are all
+/// `[B, N, heads·dh]`. One task per (sample, head) holds that head's whole `N × N` score matrix,
+/// which is small at text lengths (77 × 77).
+pub fn try_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+) -> Result<Tensor> {
+    let bad = |msg: String| Err(Error::shape("causal attention", msg));
+    let [b, n, inner] = q.shape()[..] else {
+        return bad(format!("q must be rank 3 [B, N, C], got {:?}", q.shape()));
+    };
+    if k.shape() != q.shape() || v.shape() != q.shape() {
+        return bad(format!(
+            "q {:?}, k {:?} and v {:?} must have one shape (self-attention)",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    if heads == 0 || inner % heads != 0 {
+        return bad(format!("{heads} heads do not divide {inner} channels"));
+    }
+    let dh = inner / heads;
+    let out_len = numel_of(&[b, n, inner], "attention output")?;
+    numel_of(&[n, n, rayon::current_num_threads()], "attention scores")?;
+    let mut out = try_zeroed_vec(out_len, "attention output")?;
+    if out_len == 0 {
+        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+    }
+    // Each task owns the columns of one head of one sample: disjoint strips of `out`, written
+    // through a shared pointer as in `try_attention`.
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..b * heads).into_par_iter().try_for_each(|task| {
+        let (bi, h) = (task / heads, task % heads);
+        let base = bi * n * inner + h * dh;
+        let mut scores = try_zeroed_vec(n * n, "attention scores")?;
+        sgemm(
+            n,
+            n,
+            dh,
+            q.data(),
+            Mat::row_major(base, inner),
+            k.data(),
+            Mat::transposed(base, inner),
+            &mut scores,
+            Mat::row_major(0, n),
+            false,
+            scale,
+            Threads::Single,
+        );
+        for (r, row) in scores.chunks_mut(n).enumerate() {
+            // Key 0 is never masked, so every row keeps a finite maximum.
+            row[r + 1..].fill(f32::NEG_INFINITY);
+            super::vector::softmax_row(row);
+        }
+        let mut o = try_zeroed_vec(n * dh, "attention output")?;
+        sgemm(
+            n,
+            dh,
+            n,
+            &scores,
+            Mat::row_major(0, n),
+            v.data(),
+            Mat::row_major(base, inner),
+            &mut o,
+            Mat::row_major(0, dh),
+            false,
+            1.0,
+            Threads::Single,
+        );
+        for (r, src) in o.chunks(dh).enumerate() {
+            let start = base + r * inner;
+            assert!(start + dh <= out_len);
+            // SAFETY: in bounds (checked), and no other task writes head h of sample bi.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(start), dh) };
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::from_parts(vec![b, n, inner], out))
+}

@@ -16,8 +16,8 @@ pub mod vector;
 // Each kernel comes twice: `try_*` checks shapes and sizes and allocates fallibly (what the
 // backend runs, so no input reaches a panic or an abort), and the plain name panics with that
 // error's message (for tests and benches on shapes they built).
-pub use activation::{geglu, gelu, silu, silu_inplace, try_geglu, try_silu};
-pub use attention::{attention, try_attention};
+pub use activation::{geglu, gelu, silu, silu_inplace, try_activation, try_geglu, try_silu};
+pub use attention::{attention, try_attention, try_causal_attention};
 pub use conv::{conv2d, try_conv2d, Padding};
 pub use linear::{linear, try_linear};
 pub use norm::{group_norm, layer_norm, try_group_norm, try_layer_norm};

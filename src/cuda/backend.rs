@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::params::{AttentionParams, ConvGemmParams};
 use super::{driver, Gpu, GpuTensor};
-use crate::backend::{Backend, Epilogue};
+use crate::backend::{Activation, Backend, Epilogue};
 use crate::boosters::masks::WeightMask;
 use crate::cpu::fourier::{window, FilterForm};
 use crate::device::DType;
@@ -780,99 +780,29 @@ impl Backend for Gpu {
         heads: usize,
         scale: f32,
     ) -> Result<GpuTensor> {
-        let ([b, nq, inner], [bk, nk, ik], [bv, nv, iv]) = (
-            q.shape[..]
-                .try_into()
-                .map_err(|_| shape_err("q", format!("{:?}", q.shape)))?,
-            k.shape[..]
-                .try_into()
-                .map_err(|_| shape_err("k", format!("{:?}", k.shape)))?,
-            v.shape[..]
-                .try_into()
-                .map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
-        );
-        let bad = heads == 0 || nk == 0 || b > 65535 || heads > 65535;
-        if bad || (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0
-        {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "q {:?}, k {:?}, v {:?}, {heads} heads",
-                    q.shape, k.shape, v.shape
-                ),
-            ));
-        }
-        let d = inner / heads;
-        // Tensor cores for 16-bit storage at the head dims SD uses; the SIMT form otherwise.
-        let tc_dp = [48, 64, 80, 96, 128, 160]
-            .into_iter()
-            .find(|&dp| d <= dp)
-            .filter(|_| self.dtype != DType::F32 && d.is_multiple_of(8));
-        let simt_dpl = match d {
-            0..=64 => 2,
-            65..=96 => 3,
-            97..=160 => 5,
-            161..=256 => 8,
-            257..=512 => 16,
-            _ => {
-                return Err(Error::Unsupported {
-                    field: "attention head dim".into(),
-                    value: d.to_string(),
-                })
-            }
+        self.attention_masked(q, k, v, heads, scale, false)
+    }
+
+    fn causal_attention(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        heads: usize,
+        scale: f32,
+    ) -> Result<GpuTensor> {
+        self.attention_masked(q, k, v, heads, scale, true)
+    }
+
+    fn activation(&self, x: &GpuTensor, act: Activation) -> Result<GpuTensor> {
+        let family = match act {
+            Activation::Gelu => "gelu",
+            Activation::QuickGelu => "quick_gelu",
         };
-        let o = self.new_tensor(q.shape.clone())?;
-        if o.numel() == 0 {
-            return Ok(o);
-        }
-        let p = AttentionParams {
-            q: self.ptr(&q.buf),
-            k: self.ptr(&k.buf),
-            v: self.ptr(&v.buf),
-            o: self.ptr(&o.buf),
-            q_batch: (nq * inner) as i64,
-            k_batch: (nk * inner) as i64,
-            v_batch: (nk * inner) as i64,
-            o_batch: (nq * inner) as i64,
-            q_row: inner as i32,
-            k_row: inner as i32,
-            v_row: inner as i32,
-            o_row: inner as i32,
-            nq: i32_of(nq, "query tokens")?,
-            nk: i32_of(nk, "key tokens")?,
-            heads: heads as i32,
-            d: d as i32,
-            scale,
-        };
-        let suffix = self.dtype.suffix();
-        let (f, smem, rows) = match tc_dp {
-            Some(dp) => {
-                let f = self.function(&format!("attention_tc_{suffix}_d{dp}"))?;
-                (f, (2 * 64 * (dp + 8) * 2) as u32, 64)
-            }
-            None => {
-                let f = self.function(&format!("attention_{suffix}_d{simt_dpl}"))?;
-                (f, ((80 * d + 32) * 4) as u32, 16)
-            }
-        };
-        if smem > 48 * 1024 {
-            use cudarc::driver::sys::CUfunction_attribute_enum as A;
-            f.set_attribute(
-                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(driver("raising attention's shared memory limit"))?;
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (nq.div_ceil(rows) as u32, heads as u32, b as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&p);
-        // SAFETY: the struct matches the kernel's; buffers are sized by the checked shapes.
-        unsafe { l.launch(cfg) }.map_err(driver("launching attention"))?;
-        Ok(o)
+        let y = self.new_tensor(x.shape.clone())?;
+        let (px, py, n) = (self.ptr(&x.buf), self.ptr(&y.buf), x.numel() as i64);
+        self.launch(&self.kernel(family), x.numel(), &[&px, &py, &n])?;
+        Ok(y)
     }
 
     fn geglu(&self, x: &GpuTensor) -> Result<GpuTensor> {
@@ -1129,6 +1059,114 @@ impl Backend for Gpu {
             &[&pt, &py, &b, &dim, &flip, &ts.downscale_freq_shift],
         )?;
         Ok(y)
+    }
+}
+
+impl Gpu {
+    /// `Backend::attention`, or with `causal` `Backend::causal_attention`.
+    fn attention_masked(
+        &self,
+        q: &GpuTensor,
+        k: &GpuTensor,
+        v: &GpuTensor,
+        heads: usize,
+        scale: f32,
+        causal: bool,
+    ) -> Result<GpuTensor> {
+        let ([b, nq, inner], [bk, nk, ik], [bv, nv, iv]) = (
+            q.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("q", format!("{:?}", q.shape)))?,
+            k.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("k", format!("{:?}", k.shape)))?,
+            v.shape[..]
+                .try_into()
+                .map_err(|_| shape_err("v", format!("{:?}", v.shape)))?,
+        );
+        let bad = heads == 0 || nk == 0 || b > 65535 || heads > 65535;
+        if bad || (bk, bv) != (b, b) || ik != inner || iv != inner || nv != nk || inner % heads != 0
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q {:?}, k {:?}, v {:?}, {heads} heads",
+                    q.shape, k.shape, v.shape
+                ),
+            ));
+        }
+        let d = inner / heads;
+        // Tensor cores for 16-bit storage at the head dims SD uses; the SIMT form otherwise.
+        let tc_dp = [48, 64, 80, 96, 128, 160]
+            .into_iter()
+            .find(|&dp| d <= dp)
+            .filter(|_| self.dtype != DType::F32 && d.is_multiple_of(8));
+        let simt_dpl = match d {
+            0..=64 => 2,
+            65..=96 => 3,
+            97..=160 => 5,
+            161..=256 => 8,
+            257..=512 => 16,
+            _ => {
+                return Err(Error::Unsupported {
+                    field: "attention head dim".into(),
+                    value: d.to_string(),
+                })
+            }
+        };
+        let o = self.new_tensor(q.shape.clone())?;
+        if o.numel() == 0 {
+            return Ok(o);
+        }
+        let p = AttentionParams {
+            q: self.ptr(&q.buf),
+            k: self.ptr(&k.buf),
+            v: self.ptr(&v.buf),
+            o: self.ptr(&o.buf),
+            q_batch: (nq * inner) as i64,
+            k_batch: (nk * inner) as i64,
+            v_batch: (nk * inner) as i64,
+            o_batch: (nq * inner) as i64,
+            q_row: inner as i32,
+            k_row: inner as i32,
+            v_row: inner as i32,
+            o_row: inner as i32,
+            nq: i32_of(nq, "query tokens")?,
+            nk: i32_of(nk, "key tokens")?,
+            heads: heads as i32,
+            d: d as i32,
+            scale,
+            causal: causal as i32,
+        };
+        let suffix = self.dtype.suffix();
+        let (f, smem, rows) = match tc_dp {
+            Some(dp) => {
+                let f = self.function(&format!("attention_tc_{suffix}_d{dp}"))?;
+                (f, (2 * 64 * (dp + 8) * 2) as u32, 64)
+            }
+            None => {
+                let f = self.function(&format!("attention_{suffix}_d{simt_dpl}"))?;
+                (f, ((80 * d + 32) * 4) as u32, 16)
+            }
+        };
+        if smem > 48 * 1024 {
+            use cudarc::driver::sys::CUfunction_attribute_enum as A;
+            f.set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(driver("raising attention's shared memory limit"))?;
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (nq.div_ceil(rows) as u32, heads as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&p);
+        // SAFETY: the struct matches the kernel's; buffers are sized by the checked shapes.
+        unsafe { l.launch(cfg) }.map_err(driver("launching attention"))?;
+        Ok(o)
     }
 }
 

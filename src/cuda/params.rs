@@ -93,6 +93,8 @@ pub struct AttentionParams {
     pub d: i32,
     /// The score scale, `1/√D` in the U-Net.
     pub scale: f32,
+    /// Non-zero: query `i` attends to keys `0..=i` only (CLIP's causal mask).
+    pub causal: i32,
 }
 
 // SAFETY: plain old data, matching the C struct field for field.
@@ -103,7 +105,7 @@ mod tests {
     use super::*;
 
     /// The C layouts: 7 pointers + i64 + 12 ints + float = 116 bytes, padded to 120; 4 pointers
-    /// + 4 i64 + 8 ints + float = 100, padded to 104.
+    /// + 4 i64 + 8 ints + float + int = 104.
     #[test]
     fn sizes_match_the_c_structs() {
         assert_eq!(std::mem::size_of::<ConvGemmParams>(), 120);

@@ -1,13 +1,18 @@
 //! The U-Net, module by module as diffusers lays it out (`embeddings`, `resnet`,
 //! `attention_processor`, `attention`, `transformer_2d`, `unet_2d_blocks`, `unet_2d`), so a
-//! state-dict key maps to the code that uses it at a glance; and the VAE (`autoencoders`), built
-//! from the same resnets and attention.
+//! state-dict key maps to the code that uses it at a glance; the VAE (`autoencoders`), built
+//! from the same resnets and attention; and CLIP's tokenizer and text encoders as transformers
+//! lays them out (`tokenization_clip`, `modeling_clip`), with diffusers' `encode_prompt` over
+//! them (`encode_prompt`).
 
 pub mod attention;
 pub mod attention_processor;
 pub mod autoencoders;
 pub mod embeddings;
+pub mod encode_prompt;
+pub mod modeling_clip;
 pub mod resnet;
+pub mod tokenization_clip;
 pub mod transformer_2d;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
