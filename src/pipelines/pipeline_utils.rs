@@ -206,16 +206,33 @@ pub fn add_time_ids(
 }
 
 /// The image size a pipeline makes by default, `unet.config.sample_size × vae_scale_factor` on
-/// each side, and the checks diffusers' `check_inputs` makes of a given one (both sides
-/// positive multiples of 8, the latent sides `size / vae_scale_factor`).
+/// each side (`sample_size` as (height, width)), and the checks diffusers' `check_inputs` makes
+/// of a given one (both sides positive multiples of 8, the latent sides `size /
+/// vae_scale_factor`).
 pub fn image_size(
     height: Option<usize>,
     width: Option<usize>,
-    sample_size: usize,
+    sample_size: Option<(usize, usize)>,
     vae_scale_factor: usize,
 ) -> Result<(usize, usize)> {
-    let default = sample_size * vae_scale_factor;
-    let (h, w) = (height.unwrap_or(default), width.unwrap_or(default));
+    let default = |side: usize, name: &str| {
+        sample_size
+            .map(|s| [s.0, s.1][side] * vae_scale_factor)
+            .ok_or_else(|| {
+                Error::input(
+                    name,
+                    "not given, and the U-Net's config has no sample_size to default to",
+                )
+            })
+    };
+    let h = match height {
+        Some(h) => h,
+        None => default(0, "height")?,
+    };
+    let w = match width {
+        Some(w) => w,
+        None => default(1, "width")?,
+    };
     for (name, v) in [("height", h), ("width", w)] {
         if v == 0 || v % 8 != 0 || v % vae_scale_factor != 0 {
             return Err(Error::input(
@@ -278,12 +295,19 @@ mod tests {
             add_time_ids((1024, 768), (0, 16), (512, 512)).data(),
             &[1024.0, 768.0, 0.0, 16.0, 512.0, 512.0]
         );
-        assert_eq!(image_size(None, None, 128, 8).unwrap(), (1024, 1024));
-        assert_eq!(image_size(Some(768), None, 64, 8).unwrap(), (768, 512));
+        assert_eq!(
+            image_size(None, None, Some((128, 128)), 8).unwrap(),
+            (1024, 1024)
+        );
+        assert_eq!(
+            image_size(Some(768), None, Some((64, 64)), 8).unwrap(),
+            (768, 512)
+        );
         assert!(matches!(
-            image_size(Some(100), None, 64, 8),
+            image_size(Some(100), None, Some((64, 64)), 8),
             Err(Error::Input { name, .. }) if name == "height"
         ));
-        assert!(image_size(None, Some(0), 64, 8).is_err());
+        assert!(image_size(None, Some(0), Some((64, 64)), 8).is_err());
+        assert!(image_size(None, Some(64), None, 8).is_err());
     }
 }

@@ -422,6 +422,9 @@ pub enum Tiling {
     /// Never tiled: diffusers' default `decode`; a decode that does not fit is an
     /// `Error::OutOfMemory`.
     Never,
+    /// Whole, as diffusers' pipelines decode without `enable_tiling()`, unless the memory plan
+    /// says the whole decode does not fit (where diffusers would fail): then tiled.
+    WhenNeeded,
 }
 
 /// diffusers' `AutoencoderKL` with its weights. Load once, then decode from any thread (`Send +
@@ -652,6 +655,12 @@ impl AutoencoderKL {
         Ok(match tiling {
             Tiling::Always => true,
             Tiling::Never => false,
+            Tiling::WhenNeeded => {
+                let t = self.config.tile_latent_min_size();
+                let fits = available
+                    .is_none_or(|a| self.config.plan_decode(b, h, w).is_ok_and(|need| need <= a));
+                !fits && t >= 2
+            }
             Tiling::Auto => {
                 let t = self.config.tile_latent_min_size();
                 let larger = h > t || w > t;
