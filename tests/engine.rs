@@ -349,13 +349,8 @@ fn one_model_runs_through_one_trait_whoever_holds_it() {
 /// last handle frees them too.
 #[test]
 fn a_placed_model_uploads_at_warm_up_and_frees_its_weights_when_unloaded_or_dropped() {
-    let device = match Device::from_env().unwrap() {
-        Some(d) => d,
-        None if freelunch::cuda::device_count() == 0 => {
-            println!("skipped: no CUDA device");
-            return;
-        }
-        None => Device::Cuda(0),
+    let Some(device) = common::gpu::device("a_placed_model") else {
+        return;
     };
     let exec = device.open(DType::F32).unwrap();
     let freelunch::device::Exec::Cuda(gpu) = &exec else {

@@ -288,13 +288,8 @@ fn the_cli_turns_a_prompt_into_diffusers_png() {
 /// The pipeline on the GPU backend (the PTX executor in CI), f32: diffusers' image within 1e-4.
 #[test]
 fn the_pipelines_run_on_the_gpu() {
-    let device = match Device::from_env().unwrap() {
-        Some(d) => d,
-        None if freelunch::cuda::device_count() == 0 => {
-            println!("skipped: no CUDA device");
-            return;
-        }
-        None => Device::Cuda(0),
+    let Some(device) = common::gpu::device("the_pipelines_run_on_the_gpu") else {
+        return;
     };
     for name in ["sd_tiny", "sdxl_tiny"] {
         let pipe = StableDiffusionPipeline::from_pretrained(

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::pipeline_utils::{add_time_ids, image_size, ModelIndex, PipelineKind};
-use crate::backend::Cpu;
+use crate::backend::{Backend, Cpu};
 use crate::boosters::Boosters;
 use crate::device::{DType, Device, Exec};
 use crate::error::{Error, Result};
@@ -222,9 +222,23 @@ impl StableDiffusionPipeline {
     }
 
     /// The prompt's embeddings as the sampling loop takes them (`guidance`: with the negative
-    /// prompt's), without SDXL's size conditioning.
+    /// prompt's), without SDXL's size conditioning, on the pipeline's device.
     pub fn encode_prompt(
         &self,
+        prompt: &Prompt,
+        guidance: bool,
+        clip_skip: Option<usize>,
+    ) -> Result<PromptEmbeds> {
+        match &self.exec {
+            Exec::Cpu => self.encode_prompt_on(&Cpu, prompt, guidance, clip_skip),
+            Exec::Cuda(gpu) => self.encode_prompt_on(gpu.as_ref(), prompt, guidance, clip_skip),
+        }
+    }
+
+    /// `encode_prompt` on backend `be`.
+    fn encode_prompt_on<B: Backend>(
+        &self,
+        be: &B,
         prompt: &Prompt,
         guidance: bool,
         clip_skip: Option<usize>,
@@ -234,31 +248,33 @@ impl StableDiffusionPipeline {
         }
         let p = strs(&prompt.prompt);
         let np = prompt.negative_prompt.as_deref().map(strs);
+        let Some(enc2) = &self.text_encoder_2 else {
+            return encode_prompt_sd(
+                be,
+                &self.text_encoder,
+                &p,
+                np.as_deref(),
+                guidance,
+                clip_skip,
+            );
+        };
         let p2 = prompt.prompt_2.as_deref().map(strs);
         let np2 = prompt.negative_prompt_2.as_deref().map(strs);
-        let run = |be: &dyn EncodeOn| match &self.text_encoder_2 {
-            None => be.sd(&self.text_encoder, &p, np.as_deref(), guidance, clip_skip),
-            Some(enc2) => {
-                let prompts = SdxlPrompts {
-                    prompt: &p,
-                    prompt_2: p2.as_deref(),
-                    negative_prompt: np.as_deref(),
-                    negative_prompt_2: np2.as_deref(),
-                };
-                be.sdxl(
-                    &self.text_encoder,
-                    enc2,
-                    &prompts,
-                    guidance,
-                    clip_skip,
-                    self.index.force_zeros_for_empty_prompt,
-                )
-            }
+        let prompts = SdxlPrompts {
+            prompt: &p,
+            prompt_2: p2.as_deref(),
+            negative_prompt: np.as_deref(),
+            negative_prompt_2: np2.as_deref(),
         };
-        match &self.exec {
-            Exec::Cpu => run(&Cpu),
-            Exec::Cuda(gpu) => run(gpu.as_ref()),
-        }
+        encode_prompt_sdxl(
+            be,
+            Some(&self.text_encoder),
+            enc2,
+            &prompts,
+            guidance,
+            clip_skip,
+            self.index.force_zeros_for_empty_prompt,
+        )
     }
 
     /// The whole run: prompt → conditioning → sampler over the U-Net → VAE.
@@ -375,61 +391,4 @@ fn repeat_per_image(c: Conditioning, n: usize) -> Result<Conditioning> {
         uncond_text_embeds: rep(c.uncond_text_embeds)?,
         ..c
     })
-}
-
-/// The two `encode_prompt`s on whichever backend the pipeline runs on (object-safe, so one
-/// closure serves the CPU and the GPU).
-trait EncodeOn {
-    fn sd(
-        &self,
-        enc: &TextEncoder,
-        prompt: &[&str],
-        negative: Option<&[&str]>,
-        guidance: bool,
-        clip_skip: Option<usize>,
-    ) -> Result<PromptEmbeds>;
-
-    #[allow(clippy::too_many_arguments)]
-    fn sdxl(
-        &self,
-        enc1: &TextEncoder,
-        enc2: &TextEncoder,
-        prompts: &SdxlPrompts,
-        guidance: bool,
-        clip_skip: Option<usize>,
-        force_zeros: bool,
-    ) -> Result<PromptEmbeds>;
-}
-
-impl<B: crate::backend::Backend> EncodeOn for B {
-    fn sd(
-        &self,
-        enc: &TextEncoder,
-        prompt: &[&str],
-        negative: Option<&[&str]>,
-        guidance: bool,
-        clip_skip: Option<usize>,
-    ) -> Result<PromptEmbeds> {
-        encode_prompt_sd(self, enc, prompt, negative, guidance, clip_skip)
-    }
-
-    fn sdxl(
-        &self,
-        enc1: &TextEncoder,
-        enc2: &TextEncoder,
-        prompts: &SdxlPrompts,
-        guidance: bool,
-        clip_skip: Option<usize>,
-        force_zeros: bool,
-    ) -> Result<PromptEmbeds> {
-        encode_prompt_sdxl(
-            self,
-            Some(enc1),
-            enc2,
-            prompts,
-            guidance,
-            clip_skip,
-            force_zeros,
-        )
-    }
 }

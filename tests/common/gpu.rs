@@ -86,3 +86,16 @@ pub fn compare(gpu: &Gpu, what: &str, got: &GpuTensor, want: &Tensor) -> Result<
     }
     Ok(err)
 }
+
+/// The GPU device a test opens itself (a fresh context, not the shared `gpus`): as `gpus`
+/// chooses it, or None (printing `skipped: no CUDA device`) where there is none.
+pub fn device(test: &str) -> Option<Device> {
+    match Device::from_env().unwrap_or_else(|e| panic!("{e}")) {
+        Some(d) => Some(d),
+        None if freelunch::cuda::device_count() == 0 => {
+            println!("{test}: skipped: no CUDA device");
+            None
+        }
+        None => Some(Device::Cuda(0)),
+    }
+}
