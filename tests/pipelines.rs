@@ -283,6 +283,30 @@ fn the_cli_turns_a_prompt_into_diffusers_png() {
         }
     }
     println!("{exact} bytes equal, {boundary} off by one at a rounding boundary");
+
+    // Booster flags act on the pipeline's U-Net: the same run with FreeU and Skip-Tuning gives
+    // other latents, and a booster setting out of range is refused before any step.
+    let boosted = dir.join("boosted.safetensors");
+    let mut a = args(&boosted);
+    a.extend(["--freeu", "1.5,1.6,0.9,0.2", "--skip-tuning", "1,0.8"].map(String::from));
+    let o = std::process::Command::new(common::freelunch_bin())
+        .args(&a)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let d = common::load_sample(&boosted).rel_l2(&common::load_sample(&latents));
+    assert!(d > 1e-3, "the boosters changed the latents by {d:.2e} only");
+    let mut a = args(&dir.join("never.safetensors"));
+    a.extend(["--freeu", "nan,1.6,0.9,0.2"].map(String::from));
+    let o = std::process::Command::new(common::freelunch_bin())
+        .args(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--freeu") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 /// The pipeline on the GPU backend (the PTX executor in CI), f32: diffusers' image within 1e-4.
