@@ -23,5 +23,5 @@ pub mod weights;
 
 pub use config::UNetConfig;
 pub use error::{Error, Result};
-pub use models::unet_2d::{UNet, UNet2DConditionModel, UNetInputs};
+pub use models::unet_2d::{UNet, UNet2DConditionModel, UNet2DModel, UNetInputs};
 pub use tensor::Tensor;

@@ -194,7 +194,7 @@ enum Command {
     },
 }
 
-/// The training-free boosters (SPEC §3–5).
+/// The training-free boosters (README: Boosters).
 /// Where the U-Net runs.
 #[derive(Args)]
 struct DeviceArgs {

@@ -23,7 +23,7 @@ proptest! {
         prop_assert!(err <= 2e-6, "H={h} W={w} t={t} s={s}: rel L2 {err:.3e}");
     }
 
-    /// SPEC §3: for t = 1 and H, W ≥ 3 the filter scales DC by s, the ±(1,0), ±(0,1), ±(1,1)
+    /// For t = 1 and H, W ≥ 3 the filter scales DC by s, the ±(1,0), ±(0,1), ±(1,1)
     /// pairs by (1+s)/2, and nothing else; checked through a plane made of those modes.
     #[test]
     fn t1_closed_form(h in 3usize..20, w in 3usize..20, s in 0.0f32..=2.0, seed in any::<u64>()) {

@@ -1,5 +1,5 @@
 //! `--device emu` end to end: the CLI runs the unchanged CUDA backend on the PTX executor, and
-//! matches the CPU backend in every dtype (SPEC §7: f32 ≤ 1e-4, f16 ≤ 1e-2, bf16 ≤ 2e-2, see
+//! matches the CPU backend in every dtype (the GPU tolerances: f32 ≤ 1e-4, f16 ≤ 1e-2, bf16 ≤ 2e-2, see
 //! tests/common/gpu.rs), with FreeU through the cuFFT stand-in and the direct form, MaskUNet
 //! masks and the mask generator; outputs do not depend on the order blocks and warps run in nor
 //! on the thread count; and a missing executor is an error, not a panic.

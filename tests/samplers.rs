@@ -202,8 +202,8 @@ fn sampling_loops_match_diffusers() {
     sampling_loops_on(&Exec::Cpu, &|_| 1e-4);
 }
 
-/// The same loops with the U-Net on the GPU, in every dtype. f32 is held to SPEC §7's 1e-4. A
-/// half-precision model errs by up to its SPEC bound at every step, and a loop can amplify that:
+/// The same loops with the U-Net on the GPU, in every dtype. f32 is held to the GPU tolerance of 1e-4 (`common::gpu::tolerance`). A
+/// half-precision model errs by up to its tolerance at every step, and a loop can amplify that:
 /// the bound is the dtype's tolerance times the loop's amplification, measured on the CPU by
 /// perturbing every model output by a relative 1e-3 and comparing final samples (about 1 for
 /// most loops; ~15 for DDIM on the cosine schedule with clipping, whose last steps divide the

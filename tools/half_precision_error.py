@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Measure how far diffusers itself is from its own float32 output when the fixture models run
-in bfloat16 and float16 (the yardstick for the SPEC's "f16/bf16 within 1e-2 relative L2 of f32").
+in bfloat16 and float16 (the yardstick for the GPU tests' "f16/bf16 within 1e-2 relative L2 of f32").
 
 How to run (from the repo root):
 
@@ -166,7 +166,7 @@ def main():
         cells = " ".join(f"{row[c]:9.2e}" if c != "ref std" else f"{row[c]:9.3f}" for c in cols)
         print(f"{label:24s} {cells}", flush=True)
     print("rel L2 = ||out - ref|| / ||ref|| vs diffusers' own f32 CPU output; golden = that f32 output")
-    print("vs the committed expected file. SPEC bound for f16/bf16: 1e-2.")
+    print("vs the committed expected file. The GPU tests' bound for f16/bf16: 1e-2.")
 
 
 if __name__ == "__main__":

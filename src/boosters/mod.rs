@@ -3,7 +3,7 @@
 //!
 //! The skip hook: every resnet of an up block pops one skip from the encoder stack and
 //! concatenates `[h, skip]`; just before that, in this order, Skip-Tuning scales the skip, then
-//! FreeU scales `h`'s backbone channels and low-pass filters the skip (SPEC §3).
+//! FreeU scales `h`'s backbone channels and low-pass filters the skip.
 
 pub mod deme;
 pub mod freeu;

@@ -6,7 +6,7 @@
 //! - `Direct`: since M − 1 is non-zero only on a K×L window of at most 2t×2t frequencies,
 //!   `y = x + (scale − 1)/(HW) · Re(Σ_{k∈K, l∈L} X[k,l] e^{2πi(km/H + ln/W)})`, with the few
 //!   `X[k,l]` taken as separable DFT sums. O(HW·|L|) per plane in f64, no FFT; for t = 1 and
-//!   H, W ≥ 3 this is SPEC's closed form (DC × s, the ±(1,0), ±(0,1), ±(1,1) pairs × (1+s)/2).
+//!   H, W ≥ 3 this is the filter's closed form (DC × s, the ±(1,0), ±(0,1), ±(1,1) pairs × (1+s)/2).
 
 use std::ops::Range;
 

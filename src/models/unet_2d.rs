@@ -332,6 +332,10 @@ impl WeightSource for Recording<'_> {
 /// Both classes run the same code; the name says which one a reader of diffusers should map to.
 pub type UNet = UNet2DConditionModel;
 
+/// diffusers' `UNet2DModel` (unconditional and class-conditional pixel models): the same type as
+/// `UNet2DConditionModel`, which loads either class (`config.class` says which a folder holds).
+pub type UNet2DModel = UNet2DConditionModel;
+
 impl UNet2DConditionModel {
     /// Loads a diffusers model folder (or a pipeline folder's `unet/`), with its full-precision
     /// weights, else the folder's only variant: `from_pretrained` with the default options.

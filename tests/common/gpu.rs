@@ -10,9 +10,9 @@ use freelunch::Tensor;
 
 pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-/// SPEC §7: f32 within 1e-4 of the CPU (no TF32), f16 with f32 accumulation within 1e-2.
+/// The GPU tolerances: f32 within 1e-4 of the CPU (no TF32), f16 with f32 accumulation within 1e-2.
 ///
-/// bf16 is held to 2e-2, not SPEC §7's 1e-2: no bf16 implementation reaches 1e-2 on these
+/// bf16 is held to 2e-2, not f16's 1e-2: no bf16 implementation reaches 1e-2 on these
 /// random-weight goldens. diffusers itself, in bf16, is 1.02e-2 to 1.71e-2 from its own f32
 /// output on them (`tools/half_precision_error.py`), and rounding only the weights to bf16
 /// (computing in f32) already costs 7-9e-3. This backend measures 1.0e-2 to 1.5e-2 (the same
