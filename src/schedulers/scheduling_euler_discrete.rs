@@ -155,6 +155,38 @@ pub(crate) fn denoised(
     Tensor::from_parts(sample.shape().to_vec(), data)
 }
 
+/// The `Sampler` methods every σ-parameterised sampler (Euler, Euler ancestral, LMS, Heun)
+/// shares, from its fields `timesteps`, `sigmas`, `init_noise_sigma` and `x0` (the last step's
+/// x̂₀): the schedule, the initial σ, the input scaling `x/√(σ²+1)` and the prediction.
+macro_rules! sigma_sampler_methods {
+    () => {
+        fn timesteps(&self) -> &[f32] {
+            &self.timesteps
+        }
+
+        fn sigmas(&self) -> Option<&[f32]> {
+            Some(&self.sigmas)
+        }
+
+        fn init_noise_sigma(&self) -> f32 {
+            self.init_noise_sigma
+        }
+
+        fn scale_model_input(
+            &self,
+            sample: &$crate::tensor::Tensor,
+            i: usize,
+        ) -> $crate::tensor::Tensor {
+            $crate::schedulers::scheduling_euler_discrete::scale_by_sigma(sample, self.sigmas[i])
+        }
+
+        fn pred_original_sample(&self) -> Option<&$crate::tensor::Tensor> {
+            self.x0.as_ref()
+        }
+    };
+}
+pub(crate) use sigma_sampler_methods;
+
 /// `x / √(σ² + 1)`.
 pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
     let k = (sigma * sigma + 1.0).sqrt();
@@ -163,25 +195,7 @@ pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
 }
 
 impl Sampler for EulerScheduler {
-    fn pred_original_sample(&self) -> Option<&Tensor> {
-        self.x0.as_ref()
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
-        scale_by_sigma(sample, self.sigmas[i])
-    }
+    sigma_sampler_methods!();
 
     fn step(
         &mut self,

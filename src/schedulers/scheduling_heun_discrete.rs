@@ -3,7 +3,7 @@
 //! calls. The last call is a plain Euler step to σ = 0.
 
 use super::config::{Prediction, SchedulerConfig};
-use super::scheduling_euler_discrete::{denoised, scale_by_sigma, DiscreteSigmas};
+use super::scheduling_euler_discrete::{denoised, sigma_sampler_methods, DiscreteSigmas};
 use super::{NoiseSource, Sampler};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -52,30 +52,12 @@ impl HeunScheduler {
 }
 
 impl Sampler for HeunScheduler {
-    fn pred_original_sample(&self) -> Option<&Tensor> {
-        self.x0.as_ref()
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
+    sigma_sampler_methods!();
 
     /// Step k evaluates σ_k and then σ_{k+1} (calls 2k and 2k + 1); the last step is first
     /// order (one call).
     fn step_of_call(&self, call: usize) -> usize {
         call / 2
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
-        scale_by_sigma(sample, self.sigmas[i])
     }
 
     fn step(

@@ -5,7 +5,7 @@
 //! is expanded and integrated exactly.
 
 use super::config::{Prediction, SchedulerConfig};
-use super::scheduling_euler_discrete::{denoised, scale_by_sigma, DiscreteSigmas};
+use super::scheduling_euler_discrete::{denoised, sigma_sampler_methods, DiscreteSigmas};
 use super::{NoiseSource, Sampler};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -100,25 +100,7 @@ impl LmsScheduler {
 }
 
 impl Sampler for LmsScheduler {
-    fn pred_original_sample(&self) -> Option<&Tensor> {
-        self.x0.as_ref()
-    }
-
-    fn timesteps(&self) -> &[f32] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f32]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        self.init_noise_sigma
-    }
-
-    fn scale_model_input(&self, sample: &Tensor, i: usize) -> Tensor {
-        scale_by_sigma(sample, self.sigmas[i])
-    }
+    sigma_sampler_methods!();
 
     fn step(
         &mut self,
