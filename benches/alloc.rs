@@ -4,6 +4,9 @@
 //! keeps for the engine API's copy-free I/O. A counting global allocator in this binary alone
 //! measures them; nothing is timed.
 //!
+//! Each model is measured twice: plain `forward` calls, and `forward_into` calls of a handle with
+//! a `Workspace` (its first call fills it, the later ones reuse it).
+//!
 //! `cargo bench --bench alloc` runs the SD1.5 architecture (random weights, the issue's
 //! `[2, 4, 32, 32]` call with 77 tokens); `FREELUNCH_ALLOC_CONFIG=tools/configs/X.json` and
 //! `FREELUNCH_ALLOC_SHAPE=B,C,H,W` change the model and the call.
@@ -20,6 +23,16 @@ static TOTAL: AtomicU64 = AtomicU64::new(0);
 static COUNT: AtomicU64 = AtomicU64::new(0);
 static LIVE: AtomicU64 = AtomicU64::new(0);
 static PEAK: AtomicU64 = AtomicU64::new(0);
+/// Bytes by allocation size: below 64 KiB, below 1 MiB, from 1 MiB.
+static BY_SIZE: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+fn size_class(size: u64) -> usize {
+    match size {
+        0..65_536 => 0,
+        65_536..1_048_576 => 1,
+        _ => 2,
+    }
+}
 
 // SAFETY: every call goes to the system allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
@@ -27,6 +40,7 @@ unsafe impl GlobalAlloc for Counting {
         let size = layout.size() as u64;
         TOTAL.fetch_add(size, Relaxed);
         COUNT.fetch_add(1, Relaxed);
+        BY_SIZE[size_class(size)].fetch_add(size, Relaxed);
         let live = LIVE.fetch_add(size, Relaxed) + size;
         PEAK.fetch_max(live, Relaxed);
         // SAFETY: as the caller's contract with `GlobalAlloc::alloc`.
@@ -100,19 +114,35 @@ fn main() {
         let d = config.levels[0].cross_attention_dim;
         inputs.encoder_hidden_states = Some(Tensor::randn([shape[0], 77, d], 2));
     }
-    unet.forward(&inputs).unwrap();
-    for call in 1..=3 {
-        let (total, count) = (TOTAL.load(Relaxed), COUNT.load(Relaxed));
-        let live = LIVE.load(Relaxed);
-        PEAK.store(live, Relaxed);
-        let out = unet.forward(&inputs).unwrap();
-        drop(out);
-        println!(
-            "alloc/{} {shape:?} call {call}: {:.1} MiB in {} allocations, peak +{:.1} MiB",
-            config_path.file_stem().unwrap().to_string_lossy(),
-            mib(TOTAL.load(Relaxed) - total),
-            COUNT.load(Relaxed) - count,
-            mib(PEAK.load(Relaxed) - live),
-        );
+    let ws = freelunch::workspace::Workspace::new();
+    let pooled = unet.clone().with_workspace(ws.clone());
+    let mut out = vec![0.0; unet.forward(&inputs).unwrap().numel()];
+    for (model, label) in [(&unet, "forward"), (&pooled, "forward_into, workspace")] {
+        for call in 1..=3 {
+            let (total, count) = (TOTAL.load(Relaxed), COUNT.load(Relaxed));
+            let live = LIVE.load(Relaxed);
+            let by_size = BY_SIZE.each_ref().map(|b| b.load(Relaxed));
+            PEAK.store(live, Relaxed);
+            if label == "forward" {
+                drop(model.forward(&inputs).unwrap());
+            } else {
+                model
+                    .forward_into(&inputs, &Default::default(), &mut out)
+                    .unwrap();
+            }
+            let by_size: Vec<String> = (0..3)
+                .map(|i| format!("{:.1}", mib(BY_SIZE[i].load(Relaxed) - by_size[i])))
+                .collect();
+            println!(
+                "alloc/{} {shape:?} {label} call {call}: {:.1} MiB in {} allocations, peak +{:.1} MiB \
+                 (MiB in blocks < 64 KiB / < 1 MiB / larger: {})",
+                config_path.file_stem().unwrap().to_string_lossy(),
+                mib(TOTAL.load(Relaxed) - total),
+                COUNT.load(Relaxed) - count,
+                mib(PEAK.load(Relaxed) - live),
+                by_size.join(" / "),
+            );
+        }
     }
+    println!("alloc/workspace after the calls: {:?}", ws.stats());
 }

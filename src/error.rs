@@ -186,6 +186,23 @@ pub enum Error {
         /// The whole message: where it was looked for, and what is there instead.
         msg: String,
     },
+    /// An argument that cannot be used as given: a command-line flag, or a value an engine
+    /// passed that no config governs (a thread count, an output path's extension).
+    #[error("{msg}")]
+    Argument {
+        /// The flag or parameter, without dashes (`steps`, `output`, `threads`, ...).
+        flag: String,
+        /// The whole message: the value, and what would do.
+        msg: String,
+    },
+    /// The operating system refused a resource the crate needs (threads, a memory mapping).
+    #[error("{during}: {msg}")]
+    System {
+        /// What the crate was doing (`starting the thread pool`, ...).
+        during: String,
+        /// What the system said.
+        msg: String,
+    },
     /// Anything else, in words.
     #[error("{0}")]
     Msg(String),
@@ -260,6 +277,22 @@ impl Error {
     pub fn not_found(what: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::NotFound {
             what: what.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An error of argument `flag` (a command-line flag without its dashes, or a parameter).
+    pub fn argument(flag: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Argument {
+            flag: flag.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// The system refused a resource while `during`.
+    pub fn system(during: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::System {
+            during: during.into(),
             msg: msg.into(),
         }
     }

@@ -20,6 +20,7 @@ pub mod safetensors_io;
 pub mod schedulers;
 pub mod tensor;
 pub mod weights;
+pub mod workspace;
 
 pub use config::UNetConfig;
 pub use error::{Error, Result};

@@ -320,28 +320,35 @@ const MAX_FACTOR: f32 = 1e4;
 /// spectrum, so this bounds nothing real.
 const MAX_FREEU_THRESHOLD: usize = 1 << 20;
 
-fn msg(text: impl Into<String>) -> freelunch::Error {
-    freelunch::Error::Msg(text.into())
+/// A command-line flag that cannot be used as given.
+fn arg(flag: &str, text: impl Into<String>) -> freelunch::Error {
+    freelunch::Error::argument(flag, text)
 }
 
 /// Booster factors: finite and at most `MAX_FACTOR` in magnitude.
 fn numbers(flag: &str, text: &str) -> freelunch::Result<Vec<f32>> {
     text.split(',')
         .map(|v| {
-            let x = v
-                .trim()
-                .parse::<f32>()
-                .map_err(|_| msg(format!("--{flag}: `{v}` is not a number (in `{text}`)")))?;
+            let x = v.trim().parse::<f32>().map_err(|_| {
+                arg(
+                    flag,
+                    format!("--{flag}: `{v}` is not a number (in `{text}`)"),
+                )
+            })?;
             if !x.is_finite() {
-                return Err(msg(format!(
-                    "--{flag}: `{v}` is not a finite number (in `{text}`)"
-                )));
+                return Err(arg(
+                    flag,
+                    format!("--{flag}: `{v}` is not a finite number (in `{text}`)"),
+                ));
             }
             if x.abs() > MAX_FACTOR {
-                return Err(msg(format!(
+                return Err(arg(
+                    flag,
+                    format!(
                     "--{flag}: `{v}` is out of range (in `{text}`): factors beyond ±{MAX_FACTOR} \
                      overflow the activations they scale"
-                )));
+                ),
+                ));
             }
             Ok(x)
         })
@@ -353,7 +360,7 @@ fn finite(flag: &str, v: f32) -> freelunch::Result<f32> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(msg(format!("--{flag} {v}: must be a finite number")))
+        Err(arg(flag, format!("--{flag} {v}: must be a finite number")))
     }
 }
 
@@ -374,23 +381,32 @@ impl BoosterArgs {
             numbers("skip-scales", spec)?;
         }
         if self.freeu.is_some() && !(1..=MAX_FREEU_THRESHOLD).contains(&self.freeu_threshold) {
-            return Err(msg(format!(
-                "--freeu-threshold {}: must be 1 to {MAX_FREEU_THRESHOLD}",
-                self.freeu_threshold
-            )));
+            return Err(arg(
+                "freeu-threshold",
+                format!(
+                    "--freeu-threshold {}: must be 1 to {MAX_FREEU_THRESHOLD}",
+                    self.freeu_threshold
+                ),
+            ));
         }
         if let Some(step) = self.mask_step {
             if sampling {
-                return Err(msg(format!(
-                    "--mask-step {step}: `sample` gives each call its sampler step (all calls \
+                return Err(arg(
+                    "mask-step",
+                    format!(
+                        "--mask-step {step}: `sample` gives each call its sampler step (all calls \
                      of one step share it); --mask-step is for `forward`"
-                )));
+                    ),
+                ));
             }
             if self.masks.is_none() && self.mask_generator.is_none() {
-                return Err(msg(format!(
-                    "--mask-step {step} selects per-step masks or seeds the mask generator; \
+                return Err(arg(
+                    "mask-step",
+                    format!(
+                        "--mask-step {step} selects per-step masks or seeds the mask generator; \
                      give --masks or --mask-generator"
-                )));
+                    ),
+                ));
             }
         }
         Ok(())
@@ -405,9 +421,12 @@ impl BoosterArgs {
                     match numbers("freeu", spec)?[..] {
                         [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
                         _ => {
-                            return Err(freelunch::Error::Msg(format!(
+                            return Err(arg(
+                                "freeu",
+                                format!(
                                 "--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"
-                            )))
+                            ),
+                            ))
                         }
                     }
                 } else {
@@ -430,9 +449,10 @@ impl BoosterArgs {
             (Some(spec), _) => match numbers("skip-tuning", spec)?[..] {
                 [top, bottom] => Some(SkipScales::Linear { top, bottom }),
                 _ => {
-                    return Err(freelunch::Error::Msg(format!(
-                        "--skip-tuning takes two numbers RHO_TOP,RHO_BOTTOM, got `{spec}`"
-                    )))
+                    return Err(arg(
+                        "skip-tuning",
+                        format!("--skip-tuning takes two numbers RHO_TOP,RHO_BOTTOM, got `{spec}`"),
+                    ))
                 }
             },
             (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
@@ -458,13 +478,16 @@ impl BoosterArgs {
                 .filter_map(|k| m.get(k))
                 .any(|w| w.steps.is_some());
             if !per_step {
-                return Err(msg(format!(
-                    "--mask-step {step}: the masks of {} are the same at every step (none is \
+                return Err(arg(
+                    "mask-step",
+                    format!(
+                        "--mask-step {step}: the masks of {} are the same at every step (none is \
                      [steps, B, ..]), so it would change nothing",
-                    self.masks
-                        .as_ref()
-                        .map_or(String::new(), |p| p.display().to_string())
-                )));
+                        self.masks
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string())
+                    ),
+                ));
             }
         }
         Ok(Boosters {
@@ -509,22 +532,26 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 read.extend(model_paths(dir, &LoadOptions::default()));
             }
             if route.is_some() && (load.variant.is_some() || load.revision.is_some()) {
-                return Err(msg(
+                return Err(arg("variant", 
                     "--variant and --revision apply to --model; routed experts are read as                      they are",
                 ));
             }
             refuse_overwriting(&output, &read)?;
             let route_timesteps = match (route_timesteps, &route) {
                 (Some(t), None) => {
-                    return Err(msg(format!(
-                        "--route-timesteps {t} applies to --route only (the timesteps routed \
+                    return Err(arg(
+                        "route-timesteps",
+                        format!(
+                            "--route-timesteps {t} applies to --route only (the timesteps routed \
                          experts split between them)"
-                    )))
+                        ),
+                    ))
                 }
                 (Some(t), Some(_)) if !(1..=MAX_TRAIN_TIMESTEPS).contains(&t) => {
-                    return Err(msg(format!(
-                        "--route-timesteps {t}: must be 1 to {MAX_TRAIN_TIMESTEPS}"
-                    )))
+                    return Err(arg(
+                        "route-timesteps",
+                        format!("--route-timesteps {t}: must be 1 to {MAX_TRAIN_TIMESTEPS}"),
+                    ))
                 }
                 (t, _) => t.unwrap_or(1000),
             };
@@ -621,34 +648,41 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             if let Some(m) = &model {
                 read.extend(model_paths(m, &load.options(None)));
             } else if load.variant.is_some() || load.revision.is_some() {
-                return Err(msg(
+                return Err(arg("variant", 
                     "--variant and --revision apply to --model; the built-in model has one                      set of weights",
                 ));
             }
             refuse_overwriting(&output, &read)?;
             let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext != "png" && ext != "safetensors" {
-                return Err(freelunch::Error::Msg(format!(
-                    "--output must end in .png or .safetensors, got {}",
-                    output.display()
-                )));
+                return Err(arg(
+                    "output",
+                    format!(
+                        "--output must end in .png or .safetensors, got {}",
+                        output.display()
+                    ),
+                ));
             }
             // Flags first, before anything is loaded.
             if steps == 0 {
-                return Err(msg("--steps must be at least 1"));
+                return Err(arg("steps", "--steps must be at least 1"));
             }
             if batch == Some(0) {
-                return Err(msg("--batch must be at least 1"));
+                return Err(arg("batch", "--batch must be at least 1"));
             }
             if let Some(e) = eta {
                 if !(0.0..=1.0).contains(&finite("eta", e)?) {
-                    return Err(msg(format!("--eta {e}: must be a number from 0 to 1")));
+                    return Err(arg(
+                        "eta",
+                        format!("--eta {e}: must be a number from 0 to 1"),
+                    ));
                 }
             }
             if let Some(g) = guidance {
                 finite("guidance", g)?;
                 if cond.is_none() {
-                    return Err(msg(
+                    return Err(arg(
+                        "guidance",
                         "--guidance needs --cond COND.safetensors with encoder_hidden_states \
                          and uncond_hidden_states",
                     ));
@@ -696,7 +730,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                             ),
                             None => "it has no _class_name".to_string(),
                         };
-                        return Err(freelunch::Error::Msg(format!(
+                        return Err(arg("sampler", format!(
                             "{origin}: {why}; pick a sampler with --sampler {}",
                             SamplerKind::ALL.map(SamplerKind::short_name).join("|")
                         )));
@@ -704,13 +738,13 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 };
                 let n = config.num_train_timesteps;
                 if steps > n {
-                    return Err(msg(format!(
+                    return Err(arg("steps", format!(
                         "--steps {steps}: the scheduler ({origin}) has num_train_timesteps = \
                          {n}; give 1 to {n}"
                     )));
                 }
                 if eta.is_some() && kind != SamplerKind::Ddim {
-                    return Err(msg(format!(
+                    return Err(arg("eta", format!(
                         "--eta applies to the DDIM sampler only; the {} sampler has no eta",
                         kind.short_name()
                     )));
@@ -718,7 +752,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 let eta = eta.unwrap_or(0.0);
                 let stochastic = kind.always_stochastic() || eta > 0.0;
                 if let (Some(seed), Some(p), false) = (seed, &noise, stochastic) {
-                    return Err(msg(format!(
+                    return Err(arg("seed", format!(
                         "--seed {seed} has no effect: the initial noise comes from --noise {} and \
                          the {} sampler draws no noise of its own",
                         p.display(),
@@ -729,7 +763,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                 let mut s = schedulers::build(kind, &config, steps, eta)?;
                 let c = unet.config.in_channels;
                 if ext == "png" && c != 1 && c != 3 {
-                    return Err(msg(format!(
+                    return Err(arg("output", format!(
                         "--output {}: a PNG needs 1 or 3 channels and this model's samples have                          {c} (latents need a VAE decoder): write .safetensors, then `freelunch decode` them",
                         output.display()
                     )));
@@ -753,9 +787,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     }
                     None => {
                         let (h, w) = unet.config.sample_size.ok_or_else(|| {
-                            freelunch::Error::Msg(
-                                "the model's config has no sample_size; give --noise".into(),
-                            )
+                            arg("noise", "the model's config has no sample_size; give --noise")
                         })?;
                         // diffusers samples one image per prompt unless told more; with no
                         // conditioning, a grid of 16.
@@ -785,7 +817,10 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     boosters: boosters.boosters(&unet)?,
                     on_step: Some(&mut tick),
                 };
-                let model = unet.on(exec);
+                // Every step makes the same call: the later ones reuse the first one's buffers.
+                let model = unet
+                    .on(exec)
+                    .with_workspace(freelunch::workspace::Workspace::new());
                 let out =
                     schedulers::sample(&model, s.as_mut(), &noise, opts, &mut SeededNoise(seed));
                 bar.finish_and_clear();
@@ -811,12 +846,15 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             let min = freelunch::eval::MIN_FID_SAMPLES;
             if let [b, 1, 28, 28] = images.shape() {
                 if (1..min).contains(b) && !no_fid {
-                    return Err(msg(format!(
-                        "{b} samples are too few for an FID: its {} features need at least \
+                    return Err(arg(
+                        "batch",
+                        format!(
+                            "{b} samples are too few for an FID: its {} features need at least \
                          {min} samples for a non-singular covariance; sample more (--batch {min}) \
                          or pass --no-fid for the mean confidence alone",
-                        freelunch::eval::FEATURES
-                    )));
+                            freelunch::eval::FEATURES
+                        ),
+                    ));
                 }
             }
             let scores = freelunch::eval::score(&images, !no_fid)?;
@@ -869,10 +907,13 @@ fn scheduler_beside(model: &std::path::Path) -> freelunch::Result<PathBuf> {
         .into_iter()
         .find(|d| d.join("scheduler_config.json").is_file())
         .ok_or_else(|| {
-            freelunch::Error::Msg(format!(
-                "no scheduler_config.json in or beside {}; give --scheduler",
-                model.display()
-            ))
+            freelunch::Error::not_found(
+                "scheduler_config.json",
+                format!(
+                    "no scheduler_config.json in or beside {}; give --scheduler",
+                    model.display()
+                ),
+            )
         })
 }
 
@@ -1003,10 +1044,10 @@ fn sample_from_prompt(a: PromptRun) -> freelunch::Result<()> {
         ));
     }
     if a.steps == 0 {
-        return Err(msg("--steps must be at least 1"));
+        return Err(arg("steps", "--steps must be at least 1"));
     }
     if a.batch == Some(0) {
-        return Err(msg("--batch must be at least 1"));
+        return Err(arg("batch", "--batch must be at least 1"));
     }
     let mut read: Vec<PathBuf> = a.noise.iter().chain(a.scheduler.iter()).cloned().collect();
     read.push(a.model.clone());
@@ -1160,15 +1201,16 @@ fn thread_pool(threads: Option<usize>) -> freelunch::Result<rayon::ThreadPool> {
     if let Some(n) = threads {
         let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
         if n == 0 || n > cores {
-            return Err(freelunch::Error::Msg(format!(
-                "--threads {n}: this machine runs 1 to {cores} threads at once"
-            )));
+            return Err(arg(
+                "threads",
+                format!("--threads {n}: this machine runs 1 to {cores} threads at once"),
+            ));
         }
         builder = builder.num_threads(n);
     }
     builder
         .build()
-        .map_err(|e| freelunch::Error::Msg(format!("cannot start the thread pool: {e}")))
+        .map_err(|e| freelunch::Error::system("starting the thread pool", e.to_string()))
 }
 
 /// Refuses a batch of samples of `shape` whose size overflows, or whose copies in the sampling
@@ -1223,14 +1265,20 @@ fn load_conditioning(path: &std::path::Path, guided: bool) -> freelunch::Result<
         .any(|t| t.is_some())
         || c.class_labels.is_some();
     if !conditional {
-        return Err(msg(format!(
+        return Err(arg(
+            "cond",
+            format!(
             "--cond {p} holds none of encoder_hidden_states, text_embeds, time_ids, class_labels"
-        )));
+        ),
+        ));
     }
     if guided && (c.encoder_hidden_states.is_none() || c.uncond_hidden_states.is_none()) {
-        return Err(msg(format!(
-            "--guidance needs encoder_hidden_states and uncond_hidden_states in --cond {p}"
-        )));
+        return Err(arg(
+            "guidance",
+            format!(
+                "--guidance needs encoder_hidden_states and uncond_hidden_states in --cond {p}"
+            ),
+        ));
     }
     if !guided {
         for (name, t) in [

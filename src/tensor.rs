@@ -140,31 +140,42 @@ fn advise_huge_pages(ptr: *const f32, n: usize) {
 
 /// An empty vector with room for `n` f32, or an error (never an abort) when it cannot be had.
 pub fn try_vec_with_capacity(n: usize, what: &str) -> Result<Vec<f32>> {
+    if let Some(v) = crate::workspace::take(n) {
+        return Ok(v);
+    }
     plan_alloc(n, what)?;
     let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| alloc_error(what, n))?;
+    v.try_reserve_exact(crate::workspace::capacity_for(n))
+        .map_err(|_| alloc_error(what, n))?;
     advise_huge_pages(v.as_ptr(), n);
     Ok(v)
 }
 
 /// `n` zeros, or an error (never an abort) when they cannot be allocated. Zeroed pages come
-/// from the allocator (calloc), so a large buffer costs no pass over memory until it is used.
+/// from the allocator (calloc), so a large buffer costs no pass over memory until it is used;
+/// one from a [`Workspace`](crate::workspace::Workspace) in scope is zeroed here.
 pub fn try_zeroed_vec(n: usize, what: &str) -> Result<Vec<f32>> {
+    if let Some(mut v) = crate::workspace::take(n) {
+        v.resize(n, 0.0);
+        return Ok(v);
+    }
     plan_alloc(n, what)?;
     if n == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(n).map_err(|_| alloc_error(what, n))?;
-    // SAFETY: `layout` has a non-zero size (n > 0). A non-null result is a zeroed block of
-    // `n` f32 allocated by the global allocator with exactly the layout `Vec<f32>` uses for
-    // capacity `n`, so the vector may own and free it; all-zero bits are 0.0f32.
+    let cap = crate::workspace::capacity_for(n);
+    let layout = std::alloc::Layout::array::<f32>(cap).map_err(|_| alloc_error(what, n))?;
+    // SAFETY: `layout` has a non-zero size (cap ≥ n > 0). A non-null result is a zeroed block
+    // of `cap` f32 allocated by the global allocator with exactly the layout `Vec<f32>` uses
+    // for capacity `cap`, so the vector may own and free it; its first `n` values are
+    // initialised (all-zero bits are 0.0f32).
     unsafe {
         let ptr = std::alloc::alloc_zeroed(layout) as *mut f32;
         if ptr.is_null() {
             return Err(alloc_error(what, n));
         }
-        advise_huge_pages(ptr, n);
-        Ok(Vec::from_raw_parts(ptr, n, n))
+        advise_huge_pages(ptr, cap);
+        Ok(Vec::from_raw_parts(ptr, n, cap))
     }
 }
 
@@ -367,6 +378,20 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
+/// Inside a [`Workspace`](crate::workspace::Workspace)'s scope, values this tensor alone owns go
+/// back to the workspace for the next buffer of their size.
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        if let Storage::Owned(v) = &mut self.data {
+            if let Some(values) = Arc::get_mut(v) {
+                if values.capacity() >= crate::workspace::MIN_POOLED && crate::workspace::active() {
+                    crate::workspace::give(std::mem::take(values));
+                }
+            }
+        }
+    }
+}
+
 impl PartialEq for Tensor {
     fn eq(&self, other: &Self) -> bool {
         self.shape == other.shape && self.data() == other.data()
@@ -514,8 +539,8 @@ impl Tensor {
     }
 
     /// The values as an owned vector (copied when they are mapped or shared).
-    pub fn into_data(self) -> Vec<f32> {
-        match self.data {
+    pub fn into_data(mut self) -> Vec<f32> {
+        match std::mem::replace(&mut self.data, Storage::Owned(Arc::default())) {
             Storage::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()),
             other => other.as_slice().to_vec(),
         }
@@ -528,12 +553,10 @@ impl Tensor {
 
     /// The same values under `shape` (same element count, checked by the caller), without a
     /// copy whatever their storage.
-    pub(crate) fn with_shape(self, shape: Vec<usize>) -> Self {
+    pub(crate) fn with_shape(mut self, shape: Vec<usize>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
-        Tensor {
-            shape,
-            data: self.data,
-        }
+        self.shape = shape;
+        self
     }
 
     /// A tensor over f32 values stored in `map` at `bytes` (little-endian), read in place when

@@ -551,3 +551,62 @@ fn the_step_callback_sees_each_samplers_prediction_of_the_data() {
         }
     }
 }
+
+/// A workspace makes repeated calls of one shape reuse the buffers the first call freed, with
+/// outputs bit-identical to calls without one, on its own threads and from many threads at
+/// once; `forward_into` fills the caller's buffer, and a buffer of the wrong length is an error
+/// before any work.
+#[test]
+fn a_workspace_reuses_buffers_across_calls_and_changes_no_output() {
+    use freelunch::workspace::Workspace;
+    // Cross-attention, GEGLU, concatenations and resamplers: every kind of buffer.
+    let unet = UNet::from_dir(&fixture("sd15_like")).unwrap();
+    let inputs = {
+        let c = unet.config.in_channels;
+        let mut i = freelunch::UNetInputs::new(Tensor::randn([2, c, 16, 16], 4), 321.0);
+        if unet.config.is_conditional() {
+            let d = unet.config.levels[0].cross_attention_dim;
+            i.encoder_hidden_states = Some(Tensor::randn([2, 7, d], 5));
+        }
+        i
+    };
+    let plain = unet.forward(&inputs).unwrap();
+    let ws = Workspace::new();
+    let pooled = unet
+        .clone()
+        .with_workspace(ws.clone())
+        .with_threads(2)
+        .unwrap();
+    let mut out = vec![f32::NAN; plain.numel()];
+    pooled
+        .forward_into(&inputs, &Boosters::default(), &mut out)
+        .unwrap();
+    assert_eq!(out, plain.data());
+    let first = ws.stats();
+    assert!(first.held_bytes > 0, "{first:?}");
+    out.fill(f32::NAN);
+    pooled
+        .forward_into(&inputs, &Boosters::default(), &mut out)
+        .unwrap();
+    assert_eq!(out, plain.data());
+    let second = ws.stats();
+    // Every buffer the second call asked for of a pooled size was one the first had freed.
+    assert_eq!(second.missed, first.missed, "{first:?} then {second:?}");
+    assert!(second.reused > first.reused, "{first:?} then {second:?}");
+    // Threads sharing one workspace each get their own buffers: the same answers.
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| pooled.forward(&inputs).unwrap()))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), plain);
+        }
+    });
+    let mut short = vec![0.0; plain.numel() - 1];
+    let err = pooled
+        .forward_into(&inputs, &Boosters::default(), &mut short)
+        .unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    ws.clear();
+    assert_eq!(ws.stats().held_bytes, 0);
+}

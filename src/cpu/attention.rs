@@ -9,6 +9,7 @@ use super::gemm::{sgemm, Mat, Threads};
 use super::SendPtr;
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
+use crate::workspace::Scratch;
 
 const ROW_BLOCK: usize = 128;
 
@@ -79,7 +80,7 @@ pub fn try_attention(
             let (bi, h) = (bh / heads, bh % heads);
             let (r0, r1) = (blk * ROW_BLOCK, ((blk + 1) * ROW_BLOCK).min(n));
             let rows = r1 - r0;
-            let mut scores = try_zeroed_vec(rows * m, "attention scores")?;
+            let mut scores = Scratch::zeroed(rows * m, "attention scores")?;
             sgemm(
                 rows,
                 m,
@@ -95,7 +96,7 @@ pub fn try_attention(
                 Threads::Single,
             );
             scores.chunks_mut(m).for_each(super::vector::softmax_row);
-            let mut o = vec![0.0f32; rows * dh];
+            let mut o = Scratch::zeroed(rows * dh, "attention output")?;
             sgemm(
                 rows,
                 dh,
@@ -164,7 +165,7 @@ pub fn try_causal_attention(
     (0..b * heads).into_par_iter().try_for_each(|task| {
         let (bi, h) = (task / heads, task % heads);
         let base = bi * n * inner + h * dh;
-        let mut scores = try_zeroed_vec(n * n, "attention scores")?;
+        let mut scores = Scratch::zeroed(n * n, "attention scores")?;
         sgemm(
             n,
             n,
@@ -184,7 +185,7 @@ pub fn try_causal_attention(
             row[r + 1..].fill(f32::NEG_INFINITY);
             super::vector::softmax_row(row);
         }
-        let mut o = try_zeroed_vec(n * dh, "attention output")?;
+        let mut o = Scratch::zeroed(n * dh, "attention output")?;
         sgemm(
             n,
             dh,

@@ -23,6 +23,7 @@ use super::masked::MaskFn;
 use super::SendPtr;
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
+use crate::workspace::Scratch;
 
 /// Most output channels per task (one weight tile); tiles are split evenly below this.
 pub const TILE: usize = 64;
@@ -185,14 +186,14 @@ pub fn try_conv2d_masked(
     let chunks = layout.chunks(b, ho * wo);
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
     let acc_len = layout.acc_len(b, cout)?;
-    let mut acc = try_zeroed_vec(acc_len, "conv2d accumulator")?;
+    let mut acc = Scratch::zeroed(acc_len, "conv2d accumulator")?;
     // Tasks write disjoint parts of `acc` (Shifted: its position rows q0..q1, columns of their
     // tile) or of `out` (other layouts: their sample's tile rows): column strips safe chunking
     // cannot express.
     let acc_ptr = SendPtr(acc.as_mut_ptr());
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_len = out.len();
-    let patches: Vec<Vec<f32>> = match layout {
+    let patches: Vec<Scratch> = match layout {
         Layout::Patches => {
             let col_len = row_len
                 .checked_mul(ho * wo)
@@ -201,7 +202,7 @@ pub fn try_conv2d_masked(
             (0..b)
                 .into_par_iter()
                 .map(|bi| {
-                    let mut col = try_zeroed_vec(col_len, "conv2d patch matrix")?;
+                    let mut col = Scratch::zeroed(col_len, "conv2d patch matrix")?;
                     let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
                     im2col(xs, &mut col, (h, w), (kh, kw), stride, pad, (ho, wo));
                     Ok(col)
@@ -337,7 +338,7 @@ impl Layout {
 
 /// The padded channel-major "tall image" of the whole batch (see the module doc).
 struct ShiftedInput {
-    padded: Vec<f32>,
+    padded: Scratch,
     k: usize,
     p: usize,
     h: usize,
@@ -371,7 +372,7 @@ impl ShiftedInput {
             .and_then(|v| v.checked_add(2 * p))
             .ok_or_else(big)?;
         let sample_stride = (h + p).checked_mul(wp).ok_or_else(big)?;
-        let mut padded = try_zeroed_vec(
+        let mut padded = Scratch::zeroed(
             numel_of(&[cin, plane], "conv2d padded input")?,
             "conv2d padded input",
         )?;

@@ -74,6 +74,8 @@ pub struct Placement {
     /// The model's own CPU thread pool (`with_threads`); `None` runs on the caller's pool
     /// (rayon's global one unless the caller installed another).
     pool: Option<std::sync::Arc<rayon::ThreadPool>>,
+    /// Host buffers every call reuses (`with_workspace`); `None` allocates afresh.
+    workspace: Option<crate::workspace::Workspace>,
 }
 
 impl Default for Placement {
@@ -81,6 +83,7 @@ impl Default for Placement {
         Placement {
             exec: Exec::Cpu,
             pool: None,
+            workspace: None,
         }
     }
 }
@@ -88,7 +91,11 @@ impl Default for Placement {
 impl Placement {
     /// On `exec`, with the caller's threads.
     pub fn on(exec: Exec) -> Self {
-        Placement { exec, pool: None }
+        Placement {
+            exec,
+            pool: None,
+            workspace: None,
+        }
     }
 
     /// As this one, with CPU work on a pool of `threads` threads of its own (0: the caller's).
@@ -100,11 +107,27 @@ impl Placement {
             .num_threads(threads)
             .thread_name(|i| format!("freelunch-{i}"))
             .build()
-            .map_err(|e| crate::Error::Msg(format!("cannot start {threads} threads: {e}")))?;
+            .map_err(|e| {
+                crate::Error::system(format!("starting {threads} threads"), e.to_string())
+            })?;
         Ok(Placement {
             pool: Some(std::sync::Arc::new(pool)),
             ..self
         })
+    }
+
+    /// As this one, with every call's host buffers taken from and given back to `workspace`
+    /// (shared with whoever else holds it), so repeated calls of one shape reuse them.
+    pub fn with_workspace(self, workspace: crate::workspace::Workspace) -> Self {
+        Placement {
+            workspace: Some(workspace),
+            ..self
+        }
+    }
+
+    /// The workspace calls reuse buffers from, if any.
+    pub fn workspace(&self) -> Option<&crate::workspace::Workspace> {
+        self.workspace.as_ref()
     }
 
     /// The CPU threads a call gets: the model's own, or the caller's.
@@ -117,9 +140,14 @@ impl Placement {
 
     /// `f` on this placement's threads.
     pub(crate) fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        match &self.pool {
-            Some(p) => p.install(f),
+        // The workspace serves the thread the call runs on, so it is entered inside the pool.
+        let run = || match &self.workspace {
+            Some(ws) => ws.scope(f),
             None => f(),
+        };
+        match &self.pool {
+            Some(p) => p.install(run),
+            None => run(),
         }
     }
 }

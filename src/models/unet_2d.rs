@@ -819,6 +819,59 @@ impl UNet2DConditionModel {
         })
     }
 
+    /// This handle with every call's host buffers (op outputs, concatenations) reused from
+    /// `workspace`: after the first call of a shape, later calls of that shape take the
+    /// buffers the first one freed. Outputs are bit-identical; see [`Workspace`] for what is
+    /// pooled and what memory it keeps.
+    ///
+    /// [`Workspace`]: crate::workspace::Workspace
+    pub fn with_workspace(self, workspace: crate::workspace::Workspace) -> Self {
+        UNet2DConditionModel {
+            placement: self.placement.clone().with_workspace(workspace),
+            ..self
+        }
+    }
+
+    /// The forward pass written into `out` (the output's length: `sample`'s, times
+    /// `out_channels / in_channels`); with [`with_workspace`](Self::with_workspace), the
+    /// output's own buffer is reused by the next call too.
+    pub fn forward_into(
+        &self,
+        inputs: &UNetInputs,
+        boosters: &Boosters,
+        out: &mut [f32],
+    ) -> Result<()> {
+        if let [b, _, h, w] = inputs.sample.shape()[..] {
+            let needed = b * self.config.out_channels * h * w;
+            if needed != out.len() {
+                return Err(Error::shape(
+                    "forward_into",
+                    format!(
+                        "the output of a {:?} sample has {needed} values; `out` holds {}",
+                        inputs.sample.shape(),
+                        out.len()
+                    ),
+                ));
+            }
+        }
+        let y = self.forward_with(inputs, boosters)?;
+        if y.numel() != out.len() {
+            return Err(Error::shape(
+                "forward_into",
+                format!(
+                    "the output {:?} has {} values; `out` holds {}",
+                    y.shape(),
+                    y.numel(),
+                    out.len()
+                ),
+            ));
+        }
+        out.copy_from_slice(y.data());
+        // Dropped in the workspace's scope, so the next call reuses the output buffer too.
+        self.placement.install(move || drop(y));
+        Ok(())
+    }
+
     /// Where this handle's calls run.
     pub fn placement(&self) -> &Placement {
         &self.placement

@@ -26,6 +26,7 @@ use crate::schedulers::{
 };
 use crate::tensor::Tensor;
 use crate::weights::LoadOptions;
+use crate::workspace::Workspace;
 
 /// What to draw: the prompts (one image each, times `images_per_prompt`) and what to steer away
 /// from. `prompt_2`/`negative_prompt_2` feed SDXL's second text encoder (default: the first's).
@@ -351,8 +352,14 @@ impl StableDiffusionPipeline {
             boosters: opts.boosters,
             on_step: opts.on_step,
         };
+        // Every step makes the same call: the later ones reuse the first one's host buffers
+        // (kept by the handle's workspace unless the caller gave the U-Net one of its own).
+        let unet = match self.unet.placement().workspace() {
+            Some(_) => self.unet.clone(),
+            None => self.unet.clone().with_workspace(Workspace::new()),
+        };
         let latents = schedulers::sample(
-            &self.unet,
+            &unet,
             sampler.as_mut(),
             &noise,
             sample_opts,
