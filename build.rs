@@ -5,9 +5,9 @@
 //!
 //! NVRTC is looked for in `$FREELUNCH_NVRTC` (the path of the library), then in the wheels that
 //! `tools/cuda_toolchain.sh` installs into `.cache/cuda`, then by the dynamic loader. Writes
-//! `$OUT_DIR/kernels.rs`, included by `src/cuda/kernels.rs`, and the PTX files beside it.
+//! `$OUT_DIR/kernels.rs`, included by `src/backend/cuda/kernels.rs`, and the PTX files beside it.
 
-#[path = "src/cuda/source.rs"]
+#[path = "src/backend/cuda/source.rs"]
 mod source;
 
 use std::env;

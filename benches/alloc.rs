@@ -78,7 +78,7 @@ fn main() {
     // Where the bytes go: one single-threaded product of the shape of an SD 3×3 convolution's
     // weight tile against its patch rows, operands allocated beforehand.
     {
-        use freelunch::cpu::gemm::{sgemm, Mat, Threads};
+        use freelunch::backend::cpu::gemm::{sgemm, Mat, Threads};
         let (m, n, k) = (64, 1024, 2880);
         let (a, b, mut c) = (
             vec![1.0f32; m * k],

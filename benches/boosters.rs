@@ -11,9 +11,9 @@ mod common;
 
 use std::sync::Arc;
 
+use freelunch::backend::cpu::fourier::FilterForm;
 use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, SkipScales};
-use freelunch::cpu::fourier::FilterForm;
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 

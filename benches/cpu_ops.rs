@@ -13,9 +13,9 @@
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use freelunch::backend::cpu::fourier::FilterForm;
+use freelunch::backend::cpu::{self, masked, Padding};
 use freelunch::boosters::masks::WeightMask;
-use freelunch::cpu::fourier::FilterForm;
-use freelunch::cpu::{self, masked, Padding};
 use freelunch::Tensor;
 
 /// The shapes of `var` (`a,b,c;d,e,f`), or `default`; every shape has `dims` dimensions.

@@ -13,12 +13,12 @@ mod common;
 use common::gpu;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use freelunch::backend::cpu::fourier::FilterForm;
+use freelunch::backend::cpu::Padding;
+use freelunch::backend::cuda::{Gpu, GpuTensor};
 use freelunch::backend::{Backend, Epilogue};
 use freelunch::boosters::masks::WeightMask;
 use freelunch::boosters::MaskSet;
-use freelunch::cpu::fourier::FilterForm;
-use freelunch::cpu::Padding;
-use freelunch::cuda::{Gpu, GpuTensor};
 use freelunch::device::DType;
 use freelunch::nn::{fresh_uid, Conv2d, LayerCtx, Linear};
 use freelunch::Tensor;

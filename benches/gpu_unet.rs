@@ -11,9 +11,9 @@ mod common;
 
 use common::root;
 use criterion::{criterion_group, criterion_main, Criterion};
+use freelunch::backend::cpu::fourier::FilterForm;
 use freelunch::backend::Backend;
 use freelunch::boosters::{Boosters, FreeU, SkipScales};
-use freelunch::cpu::fourier::FilterForm;
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 

@@ -649,8 +649,9 @@ impl UNetConfig {
         let mut working = N(Some(0));
         let mut scores = N(Some(0));
         let mut peak = |x: N| working = working.max(x);
-        let rows =
-            |tokens: usize| N(crate::cpu::attention::scores_per_task(tokens, 1).map(|r| r as u64));
+        let rows = |tokens: usize| {
+            N(crate::backend::cpu::attention::scores_per_task(tokens, 1).map(|r| r as u64))
+        };
         // What an attention layer of width c at hw holds, and its score rows (all threads).
         let attention = |kind: BlockKind, c: usize, hw: (usize, usize)| -> (N, N) {
             let tokens = hw.0.saturating_mul(hw.1);

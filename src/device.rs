@@ -129,7 +129,7 @@ pub enum Exec {
     Cpu,
     /// A CUDA device (or the PTX executor standing in for one), shared by every model placed
     /// on it.
-    Cuda(Arc<crate::cuda::Gpu>),
+    Cuda(Arc<crate::backend::cuda::Gpu>),
 }
 
 impl Exec {
@@ -164,7 +164,7 @@ impl Device {
     /// Opens the device; the CPU only computes in f32.
     pub fn open(self, dtype: DType) -> Result<Exec> {
         match self {
-            Device::Auto if crate::cuda::device_count() == 0 => Device::Cpu.open(dtype),
+            Device::Auto if crate::backend::cuda::device_count() == 0 => Device::Cpu.open(dtype),
             Device::Auto => Device::Cuda(0).open(dtype).or_else(|e| {
                 eprintln!("freelunch: {e}; running on the CPU");
                 Device::Cpu.open(dtype)
@@ -177,8 +177,12 @@ impl Device {
                 ),
             }),
             Device::Cpu => Ok(Exec::Cpu),
-            Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::new(n, dtype)?))),
-            Device::Emu(n) => Ok(Exec::Cuda(Arc::new(crate::cuda::Gpu::emulated(n, dtype)?))),
+            Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::backend::cuda::Gpu::new(
+                n, dtype,
+            )?))),
+            Device::Emu(n) => Ok(Exec::Cuda(Arc::new(crate::backend::cuda::Gpu::emulated(
+                n, dtype,
+            )?))),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! distance between the Gaussians of its 64 features on the samples and on the real digits
 //! (FID on this classifier's features, not Inception's: comparable within this crate only).
 
-use crate::cpu::{self, Padding};
+use crate::backend::cpu::{self, Padding};
 use crate::error::{Error, Result};
 use crate::safetensors_io;
 use crate::tensor::Tensor;

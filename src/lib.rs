@@ -4,8 +4,6 @@ pub mod backend;
 pub mod boosters;
 pub mod builtin;
 pub mod config;
-pub mod cpu;
-pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -7,10 +7,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
+use freelunch::backend::cpu::fourier::FilterForm;
 use freelunch::boosters::deme::{self, Router};
 use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
-use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::{DType, Device, Exec};
 use freelunch::models::autoencoders::{AutoencoderKL, AutoencoderKLConfig, Tiling};
 use freelunch::models::Denoiser;

@@ -1,8 +1,8 @@
 //! The torch.nn layers diffusers builds on, each holding its parameters and loading them by
 //! name from a `WeightSource`; forward passes run on the CPU backend.
 
+use crate::backend::cpu;
 use crate::boosters::masks::MaskSet;
-use crate::cpu;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::weights::WeightSource;

@@ -179,6 +179,39 @@ pub fn try_zeroed_vec(n: usize, what: &str) -> Result<Vec<f32>> {
     }
 }
 
+/// A kernel's scratch buffer (an accumulator, a padded copy, score rows): zeroed values like
+/// [`try_zeroed_vec`]'s, which go back to the [`Workspace`](crate::workspace::Workspace) in scope
+/// when dropped, as a tensor's do.
+pub(crate) struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// `n` zeros, or an error when they cannot be allocated.
+    pub(crate) fn zeroed(n: usize, what: &str) -> Result<Self> {
+        try_zeroed_vec(n, what).map(Scratch)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Vec<f32>;
+    fn deref(&self) -> &Vec<f32> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.capacity() >= crate::workspace::MIN_POOLED && crate::workspace::active() {
+            crate::workspace::give(std::mem::take(&mut self.0));
+        }
+    }
+}
+
 /// A copy of `src`, allocated fallibly.
 pub fn try_copy(src: &[f32], what: &str) -> Result<Vec<f32>> {
     let mut v = try_vec_with_capacity(src.len(), what)?;

@@ -181,39 +181,6 @@ pub(crate) fn give(mut v: Vec<f32>) {
     pool.free.entry(class_below(n)).or_default().push(v);
 }
 
-/// A kernel's scratch buffer (an accumulator, a padded copy, score rows): zeroed values like
-/// [`try_zeroed_vec`](crate::tensor::try_zeroed_vec)'s, which go back to the workspace in scope
-/// when dropped, as a tensor's do.
-pub(crate) struct Scratch(Vec<f32>);
-
-impl Scratch {
-    /// `n` zeros, or an error when they cannot be allocated.
-    pub(crate) fn zeroed(n: usize, what: &str) -> crate::Result<Self> {
-        crate::tensor::try_zeroed_vec(n, what).map(Scratch)
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Vec<f32>;
-    fn deref(&self) -> &Vec<f32> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Scratch {
-    fn deref_mut(&mut self) -> &mut Vec<f32> {
-        &mut self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.0.capacity() >= MIN_POOLED && active() {
-            give(std::mem::take(&mut self.0));
-        }
-    }
-}
-
 /// Whether this thread is in a workspace's scope (so a dropped buffer is worth giving back).
 pub(crate) fn active() -> bool {
     CURRENT.try_with(|c| c.borrow().is_some()).unwrap_or(false)

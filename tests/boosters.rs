@@ -3,8 +3,8 @@
 mod common;
 
 use common::fixture;
+use freelunch::backend::cpu::fourier::{fourier_filter, py_slice, FilterForm};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, SkipScales};
-use freelunch::cpu::fourier::{fourier_filter, py_slice, FilterForm};
 use freelunch::{Tensor, UNet, UNetInputs};
 use proptest::prelude::*;
 

@@ -76,7 +76,7 @@ fn forward_reports_bad_input_without_panicking() {
     assert!(msg.contains("dtype") && msg.contains("f8"), "{msg}");
     let msg = forward_error(&sd, &sd.join("inputs.safetensors"), &["--dtype", "f16"]);
     assert!(msg.contains("f32"), "{msg}");
-    if freelunch::cuda::device_count() == 0 {
+    if freelunch::backend::cuda::device_count() == 0 {
         let msg = forward_error(&sd, &sd.join("inputs.safetensors"), &["--device", "cuda:0"]);
         assert!(msg.contains("CUDA"), "{msg}");
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cudarc::cufft::sys::{cufftType, float2};
 use cudarc::cufft::CudaFft;
-use freelunch::cuda::Gpu;
+use freelunch::backend::cuda::Gpu;
 use freelunch::device::DType;
 use freelunch::Tensor;
 

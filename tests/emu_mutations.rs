@@ -13,11 +13,11 @@
 mod common;
 
 use common::gpu::compare;
+use freelunch::backend::cpu::fourier::FilterForm;
+use freelunch::backend::cpu::Padding;
+use freelunch::backend::cuda::kernels::SOURCES;
+use freelunch::backend::cuda::Gpu;
 use freelunch::backend::{Backend, Cpu, Epilogue};
-use freelunch::cpu::fourier::FilterForm;
-use freelunch::cpu::Padding;
-use freelunch::cuda::kernels::SOURCES;
-use freelunch::cuda::Gpu;
 use freelunch::device::DType;
 use freelunch::nn::{fresh_uid, Conv2d, LayerCtx};
 use freelunch::Tensor;

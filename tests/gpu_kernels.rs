@@ -6,11 +6,11 @@
 mod common;
 
 use common::gpu::{compare, gpus};
+use freelunch::backend::cpu::fourier::FilterForm;
+use freelunch::backend::cpu::Padding;
 use freelunch::backend::{Backend, Cpu, Epilogue};
 use freelunch::boosters::masks::WeightMask;
 use freelunch::boosters::MaskSet;
-use freelunch::cpu::fourier::FilterForm;
-use freelunch::cpu::Padding;
 use freelunch::device::{DType, Device};
 use freelunch::models::embeddings::Timesteps;
 use freelunch::nn::{fresh_uid, Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
@@ -27,7 +27,7 @@ fn cfg() -> ProptestConfig {
 /// Runs `f` on every test device; a failure names the dtype.
 fn on_gpus(
     test: &str,
-    mut f: impl FnMut(&freelunch::cuda::Gpu) -> Result<(), String>,
+    mut f: impl FnMut(&freelunch::backend::cuda::Gpu) -> Result<(), String>,
 ) -> Result<(), TestCaseError> {
     for (_, gpu) in gpus(test) {
         f(gpu).map_err(TestCaseError::fail)?;
@@ -35,7 +35,7 @@ fn on_gpus(
     Ok(())
 }
 
-fn up(gpu: &freelunch::cuda::Gpu, t: &Tensor) -> freelunch::cuda::GpuTensor {
+fn up(gpu: &freelunch::backend::cuda::Gpu, t: &Tensor) -> freelunch::backend::cuda::GpuTensor {
     gpu.upload(t).expect("upload")
 }
 
@@ -251,7 +251,7 @@ fn all_ones_mask_is_the_dense_gemm_exactly() {
 /// Without a GPU (or driver), asking for one is an error that says so; nothing panics.
 #[test]
 fn no_device_is_an_error_not_a_panic() {
-    if freelunch::cuda::device_count() > 0 {
+    if freelunch::backend::cuda::device_count() > 0 {
         println!("a CUDA device is present; nothing to check here");
         return;
     }

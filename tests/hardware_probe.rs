@@ -2302,7 +2302,7 @@ fn on_hardware(ordinal: usize) {
 }
 
 fn on_executor(ordinal: usize) {
-    freelunch::cuda::emu::load().unwrap_or_else(|e| panic!("hardware_probe: {e}"));
+    freelunch::backend::cuda::emu::load().unwrap_or_else(|e| panic!("hardware_probe: {e}"));
     let runner =
         Runner::open(ordinal).unwrap_or_else(|e| panic!("hardware_probe: emu:{ordinal}: {e}"));
     let specs = all_specs();
@@ -2399,7 +2399,7 @@ fn hardware_probe() {
         Some(Device::Emu(n)) => on_executor(n),
         Some(Device::Cuda(n)) => on_hardware(n),
         Some(other) => unreachable!("from_env gives GPU devices, not {other:?}"),
-        None if freelunch::cuda::device_count() > 0 => on_hardware(0),
+        None if freelunch::backend::cuda::device_count() > 0 => on_hardware(0),
         None => println!("hardware_probe: skipped: no CUDA device"),
     }
 }

@@ -272,12 +272,12 @@ fn skip_and_backbone_sizes_that_disagree_are_errors() {
     );
     assert!(be.attention(&q, &q, &q, 0, 1.0).is_err(), "0 heads");
     let kernel = Tensor::randn([2, 1, 5, 5], 0);
-    let msg = freelunch::cpu::try_conv2d(
+    let msg = freelunch::backend::cpu::try_conv2d(
         &Tensor::randn([1, 1, 2, 2], 0),
         &kernel,
         None,
         1,
-        freelunch::cpu::Padding::same(1),
+        freelunch::backend::cpu::Padding::same(1),
     )
     .unwrap_err()
     .to_string();

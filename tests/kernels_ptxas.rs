@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{self, Command};
 use std::thread;
 
-use freelunch::cuda::kernels::{COMMON, PTX, SOURCES};
-use freelunch::cuda::source::{expand, ARCHS, COMMON_INCLUDE};
+use freelunch::backend::cuda::kernels::{COMMON, PTX, SOURCES};
+use freelunch::backend::cuda::source::{expand, ARCHS, COMMON_INCLUDE};
 
 /// Set to `1` to fail, rather than skip, when NVRTC or ptxas is missing.
 const REQUIRE_ENV: &str = "FREELUNCH_REQUIRE_CUDA_TOOLS";

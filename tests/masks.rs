@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{fixture, random_mask_bytes, scratch, write_raw_safetensors};
+use freelunch::backend::cpu::{self, masked, Padding};
 use freelunch::boosters::masks::{MaskSet, WeightMask};
 use freelunch::boosters::Boosters;
-use freelunch::cpu::{self, masked, Padding};
 use freelunch::{Tensor, UNet, UNetInputs};
 use proptest::prelude::*;
 

@@ -1,7 +1,7 @@
 //! Properties of the CPU building blocks against naive f64 implementations, on random shapes
 //! (ragged, tiny and larger than the blocking sizes) and random values.
 
-use freelunch::cpu::{self, Padding};
+use freelunch::backend::cpu::{self, Padding};
 use freelunch::Tensor;
 use proptest::prelude::*;
 
@@ -217,7 +217,7 @@ proptest! {
 proptest! {
     #[test]
     fn vector_exp_within_2_ulp(x in -87.0f32..88.0) {
-        let got = freelunch::cpu::vector::exp(x) as f64;
+        let got = freelunch::backend::cpu::vector::exp(x) as f64;
         let want = (x as f64).exp();
         prop_assert!(((got - want) / want).abs() <= 2.5e-7, "exp({x}) = {got}, want {want}");
     }
@@ -225,13 +225,13 @@ proptest! {
     #[test]
     fn vector_silu_and_softmax(xs in prop::collection::vec(-30.0f32..30.0, 1..200)) {
         let mut v = xs.clone();
-        freelunch::cpu::vector::silu_slice(&mut v);
+        freelunch::backend::cpu::vector::silu_slice(&mut v);
         for (&x, &y) in xs.iter().zip(&v) {
             let want = x as f64 / (1.0 + (-(x as f64)).exp());
             prop_assert!((y as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()));
         }
         let mut s = xs.clone();
-        freelunch::cpu::vector::softmax_row(&mut s);
+        freelunch::backend::cpu::vector::softmax_row(&mut s);
         let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let z: f64 = xs.iter().map(|&x| (x as f64 - max).exp()).sum();
         for (&x, &y) in xs.iter().zip(&s) {
@@ -242,7 +242,7 @@ proptest! {
 
 #[test]
 fn vector_exp_edges() {
-    use freelunch::cpu::vector::exp;
+    use freelunch::backend::cpu::vector::exp;
     assert_eq!(exp(0.0), 1.0);
     assert!(exp(-200.0) < 1e-37 && exp(-200.0) >= 0.0);
     assert!(exp(200.0).is_finite() && exp(200.0) > 1e38);

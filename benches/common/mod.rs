@@ -13,20 +13,20 @@ pub fn root() -> PathBuf {
 /// The GPU benches' device in `FREELUNCH_DTYPE` (f16 by default): `FREELUNCH_DEVICE` (`emu` for
 /// the PTX executor, where the figures are the executor's speed, not a GPU's; or `cuda`), else
 /// the first GPU; None (after printing `skipped: no CUDA device`) where there is none.
-pub fn gpu() -> Option<std::sync::Arc<freelunch::cuda::Gpu>> {
+pub fn gpu() -> Option<std::sync::Arc<freelunch::backend::cuda::Gpu>> {
     use freelunch::device::{DType, Device};
     let dtype: DType = std::env::var("FREELUNCH_DTYPE")
         .unwrap_or_else(|_| "f16".into())
         .parse()
         .expect("FREELUNCH_DTYPE");
     let gpu = match Device::from_env().expect("FREELUNCH_DEVICE") {
-        Some(Device::Emu(n)) => freelunch::cuda::Gpu::emulated(n, dtype),
-        Some(Device::Cuda(n)) => freelunch::cuda::Gpu::new(n, dtype),
-        _ if freelunch::cuda::device_count() == 0 => {
+        Some(Device::Emu(n)) => freelunch::backend::cuda::Gpu::emulated(n, dtype),
+        Some(Device::Cuda(n)) => freelunch::backend::cuda::Gpu::new(n, dtype),
+        _ if freelunch::backend::cuda::device_count() == 0 => {
             println!("skipped: no CUDA device");
             return None;
         }
-        _ => freelunch::cuda::Gpu::new(0, dtype),
+        _ => freelunch::backend::cuda::Gpu::new(0, dtype),
     }
     .expect("opening the GPU");
     println!(

@@ -2,8 +2,8 @@
 //! channels of `h` by `b` (v1: uniformly; v2: modulated by the normalised channel mean) and
 //! low-pass filter the skip by scaling its lowest frequencies by `s`.
 
+use crate::backend::cpu::fourier::FilterForm;
 use crate::boosters::SkipSite;
-use crate::cpu::fourier::FilterForm;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::masks::{MaskSet, WeightMask};
-use crate::cpu::gemm::{sgemm, Mat, Threads};
+use crate::backend::cpu::gemm::{sgemm, Mat, Threads};
 use crate::error::{Error, Result};
 use crate::models::unet_2d::UNet;
 use crate::nn::{LayerCtx, Linear};
@@ -214,7 +214,7 @@ impl MaskGenerator {
         }
         let cin = x.len() / b;
         let mut x = Tensor::from_parts(vec![b, cin], x);
-        crate::cpu::try_add_inplace(&mut x, &g.proj_temb.try_forward(emb, lc)?, 1.0)?;
+        crate::backend::cpu::try_add_inplace(&mut x, &g.proj_temb.try_forward(emb, lc)?, 1.0)?;
         let relu = |mut t: Tensor| {
             t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));
             t

@@ -1,8 +1,8 @@
 //! `ResnetBlock2D`, `Downsample2D`, `Upsample2D`.
 
+use crate::backend::cpu;
 use crate::backend::{Backend, Epilogue};
 use crate::config::TimeScaleShift;
-use crate::cpu;
 use crate::error::Result;
 use crate::nn::{join, Conv2d, GroupNorm, LayerCtx, Linear};
 use crate::weights::WeightSource;

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use freelunch::backend::cpu::fourier::FilterForm;
 use freelunch::boosters::mask_generator::{Gumbel, MaskGenerator};
 use freelunch::boosters::{Boosters, FreeU, FreeUBlocks, MaskSet, SkipScales};
-use freelunch::cpu::fourier::FilterForm;
 use freelunch::{Tensor, UNet, UNetInputs};
 use serde_json::Value;
 

@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
+use freelunch::backend::cuda::{Gpu, GpuTensor};
 use freelunch::backend::Backend;
-use freelunch::cuda::{Gpu, GpuTensor};
 use freelunch::device::{DType, Device};
 use freelunch::Tensor;
 
@@ -35,7 +35,7 @@ pub fn gpus(test: &str) -> &'static [(DType, Arc<Gpu>)] {
         let device = Device::from_env().unwrap_or_else(|e| panic!("{e}"));
         let device = match device {
             Some(d) => d,
-            None if freelunch::cuda::device_count() == 0 => return Vec::new(),
+            None if freelunch::backend::cuda::device_count() == 0 => return Vec::new(),
             None => Device::Cuda(0),
         };
         DTYPES
@@ -92,7 +92,7 @@ pub fn compare(gpu: &Gpu, what: &str, got: &GpuTensor, want: &Tensor) -> Result<
 pub fn device(test: &str) -> Option<Device> {
     match Device::from_env().unwrap_or_else(|e| panic!("{e}")) {
         Some(d) => Some(d),
-        None if freelunch::cuda::device_count() == 0 => {
+        None if freelunch::backend::cuda::device_count() == 0 => {
             println!("{test}: skipped: no CUDA device");
             None
         }

@@ -370,7 +370,8 @@ impl AutoencoderKLConfig {
         let last = ch[n - 1];
         let tokens = hh.checked_mul(ww).ok_or_else(too_large)?;
         let threads = rayon::current_num_threads() as u64;
-        let rows = crate::cpu::attention::scores_per_task(tokens as usize, 1).unwrap_or(usize::MAX);
+        let rows = crate::backend::cpu::attention::scores_per_task(tokens as usize, 1)
+            .unwrap_or(usize::MAX);
         let mut peak: u64 = 0;
         let mut note = |x: Option<u64>| -> Result<()> {
             peak = peak.max(x.ok_or_else(too_large)?);

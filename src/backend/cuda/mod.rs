@@ -9,7 +9,7 @@
 pub mod backend;
 pub mod emu;
 pub mod kernels;
-pub mod params;
+pub(crate) mod params;
 pub mod source;
 pub mod tensor;
 

@@ -1,19 +1,24 @@
-//! The one seam between the model graph and the hardware. Every module in `models` is written
-//! once against `Backend`; the CPU backend (`Cpu`, this file) is the reference, the CUDA backend
-//! (`cuda::Gpu`) runs the same graph on hand-written kernels.
+//! The backends: the one seam between the model graph and the hardware, and each backend's
+//! home. Every module in `models` is written once against [`Backend`]; the CPU backend ([`Cpu`],
+//! its trait impl in this file, its kernels in [`cpu`]) is the reference, the CUDA backend
+//! ([`cuda::Gpu`], host code in [`cuda`], kernels in `kernels/*.cu`) runs the same graph on
+//! hand-written kernels. The kernels are public for microbenchmarks and tests against them;
+//! a model's user needs none of them.
 //!
 //! Tensors are opaque to the graph. Shapes are semantic: an image is `[B, C, H, W]` (the CPU
 //! stores it NCHW, the GPU NHWC), a token sequence `[B, N, C]`, a vector batch `[B, C]`.
 //! Layers carry their CPU parameters; a device backend keeps its own copies keyed by the layer's
 //! `uid`, made on first use.
 
+pub mod cpu;
+pub mod cuda;
+
 use crate::boosters::freeu::scale_backbone;
-use crate::cpu;
-use crate::cpu::fourier::{try_fourier_filter, FilterForm};
 use crate::error::{Error, Result};
 use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::Tensor;
+use cpu::fourier::{try_fourier_filter, FilterForm};
 
 /// What a linear or convolution adds to its output, fused into the GEMM where the backend can:
 /// `y = (x·Wᵀ + bias + add_bc[b, c] + residual) · scale`.

@@ -8,8 +8,7 @@ use rayon::prelude::*;
 use super::gemm::{sgemm, Mat, Threads};
 use super::SendPtr;
 use crate::error::{Error, Result};
-use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
-use crate::workspace::Scratch;
+use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
 
 const ROW_BLOCK: usize = 128;
 

@@ -22,8 +22,7 @@ use super::gemm::{sgemm, Mat, Threads};
 use super::masked::MaskFn;
 use super::SendPtr;
 use crate::error::{Error, Result};
-use crate::tensor::{numel_of, try_zeroed_vec, Tensor};
-use crate::workspace::Scratch;
+use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
 
 /// Most output channels per task (one weight tile); tiles are split evenly below this.
 pub const TILE: usize = 64;

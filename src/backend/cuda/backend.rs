@@ -11,9 +11,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
 use super::params::{AttentionParams, ConvGemmParams};
 use super::{driver, Gpu, GpuTensor};
+use crate::backend::cpu::fourier::{window, FilterForm};
 use crate::backend::{Activation, Backend, Epilogue};
 use crate::boosters::masks::WeightMask;
-use crate::cpu::fourier::{window, FilterForm};
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::models::embeddings::Timesteps;
@@ -1173,9 +1173,9 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::Padding;
     use crate::backend::Cpu;
     use crate::boosters::MaskSet;
-    use crate::cpu::Padding;
     use crate::nn::fresh_uid;
 
     /// The kernel's addressing (`a_offset`, the mask-bit test and the row layout of
@@ -1271,7 +1271,7 @@ mod tests {
                 step: 0,
             };
             let want = Cpu.conv2d(&conv, &x, lc, Epilogue::default()).unwrap();
-            let x_nhwc = crate::cpu::nchw_to_nlc(&x);
+            let x_nhwc = crate::backend::cpu::nchw_to_nlc(&x);
             let (ho, wo) = (want.shape()[2], want.shape()[3]);
             let got = mirror(
                 x_nhwc.data(),
