@@ -3,11 +3,14 @@
 //! package ships, its scheduler, and the digit classifier and real-digit feature statistics that
 //! `freelunch eval` scores samples with. `tools/train_mnist.py` regenerates all of it.
 
-use crate::error::Result;
-use crate::eval::DigitClassifier;
+use crate::error::{Error, Result};
+use crate::eval::{
+    fid, mean_confidence, too_few_for_fid, DigitClassifier, Scores, MIN_FID_SAMPLES,
+};
 use crate::models::unet_2d::UNet;
 use crate::safetensors_io;
 use crate::schedulers::SchedulerConfig;
+use crate::tensor::Tensor;
 use crate::weights::Checkpoint;
 use crate::UNetConfig;
 
@@ -50,7 +53,56 @@ pub fn real_stats() -> Result<(Vec<f64>, Vec<f64>)> {
                     .map(|&v| v as f64)
                     .collect::<Vec<f64>>()
             })
-            .ok_or_else(|| crate::Error::MissingWeight(format!("real_stats.{k} (built in)")))
+            .ok_or_else(|| Error::MissingWeight(format!("real_stats.{k} (built in)")))
     };
     Ok((take("mu")?, take("sigma")?))
+}
+
+/// Scores digit samples ([B, 1, 28, 28] in [-1, 1]; clamped to it first, as `sample` leaves
+/// them unclamped) against the built-in real-digit statistics: the mean confidence, and with
+/// `with_fid` the FID. An empty batch, a non-finite value, or (with `with_fid`) fewer than
+/// [`MIN_FID_SAMPLES`] samples is an error that says so.
+pub fn score(images: &Tensor, with_fid: bool) -> Result<Scores> {
+    let b = match images.shape() {
+        [b, 1, 28, 28] => *b,
+        s => {
+            return Err(Error::input(
+                "images",
+                format!("shape {s:?}; the digit classifier takes [B, 1, 28, 28]"),
+            ))
+        }
+    };
+    if b == 0 {
+        return Err(Error::input("images", "an empty batch: nothing to score"));
+    }
+    if let Some(i) = images.data().iter().position(|v| !v.is_finite()) {
+        return Err(Error::input(
+            "images",
+            format!(
+                "sample {} holds a non-finite value ({} at element {i})",
+                i / (28 * 28),
+                images.data()[i]
+            ),
+        ));
+    }
+    if with_fid && b < MIN_FID_SAMPLES {
+        return Err(too_few_for_fid(b));
+    }
+    let mut clamped = images.clone();
+    clamped
+        .data_mut()
+        .iter_mut()
+        .for_each(|v| *v = v.clamp(-1.0, 1.0));
+    let out = classifier()?.classify(&clamped)?;
+    let fid = if with_fid {
+        let (mu, sigma) = real_stats()?;
+        Some(fid(&out.features, &mu, &sigma)?)
+    } else {
+        None
+    };
+    Ok(Scores {
+        samples: b,
+        mean_confidence: mean_confidence(&out.logits),
+        fid,
+    })
 }

@@ -92,7 +92,7 @@ pub const FEATURES: usize = 64;
 /// on (an FID from fewer compares a degenerate Gaussian, one image's being a point).
 pub const MIN_FID_SAMPLES: usize = FEATURES + 1;
 
-/// What `score` reports for a batch of digit samples.
+/// What [`builtin::score`](crate::builtin::score) reports for a batch of digit samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Scores {
     /// How many samples were scored.
@@ -103,56 +103,8 @@ pub struct Scores {
     pub fid: Option<f64>,
 }
 
-/// Scores digit samples ([B, 1, 28, 28] in [-1, 1]; clamped to it first, as `sample` leaves
-/// them unclamped) against the built-in real-digit statistics: the mean confidence, and with
-/// `with_fid` the FID. An empty batch, a non-finite value, or (with `with_fid`) fewer than
-/// `MIN_FID_SAMPLES` samples is an error that says so.
-pub fn score(images: &Tensor, with_fid: bool) -> Result<Scores> {
-    let b = match images.shape() {
-        [b, 1, 28, 28] => *b,
-        s => {
-            return Err(Error::input(
-                "images",
-                format!("shape {s:?}; the digit classifier takes [B, 1, 28, 28]"),
-            ))
-        }
-    };
-    if b == 0 {
-        return Err(Error::input("images", "an empty batch: nothing to score"));
-    }
-    if let Some(i) = images.data().iter().position(|v| !v.is_finite()) {
-        return Err(Error::input(
-            "images",
-            format!(
-                "sample {} holds a non-finite value ({} at element {i})",
-                i / (28 * 28),
-                images.data()[i]
-            ),
-        ));
-    }
-    if with_fid && b < MIN_FID_SAMPLES {
-        return Err(too_few_for_fid(b));
-    }
-    let mut clamped = images.clone();
-    clamped
-        .data_mut()
-        .iter_mut()
-        .for_each(|v| *v = v.clamp(-1.0, 1.0));
-    let out = crate::builtin::classifier()?.classify(&clamped)?;
-    let fid = if with_fid {
-        let (mu, sigma) = crate::builtin::real_stats()?;
-        Some(fid(&out.features, &mu, &sigma)?)
-    } else {
-        None
-    };
-    Ok(Scores {
-        samples: b,
-        mean_confidence: mean_confidence(&out.logits),
-        fid,
-    })
-}
-
-fn too_few_for_fid(n: usize) -> Error {
+/// The error for an FID asked of `n` samples, too few.
+pub(crate) fn too_few_for_fid(n: usize) -> Error {
     Error::input("samples", format!(
         "an FID needs at least {MIN_FID_SAMPLES} samples ({FEATURES} features need {MIN_FID_SAMPLES} \
          for a non-singular covariance); got {n}"

@@ -857,7 +857,7 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                     ));
                 }
             }
-            let scores = freelunch::eval::score(&images, !no_fid)?;
+            let scores = freelunch::builtin::score(&images, !no_fid)?;
             println!("samples: {}", scores.samples);
             if let Some(fid) = scores.fid {
                 println!("fid: {fid:.3}");

@@ -548,18 +548,20 @@ fn eval_refuses_empty_tiny_and_non_finite_batches() {
     let (ok, _, stderr) = eval(&nan, &[]);
     assert!(!ok);
     assert_names(&stderr, &["sample", "NaN", "5"]);
-    let msg = freelunch::eval::score(&nan, true).unwrap_err().to_string();
+    let msg = freelunch::builtin::score(&nan, true)
+        .unwrap_err()
+        .to_string();
     assert_names(&msg, &["images", "sample 5", "NaN"]);
     // Enough finite samples: an FID is printed.
     let (ok, stdout, stderr) = eval(&digits(65), &[]);
     assert!(ok && stdout.contains("fid:"), "{stdout}{stderr}");
     // The library says the same, and refuses an empty batch.
     let empty = Tensor::new([0, 1, 28, 28], vec![]).unwrap();
-    let msg = freelunch::eval::score(&empty, false)
+    let msg = freelunch::builtin::score(&empty, false)
         .unwrap_err()
         .to_string();
     assert_names(&msg, &["empty"]);
-    let msg = freelunch::eval::score(&digits(64), true)
+    let msg = freelunch::builtin::score(&digits(64), true)
         .unwrap_err()
         .to_string();
     assert_names(&msg, &["65", "got 64"]);

@@ -3,7 +3,7 @@
 //! (`DownEncoderBlock2D`, `UpDecoderBlock2D`, and `UNetMidBlock2D` as the VAE configures it: no
 //! time embedding, one attention head as wide as the channels, GroupNorm ε = 1e-6).
 
-use super::autoencoder_kl::AutoencoderKLConfig;
+use super::configuration_autoencoder_kl::AutoencoderKLConfig;
 use crate::backend::{Backend, Epilogue};
 use crate::config::TimeScaleShift;
 use crate::error::{Error, Result};
