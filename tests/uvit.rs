@@ -484,3 +484,107 @@ fn bad_masks_inputs_and_configs_are_typed_errors() {
         Err(Error::Weight { .. })
     ));
 }
+
+fn f32_bytes(t: &Tensor) -> Vec<u8> {
+    t.data().iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[test]
+fn cli_forward_and_sample_take_a_converted_folder() {
+    let g = goldens();
+    let tmp = common::scratch("uvit-cli");
+    let model_dir = dir().join("base");
+    let x = &g["base.sample"];
+    let t = &g["base.timestep"];
+    let mask: Vec<u8> = g["base.token_mask"]
+        .data()
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    let plain = tmp.join("in.safetensors");
+    common::write_raw_safetensors(
+        &plain,
+        &[
+            ("sample", "F32", x.shape().to_vec(), f32_bytes(x)),
+            ("timestep", "F32", vec![2], f32_bytes(t)),
+        ],
+    );
+    let masked = tmp.join("in_masked.safetensors");
+    common::write_raw_safetensors(
+        &masked,
+        &[
+            ("sample", "F32", x.shape().to_vec(), f32_bytes(x)),
+            ("timestep", "F32", vec![2], f32_bytes(t)),
+            ("token_mask", "BOOL", vec![2, 16], mask.clone()),
+        ],
+    );
+    let forward = |input: &std::path::Path, out: &str, extra: &[&str]| {
+        let mut args = vec!["forward", "--device", "cpu", "--model"];
+        args.push(model_dir.to_str().unwrap());
+        args.push("--input");
+        args.push(input.to_str().unwrap());
+        args.extend_from_slice(extra);
+        common::cli_sample(args, &tmp.join(out))
+    };
+    close(
+        "cli forward",
+        &forward(&plain, "o1.safetensors", &[]),
+        &g["base.out"],
+        CPU_TOL,
+    );
+    close(
+        "cli forward masked",
+        &forward(&masked, "o2.safetensors", &[]),
+        &g["base.out_masked"],
+        CPU_TOL,
+    );
+    close(
+        "cli forward skip-tuned",
+        &forward(&plain, "o3.safetensors", &["--skip-tuning", "0.8,0.5"]),
+        &g["base.out_skip"],
+        CPU_TOL,
+    );
+    // FreeU is refused with a message, not a panic.
+    let o = std::process::Command::new(common::freelunch_bin())
+        .args([
+            "forward",
+            "--device",
+            "cpu",
+            "--freeu",
+            "1.1,1.2,0.9,0.2",
+            "--model",
+        ])
+        .arg(&model_dir)
+        .arg("--input")
+        .arg(&plain)
+        .arg("--output")
+        .arg(tmp.join("o4.safetensors"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("MaskedUViT"));
+
+    // eval.py's DDIM (the converted scheduler_config.json beside the weights), eta 0 from the
+    // reference's initial noise.
+    let noise = tmp.join("noise.safetensors");
+    let n = &g["ddim.eta0.noise"];
+    common::write_raw_safetensors(
+        &noise,
+        &[("sample", "F32", n.shape().to_vec(), f32_bytes(n))],
+    );
+    let got = common::cli_sample(
+        [
+            "sample",
+            "--device",
+            "cpu",
+            "--steps",
+            "4",
+            "--model",
+            model_dir.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+        ],
+        &tmp.join("s.safetensors"),
+    );
+    close("cli DDIM eta0", &got, &g["ddim.eta0.out"], 1e-5);
+}
