@@ -261,7 +261,7 @@ pub(crate) fn gather_tokens_dims(
             format!("{x:?} is not [B, N, C]"),
         ));
     };
-    if b == 0 || rows.len() % b != 0 {
+    if b == 0 || !rows.len().is_multiple_of(b) {
         return Err(Error::shape(
             "gather_tokens",
             format!(
