@@ -588,3 +588,62 @@ fn cli_forward_and_sample_take_a_converted_folder() {
     );
     close("cli DDIM eta0", &got, &g["ddim.eta0.out"], 1e-5);
 }
+
+/// BENCHMARKS.md's U-ViT figure (run by hand, `--ignored`): the CPU forward of
+/// tools/configs/maskdm-celebahq-base-64.json, random weights, batch 2, on FREELUNCH_THREADS
+/// threads (default 2); UVIT_MASK_RATIO drops that share of the patches. The PyTorch side is
+/// tools/bench_uvit_torch.py.
+#[test]
+#[ignore]
+fn bench_forward_cpu() {
+    let threads: usize = std::env::var("FREELUNCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let ratio: f64 = std::env::var("UVIT_MASK_RATIO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let iters = 10;
+    let cfg = MaskedUViTConfig::from_file(
+        &common::root().join("tools/configs/maskdm-celebahq-base-64.json"),
+    )
+    .unwrap();
+    let n = cfg.num_patches();
+    let side = cfg.img_size;
+    let m = MaskedUViT::load(cfg, &mut freelunch::weights::RandomWeights::new(0))
+        .unwrap()
+        .with_threads(threads)
+        .unwrap();
+    let mut i = UNetInputs::new(Tensor::randn([2, 3, side, side], 1), 0.0);
+    i.timesteps = vec![0.0, 117.0];
+    let dropped = (n as f64 * ratio) as usize;
+    let mask = TokenMask {
+        dropped: (0..2)
+            .map(|s| (0..n).map(|j| (j * 7 + s * 3) % n < dropped).collect())
+            .collect(),
+    };
+    let run = || {
+        if ratio > 0.0 {
+            m.forward_masked(&i, &mask, &Boosters::default()).unwrap()
+        } else {
+            m.forward(&i).unwrap()
+        }
+    };
+    for _ in 0..2 {
+        run();
+    }
+    let mut ms: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            run();
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{{\"impl\": \"freelunch\", \"threads\": {threads}, \"batch\": 2, \"mask_ratio\": {ratio}, \"median_ms\": {:.1}, \"min_ms\": {:.1}, \"iters\": {iters}}}",
+        (ms[iters / 2 - 1] + ms[iters / 2]) / 2.0,
+        ms[0]
+    );
+}
