@@ -1,11 +1,13 @@
 //! `forward` and `sample` for a converted MaskDM folder (`_class_name: MaskedUViT`): the same
-//! flags as for a U-Net, with a `token_mask` input for the masked forward; FreeU and the mask
-//! generator, which act on a U-Net's layers, are refused.
+//! flags as for a U-Net, with a `token_mask` input for the masked forward; `--freeu` runs this
+//! crate's U-ViT extension of FreeU, and the mask generator, built for a U-Net's layers, is
+//! refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use freelunch::boosters::{Boosters, MaskSet, SkipScales};
+use freelunch::boosters::{Boosters, FreeU, MaskSet, SkipScales};
+use freelunch::cpu::fourier::FilterForm;
 use freelunch::device::Exec;
 use freelunch::models::mask_uvit::{MaskedUViT, MaskedUViTConfig, TokenMask};
 use freelunch::models::Denoiser;
@@ -13,7 +15,7 @@ use freelunch::schedulers::{self, Conditioning, SampleOptions, SamplerKind, Seed
 use freelunch::weights::{LoadOptions, ModelFiles};
 use freelunch::{safetensors_io, Tensor, UNetInputs};
 
-use super::{msg, numbers, BoosterArgs};
+use super::{msg, numbers, BoosterArgs, Filter};
 
 /// The U-ViT at `arg` when its config names one, else None (a U-Net, left to the caller).
 pub fn load_if_uvit(arg: &Path, opts: &LoadOptions) -> freelunch::Result<Option<MaskedUViT>> {
@@ -30,12 +32,32 @@ pub fn load_if_uvit(arg: &Path, opts: &LoadOptions) -> freelunch::Result<Option<
 
 /// The boosters of `args` for `model`.
 fn boosters(args: &BoosterArgs, model: &MaskedUViT) -> freelunch::Result<Boosters> {
-    if args.freeu.is_some() {
-        return Err(msg(
-            "--freeu acts on a U-Net's feature maps; a MaskedUViT has none (--skip-tuning, \
-             --skip-scales and --masks apply)",
-        ));
-    }
+    // FreeU on a U-ViT is this crate's extension (models::mask_uvit's docs); --freeu-blocks
+    // selects U-Net resnets and means nothing here.
+    let freeu = match &args.freeu {
+        None => None,
+        Some(spec) => {
+            let mut f = if spec.contains(',') || spec.parse::<f32>().is_ok() {
+                match numbers("freeu", spec)?[..] {
+                    [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
+                    _ => {
+                        return Err(msg(format!(
+                            "--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"
+                        )))
+                    }
+                }
+            } else {
+                FreeU::preset(spec)?
+            };
+            f.v2 = args.freeu_v2;
+            f.threshold = args.freeu_threshold;
+            f.filter = match args.freeu_filter {
+                Filter::Fft => FilterForm::Fft,
+                Filter::Direct => FilterForm::Direct,
+            };
+            Some(f)
+        }
+    };
     if args.mask_generator.is_some() {
         return Err(msg(
             "--mask-generator is built for a U-Net's layers; give --masks for a MaskedUViT",
@@ -59,7 +81,7 @@ fn boosters(args: &BoosterArgs, model: &MaskedUViT) -> freelunch::Result<Booster
     };
     Ok(Boosters {
         skip_scales,
-        freeu: None,
+        freeu,
         masks,
         mask_step: args.mask_step.unwrap_or(0),
         mask_generator: None,

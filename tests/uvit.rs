@@ -166,6 +166,37 @@ fn skip_tuning_scales_the_long_skips() {
     ));
 }
 
+fn freeu() -> Boosters {
+    Boosters {
+        freeu: Some(freelunch::boosters::FreeU::new(1.1, 1.2, 0.9, 0.2)),
+        ..Boosters::default()
+    }
+}
+
+#[test]
+fn freeu_extension_filters_the_skip_patch_grid() {
+    // This crate's FreeU for a U-ViT (not the paper's) against its PyTorch statement in the
+    // generator, with both filter forms.
+    let g = goldens();
+    let base = model("base");
+    let i = inputs(&g, "base", false);
+    for form in [
+        freelunch::cpu::fourier::FilterForm::Direct,
+        freelunch::cpu::fourier::FilterForm::Fft,
+    ] {
+        let mut b = freeu();
+        b.freeu.as_mut().unwrap().filter = form;
+        let got = base.forward_with(&i, &b).unwrap();
+        close(
+            &format!("freeu {form:?}"),
+            &got,
+            &g["base.out_freeu"],
+            CPU_TOL,
+        );
+        assert!(got.rel_l2(&g["base.out"]) > 1e-2);
+    }
+}
+
 fn weight_masks(g: &BTreeMap<String, Tensor>, m: &MaskedUViT) -> MaskSet {
     // The masks as a mask file holds them: u8 under the weights' names.
     let tensors: Vec<(String, Vec<u8>, Vec<usize>)> = g
@@ -300,6 +331,11 @@ fn gpu_matches_cpu_on_the_executor() {
             close(&format!("{case} gpu masked skip-tuned"), &got, &want, 1e-4);
         }
         let base = model("base");
+        let got = base
+            .on(exec.clone())
+            .forward_with(&inputs(&g, "base", false), &freeu())
+            .unwrap();
+        close("gpu freeu", &got, &g["base.out_freeu"], 1e-4);
         let b = Boosters {
             masks: Some(Arc::new(weight_masks(&g, &base))),
             ..Boosters::default()
@@ -425,13 +461,20 @@ fn bad_masks_inputs_and_configs_are_typed_errors() {
     let mut bad = inputs(&g, "variant", true);
     bad.class_labels = Some(vec![0.0, 2.0]);
     assert!(matches!(variant.forward(&bad), Err(Error::Input { .. })));
-    // FreeU is refused on a U-ViT.
+    // FreeU v2, and FreeU under a token mask, are refused.
+    let mut f = freelunch::boosters::FreeU::new(1.1, 1.2, 0.9, 0.2);
+    f.v2 = true;
     let b = Boosters {
-        freeu: Some(freelunch::boosters::FreeU::new(1.1, 1.2, 0.9, 0.2)),
+        freeu: Some(f),
         ..Boosters::default()
     };
     assert!(matches!(
         base.forward_with(&i, &b),
+        Err(Error::Booster { .. })
+    ));
+    let m = TokenMask::from_tensor(&g["base.token_mask"]).unwrap();
+    assert!(matches!(
+        base.forward_masked(&i, &m, &freeu()),
         Err(Error::Booster { .. })
     ));
 
@@ -544,7 +587,13 @@ fn cli_forward_and_sample_take_a_converted_folder() {
         &g["base.out_skip"],
         CPU_TOL,
     );
-    // FreeU is refused with a message, not a panic.
+    close(
+        "cli forward freeu",
+        &forward(&plain, "o5.safetensors", &["--freeu", "1.1,1.2,0.9,0.2"]),
+        &g["base.out_freeu"],
+        CPU_TOL,
+    );
+    // FreeU v2 is refused with a message, not a panic.
     let o = std::process::Command::new(common::freelunch_bin())
         .args([
             "forward",
@@ -552,6 +601,7 @@ fn cli_forward_and_sample_take_a_converted_folder() {
             "cpu",
             "--freeu",
             "1.1,1.2,0.9,0.2",
+            "--freeu-v2",
             "--model",
         ])
         .arg(&model_dir)

@@ -179,6 +179,39 @@ def skip_scaled_forward(mask_uvit, model, x, t, rhos, mask=None, y=None):
             blk._forward = f
 
 
+def freeu_forward(model, x, t, b1, b2, s1, s2, threshold):
+    """This crate's FreeU extension for a U-ViT (not the paper's): before out-block j, the first
+    half of h's channels times b and the skip's patch tokens, as their patch grid, through
+    diffusers' FreeU filter with s; (b1, s1) for the inner half of the out-blocks."""
+    from diffusers.utils.torch_utils import fourier_filter
+
+    enc = model.encoder
+    n = len(enc.out_blocks)
+    e = enc.extras
+    g = int(enc.num_patches ** 0.5)
+    originals = [blk._forward for blk in enc.out_blocks]
+    try:
+        for j, blk in enumerate(enc.out_blocks):
+            b, s = (b1, s1) if 2 * j < n else (b2, s2)
+
+            def patched(xx, skip=None, _orig=originals[j], _b=b, _s=s):
+                xx = xx.clone()
+                c = xx.shape[-1]
+                xx[..., : c // 2] = xx[..., : c // 2] * _b
+                patches = skip[:, e:, :]
+                bs, npatch, ch = patches.shape
+                grid = patches.permute(0, 2, 1).reshape(bs, ch, g, g)
+                grid = fourier_filter(grid, threshold=threshold, scale=_s)
+                patches = grid.reshape(bs, ch, npatch).permute(0, 2, 1)
+                return _orig(xx, torch.cat([skip[:, :e], patches], dim=1))
+
+            blk._forward = patched
+        return model(x, t)
+    finally:
+        for blk, f in zip(enc.out_blocks, originals):
+            blk._forward = f
+
+
 def weight_masked_forward(model, masks, x, t, y=None):
     """The forward with each named weight multiplied by its 0/1 mask."""
     saved = {}
@@ -261,6 +294,9 @@ def main():
         g["base.out_skip"] = skip_scaled_forward(mask_uvit, base, x, t, rhos)
         g["base.out_skip_masked"] = skip_scaled_forward(mask_uvit, base, x, t, rhos, with_extras(mask, 1))
 
+        # FreeU on the skip tokens' patch grid: this crate's extension.
+        g["base.out_freeu"] = freeu_forward(base, x, t, 1.1, 1.2, 0.9, 0.2, 1)
+
         # MaskUNet-style weight masks on linears of every kind (shared by the batch).
         masks = {}
         for k in ["encoder.in_blocks.0.attn.qkv.weight", "encoder.mid_block.mlp.fc1.weight",
@@ -306,6 +342,7 @@ def main():
     g = {k: v.contiguous() for k, v in g.items()}
     save_file(g, os.path.join(OUT, "goldens.safetensors"))
     print("skip-tuned vs plain rel", rel_l2(g["base.out_skip"], g["base.out"]))
+    print("freeu vs plain rel", rel_l2(g["base.out_freeu"], g["base.out"]))
     print("weight-masked vs plain rel", rel_l2(g["base.out_weight_masked"], g["base.out"]))
     print(f"fixtures: {dir_size(OUT) / 1e6:.2f} MB")
 

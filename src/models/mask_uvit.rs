@@ -11,8 +11,15 @@
 //!
 //! Boosters: Skip-Tuning scales each long skip before its `skip_linear` (skip `j` is
 //! `in_blocks[j]`'s output, so `j = 0` is the outermost); MaskUNet-style weight masks act on
-//! any linear layer by its state-dict name (`encoder.in_blocks.0.attn.qkv.weight`, ...). FreeU
-//! is refused: its filter is defined on U-Net feature maps.
+//! any linear layer by its state-dict name (`encoder.in_blocks.0.attn.qkv.weight`, ...).
+//!
+//! FreeU on a U-ViT is this crate's extension, not the paper's (FreeU is defined on a U-Net's
+//! feature maps), and only runs when asked for: before each out-block, the first half of the
+//! channels of `h` (every token) are scaled by `b`, and the skip's patch tokens, laid out as their
+//! `grid × grid` patch image, go through FreeU's Fourier filter with factor `s` (the extra tokens
+//! pass unfiltered). The inner half of the out-blocks (the first to run) take `(b1, s1)`, the outer
+//! half `(b2, s2)`, as a U-Net's first and second decoder stages do. v1 only; not with a token
+//! mask (the visible tokens are no grid).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -830,12 +837,21 @@ impl MaskedUViT {
             }
             None => None,
         };
-        if boosters.freeu.is_some() {
-            return Err(Error::booster(
-                "freeu",
-                "FreeU acts on a U-Net's feature maps; a MaskedUViT has none (Skip-Tuning and \
-                 weight masks apply)",
-            ));
+        if let Some(f) = &boosters.freeu {
+            if f.v2 {
+                return Err(Error::booster(
+                    "freeu",
+                    "FreeU v2 on a MaskedUViT is not defined here (this crate's U-ViT extension \
+                     is v1's: see `mask_uvit`'s module docs)",
+                ));
+            }
+            if mask.is_some() {
+                return Err(Error::booster(
+                    "freeu",
+                    "FreeU filters the skip's patch grid, which a token mask breaks up: give \
+                     one or the other",
+                ));
+            }
         }
         if boosters.mask_generator.is_some() {
             return Err(Error::booster(
@@ -913,10 +929,56 @@ impl MaskedUViT {
                 Some(s) => s.rho(skips.len(), n),
                 None => 1.0,
             };
+            if let Some(f) = &boosters.freeu {
+                // Ours, not the paper's: the inner half of the out-blocks take (b1, s1), the
+                // outer half (b2, s2), as a U-Net's first and second decoder stages do.
+                let j = n - 1 - skips.len();
+                let (b, s) = if 2 * j < n {
+                    (f.b1, f.s1)
+                } else {
+                    (f.b2, f.s2)
+                };
+                let (h, skip) = self.freeu(be, x, skip, b, s, f)?;
+                x = blk.forward(be, &h, Some((&skip, rho)), lc)?;
+                continue;
+            }
             x = blk.forward(be, &x, Some((&skip, rho)), lc)?;
         }
         let x = be.layer_norm(&enc.norm, &x)?;
         be.linear(&self.modules.encoder_to_output, &x, lc, Epilogue::default())
+    }
+}
+
+impl MaskedUViT {
+    /// This crate's FreeU for a U-ViT: the first half of `h`'s channels (every token) times `b`,
+    /// and the skip's patch tokens, as their `grid × grid` image, through FreeU's low-pass
+    /// filter with factor `s`; the extra tokens of the skip pass unfiltered.
+    fn freeu<B: Backend>(
+        &self,
+        be: &B,
+        h: B::Tensor,
+        skip: B::Tensor,
+        b: f32,
+        s: f32,
+        f: &crate::boosters::FreeU,
+    ) -> Result<(B::Tensor, B::Tensor)> {
+        let c = &self.config;
+        let shape = be.shape(&h);
+        let [bs, m, _] = shape[..] else {
+            return Err(Error::shape("freeu", format!("{shape:?} is not [B, N, C]")));
+        };
+        let mut img = be.to_image(&h, m, 1)?;
+        be.freeu_backbone(&mut img, b, false)?;
+        let h = be.to_tokens(&img)?;
+        let (e, g) = (c.extras(), c.grid());
+        let rows =
+            |from: usize, to: usize| -> Vec<usize> { (0..bs).flat_map(|_| from..to).collect() };
+        let extras = be.gather_tokens(&skip, &rows(0, e))?;
+        let patches = be.gather_tokens(&skip, &rows(e, e + g * g))?;
+        let grid = be.to_image(&patches, g, g)?;
+        let filtered = be.fourier_filter(&grid, f.threshold, s, f.filter)?;
+        let skip = be.cat_tokens(&extras, &be.to_tokens(&filtered)?, None)?;
+        Ok((h, skip))
     }
 }
 
