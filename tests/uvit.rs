@@ -495,6 +495,10 @@ fn bad_masks_inputs_and_configs_are_typed_errors() {
         (("img_size", "-3"), "negative"),
         (("qkv_bias", "3"), "not a bool"),
         (("qk_scale", "-1"), "negative scale"),
+        (
+            ("encoder_embed_dim", "4611686018427387904"),
+            "overflowing width",
+        ),
     ] {
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         v[edit.0] = serde_json::from_str(edit.1).unwrap();

@@ -32,6 +32,7 @@ The checkpoint is read with `torch.load(weights_only=True)`: only tensors and pl
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -124,6 +125,31 @@ def network_state_dict(ckpt, path):
     return out
 
 
+def schedule_betas(schedule, t=TRAIN_TIMESTEPS):
+    """gaussian_ddpm.py's betas (float64), restated."""
+    if schedule == "linear":
+        return torch.linspace(1e-4, 0.02, t, dtype=torch.float64)
+    s = 0.008
+    x = torch.linspace(0, t, t + 1, dtype=torch.float64)
+    ac = torch.cos(((x / t) + s) / (1 + s) * math.pi * 0.5) ** 2
+    ac = ac / ac[0]
+    return torch.clip(1 - (ac[1:] / ac[:-1]), 0, 0.999)
+
+
+def check_schedule(ckpt, schedule, path):
+    """The diffusion buffers the EMA saved (when it wrapped the GaussianDiffusion) must be the
+    betas the config names, or the scheduler_config.json written would not be the one trained."""
+    betas = ckpt["ema"].get("ema_model.betas")
+    if betas is None:
+        return
+    want = schedule_betas(schedule).to(torch.float32)
+    if tuple(betas.shape) != tuple(want.shape) or (betas.float() - want).abs().max() > 1e-6:
+        raise SystemExit(
+            f"{path}: the checkpoint's betas are not the {schedule} schedule of {TRAIN_TIMESTEPS} "
+            "steps that the config names"
+        )
+
+
 def check_shapes(sd, net, path):
     d, p, c = net["encoder_embed_dim"], net["patch_size"], net["in_chans"]
     n = (net["img_size"] // p) ** 2
@@ -154,6 +180,7 @@ def main(argv=None):
     net = network_config(cfg, a.config)
     ckpt = torch.load(a.ckpt, map_location="cpu", weights_only=True)
     sd = network_state_dict(ckpt, a.ckpt)
+    check_schedule(ckpt, net["beta_schedule"], a.ckpt)
     check_shapes(sd, net, a.ckpt)
     os.makedirs(a.out_dir, exist_ok=True)
     save_file(sd, os.path.join(a.out_dir, "diffusion_pytorch_model.safetensors"))

@@ -136,6 +136,17 @@ def build(mask_uvit, gaussian_ddpm, maskdm, name, seed, tmp, **network):
          ckpt_path, cfg_path, out],
         check=True,
     )
+    # A config whose schedule is not the one the checkpoint's diffusion buffers hold is refused.
+    wrong = dict(cfg, beta_schedule="linear")
+    wrong_path = os.path.join(tmp, f"{name}_linear.yml")
+    with open(wrong_path, "w") as f:
+        yaml.safe_dump(wrong, f)
+    r = subprocess.run(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "convert_maskdm_checkpoint.py"),
+         ckpt_path, wrong_path, os.path.join(tmp, "wrong")],
+        capture_output=True, text=True,
+    )
+    assert r.returncode != 0 and "betas" in r.stderr, r.stderr
     # Round trip: the converted tensors are the network's, bit for bit.
     from safetensors.torch import load_file
 

@@ -164,6 +164,7 @@ impl MaskedUViTConfig {
             .num_patches()
             .checked_add(2)
             .and_then(|n| n.checked_mul(d))
+            .and_then(|_| d.checked_mul(d)?.checked_mul(4))
             .and_then(|_| d.checked_mul(self.mlp_hidden()))
             .and_then(|x| x.checked_mul(self.encoder_depth + 1))
             .and_then(|_| self.patch_dim().checked_mul(d));
