@@ -597,6 +597,25 @@ fn cli_forward_and_sample_take_a_converted_folder() {
         &g["base.out_freeu"],
         CPU_TOL,
     );
+    // A token mask must be u8 or bool.
+    let f32_mask = tmp.join("in_f32_mask.safetensors");
+    let as_f32 = Tensor::new(vec![2, 16], mask.iter().map(|&v| f32::from(v)).collect()).unwrap();
+    common::write_raw_safetensors(
+        &f32_mask,
+        &[("token_mask", "F32", vec![2, 16], f32_bytes(&as_f32))],
+    );
+    assert!(matches!(
+        TokenMask::load(&f32_mask),
+        Err(Error::Input { .. })
+    ));
+    let u8_mask = tmp.join("in_u8_mask.safetensors");
+    common::write_raw_safetensors(&u8_mask, &[("token_mask", "U8", vec![2, 16], mask.clone())]);
+    let loaded = TokenMask::load(&u8_mask).unwrap().unwrap();
+    assert_eq!(
+        loaded,
+        TokenMask::from_tensor(&g["base.token_mask"]).unwrap()
+    );
+    assert_eq!(TokenMask::load(&plain).unwrap(), None);
     // FreeU v2 is refused with a message, not a panic.
     let o = std::process::Command::new(common::freelunch_bin())
         .args([
