@@ -1,7 +1,8 @@
 // Pointwise and data-movement kernels: layout changes at the API boundary (NCHW f32 <-> NHWC
 // in the model dtype), casts, adds, SiLU, GELU, quick GELU (CLIP's MLPs), GEGLU, nearest
-// upsampling, the sinusoidal timestep embedding, and the decoder's channel concatenation with
-// Skip-Tuning's scale fused in.
+// upsampling, the sinusoidal timestep embedding, the decoder's channel concatenation with
+// Skip-Tuning's scale fused in, and the U-ViT's token moves (concatenation with the position
+// table added, gathering the visible tokens, slicing q/k/v out of a fused projection).
 // All are grid-stride loops over output elements (any grid works; the host launches
 // min(ceil(n/256), 2^20) blocks of 256), arithmetic in f32.
 
@@ -96,6 +97,41 @@ __device__ __forceinline__ float gelu_erf(float x) {
             const int c = (int)(i - r * C);                                                    \
             y[i] = c < Ch ? h[r * Ch + c]                                                      \
                           : from_f32<T>(to_f32(skip[r * Cs + (c - Ch)]) * skip_scale);         \
+        }                                                                                      \
+    }                                                                                          \
+    /* [a; b] along tokens of [B, Na, C] and [B, Nb, C], plus pos [1, Na+Nb, C] if has_pos */  \
+    extern "C" __global__ void cat_tokens_##SUFFIX(const T* a, const T* b, const T* pos, T* y,  \
+                                                   int B, int Na, int Nb, int C,              \
+                                                   int has_pos) {                             \
+        const int N = Na + Nb;                                                                 \
+        GRID_STRIDE(i, (long long)B * N * C) {                                                 \
+            const int c = (int)(i % C);                                                        \
+            const long long r = i / C;                                                         \
+            const int n = (int)(r % N);                                                        \
+            const long long s = r / N;                                                         \
+            float v = to_f32(n < Na ? a[(s * Na + n) * C + c]                                  \
+                                    : b[(s * Nb + (n - Na)) * C + c]);                         \
+            if (has_pos) v += to_f32(pos[(long long)n * C + c]);                               \
+            y[i] = from_f32<T>(v);                                                             \
+        }                                                                                      \
+    }                                                                                          \
+    /* y[s, j] = x[s, rows[s·M + j]]: [B, N, C] -> [B, M, C]; rows checked < N by the host */  \
+    extern "C" __global__ void gather_tokens_##SUFFIX(const T* x, const int* rows, T* y,       \
+                                                      int N, int M, int C, long long total) {  \
+        GRID_STRIDE(i, total) {                                                                \
+            const int c = (int)(i % C);                                                        \
+            const long long r = i / C;                                                         \
+            const long long s = r / M;                                                         \
+            y[i] = x[(s * N + rows[r]) * C + c];                                               \
+        }                                                                                      \
+    }                                                                                          \
+    /* y[r] = x[r, start .. start + Cy] over the rows of [rows, Cx] */                         \
+    extern "C" __global__ void slice_channels_##SUFFIX(const T* x, T* y, long long rows,       \
+                                                       int Cx, int start, int Cy) {            \
+        GRID_STRIDE(i, rows * Cy) {                                                            \
+            const long long r = i / Cy;                                                        \
+            const int c = (int)(i - r * Cy);                                                   \
+            y[i] = x[r * Cx + start + c];                                                      \
         }                                                                                      \
     }                                                                                          \
     /* diffusers' get_timestep_embedding: [B] -> [B, dim] */                                   \

@@ -22,6 +22,8 @@ use freelunch::weights::{Checkpoint, LoadOptions, ModelFiles};
 use freelunch::Tensor;
 use freelunch::{safetensors_io, UNet, UNetConfig, UNetInputs};
 
+mod uvit_cli;
+
 #[derive(Parser)]
 #[command(
     name = "freelunch",
@@ -570,10 +572,17 @@ fn run(cli: Cli) -> freelunch::Result<()> {
                         router.on(exec.clone()).forward_with(&inputs, &b)?
                     }
                     (Some(model), None) => {
-                        let unet = load_reporting_unused(&model, &load.options(Some(&exec)))?;
-                        loaded = started.elapsed().as_secs_f64();
-                        unet.on(exec.clone())
-                            .forward_with(&inputs, &boosters.boosters(&unet)?)?
+                        if let Some(uvit) =
+                            uvit_cli::load_if_uvit(&model, &load.options(Some(&exec)))?
+                        {
+                            loaded = started.elapsed().as_secs_f64();
+                            uvit_cli::forward(&uvit, exec.clone(), &input, &boosters)?
+                        } else {
+                            let unet = load_reporting_unused(&model, &load.options(Some(&exec)))?;
+                            loaded = started.elapsed().as_secs_f64();
+                            unet.on(exec.clone())
+                                .forward_with(&inputs, &boosters.boosters(&unet)?)?
+                        }
                     }
                     (None, None) => unreachable!("clap requires --model or --route"),
                 };
@@ -692,6 +701,43 @@ fn run(cli: Cli) -> freelunch::Result<()> {
             let exec = device.open()?;
             let pool = thread_pool(threads)?;
             pool.install(|| {
+                if let Some(m) = &model {
+                    let opts = load.options(Some(&exec));
+                    if let Some(uvit) = uvit_cli::load_if_uvit(m, &opts)? {
+                        if guidance.is_some() {
+                            return Err(arg("guidance", "--guidance: a MaskedUViT has no text conditioning"));
+                        }
+                        let started = std::time::Instant::now();
+                        let out = uvit_cli::sample(uvit_cli::SampleRun {
+                            model: uvit,
+                            exec: exec.clone(),
+                            scheduler: match scheduler.clone() {
+                                Some(p) => p,
+                                None => scheduler_beside(m)?,
+                            },
+                            sampler: sampler.clone(),
+                            steps,
+                            seed,
+                            batch,
+                            noise: noise.clone(),
+                            eta,
+                            conditioning: match &cond {
+                                Some(p) => load_conditioning(p, false)?,
+                                None => Conditioning::default(),
+                            },
+                            boosters: &boosters,
+                            output: &output,
+                        })?;
+                        eprintln!(
+                            "wrote {}: {} samples {:?} in {:.1} s",
+                            output.display(),
+                            out.shape()[0],
+                            &out.shape()[1..],
+                            started.elapsed().as_secs_f64()
+                        );
+                        return Ok(());
+                    }
+                }
                 let (unet, config, origin) = match &model {
                     Some(m) => {
                         let m = &freelunch::hub::resolve(m, load.revision.as_deref())?;

@@ -141,7 +141,8 @@ pub trait Backend {
     fn scale(&self, x: &Self::Tensor, s: f32) -> Result<Self::Tensor>;
     /// Nearest-neighbour resize of an image to H×W = `h`×`w` (PyTorch's index rule).
     fn upsample_nearest(&self, x: &Self::Tensor, h: usize, w: usize) -> Result<Self::Tensor>;
-    /// `[h, skip · skip_scale]` along channels (Skip-Tuning's scale fused).
+    /// `[h, skip · skip_scale]` along channels (Skip-Tuning's scale fused): of images
+    /// `[B, C, H, W]`, or of token sequences `[B, N, C]` (a U-ViT's long skips).
     fn cat_channels(
         &self,
         h: &Self::Tensor,
@@ -165,6 +166,20 @@ pub trait Backend {
     /// The sinusoidal embedding of `ts` for the batch's timesteps `t` (one per sample),
     /// `[B, ts.dim]`.
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Self::Tensor>;
+    /// `[a; b]` along the token axis of `[B, Na, C]` and `[B, Nb, C]`, plus `pos`
+    /// (`[1, Na + Nb, C]`, shared by the batch) when given: the U-ViT's extra tokens before its
+    /// patches, with the position table added in the same pass.
+    fn cat_tokens(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        pos: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor>;
+    /// Tokens `rows` of each sample: `[B, N, C]` → `[B, M, C]` with `y[s, j] = x[s, rows[s·M + j]]`
+    /// (`rows` holds B·M indices below N).
+    fn gather_tokens(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Channels `start..start + len` of `[.., C]` (q, k or v out of a fused projection).
+    fn slice_channels(&self, x: &Self::Tensor, start: usize, len: usize) -> Result<Self::Tensor>;
     /// Bytes this backend's tensors can still take, for the memory plan a forward makes before
     /// it allocates (`UNetConfig::plan_forward`); None where the backend does not say, and then
     /// only the allocator refuses.
@@ -211,6 +226,71 @@ fn per_channel_table(
                 "a table of shape {ts:?} does not give {need} value(s) per sample and channel \
                  of {ys:?}"
             ),
+        )),
+    }
+}
+
+/// `(B, Na, Nb, C)` of `Backend::cat_tokens`'s operands, or the error naming the mismatch.
+pub(crate) fn cat_tokens_dims(
+    a: &[usize],
+    b: &[usize],
+    pos: Option<&[usize]>,
+) -> Result<(usize, usize, usize, usize)> {
+    match (a, b) {
+        ([ba, na, ca], [bb, nb, cb]) if ba == bb && ca == cb => {
+            if let Some(p) = pos {
+                if p != [1, na + nb, *ca] {
+                    return Err(Error::shape(
+                        "cat_tokens",
+                        format!("position table {p:?} is not [1, {}, {ca}]", na + nb),
+                    ));
+                }
+            }
+            Ok((*ba, *na, *nb, *ca))
+        }
+        _ => Err(Error::shape(
+            "cat_tokens",
+            format!("cannot join {a:?} and {b:?} along tokens: both must be [B, N, C] with the same B and C"),
+        )),
+    }
+}
+
+/// `(B, N, C, M)` of `Backend::gather_tokens`, with every row index checked.
+pub(crate) fn gather_tokens_dims(
+    x: &[usize],
+    rows: &[usize],
+) -> Result<(usize, usize, usize, usize)> {
+    let [b, n, c] = x[..] else {
+        return Err(Error::shape(
+            "gather_tokens",
+            format!("{x:?} is not [B, N, C]"),
+        ));
+    };
+    if b == 0 || !rows.len().is_multiple_of(b) {
+        return Err(Error::shape(
+            "gather_tokens",
+            format!(
+                "{} row indices do not split over a batch of {b}",
+                rows.len()
+            ),
+        ));
+    }
+    if let Some(r) = rows.iter().find(|&&r| r >= n) {
+        return Err(Error::shape(
+            "gather_tokens",
+            format!("row {r} is outside the {n} tokens of {x:?}"),
+        ));
+    }
+    Ok((b, n, c, rows.len() / b))
+}
+
+/// The channel count of `Backend::slice_channels`'s input, with the range checked.
+pub(crate) fn slice_channels_dims(x: &[usize], start: usize, len: usize) -> Result<usize> {
+    match x.last() {
+        Some(&c) if start.checked_add(len).is_some_and(|e| e <= c) => Ok(c),
+        _ => Err(Error::shape(
+            "slice_channels",
+            format!("channels {start}..{} of {x:?}", start.saturating_add(len)),
         )),
     }
 }
@@ -369,6 +449,29 @@ impl Backend for Cpu {
     }
 
     fn cat_channels(&self, h: &Tensor, skip: &Tensor, skip_scale: f32) -> Result<Tensor> {
+        if let ([hb, hn, hc], [sb, sn, sc]) = (h.shape(), skip.shape()) {
+            if (hb, hn) != (sb, sn) {
+                return Err(Error::shape(
+                    "cat_channels",
+                    format!(
+                        "cannot join tokens {:?} and their skip {:?}: B and N differ",
+                        h.shape(),
+                        skip.shape()
+                    ),
+                ));
+            }
+            let (hc, sc) = (*hc, *sc);
+            let mut out = Vec::with_capacity(hb * hn * (hc + sc));
+            for r in 0..hb * hn {
+                out.extend_from_slice(&h.data()[r * hc..(r + 1) * hc]);
+                out.extend(
+                    skip.data()[r * sc..(r + 1) * sc]
+                        .iter()
+                        .map(|v| v * skip_scale),
+                );
+            }
+            return Tensor::new(vec![*hb, *hn, hc + sc], out);
+        }
         // Check the shapes before scaling the skip, so a mismatch costs no copy.
         match (h.shape(), skip.shape()) {
             ([hb, _, hh, hw], [sb, _, sh, sw]) if (hb, hh, hw) == (sb, sh, sw) => {}
@@ -413,6 +516,47 @@ impl Backend for Cpu {
 
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Tensor> {
         Ok(ts.forward(t))
+    }
+
+    fn cat_tokens(&self, a: &Tensor, b: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {
+        let (bs, na, nb, c) = cat_tokens_dims(a.shape(), b.shape(), pos.map(|p| p.shape()))?;
+        let n = na + nb;
+        let mut out = Vec::with_capacity(bs * n * c);
+        for s in 0..bs {
+            out.extend_from_slice(&a.data()[s * na * c..(s + 1) * na * c]);
+            out.extend_from_slice(&b.data()[s * nb * c..(s + 1) * nb * c]);
+        }
+        if let Some(p) = pos {
+            for row in out.chunks_mut(n * c) {
+                row.iter_mut().zip(p.data()).for_each(|(y, &q)| *y += q);
+            }
+        }
+        Tensor::new(vec![bs, n, c], out)
+    }
+
+    fn gather_tokens(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let (bs, n, c, m) = gather_tokens_dims(x.shape(), rows)?;
+        let mut out = Vec::with_capacity(bs * m * c);
+        for (i, &r) in rows.iter().enumerate() {
+            let at = ((i / m.max(1)) * n + r) * c;
+            out.extend_from_slice(&x.data()[at..at + c]);
+        }
+        Tensor::new(vec![bs, m, c], out)
+    }
+
+    fn slice_channels(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        let c = slice_channels_dims(x.shape(), start, len)?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("checked rank") = len;
+        let out = if c == 0 {
+            Vec::new()
+        } else {
+            x.data()
+                .chunks(c)
+                .flat_map(|r| r[start..start + len].iter().copied())
+                .collect()
+        };
+        Tensor::new(shape, out)
     }
 
     type Watch = ();

@@ -3,13 +3,14 @@
 //! state-dict key maps to the code that uses it at a glance; the VAE (`autoencoders`), built
 //! from the same resnets and attention; and CLIP's tokenizer and text encoders as transformers
 //! lays them out (`tokenization_clip`, `modeling_clip`), with diffusers' `encode_prompt` over
-//! them (`encode_prompt`).
+//! them (`encode_prompt`); MaskDM's U-ViT as its `mask_uvit.py` lays it out (`mask_uvit`).
 
 pub mod attention;
 pub mod attention_processor;
 pub mod autoencoders;
 pub mod embeddings;
 pub mod encode_prompt;
+pub mod mask_uvit;
 pub mod modeling_clip;
 pub mod resnet;
 pub mod tokenization_clip;

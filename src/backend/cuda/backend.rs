@@ -867,23 +867,17 @@ impl Backend for Gpu {
     }
 
     fn cat_channels(&self, h: &GpuTensor, skip: &GpuTensor, skip_scale: f32) -> Result<GpuTensor> {
-        let [b, ch, hh, ww] = self.image_dims(h, "h")?;
-        let [bs, cs, hs, ws] = self.image_dims(skip, "skip")?;
-        if (b, hh, ww) != (bs, hs, ws) {
-            return Err(shape_err(
-                "skip",
-                format!("{:?} does not match h {:?}", skip.shape, h.shape),
-            ));
+        // Tokens [B, N, C] are rows of channels as an NHWC image is: the same kernel joins them.
+        if let (&[b, n, c], &[bs, ns, cs]) = (&h.shape[..], &skip.shape[..]) {
+            let y = self.cat_images(
+                &h.view(vec![b, c, n, 1]),
+                &skip.view(vec![bs, cs, ns, 1]),
+                skip_scale,
+            )?;
+            let [yb, yc, yn, _] = self.image_dims(&y, "cat_channels")?;
+            return Ok(y.view(vec![yb, yn, yc]));
         }
-        let y = self.new_tensor(vec![b, ch + cs, hh, ww])?;
-        let (ph, ps, py) = (self.ptr(&h.buf), self.ptr(&skip.buf), self.ptr(&y.buf));
-        let (rows, chi, csi) = ((b * hh * ww) as i64, ch as i32, cs as i32);
-        self.launch(
-            &self.kernel("concat_channels"),
-            y.numel(),
-            &[&ph, &ps, &py, &rows, &chi, &csi, &skip_scale],
-        )?;
-        Ok(y)
+        self.cat_images(h, skip, skip_scale)
     }
 
     fn to_tokens(&self, x: &GpuTensor) -> Result<GpuTensor> {
@@ -1048,6 +1042,85 @@ impl Backend for Gpu {
         Ok(y)
     }
 
+    fn cat_tokens(
+        &self,
+        a: &GpuTensor,
+        b: &GpuTensor,
+        pos: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let (bs, na, nb, c) =
+            crate::backend::cat_tokens_dims(&a.shape, &b.shape, pos.map(|p| &p.shape[..]))?;
+        let y = self.new_tensor(vec![bs, na + nb, c])?;
+        let (pa, pb, py) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf));
+        // Without a table the kernel never reads `pos`; any live pointer fills the slot.
+        let pp = pos.map_or(pa, |p| self.ptr(&p.buf));
+        let dims = [
+            i32_of(bs, "batch")?,
+            i32_of(na, "tokens")?,
+            i32_of(nb, "tokens")?,
+            i32_of(c, "channels")?,
+            i32::from(pos.is_some()),
+        ];
+        let [bi, nai, nbi, ci, has] = dims;
+        self.launch(
+            &self.kernel("cat_tokens"),
+            y.numel(),
+            &[&pa, &pb, &pp, &py, &bi, &nai, &nbi, &ci, &has],
+        )?;
+        Ok(y)
+    }
+
+    fn gather_tokens(&self, x: &GpuTensor, rows: &[usize]) -> Result<GpuTensor> {
+        let (bs, n, c, m) = crate::backend::gather_tokens_dims(&x.shape, rows)?;
+        let y = self.new_tensor(vec![bs, m, c])?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let idx: Vec<i32> = rows
+            .iter()
+            .map(|&r| i32_of(r, "token index"))
+            .collect::<Result<_>>()?;
+        let ib = self.upload_slice(&idx)?;
+        let (px, pi, py) = (self.ptr(&x.buf), self.ptr(&ib), self.ptr(&y.buf));
+        let (ni, mi, ci, total) = (
+            i32_of(n, "tokens")?,
+            i32_of(m, "tokens")?,
+            i32_of(c, "channels")?,
+            y.numel() as i64,
+        );
+        self.launch(
+            &self.kernel("gather_tokens"),
+            y.numel(),
+            &[&px, &pi, &py, &ni, &mi, &ci, &total],
+        )?;
+        Ok(y)
+    }
+
+    fn slice_channels(&self, x: &GpuTensor, start: usize, len: usize) -> Result<GpuTensor> {
+        let c = crate::backend::slice_channels_dims(&x.shape, start, len)?;
+        let mut shape = x.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = len;
+        }
+        let y = self.new_tensor(shape)?;
+        if y.numel() == 0 {
+            return Ok(y);
+        }
+        let (px, py) = (self.ptr(&x.buf), self.ptr(&y.buf));
+        let (rows, cx, st, cy) = (
+            (x.numel() / c) as i64,
+            i32_of(c, "channels")?,
+            i32_of(start, "channel")?,
+            i32_of(len, "channels")?,
+        );
+        self.launch(
+            &self.kernel("slice_channels"),
+            y.numel(),
+            &[&px, &py, &rows, &cx, &st, &cy],
+        )?;
+        Ok(y)
+    }
+
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<GpuTensor> {
         let y = self.new_tensor(vec![t.len(), ts.dim])?;
         let tb = self.upload_slice(t)?;
@@ -1063,6 +1136,27 @@ impl Backend for Gpu {
 }
 
 impl Gpu {
+    /// `Backend::cat_channels` of images.
+    fn cat_images(&self, h: &GpuTensor, skip: &GpuTensor, skip_scale: f32) -> Result<GpuTensor> {
+        let [b, ch, hh, ww] = self.image_dims(h, "h")?;
+        let [bs, cs, hs, ws] = self.image_dims(skip, "skip")?;
+        if (b, hh, ww) != (bs, hs, ws) {
+            return Err(shape_err(
+                "skip",
+                format!("{:?} does not match h {:?}", skip.shape, h.shape),
+            ));
+        }
+        let y = self.new_tensor(vec![b, ch + cs, hh, ww])?;
+        let (ph, ps, py) = (self.ptr(&h.buf), self.ptr(&skip.buf), self.ptr(&y.buf));
+        let (rows, chi, csi) = ((b * hh * ww) as i64, ch as i32, cs as i32);
+        self.launch(
+            &self.kernel("concat_channels"),
+            y.numel(),
+            &[&ph, &ps, &py, &rows, &chi, &csi, &skip_scale],
+        )?;
+        Ok(y)
+    }
+
     /// `Backend::attention`, or with `causal` `Backend::causal_attention`.
     fn attention_masked(
         &self,
