@@ -10,6 +10,7 @@ pub mod gemm;
 pub mod linear;
 pub mod masked;
 pub mod norm;
+pub mod profile;
 pub mod resample;
 pub mod vector;
 
