@@ -262,7 +262,23 @@ impl Backend for Cpu {
             (1, _) => Op::Conv3x3,
             _ => Op::ConvStrided,
         };
-        let mut y = profile::time(kind, || conv.try_forward(x, lc))?;
+        let mut y = profile::time(kind, || {
+            // Dense stride-1 "same" layers on the direct path keep their packed weights.
+            let masked = lc.masks.and_then(|m| m.get(&conv.name)).is_some();
+            if !masked && kind != Op::ConvStrided {
+                if let Some(y) = cpu::conv::try_conv2d_layer(
+                    x,
+                    &conv.weight,
+                    conv.bias.as_ref().map(Tensor::data),
+                    conv.stride,
+                    conv.padding,
+                    conv.uid,
+                ) {
+                    return y.map_err(|e| crate::nn::in_layer(&conv.name, e));
+                }
+            }
+            conv.try_forward(x, lc)
+        })?;
         profile::time(Op::Add, || apply_epilogue(&mut y, epi))
             .map_err(|e| crate::nn::in_layer(&conv.name, e))?;
         Ok(y)

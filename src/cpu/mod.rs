@@ -5,6 +5,7 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod conv_direct;
 pub mod fourier;
 pub mod gemm;
 pub mod linear;
