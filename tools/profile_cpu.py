@@ -50,8 +50,9 @@ def find_bin():
     return max(cands, key=os.path.getmtime)
 
 
-def freelunch_round(binary, args):
+def freelunch_round(binary, args, extra_env=None):
     env = dict(os.environ)
+    env.update(extra_env or {})
     env.update({
         "FREELUNCH_THREADS": str(args.threads),
         "FREELUNCH_PROFILE_CONFIG": os.path.abspath(args.config),
@@ -188,6 +189,9 @@ def main():
     ap.add_argument("--iters", type=int, default=2, help="forwards per side per round")
     ap.add_argument("--bin", default=None, help="the profile_forward bench binary")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--also-gemm", action="store_true",
+                    help="also run freelunch with FREELUNCH_CPU_CONV=gemm (the portable GEMM "
+                         "convolution, the code before the direct kernel) in every round")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -196,11 +200,15 @@ def main():
     model, kwargs = build_torch(args)
 
     fl_runs, pt_runs, pt_plain, fl_plain, pairs = [], [], [], [], []
+    gm_runs, gm_plain, gm_pairs = [], [], []
     with torch.no_grad():
         model(**kwargs)  # warm-up
         for r in range(args.rounds):
             fl = freelunch_round(binary, args)
             fl_runs += fl
+            if args.also_gemm:
+                gm = freelunch_round(binary, args, {"FREELUNCH_CPU_CONV": "gemm"})
+                gm_runs += gm
             plain = []
             for _ in range(args.iters):
                 t0 = time.perf_counter()
@@ -213,6 +221,11 @@ def main():
             fl_plain.append(fl_w)
             pt_plain.append(pt_w)
             pairs.append(fl_w / pt_w)
+            if args.also_gemm:
+                gm_w = statistics.median(x["wall_ms"] for x in gm)
+                gm_plain.append(gm_w)
+                gm_pairs.append(gm_w / pt_w)
+                print(f"round {r}: freelunch (GEMM conv) {gm_w:.1f} ms, ratio {gm_w / pt_w:.2f}")
             print(f"round {r}: freelunch {fl_w:.1f} ms, PyTorch {pt_w:.1f} ms "
                   f"(profiled {statistics.median(x['wall_ms'] for x in pt):.1f} ms), "
                   f"ratio {fl_w / pt_w:.2f}", flush=True)
@@ -222,28 +235,41 @@ def main():
         return {k: statistics.median(merged(x["ops"]).get(k, 0.0) for x in runs) for k in keys}
 
     fl_ops, pt_ops = med(fl_runs), med(pt_runs)
+    gm_ops = med(gm_runs) if gm_runs else {}
     fl_tot, pt_tot = sum(fl_ops.values()), sum(pt_ops.values())
+    gm_tot = sum(gm_ops.values())
     keys = sorted(set(fl_ops) | set(pt_ops), key=lambda k: -max(fl_ops.get(k, 0), pt_ops.get(k, 0)))
     print()
-    print(f"| op | freelunch ms | PyTorch ms | ratio | freelunch share | PyTorch share |")
-    print(f"|---|---|---|---|---|---|")
+    gh = " freelunch GEMM-conv ms | GEMM ratio |" if gm_ops else ""
+    print(f"| op | freelunch ms | PyTorch ms | ratio | freelunch share | PyTorch share |{gh}")
+    print("|---|---|---|---|---|---|" + ("---|---|" if gm_ops else ""))
     for k in keys:
         a, b = fl_ops.get(k, 0.0), pt_ops.get(k, 0.0)
         ratio = f"{a / b:.2f}" if b > 0.005 else "–"
+        g = ""
+        if gm_ops:
+            gv = gm_ops.get(k, 0.0)
+            g = f" {gv:.1f} | {gv / b:.2f} |" if b > 0.005 else f" {gv:.1f} | – |"
         print(f"| {k} | {a:.1f} | {b:.1f} | {ratio} | {100 * a / fl_tot:.1f}% | "
-              f"{100 * b / pt_tot:.1f}% |")
-    print(f"| **sum of ops** | {fl_tot:.1f} | {pt_tot:.1f} | {fl_tot / pt_tot:.2f} | | |")
+              f"{100 * b / pt_tot:.1f}% |{g}")
+    g = f" {gm_tot:.1f} | {gm_tot / pt_tot:.2f} |" if gm_ops else ""
+    print(f"| **sum of ops** | {fl_tot:.1f} | {pt_tot:.1f} | {fl_tot / pt_tot:.2f} | | |{g}")
     print()
     print(f"plain wall, medians over rounds: freelunch {statistics.median(fl_plain):.1f} ms, "
           f"PyTorch {statistics.median(pt_plain):.1f} ms; per-round ratios "
           + ", ".join(f"{p:.2f}" for p in pairs)
           + f" (median {statistics.median(pairs):.2f})")
+    if gm_plain:
+        print(f"freelunch with the GEMM convolution: {statistics.median(gm_plain):.1f} ms; "
+              "per-round ratios " + ", ".join(f"{p:.2f}" for p in gm_pairs)
+              + f" (median {statistics.median(gm_pairs):.2f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "torch": torch.__version__,
                        "diffusers": diffusers.__version__, "freelunch": fl_runs,
                        "pytorch_profiled": pt_runs, "freelunch_wall": fl_plain,
-                       "pytorch_wall": pt_plain, "ratios": pairs}, f, indent=1)
+                       "pytorch_wall": pt_plain, "ratios": pairs, "freelunch_gemm": gm_runs,
+                       "freelunch_gemm_wall": gm_plain, "gemm_ratios": gm_pairs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@
 //! - 1×1 stride 1: [tile, Cin] × [Cin, H·W] per sample.
 //! - anything else (the stride-2 downsamplers): im2col per sample + one product per tile.
 //!
-//! On CPUs with AVX-512F the stride-1 "same" cases (k×k and 1×1) run the direct convolution of
+//! On CPUs with AVX-512F the stride-1 "same" k×k cases (k > 1) of images up to 16×16 positions
+//! (`conv_direct::takes`) run the direct convolution of
 //! `cpu::conv_direct` instead (hand-written microkernel); the paths above are the portable
 //! fallback, and are forced with `FREELUNCH_CPU_CONV=gemm`.
 
@@ -110,7 +111,14 @@ pub fn try_conv2d_layer(
     };
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
     let fits = cin == wcin && bias.is_none_or(|b| b.len() == *cout) && *h > 0 && *w > 0;
-    if !(same && fits && *b > 0 && *cout > 0 && *cin > 0 && super::conv_direct::available()) {
+    if !(same
+        && *kh > 1
+        && fits
+        && *b > 0
+        && *cout > 0
+        && *cin > 0
+        && super::conv_direct::takes(*h, *w))
+    {
         return None;
     }
     Some(super::conv_direct::conv2d_same_keyed(
@@ -206,7 +214,9 @@ pub fn try_conv2d_masked(
         .and_then(|v| v.checked_mul(kw))
         .ok_or_else(|| too_large("weight rows"))?;
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
-    if same && super::conv_direct::available() {
+    // 1×1 stays on the GEMM, which reads NCHW in place: at one tap the direct path's two
+    // transposes cost more than its kernel saves (2.7× slower across ddpm-cifar10's 1×1s).
+    if same && kh > 1 && super::conv_direct::takes(h, w) {
         return super::conv_direct::conv2d_same(x, weight, bias, mask);
     }
     let layout = if same && kh > 1 {

@@ -1,4 +1,4 @@
-//! Direct k×k stride-1 "same" convolution (and 1×1) on a hand-written AVX-512 f32 microkernel,
+//! Direct k×k stride-1 "same" convolution on a hand-written AVX-512 f32 microkernel,
 //! the path `conv::try_conv2d_masked` takes on CPUs with AVX-512F (the `gemm`-crate implicit
 //! GEMM of `conv.rs` stays as the portable fallback, and runs everywhere when
 //! `FREELUNCH_CPU_CONV=gemm` is set).
@@ -28,7 +28,8 @@
 //!   FREELUNCH_PACK_CACHE_MB, default 2048). Both run the same kernel on the same values, so an
 //!   all-ones mask gives the dense output bit for bit.
 //!
-//! Limits: groups = 1, stride 1, odd square kernels with "same" padding; every summation order
+//! Limits: groups = 1, stride 1, odd square kernels with "same" padding (1×1 works but is not
+//! routed here: see `conv.rs`); every summation order
 //! differs from the GEMM path's, so the two agree to f32 rounding, not bit for bit.
 //! Tested: `tests/ops_props.rs` (against a scalar reference on random shapes with odd channel
 //! counts, width 1, batch 1, and against the GEMM path), the U-Net goldens (`tests/golden.rs`) and
@@ -53,6 +54,19 @@ const BLOCK: usize = 32;
 const TILE: usize = 64;
 /// Most positions per microkernel call (the register tile's rows).
 const NMAX: usize = 14;
+/// Most positions per task. Tunable with FREELUNCH_CONV_CHUNK for benches.
+fn chunk_max() -> usize {
+    use std::sync::OnceLock;
+    static CHUNK: OnceLock<usize> = OnceLock::new();
+    *CHUNK.get_or_init(|| {
+        std::env::var("FREELUNCH_CONV_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(1024)
+    })
+}
+
 /// Input channels per pass over a chunk (the block's weights for them, taps·ICB·32 floats,
 /// stay in L1 across the chunk's tiles). Tunable with FREELUNCH_CONV_ICB for benches.
 fn icb() -> usize {
@@ -83,6 +97,18 @@ pub fn available() -> bool {
         }
         s => s == 2,
     }
+}
+
+/// Largest image (H·W) routed to the direct path. Measured (`benches/conv_peak.rs`,
+/// BENCHMARKS.md): the direct kernel is 0.2–0.85× the GEMM path's time at 16×16 and below, but
+/// 1.0–1.4× at 32×32 and 64×64, where it loses more to its transposes and L2 misses than the
+/// GEMM (which packs its own panels) does; those stay on the GEMM until the kernel is fixed.
+pub const MAX_POSITIONS: usize = 256;
+
+/// Whether an H×W image's stride-1 "same" k×k convolution (k > 1) runs on the direct path:
+/// [`available`] and H·W ≤ [`MAX_POSITIONS`].
+pub fn takes(h: usize, w: usize) -> bool {
+    h.checked_mul(w).is_some_and(|n| n <= MAX_POSITIONS) && available()
 }
 
 /// Turns the direct path on (where the CPU has AVX-512F) or off (the GEMM path of `conv.rs`
@@ -348,13 +374,15 @@ pub(crate) fn conv2d_same_keyed(
         (Some(_), _) => None,
     };
     let tiles = cout.div_ceil(TILE);
-    // Chunks of positions as in `conv.rs`: enough tasks for the pool, at most 1024 positions.
+    // Chunks of positions: enough tasks for the pool, at most `chunk_max()` positions (whose
+    // input rows stay in L2 across the passes over input-channel blocks).
     let threads = rayon::current_num_threads();
     let want = (4 * threads).div_ceil(b);
+    let cmax = chunk_max();
     let per_sample = img
         .sample_positions
-        .div_ceil(1024)
-        .max(want.min(img.sample_positions.div_ceil(256)))
+        .div_ceil(cmax)
+        .max(want.min(img.sample_positions.div_ceil(64)))
         .max(1);
     let chunk = img.sample_positions.div_ceil(per_sample);
     let acc_ptr = SendPtr(acc.as_mut_ptr());
