@@ -150,6 +150,25 @@ proptest! {
         close(&got, &naive_conv(&x, &wt, bias.then_some(&bias_v[..]), 1, pad), 1e-5)?;
     }
 
+    /// The direct AVX-512 path's blocking (where the CPU has it; the GEMM path elsewhere):
+    /// output channels across 16/32-lane blocks and 64-channel tiles with ragged tails, input
+    /// channels across the 64-channel reduction blocks, rows across the 14-position register
+    /// tile and the chunks of positions, width and batch 1 included.
+    #[test]
+    fn conv2d_same_blocked_matches_naive(
+        b in 1usize..3, cin in 1usize..80, cout in 1usize..100, h in 1usize..9,
+        w in prop::sample::select(vec![1usize, 2, 5, 13, 14, 15, 31]),
+        k in prop::sample::select(vec![1usize, 3]), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bias_v: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let pad = Padding::same((k - 1) / 2);
+        let got = cpu::conv2d(&x, &wt, bias.then_some(&bias_v[..]), 1, pad);
+        prop_assert_eq!(got.shape(), &[b, cout, h, w]);
+        close(&got, &naive_conv(&x, &wt, bias.then_some(&bias_v[..]), 1, pad), 1e-5)?;
+    }
+
     #[test]
     fn attention_matches_naive(
         b in 1usize..3, n in 1usize..300, m in 1usize..40, heads in 1usize..4, dh in 1usize..17,

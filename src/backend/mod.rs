@@ -19,6 +19,7 @@ use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::Tensor;
 use cpu::fourier::{try_fourier_filter, FilterForm};
+use cpu::profile::{self, Op};
 
 /// What a linear or convolution adds to its output, fused into the GEMM where the backend can:
 /// `y = (x·Wᵀ + bias + add_bc[b, c] + residual) · scale`.
@@ -340,8 +341,31 @@ impl Backend for Cpu {
         lc: LayerCtx,
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
-        let mut y = conv.try_forward(x, lc)?;
-        apply_epilogue(&mut y, epi).map_err(|e| crate::nn::in_layer(&conv.name, e))?;
+        let k = conv.weight.shape().get(2).copied().unwrap_or(1);
+        let kind = match (conv.stride, k) {
+            (1, 1) => Op::Conv1x1,
+            (1, _) => Op::Conv3x3,
+            _ => Op::ConvStrided,
+        };
+        let mut y = profile::time(kind, || {
+            // Dense stride-1 "same" layers on the direct path keep their packed weights.
+            let masked = lc.masks.and_then(|m| m.get(&conv.name)).is_some();
+            if !masked && kind != Op::ConvStrided {
+                if let Some(y) = cpu::conv::try_conv2d_layer(
+                    x,
+                    &conv.weight,
+                    conv.bias.as_ref().map(Tensor::data),
+                    conv.stride,
+                    conv.padding,
+                    conv.uid,
+                ) {
+                    return y.map_err(|e| crate::nn::in_layer(&conv.name, e));
+                }
+            }
+            conv.try_forward(x, lc)
+        })?;
+        profile::time(Op::Add, || apply_epilogue(&mut y, epi))
+            .map_err(|e| crate::nn::in_layer(&conv.name, e))?;
         Ok(y)
     }
 
@@ -352,8 +376,9 @@ impl Backend for Cpu {
         lc: LayerCtx,
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
-        let mut y = lin.try_forward(x, lc)?;
-        apply_epilogue(&mut y, epi).map_err(|e| crate::nn::in_layer(&lin.name, e))?;
+        let mut y = profile::time(Op::Linear, || lin.try_forward(x, lc))?;
+        profile::time(Op::Add, || apply_epilogue(&mut y, epi))
+            .map_err(|e| crate::nn::in_layer(&lin.name, e))?;
         Ok(y)
     }
 
@@ -364,32 +389,34 @@ impl Backend for Cpu {
         scale_shift: Option<&Tensor>,
         silu: bool,
     ) -> Result<Tensor> {
-        let Some(ss) = scale_shift else {
-            return gn.try_forward(x, silu);
-        };
-        let mut n = gn.try_forward(x, false)?;
-        let (b, c, tc) = per_channel_table(&n, ss, 2, "GroupNorm scale/shift")?;
-        if n.numel() == 0 {
-            return Ok(n);
-        }
-        let plane = n.numel() / (b * c);
-        for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
-            let row = &ss.data()[(i / c) * tc..];
-            let (scale, shift) = (row[i % c], row[c + i % c]);
-            p.iter_mut().for_each(|x| {
-                let v = *x * (1.0 + scale) + shift;
-                *x = if silu {
-                    cpu::activation::silu_scalar(v)
-                } else {
-                    v
-                }
-            });
-        }
-        Ok(n)
+        profile::time(Op::GroupNorm, || {
+            let Some(ss) = scale_shift else {
+                return gn.try_forward(x, silu);
+            };
+            let mut n = gn.try_forward(x, false)?;
+            let (b, c, tc) = per_channel_table(&n, ss, 2, "GroupNorm scale/shift")?;
+            if n.numel() == 0 {
+                return Ok(n);
+            }
+            let plane = n.numel() / (b * c);
+            for (i, p) in n.data_mut().chunks_mut(plane).enumerate() {
+                let row = &ss.data()[(i / c) * tc..];
+                let (scale, shift) = (row[i % c], row[c + i % c]);
+                p.iter_mut().for_each(|x| {
+                    let v = *x * (1.0 + scale) + shift;
+                    *x = if silu {
+                        cpu::activation::silu_scalar(v)
+                    } else {
+                        v
+                    }
+                });
+            }
+            Ok(n)
+        })
     }
 
     fn layer_norm(&self, ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-        ln.try_forward(x)
+        profile::time(Op::LayerNorm, || ln.try_forward(x))
     }
 
     fn attention(
@@ -400,7 +427,12 @@ impl Backend for Cpu {
         heads: usize,
         scale: f32,
     ) -> Result<Tensor> {
-        cpu::try_attention(q, k, v, heads, scale)
+        let kind = if q.shape() == k.shape() {
+            Op::AttentionSelf
+        } else {
+            Op::AttentionCross
+        };
+        profile::time(kind, || cpu::try_attention(q, k, v, heads, scale))
     }
 
     fn causal_attention(
@@ -411,19 +443,21 @@ impl Backend for Cpu {
         heads: usize,
         scale: f32,
     ) -> Result<Tensor> {
-        cpu::try_causal_attention(q, k, v, heads, scale)
+        profile::time(Op::AttentionCausal, || {
+            cpu::try_causal_attention(q, k, v, heads, scale)
+        })
     }
 
     fn activation(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        cpu::try_activation(x, act)
+        profile::time(Op::Activation, || cpu::try_activation(x, act))
     }
 
     fn geglu(&self, x: &Tensor) -> Result<Tensor> {
-        cpu::try_geglu(x)
+        profile::time(Op::Geglu, || cpu::try_geglu(x))
     }
 
     fn silu(&self, x: &Tensor) -> Result<Tensor> {
-        cpu::try_silu(x)
+        profile::time(Op::Silu, || cpu::try_silu(x))
     }
 
     fn add(&self, a: &Tensor, b: &Tensor, scale: f32) -> Result<Tensor> {
@@ -433,19 +467,23 @@ impl Backend for Cpu {
                 format!("shapes {:?} and {:?} differ", a.shape(), b.shape()),
             ));
         }
-        let mut y = a.try_clone()?;
-        cpu::try_add_inplace(&mut y, b, scale)?;
-        Ok(y)
+        profile::time(Op::Add, || {
+            let mut y = a.try_clone()?;
+            cpu::try_add_inplace(&mut y, b, scale)?;
+            Ok(y)
+        })
     }
 
     fn scale(&self, x: &Tensor, s: f32) -> Result<Tensor> {
-        let mut y = x.try_clone()?;
-        y.data_mut().iter_mut().for_each(|v| *v *= s);
-        Ok(y)
+        profile::time(Op::Scale, || {
+            let mut y = x.try_clone()?;
+            y.data_mut().iter_mut().for_each(|v| *v *= s);
+            Ok(y)
+        })
     }
 
     fn upsample_nearest(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        cpu::try_upsample_nearest(x, h, w)
+        profile::time(Op::Upsample, || cpu::try_upsample_nearest(x, h, w))
     }
 
     fn cat_channels(&self, h: &Tensor, skip: &Tensor, skip_scale: f32) -> Result<Tensor> {
@@ -486,21 +524,22 @@ impl Backend for Cpu {
             }
         }
         if skip_scale == 1.0 {
-            return cpu::try_cat_channels(h, skip);
+            return profile::time(Op::Cat, || cpu::try_cat_channels(h, skip));
         }
-        cpu::try_cat_channels(h, &self.scale(skip, skip_scale)?)
+        let scaled = self.scale(skip, skip_scale)?;
+        profile::time(Op::Cat, || cpu::try_cat_channels(h, &scaled))
     }
 
     fn to_tokens(&self, x: &Tensor) -> Result<Tensor> {
-        cpu::try_nchw_to_nlc(x)
+        profile::time(Op::Layout, || cpu::try_nchw_to_nlc(x))
     }
 
     fn to_image(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
-        cpu::try_nlc_to_nchw(x, h, w)
+        profile::time(Op::Layout, || cpu::try_nlc_to_nchw(x, h, w))
     }
 
     fn freeu_backbone(&self, h: &mut Tensor, b: f32, v2: bool) -> Result<()> {
-        scale_backbone(h, b, v2);
+        profile::time(Op::FreeU, || scale_backbone(h, b, v2));
         Ok(())
     }
 
@@ -511,11 +550,11 @@ impl Backend for Cpu {
         scale: f32,
         form: FilterForm,
     ) -> Result<Tensor> {
-        try_fourier_filter(x, threshold, scale, form)
+        profile::time(Op::FreeU, || try_fourier_filter(x, threshold, scale, form))
     }
 
     fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Tensor> {
-        Ok(ts.forward(t))
+        Ok(profile::time(Op::Timestep, || ts.forward(t)))
     }
 
     fn cat_tokens(&self, a: &Tensor, b: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {

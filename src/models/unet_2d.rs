@@ -259,6 +259,7 @@ impl Drop for Modules {
         for gpu in gpus.iter().filter_map(Weak::upgrade) {
             gpu.cache.evict(&self.uids);
         }
+        crate::backend::cpu::conv_direct::evict(&self.uids);
     }
 }
 

@@ -15,6 +15,11 @@
 //!   dropped when results are copied out.
 //! - 1×1 stride 1: [tile, Cin] × [Cin, H·W] per sample.
 //! - anything else (the stride-2 downsamplers): im2col per sample + one product per tile.
+//!
+//! On CPUs with AVX-512F the stride-1 "same" k×k cases (k > 1) of images up to 16×16 positions
+//! (`conv_direct::takes`) run the direct convolution of
+//! `cpu::conv_direct` instead (hand-written microkernel); the paths above are the portable
+//! fallback, and are forced with `FREELUNCH_CPU_CONV=gemm`.
 
 use rayon::prelude::*;
 
@@ -87,6 +92,42 @@ pub fn conv2d_masked(
     mask: Option<MaskFn>,
 ) -> Tensor {
     try_conv2d_masked(x, weight, bias, stride, pad, mask).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A dense layer's convolution on the direct path with its packed weights cached under `uid`
+/// (the layer's, see `nn::fresh_uid`), or None where that path does not take it (no AVX-512,
+/// turned off, not stride-1 "same", or shapes `try_conv2d` would refuse): then the caller runs
+/// `try_conv2d`.
+pub fn try_conv2d_layer(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+    uid: u64,
+) -> Option<Result<Tensor>> {
+    let ([b, cin, h, w], [cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
+        return None;
+    };
+    let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
+    let fits = cin == wcin && bias.is_none_or(|b| b.len() == *cout) && *h > 0 && *w > 0;
+    if !(same
+        && *kh > 1
+        && fits
+        && *b > 0
+        && *cout > 0
+        && *cin > 0
+        && super::conv_direct::takes(*h, *w))
+    {
+        return None;
+    }
+    Some(super::conv_direct::conv2d_same_keyed(
+        x,
+        weight,
+        bias,
+        None,
+        Some(uid),
+    ))
 }
 
 fn conv_error(msg: String) -> Error {
@@ -173,6 +214,11 @@ pub fn try_conv2d_masked(
         .and_then(|v| v.checked_mul(kw))
         .ok_or_else(|| too_large("weight rows"))?;
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
+    // 1×1 stays on the GEMM, which reads NCHW in place: at one tap the direct path's two
+    // transposes cost more than its kernel saves (2.7× slower across ddpm-cifar10's 1×1s).
+    if same && kh > 1 && super::conv_direct::takes(h, w) {
+        return super::conv_direct::conv2d_same(x, weight, bias, mask);
+    }
     let layout = if same && kh > 1 {
         Layout::Shifted(ShiftedInput::new(x, kh)?)
     } else if same {

@@ -5,11 +5,13 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+pub mod conv_direct;
 pub mod fourier;
 pub mod gemm;
 pub mod linear;
 pub mod masked;
 pub mod norm;
+pub mod profile;
 pub mod resample;
 pub mod vector;
 
