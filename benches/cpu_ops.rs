@@ -63,7 +63,7 @@ fn conv(c: &mut Criterion) {
             bch.iter(|| {
                 pool.install(|| {
                     let m = |s| mask.view(0, s);
-                    masked::masked_conv2d(&x, &w, Some(&bias), 1, Padding::same(1), &m)
+                    cpu::conv::conv2d_masked(&x, &w, Some(&bias), 1, Padding::same(1), Some(&m))
                 })
             })
         });

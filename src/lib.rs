@@ -5,6 +5,7 @@ pub mod boosters;
 pub mod builtin;
 pub mod config;
 pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod hub;
@@ -17,6 +18,7 @@ pub mod rng;
 pub mod safetensors_io;
 pub mod schedulers;
 pub mod tensor;
+pub mod uid;
 pub mod weights;
 pub mod workspace;
 

@@ -98,7 +98,7 @@ proptest! {
         let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
         let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &vec![1u8; b * wt.numel()]).unwrap();
-        let got = masked::masked_conv2d(&x, &wt, Some(&bv), stride, pad, &|s| mask.view(0, s));
+        let got = cpu::conv::conv2d_masked(&x, &wt, Some(&bv), stride, pad, Some(&|s| mask.view(0, s)));
         prop_assert_eq!(got, cpu::conv2d(&x, &wt, Some(&bv), stride, pad));
     }
 
@@ -114,7 +114,7 @@ proptest! {
         let n = cout * cin * k * k;
         let bytes = common::random_mask_bytes(b * n, 0.6, seed ^ 3);
         let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes).unwrap();
-        let got = masked::masked_conv2d(&x, &w, Some(&bv), stride, pad, &|s| mask.view(0, s));
+        let got = cpu::conv::conv2d_masked(&x, &w, Some(&bv), stride, pad, Some(&|s| mask.view(0, s)));
         for s in 0..b {
             let wm = Tensor::new([cout, cin, k, k], naive_masked_rows(w.data(), &bytes[s * n..(s + 1) * n])).unwrap();
             let xs = Tensor::new([1, cin, hw, hw], x.data()[s * cin * hw * hw..(s + 1) * cin * hw * hw].to_vec()).unwrap();

@@ -15,11 +15,22 @@ pub mod cuda;
 
 use crate::boosters::freeu::scale_backbone;
 use crate::error::{Error, Result};
-use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::Tensor;
 use cpu::fourier::{try_fourier_filter, FilterForm};
 use cpu::profile::{self, Op};
+
+/// The settings of the sinusoidal timestep embedding (diffusers' `Timesteps` module, which
+/// `models::embeddings` names so).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimestepParams {
+    /// Width of the embedding (`block_out_channels[0]` for `time_proj`).
+    pub dim: usize,
+    /// `flip_sin_to_cos`: the cosines come first.
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift` (the config's `freq_shift`).
+    pub downscale_freq_shift: f32,
+}
 
 /// What a linear or convolution adds to its output, fused into the GEMM where the backend can:
 /// `y = (x·Wᵀ + bias + add_bc[b, c] + residual) · scale`.
@@ -166,7 +177,7 @@ pub trait Backend {
     ) -> Result<Self::Tensor>;
     /// The sinusoidal embedding of `ts` for the batch's timesteps `t` (one per sample),
     /// `[B, ts.dim]`.
-    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Self::Tensor>;
+    fn timestep_embedding(&self, p: &TimestepParams, t: &[f32]) -> Result<Self::Tensor>;
     /// `[a; b]` along the token axis of `[B, Na, C]` and `[B, Nb, C]`, plus `pos`
     /// (`[1, Na + Nb, C]`, shared by the batch) when given: the U-ViT's extra tokens before its
     /// patches, with the position table added in the same pass.
@@ -553,8 +564,8 @@ impl Backend for Cpu {
         profile::time(Op::FreeU, || try_fourier_filter(x, threshold, scale, form))
     }
 
-    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<Tensor> {
-        Ok(profile::time(Op::Timestep, || ts.forward(t)))
+    fn timestep_embedding(&self, p: &TimestepParams, t: &[f32]) -> Result<Tensor> {
+        profile::time(Op::Timestep, || cpu::timestep_embedding(p, t))
     }
 
     fn cat_tokens(&self, a: &Tensor, b: &Tensor, pos: Option<&Tensor>) -> Result<Tensor> {

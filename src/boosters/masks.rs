@@ -141,7 +141,7 @@ impl WeightMask {
             batch,
             row_words,
             bits,
-            uid: crate::nn::fresh_uid(),
+            uid: crate::uid::fresh_uid(),
         })
     }
 
@@ -304,7 +304,7 @@ impl MaskSet {
                     batch: Some(2 * batch),
                     row_words: m.row_words,
                     bits,
-                    uid: crate::nn::fresh_uid(),
+                    uid: crate::uid::fresh_uid(),
                 };
                 (name.clone(), doubled)
             })

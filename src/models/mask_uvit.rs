@@ -887,7 +887,7 @@ impl MaskedUViT {
             flip_sin_to_cos: true,
             downscale_freq_shift: 0.0,
         };
-        let t = ts.forward(&timesteps);
+        let t = crate::backend::cpu::timestep_embedding(&ts, &timesteps)?;
         let mut time_token = be.upload(&Tensor::new(vec![b, 1, d], t.data().to_vec())?)?;
         if let Some(te) = &enc.time_embed {
             let h = be.linear(&te.linear_0, &time_token, lc, Epilogue::default())?;

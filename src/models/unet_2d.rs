@@ -1012,7 +1012,7 @@ impl UNet2DConditionModel {
             &inputs.time_ids,
         ) {
             // SDXL's added conditioning: a few hundred numbers, assembled on the host.
-            let time_embeds = proj.forward(ti.data());
+            let time_embeds = crate::backend::cpu::timestep_embedding(proj, ti.data())?;
             check_host("add_time_proj", &time_embeds)?;
             let per = time_embeds.numel() / b;
             let e = te.shape()[1];

@@ -9,7 +9,6 @@
 
 use rayon::prelude::*;
 
-use super::conv::{conv2d_masked, Padding};
 use super::gemm::{sgemm, Mat, Threads};
 use super::SendPtr;
 use crate::boosters::masks::MaskView;
@@ -112,17 +111,4 @@ pub fn try_masked_linear(
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank ≥ 2") = out_f;
     Ok(Tensor::from_parts(shape, out))
-}
-
-/// `x`: [B, Cin, H, W]; sample b is convolved with `W ⊙ M_b` (see `conv::conv2d_masked`).
-/// Panics where `conv::try_conv2d_masked` errs.
-pub fn masked_conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&[f32]>,
-    stride: usize,
-    pad: Padding,
-    mask: MaskFn,
-) -> Tensor {
-    conv2d_masked(x, weight, bias, stride, pad, Some(mask))
 }

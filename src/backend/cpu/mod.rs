@@ -13,6 +13,7 @@ pub mod masked;
 pub mod norm;
 pub mod profile;
 pub mod resample;
+pub mod timestep;
 pub mod vector;
 
 // Each kernel comes twice: `try_*` checks shapes and sizes and allocates fallibly (what the
@@ -24,6 +25,7 @@ pub use conv::{conv2d, try_conv2d, Padding};
 pub use linear::{linear, try_linear};
 pub use norm::{group_norm, layer_norm, try_group_norm, try_layer_norm};
 pub use resample::{try_upsample_nearest, upsample_nearest};
+pub use timestep::timestep_embedding;
 
 pub mod layout;
 pub use layout::{

@@ -12,11 +12,10 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use super::params::{AttentionParams, ConvGemmParams};
 use super::{driver, Gpu, GpuTensor};
 use crate::backend::cpu::fourier::{window, FilterForm};
-use crate::backend::{Activation, Backend, Epilogue};
+use crate::backend::{Activation, Backend, Epilogue, TimestepParams};
 use crate::boosters::masks::WeightMask;
-use crate::device::DType;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::models::embeddings::Timesteps;
 use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::{HalfType, Tensor};
 
@@ -1121,7 +1120,7 @@ impl Backend for Gpu {
         Ok(y)
     }
 
-    fn timestep_embedding(&self, ts: &Timesteps, t: &[f32]) -> Result<GpuTensor> {
+    fn timestep_embedding(&self, ts: &TimestepParams, t: &[f32]) -> Result<GpuTensor> {
         let y = self.new_tensor(vec![t.len(), ts.dim])?;
         let tb = self.upload_slice(t)?;
         let (pt, py) = (self.ptr(&tb), self.ptr(&y.buf));

@@ -22,7 +22,7 @@ use cudarc::driver::{
     DriverError,
 };
 
-use crate::device::DType;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 pub use tensor::GpuTensor;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 
-use crate::device::DType;
+use crate::dtype::DType;
 
 /// A tensor in device memory: `dtype` elements in the backend's layout (see the module docs)
 /// under a semantic shape.
