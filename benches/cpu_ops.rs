@@ -14,7 +14,7 @@ mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use freelunch::backend::cpu::fourier::FilterForm;
-use freelunch::backend::cpu::{self, masked, Padding};
+use freelunch::backend::cpu::{self, Padding};
 use freelunch::boosters::masks::WeightMask;
 use freelunch::Tensor;
 
