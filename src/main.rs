@@ -414,40 +414,36 @@ impl BoosterArgs {
         Ok(())
     }
 
-    /// The boosters for `unet` (masks are checked against its layers).
-    fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
-        let freeu = match &self.freeu {
-            None => None,
-            Some(spec) => {
-                let mut f = if spec.contains(',') || spec.parse::<f32>().is_ok() {
-                    match numbers("freeu", spec)?[..] {
-                        [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
-                        _ => {
-                            return Err(arg(
-                                "freeu",
-                                format!(
-                                "--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"
-                            ),
-                            ))
-                        }
-                    }
-                } else {
-                    FreeU::preset(spec)?
-                };
-                f.blocks = match self.freeu_blocks {
-                    Blocks::Stage => FreeUBlocks::Stage,
-                    Blocks::Channels => FreeUBlocks::Channels,
-                };
-                f.v2 = self.freeu_v2;
-                f.threshold = self.freeu_threshold;
-                f.filter = match self.freeu_filter {
-                    Filter::Fft => FilterForm::Fft,
-                    Filter::Direct => FilterForm::Direct,
-                };
-                Some(f)
-            }
+    /// `--freeu` and its settings (FreeU's blocks left at their default), if given.
+    fn freeu(&self) -> freelunch::Result<Option<FreeU>> {
+        let Some(spec) = &self.freeu else {
+            return Ok(None);
         };
-        let skip_scales = match (&self.skip_tuning, &self.skip_scales) {
+        let mut f = if spec.contains(',') || spec.parse::<f32>().is_ok() {
+            match numbers("freeu", spec)?[..] {
+                [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
+                _ => {
+                    return Err(arg(
+                        "freeu",
+                        format!("--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"),
+                    ))
+                }
+            }
+        } else {
+            FreeU::preset(spec)?
+        };
+        f.v2 = self.freeu_v2;
+        f.threshold = self.freeu_threshold;
+        f.filter = match self.freeu_filter {
+            Filter::Fft => FilterForm::Fft,
+            Filter::Direct => FilterForm::Direct,
+        };
+        Ok(Some(f))
+    }
+
+    /// `--skip-tuning` or `--skip-scales`, if given.
+    fn skip_scales(&self) -> freelunch::Result<Option<SkipScales>> {
+        Ok(match (&self.skip_tuning, &self.skip_scales) {
             (Some(spec), _) => match numbers("skip-tuning", spec)?[..] {
                 [top, bottom] => Some(SkipScales::Linear { top, bottom }),
                 _ => {
@@ -459,7 +455,19 @@ impl BoosterArgs {
             },
             (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
             (None, None) => None,
-        };
+        })
+    }
+
+    /// The boosters for `unet` (masks are checked against its layers).
+    fn boosters(&self, unet: &UNet) -> freelunch::Result<Boosters> {
+        let freeu = self.freeu()?.map(|mut f| {
+            f.blocks = match self.freeu_blocks {
+                Blocks::Stage => FreeUBlocks::Stage,
+                Blocks::Channels => FreeUBlocks::Channels,
+            };
+            f
+        });
+        let skip_scales = self.skip_scales()?;
         let gumbel = if self.no_gumbel {
             Gumbel::Off
         } else {

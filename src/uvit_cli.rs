@@ -6,8 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use freelunch::backend::cpu::fourier::FilterForm;
-use freelunch::boosters::{Boosters, FreeU, MaskSet, SkipScales};
+use freelunch::boosters::{Boosters, MaskSet};
 use freelunch::device::Exec;
 use freelunch::models::mask_uvit::{MaskedUViT, MaskedUViTConfig, TokenMask};
 use freelunch::models::Denoiser;
@@ -15,7 +14,7 @@ use freelunch::schedulers::{self, Conditioning, SampleOptions, SamplerKind, Seed
 use freelunch::weights::{LoadOptions, ModelFiles};
 use freelunch::{safetensors_io, Tensor, UNetInputs};
 
-use super::{arg, numbers, BoosterArgs, Filter};
+use super::{arg, BoosterArgs};
 
 /// The U-ViT at `arg` when its config names one, else None (a U-Net, left to the caller).
 pub fn load_if_uvit(arg: &Path, opts: &LoadOptions) -> freelunch::Result<Option<MaskedUViT>> {
@@ -34,52 +33,14 @@ pub fn load_if_uvit(arg: &Path, opts: &LoadOptions) -> freelunch::Result<Option<
 fn boosters(args: &BoosterArgs, model: &MaskedUViT) -> freelunch::Result<Boosters> {
     // FreeU on a U-ViT is this crate's extension (models::mask_uvit's docs); --freeu-blocks
     // selects U-Net resnets and means nothing here.
-    let freeu = match &args.freeu {
-        None => None,
-        Some(spec) => {
-            let mut f = if spec.contains(',') || spec.parse::<f32>().is_ok() {
-                match numbers("freeu", spec)?[..] {
-                    [b1, b2, s1, s2] => FreeU::new(b1, b2, s1, s2),
-                    _ => {
-                        return Err(arg(
-                            "freeu",
-                            format!(
-                                "--freeu takes four numbers B1,B2,S1,S2 or a preset, got `{spec}`"
-                            ),
-                        ))
-                    }
-                }
-            } else {
-                FreeU::preset(spec)?
-            };
-            f.v2 = args.freeu_v2;
-            f.threshold = args.freeu_threshold;
-            f.filter = match args.freeu_filter {
-                Filter::Fft => FilterForm::Fft,
-                Filter::Direct => FilterForm::Direct,
-            };
-            Some(f)
-        }
-    };
+    let freeu = args.freeu()?;
     if args.mask_generator.is_some() {
         return Err(arg(
             "mask-generator",
             "--mask-generator is built for a U-Net's layers; give --masks for a MaskedUViT",
         ));
     }
-    let skip_scales = match (&args.skip_tuning, &args.skip_scales) {
-        (Some(spec), _) => match numbers("skip-tuning", spec)?[..] {
-            [top, bottom] => Some(SkipScales::Linear { top, bottom }),
-            _ => {
-                return Err(arg(
-                    "skip-tuning",
-                    format!("--skip-tuning takes two numbers RHO_TOP,RHO_BOTTOM, got `{spec}`"),
-                ))
-            }
-        },
-        (None, Some(spec)) => Some(SkipScales::Explicit(numbers("skip-scales", spec)?)),
-        (None, None) => None,
-    };
+    let skip_scales = args.skip_scales()?;
     let masks = match &args.masks {
         Some(path) => Some(Arc::new(MaskSet::load(path, model.layers())?)),
         None => None,

@@ -23,7 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -412,15 +412,12 @@ struct Modules {
     /// Every layer's uid (the keys of a device's parameter copies).
     uids: Vec<u64>,
     /// The GPUs this model was placed on, whose copies go when the last handle does.
-    gpus: Mutex<Vec<Weak<crate::backend::cuda::Gpu>>>,
+    gpus: super::PlacedOn,
 }
 
 impl Drop for Modules {
     fn drop(&mut self) {
-        let gpus = self.gpus.get_mut().map(std::mem::take).unwrap_or_default();
-        for gpu in gpus.iter().filter_map(Weak::upgrade) {
-            gpu.cache.evict(&self.uids);
-        }
+        self.gpus.evict(&self.uids);
     }
 }
 
@@ -574,7 +571,7 @@ impl MaskedUViT {
                 encoder_to_output,
                 layers: rec.layers,
                 uids,
-                gpus: Mutex::new(Vec::new()),
+                gpus: super::PlacedOn::default(),
             }),
             placement: Placement::default(),
         })
@@ -683,16 +680,7 @@ impl MaskedUViT {
 
     /// This model (sharing its weights) placed on an opened device.
     pub fn on(&self, exec: Exec) -> Self {
-        if let Exec::Cuda(gpu) = &exec {
-            let mut gpus = self.modules.gpus.lock().unwrap_or_else(|p| p.into_inner());
-            gpus.retain(|g| g.strong_count() > 0);
-            if !gpus
-                .iter()
-                .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(gpu)))
-            {
-                gpus.push(Arc::downgrade(gpu));
-            }
-        }
+        self.modules.gpus.note(&exec);
         MaskedUViT {
             placement: Placement {
                 exec,

@@ -67,6 +67,37 @@ macro_rules! forward_denoiser {
 
 forward_denoiser!(&M, Box<M>, std::sync::Arc<M>);
 
+/// The GPUs a model's handles were placed on, kept weakly: when the model's last handle goes,
+/// its layers' copies there (and the CPU's packed weights of them) are freed.
+#[derive(Default)]
+pub(crate) struct PlacedOn(std::sync::Mutex<Vec<std::sync::Weak<crate::backend::cuda::Gpu>>>);
+
+impl PlacedOn {
+    /// Notes `exec`'s GPU, once (a CPU placement needs nothing).
+    pub(crate) fn note(&self, exec: &Exec) {
+        if let Exec::Cuda(gpu) = exec {
+            let mut gpus = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            gpus.retain(|g| g.strong_count() > 0);
+            if !gpus
+                .iter()
+                .any(|g| std::ptr::eq(g.as_ptr(), std::sync::Arc::as_ptr(gpu)))
+            {
+                gpus.push(std::sync::Arc::downgrade(gpu));
+            }
+        }
+    }
+
+    /// Frees the layers `uids` on every GPU noted and in the CPU's packed-weight cache (the
+    /// model's drop).
+    pub(crate) fn evict(&mut self, uids: &[u64]) {
+        let gpus = self.0.get_mut().map(std::mem::take).unwrap_or_default();
+        for gpu in gpus.iter().filter_map(std::sync::Weak::upgrade) {
+            gpu.cache.evict(uids);
+        }
+        crate::backend::cpu::conv_direct::evict(uids);
+    }
+}
+
 /// Where a model runs: the device, and the CPU threads its calls may use.
 #[derive(Clone)]
 pub struct Placement {

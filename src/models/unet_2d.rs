@@ -11,12 +11,11 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
 use super::{Denoiser, Placement};
-use crate::backend::cuda::Gpu;
 use crate::backend::{Backend, Cpu, Epilogue};
 use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
@@ -250,16 +249,12 @@ struct Modules {
     /// The mapped checkpoint bytes the weights are read from in place.
     mapped: Vec<(Arc<Mapping>, Range<usize>)>,
     /// The GPUs this model was placed on, so dropping it frees its copies there.
-    gpus: Mutex<Vec<Weak<Gpu>>>,
+    gpus: super::PlacedOn,
 }
 
 impl Drop for Modules {
     fn drop(&mut self) {
-        let gpus = self.gpus.get_mut().map(std::mem::take).unwrap_or_default();
-        for gpu in gpus.iter().filter_map(Weak::upgrade) {
-            gpu.cache.evict(&self.uids);
-        }
-        crate::backend::cpu::conv_direct::evict(&self.uids);
+        self.gpus.evict(&self.uids);
     }
 }
 
@@ -537,7 +532,7 @@ impl UNet2DConditionModel {
             adapters,
             uids: Vec::new(),
             mapped: Vec::new(),
-            gpus: Mutex::new(Vec::new()),
+            gpus: super::PlacedOn::default(),
         })
     }
 
@@ -791,16 +786,7 @@ impl UNet2DConditionModel {
     /// This model (sharing its weights with `self`) placed on an opened device, which models
     /// placed on the same `Exec` share (one context, one stream).
     pub fn on(&self, exec: Exec) -> Self {
-        if let Exec::Cuda(gpu) = &exec {
-            let mut gpus = self.modules.gpus.lock().unwrap_or_else(|p| p.into_inner());
-            gpus.retain(|g| g.strong_count() > 0);
-            if !gpus
-                .iter()
-                .any(|g| std::ptr::eq(g.as_ptr(), Arc::as_ptr(gpu)))
-            {
-                gpus.push(Arc::downgrade(gpu));
-            }
-        }
+        self.modules.gpus.note(&exec);
         UNet2DConditionModel {
             placement: Placement {
                 exec,
