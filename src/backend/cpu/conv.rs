@@ -23,7 +23,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Mat, Threads};
+use super::gemm::{sgemm, sgemm_taps, Mat, Taps, Threads};
 use super::masked::MaskFn;
 use super::SendPtr;
 use crate::error::{Error, Result};
@@ -466,6 +466,36 @@ impl ShiftedInput {
             for row in acc[q0 * cout..q1 * cout].chunks_mut(cout) {
                 row[r0..r1].copy_from_slice(bias);
             }
+        }
+        // All k² taps as one product over depth (channel, tap), where the own kernel runs: C is
+        // loaded and stored once rather than k² times, and the weights are read as they lie.
+        let taps = Taps {
+            base: q0,
+            plane: self.plane,
+            row: self.wp,
+            k,
+        };
+        let acc_at = Mat {
+            offset: q0 * cout + r0,
+            rs: cout,
+            cs: 1,
+        };
+        let w_at = Mat::transposed(w_off, row_len);
+        if sgemm_taps(
+            q1 - q0,
+            r1 - r0,
+            cin,
+            &self.padded,
+            taps,
+            wt,
+            w_at,
+            acc,
+            acc_at,
+            bias.is_some(),
+            1.0,
+            Threads::Single,
+        ) {
+            return;
         }
         for ki in 0..k {
             for kj in 0..k {

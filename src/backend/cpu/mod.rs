@@ -1,6 +1,6 @@
 //! The CPU backend: the reference every GPU kernel is tested against, and the fallback where
 //! there is no GPU. Multi-threaded with rayon (the caller's pool: `ThreadPool::install` bounds
-//! it); matrix products go through the `gemm` crate's packed SIMD kernels.
+//! it); matrix products go through `gemm` (the crate's own AVX-512 kernel, or the `gemm` crate's).
 
 pub mod activation;
 pub mod attention;
@@ -8,6 +8,8 @@ pub mod conv;
 pub mod conv_direct;
 pub mod fourier;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm_avx512;
 pub mod linear;
 pub mod masked;
 pub mod norm;

@@ -1,0 +1,785 @@
+//! The crate's own single-precision matrix product for CPUs with AVX-512F, `c = β·c + s·a·b`
+//! over strided matrices, with its packing buffers kept per thread so that repeated products
+//! allocate nothing (the `gemm` crate allocates its packed panels on every call, which was most
+//! of the bytes a U-Net forward asked the allocator for; BENCHMARKS.md, issue 16).
+//!
+//! Algorithm (the BLIS/GotoBLAS loop nest):
+//! - C is cut into tasks of `MC × NC` blocks, run on rayon's pool or on the calling thread.
+//! - Per task and per `KC` slice of the inner dimension, the slice of A is packed into strips of
+//!   `MR` rows (`[p][r]`, MR values per depth step) and the slice of B into strips of `NR`
+//!   columns (`[p][c]`), both into the thread's buffers, whatever the source strides.
+//! - The register tile is `MR × NR` = 12 × 32: 24 zmm accumulators; per depth step two loads of
+//!   B and twelve broadcasts of A feed 24 FMAs. Each A strip stays in L1 while the task's B strips
+//!   (≤ `KC·NC` floats, 512 KiB) stream from L2. Ragged edges run the tile of fewer rows (a const
+//!   generic per row count) and masked column stores; nothing outside the matrices is read or
+//!   written.
+//! - A product whose C is column-major (row stride 1) is run transposed, `cᵀ = bᵀ·aᵀ`, so stores
+//!   are always along C's contiguous dimension.
+//!
+//! Limits: f32 in, f32 accumulate (the depth sum is split at `KC`, so the rounding differs from
+//! the `gemm` crate's in the last bits); C with neither stride 1 is stored element by element.
+//!
+//! Tested in this module against an f64 product over every stride layout, ragged sizes and both
+//! threading modes; every model golden runs through it. Benched by `benches/cpu_ops.rs` (its
+//! `cpu_gemm_flop` group sets it beside the `gemm` crate: `gemm::set_own_enabled`).
+
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::gemm::{Mat, Taps, Threads};
+
+/// Rows of the register tile.
+pub const MR: usize = 12;
+/// Columns of the register tile (two zmm vectors).
+pub const NR: usize = 32;
+/// Depth of one packed slice.
+pub const KC: usize = 512;
+/// Rows of C per task (16 A strips).
+pub const MC: usize = 16 * MR;
+/// Columns of C per task (16 B strips).
+pub const NC: usize = 16 * NR;
+
+/// One cache line of floats: the unit the packing buffers are allocated in, so that every strip
+/// starts 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A thread's packing buffers, grown to the largest task it has run and then kept.
+#[derive(Default)]
+struct Packs {
+    a: Vec<Line>,
+    b: Vec<Line>,
+}
+
+impl Packs {
+    fn ensure(&mut self, a_floats: usize, b_floats: usize) {
+        for (buf, n) in [(&mut self.a, a_floats), (&mut self.b, b_floats)] {
+            let lines = n.div_ceil(16);
+            if buf.len() < lines {
+                buf.resize(lines, Line([0.0; 16]));
+            }
+        }
+    }
+}
+
+thread_local! {
+    static PACKS: RefCell<Packs> = RefCell::new(Packs::default());
+}
+
+/// Bytes of packing buffer this thread holds (for tests and the allocation bench).
+pub fn thread_buffer_bytes() -> usize {
+    PACKS.with(|p| {
+        let p = p.borrow();
+        (p.a.len() + p.b.len()) * std::mem::size_of::<Line>()
+    })
+}
+
+/// The product on matrices already bounds-checked by `gemm::sgemm` (m, n, k ≥ 1).
+///
+/// # Safety
+/// AVX-512F must be available. Every element (i, p) of `am` for i < m, p < k lies in `a`, every
+/// (p, j) of `bm` in `b` and every (i, j) of `cm` in `c`, and C's elements are distinct (no
+/// stride 0 along a dimension longer than 1).
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    av: AView,
+    b: &[f32],
+    bm: Mat,
+    c: &mut [f32],
+    cm: Mat,
+    accumulate: bool,
+    scale: f32,
+    threads: Threads,
+) {
+    // Stores go along C's contiguous dimension: a column-major C is the row-major C of bᵀ·aᵀ.
+    let (m, n, a, av, b, bm, cm) = match av {
+        AView::Strided(am) if cm.cs != 1 && cm.rs == 1 => (
+            n,
+            m,
+            b,
+            AView::Strided(transpose(bm)),
+            a,
+            transpose(am),
+            transpose(cm),
+        ),
+        _ => (m, n, a, av, b, bm, cm),
+    };
+    let parallel = threads == Threads::Pool
+        && rayon::current_num_threads() > 1
+        && m.saturating_mul(n).saturating_mul(k) >= 1 << 15;
+    let (rows_per_task, nc) = if parallel {
+        task_shape(m, n, rayon::current_num_threads())
+    } else {
+        (m, NC)
+    };
+    let (tm, tn) = (m.div_ceil(rows_per_task), n.div_ceil(nc));
+    let job = Job {
+        k,
+        a: a.as_ptr(),
+        av,
+        b: b.as_ptr(),
+        bm,
+        c: c.as_mut_ptr(),
+        cm,
+        accumulate,
+        scale,
+    };
+    // Tasks of one column block run back to back, so its packed B panels serve all their rows.
+    let run = |t: usize| {
+        let (j0, i0) = ((t / tm) * nc, (t % tm) * rows_per_task);
+        let rows = rows_per_task.min(m - i0);
+        let cols = nc.min(n - j0);
+        // SAFETY: the block lies inside the checked matrices, and tasks write disjoint blocks.
+        unsafe { job.block(i0, rows, j0, cols) };
+    };
+    if parallel {
+        (0..tm * tn).into_par_iter().for_each(run);
+    } else {
+        (0..tm * tn).for_each(run);
+    }
+}
+
+fn transpose(x: Mat) -> Mat {
+    Mat {
+        offset: x.offset,
+        rs: x.cs,
+        cs: x.rs,
+    }
+}
+
+/// Rows and columns of C per task for `threads` workers: blocks of `NC` columns, cut by rows
+/// (in whole strips) and then narrowed until there are at least four tasks per worker, or the
+/// blocks are one strip each way.
+fn task_shape(m: usize, n: usize, threads: usize) -> (usize, usize) {
+    let want = 4 * threads;
+    let mut nc = NC.min(n.next_multiple_of(NR));
+    loop {
+        let tn = n.div_ceil(nc);
+        let chunks = want.div_ceil(tn).min(m.div_ceil(MR));
+        let rows = m.div_ceil(chunks).next_multiple_of(MR);
+        if m.div_ceil(rows) * tn >= want || nc == NR {
+            return (rows, nc);
+        }
+        nc = (nc / 2).next_multiple_of(NR);
+    }
+}
+
+/// One product's operands as raw parts, shared by its tasks.
+#[derive(Clone, Copy)]
+struct Job {
+    k: usize,
+    a: *const f32,
+    av: AView,
+    b: *const f32,
+    bm: Mat,
+    c: *mut f32,
+    cm: Mat,
+    accumulate: bool,
+    scale: f32,
+}
+
+// SAFETY: tasks read a and b only and write disjoint blocks of c (see `sgemm`).
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// C's rows i0..i0+rows, columns j0..j0+cols, over the whole depth: per `KC` slice, B's
+    /// panel is packed once, then each `MC` block of rows packs its A strips and runs its tiles,
+    /// one A strip (in L1) against every B strip (from L2).
+    ///
+    /// # Safety
+    /// As `sgemm`, for this block; no other thread writes it meanwhile.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block(&self, i0: usize, rows: usize, j0: usize, cols: usize) {
+        let b_strips = cols.div_ceil(NR);
+        // Depth slices of equal length: a short last slice would reload C for little work.
+        let slice = self.k.div_ceil(self.k.div_ceil(KC));
+        PACKS.with(|packs| {
+            // A product never runs inside another on one thread, so the buffers are free; were
+            // they not, a fresh pair keeps the product correct.
+            let (mut own, mut borrowed);
+            let packs: &mut Packs = match packs.try_borrow_mut() {
+                Ok(p) => {
+                    borrowed = p;
+                    &mut borrowed
+                }
+                Err(_) => {
+                    own = Packs::default();
+                    &mut own
+                }
+            };
+            packs.ensure(MC * slice, b_strips * NR * slice);
+            let pa = packs.a.as_mut_ptr() as *mut f32;
+            let pb = packs.b.as_mut_ptr() as *mut f32;
+            let mut p0 = 0;
+            while p0 < self.k {
+                let kc = slice.min(self.k - p0);
+                let load = self.accumulate || p0 > 0;
+                for s in 0..b_strips {
+                    let c0 = j0 + s * NR;
+                    let n = NR.min(j0 + cols - c0);
+                    // SAFETY: the buffer holds b_strips·NR·slice floats; B's elements were checked.
+                    unsafe { pack_b(self.b, self.bm, p0, kc, c0, n, pb.add(s * NR * kc)) };
+                }
+                for ic in (i0..i0 + rows).step_by(MC) {
+                    let mc = MC.min(i0 + rows - ic);
+                    let a_strips = mc.div_ceil(MR);
+                    for s in 0..a_strips {
+                        let r0 = ic + s * MR;
+                        let n = MR.min(ic + mc - r0);
+                        // SAFETY: the buffer holds MC·slice floats; A's elements were checked.
+                        unsafe { pack_a(self.a, self.av, r0, n, p0, kc, pa.add(s * MR * kc)) };
+                    }
+                    for sa in 0..a_strips {
+                        let r0 = ic + sa * MR;
+                        for sb in 0..b_strips {
+                            let c0 = j0 + sb * NR;
+                            let out = Out {
+                                c: self.c,
+                                cm: self.cm,
+                                i0: r0,
+                                j0: c0,
+                                cols: NR.min(j0 + cols - c0),
+                                load,
+                                scale: self.scale,
+                            };
+                            // SAFETY: both strips were packed above with kc steps; `out` lies
+                            // inside C, in this task's block.
+                            unsafe {
+                                tile(
+                                    MR.min(ic + mc - r0),
+                                    kc,
+                                    pa.add(sa * MR * kc),
+                                    pb.add(sb * NR * kc),
+                                    &out,
+                                )
+                            };
+                        }
+                    }
+                }
+                p0 += kc;
+            }
+        });
+    }
+}
+
+/// Where A's elements are: a strided matrix, or the implicit matrix of a convolution's taps.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AView {
+    Strided(Mat),
+    Taps(Taps),
+}
+
+/// Packs A's rows r0..r0+rows, depths p0..p0+kc as `[p][r]` with MR values per step (rows past
+/// `rows` are left as they were: the tile of `rows` rows never reads them).
+///
+/// # Safety
+/// AVX-512F must be available; the elements lie in A; `dst` holds MR·kc floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_a(a: *const f32, av: AView, r0: usize, rows: usize, p0: usize, kc: usize, dst: *mut f32) {
+    let am = match av {
+        AView::Strided(am) => am,
+        AView::Taps(t) => {
+            // Depth p is (channel, ki, kj) in that order; the strip's rows are consecutive
+            // positions, so each step is one contiguous run of `rows` values.
+            let mask = lane_mask(rows);
+            let kk = t.k * t.k;
+            let (mut ch, mut tap) = (p0 / kk, p0 % kk);
+            let (mut ki, mut kj) = (tap / t.k, tap % t.k);
+            for p in 0..kc {
+                // SAFETY: (r0.., p0 + p) lies in A (checked by `gemm::sgemm_taps`).
+                unsafe {
+                    let src = a.add(t.base + r0 + ch * t.plane + ki * t.row + kj);
+                    _mm512_mask_storeu_ps(dst.add(p * MR), mask, _mm512_maskz_loadu_ps(mask, src));
+                }
+                tap += 1;
+                kj += 1;
+                if kj == t.k {
+                    kj = 0;
+                    ki += 1;
+                }
+                if tap == kk {
+                    (tap, ki, kj) = (0, 0, 0);
+                    ch += 1;
+                }
+            }
+            return;
+        }
+    };
+    unsafe {
+        if am.rs == 1 && rows == MR {
+            for p in 0..kc {
+                let src = a.add(am.offset + r0 + (p0 + p) * am.cs);
+                std::ptr::copy_nonoverlapping(src, dst.add(p * MR), MR);
+            }
+        } else if am.cs == 1 {
+            // Rows run along the depth: 16 depths of the strip's rows are loaded as rows and
+            // transposed in registers.
+            let keep = lane_mask(MR);
+            for q in (0..kc).step_by(16) {
+                let depth = (kc - q).min(16);
+                let mask = lane_mask(depth);
+                let mut m = [_mm512_setzero_ps(); 16];
+                for (r, row) in m.iter_mut().enumerate().take(rows) {
+                    *row = _mm512_maskz_loadu_ps(mask, a.add(am.offset + (r0 + r) * am.rs + p0 + q));
+                }
+                let t = transpose16(m);
+                for (p, v) in t.iter().enumerate().take(depth) {
+                    _mm512_mask_storeu_ps(dst.add((q + p) * MR), keep, *v);
+                }
+            }
+        } else {
+            for r in 0..rows {
+                let src = a.add(am.offset + (r0 + r) * am.rs + p0 * am.cs);
+                for p in 0..kc {
+                    *dst.add(p * MR + r) = *src.add(p * am.cs);
+                }
+            }
+        }
+    }
+}
+
+/// Packs B's depths p0..p0+kc, columns c0..c0+cols as `[p][c]` with NR values per step, columns
+/// past `cols` zeroed.
+///
+/// # Safety
+/// AVX-512F must be available; the elements lie in B; `dst` holds NR·kc floats, 64-byte aligned.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_b(
+    b: *const f32,
+    bm: Mat,
+    p0: usize,
+    kc: usize,
+    c0: usize,
+    cols: usize,
+    dst: *mut f32,
+) {
+    unsafe {
+        if bm.cs == 1 {
+            for p in 0..kc {
+                let src = b.add(bm.offset + (p0 + p) * bm.rs + c0);
+                let d = dst.add(p * NR);
+                std::ptr::copy_nonoverlapping(src, d, cols);
+                std::ptr::write_bytes(d.add(cols), 0, NR - cols);
+            }
+        } else if bm.rs == 1 {
+            // Each column runs along the depth: 16 columns × 16 depths at a time are loaded as
+            // rows and transposed in registers.
+            for half in 0..2 {
+                let first = 16 * half;
+                let n = cols.saturating_sub(first).min(16);
+                for q in (0..kc).step_by(16) {
+                    let depth = (kc - q).min(16);
+                    let mask = lane_mask(depth);
+                    let mut rows = [_mm512_setzero_ps(); 16];
+                    for (c, row) in rows.iter_mut().enumerate().take(n) {
+                        let src = b.add(bm.offset + p0 + q + (c0 + first + c) * bm.cs);
+                        *row = _mm512_maskz_loadu_ps(mask, src);
+                    }
+                    let t = transpose16(rows);
+                    for (p, v) in t.iter().enumerate().take(depth) {
+                        _mm512_store_ps(dst.add((q + p) * NR + first), *v);
+                    }
+                }
+            }
+        } else {
+            if cols < NR {
+                std::ptr::write_bytes(dst, 0, NR * kc);
+            }
+            for c in 0..cols {
+                let src = b.add(bm.offset + p0 * bm.rs + (c0 + c) * bm.cs);
+                for p in 0..kc {
+                    *dst.add(p * NR + c) = *src.add(p * bm.rs);
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 × 16 block held as 16 row vectors: in-lane 4 × 4 transposes of pairs
+/// and quadruples of rows, then a 4 × 4 transpose of the 128-bit lanes.
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + j], lane L: rows 4i..4i+4 of column 4L + j.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let ps = |x: __m512d| _mm512_castpd_ps(x);
+        u[4 * i] = ps(_mm512_unpacklo_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
+        u[4 * i + 1] = ps(_mm512_unpackhi_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
+        u[4 * i + 2] = ps(_mm512_unpacklo_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+        u[4 * i + 3] = ps(_mm512_unpackhi_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[j], u[4 + j]);
+        let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[j], u[4 + j]);
+        let v2 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + j], u[12 + j]);
+        let v3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + j], u[12 + j]);
+        out[j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, v2);
+        out[4 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, v2);
+        out[8 + j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, v3);
+        out[12 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, v3);
+    }
+    out
+}
+
+/// Where a tile's results go: C's rows i0.., columns j0..j0+cols.
+struct Out {
+    c: *mut f32,
+    cm: Mat,
+    i0: usize,
+    j0: usize,
+    cols: usize,
+    /// Whether the tile adds to what C holds (false: overwrites it, never reading it).
+    load: bool,
+    scale: f32,
+}
+
+/// Runs the tile of `rows` (1..=MR) rows.
+///
+/// # Safety
+/// As `tile_of`.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(rows: usize, kc: usize, pa: *const f32, pb: *const f32, out: &Out) {
+    macro_rules! dispatch {
+        ($($r:literal)*) => {
+            match rows {
+                // SAFETY: as this function's contract.
+                $($r => unsafe { tile_of::<$r>(kc, pa, pb, out) },)*
+                _ => unreachable!("tile rows 1..=MR"),
+            }
+        };
+    }
+    dispatch!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// The register tile: `R` rows × 32 columns over `kc` depth steps.
+///
+/// # Safety
+/// AVX-512F must be available; `pa` holds kc·MR packed floats and `pb` kc·NR, 64-byte aligned;
+/// `out` names R rows and `out.cols` columns inside C.
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_of<const R: usize>(kc: usize, pa: *const f32, pb: *const f32, out: &Out) {
+    let cm = out.cm;
+    if cm.cs == 1 {
+        // The tile's rows of C are fetched while it computes: they are stored (and read, when
+        // added to) only at its end, and a C beyond the caches would stall every store there.
+        for r in 0..R {
+            let row = out.c.wrapping_add(cm.offset + (out.i0 + r) * cm.rs + out.j0) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(124));
+        }
+    }
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for p in 0..kc {
+        // SAFETY: p < kc, inside A's strip and B's packed strip; pb is aligned (strips are NR
+        // floats wide).
+        unsafe {
+            let b0 = _mm512_load_ps(pb.add(p * NR));
+            let b1 = _mm512_load_ps(pb.add(p * NR + 16));
+            let ap = pa.add(p * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_ps(*ap.add(r));
+                row[0] = _mm512_fmadd_ps(av, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(av, b1, row[1]);
+            }
+        }
+    }
+    let s = _mm512_set1_ps(out.scale);
+    if cm.cs == 1 {
+        let masks = [lane_mask(out.cols), lane_mask(out.cols.saturating_sub(16))];
+        for (r, row) in acc.iter().enumerate() {
+            // SAFETY: row i0+r, columns j0.. j0+cols of C (masked lanes are neither read nor
+            // written).
+            unsafe {
+                let dst = out.c.add(cm.offset + (out.i0 + r) * cm.rs + out.j0);
+                for (v, &mask) in masks.iter().enumerate() {
+                    if mask == 0 {
+                        continue;
+                    }
+                    let d = dst.add(16 * v);
+                    let mut y = _mm512_mul_ps(row[v], s);
+                    if out.load {
+                        y = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), y);
+                    }
+                    _mm512_mask_storeu_ps(d, mask, y);
+                }
+            }
+        }
+    } else {
+        for (r, row) in acc.iter().enumerate() {
+            let mut vals = [0f32; NR];
+            // SAFETY: vals holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(vals.as_mut_ptr(), _mm512_mul_ps(row[0], s));
+                _mm512_storeu_ps(vals.as_mut_ptr().add(16), _mm512_mul_ps(row[1], s));
+            }
+            for (j, &v) in vals.iter().enumerate().take(out.cols) {
+                // SAFETY: element (i0+r, j0+j) of C.
+                unsafe {
+                    let d = out
+                        .c
+                        .add(cm.offset + (out.i0 + r) * cm.rs + (out.j0 + j) * cm.cs);
+                    *d = if out.load { *d + v } else { v };
+                }
+            }
+        }
+    }
+}
+
+/// The mask of the first `n` of 16 lanes.
+fn lane_mask(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::gemm::{sgemm, Mat, Threads};
+
+    /// Deterministic values in [-1, 1), never all zero.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A matrix of `rows × cols` inside a buffer with a lead-in and padding, row- or column-major.
+    fn layout(rows: usize, cols: usize, row_major: bool, pad: usize) -> (Mat, usize) {
+        let offset = 3;
+        let m = if row_major {
+            Mat {
+                offset,
+                rs: cols + pad,
+                cs: 1,
+            }
+        } else {
+            Mat {
+                offset,
+                rs: 1,
+                cs: rows + pad,
+            }
+        };
+        let len = offset + (rows - 1) * m.rs + (cols - 1) * m.cs + 1 + 5;
+        (m, len)
+    }
+
+    fn at(m: Mat, i: usize, j: usize) -> usize {
+        m.offset + i * m.rs + j * m.cs
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        m: usize,
+        n: usize,
+        k: usize,
+        layouts: [bool; 3],
+        accumulate: bool,
+        scale: f32,
+        threads: Threads,
+    ) {
+        let (am, al) = layout(m, k, layouts[0], 1);
+        let (bm, bl) = layout(k, n, layouts[1], 2);
+        let (cm, cl) = layout(m, n, layouts[2], 3);
+        let a = values(al, 1 + m as u64);
+        let b = values(bl, 2 + n as u64);
+        let c0 = values(cl, 3 + k as u64);
+        let mut c = c0.clone();
+        assert!(super::super::gemm::own_enabled());
+        sgemm(
+            m, n, k, &a, am, &b, bm, &mut c, cm, accumulate, scale, threads,
+        );
+        let mut touched = vec![false; cl];
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let mut want: f64 = (0..k)
+                    .map(|p| a[at(am, i, p)] as f64 * b[at(bm, p, j)] as f64)
+                    .sum();
+                want *= scale as f64;
+                if accumulate {
+                    want += c0[at(cm, i, j)] as f64;
+                }
+                let got = c[at(cm, i, j)] as f64;
+                worst = worst.max((got - want).abs() / (1.0 + want.abs()));
+                touched[at(cm, i, j)] = true;
+            }
+        }
+        // 1e-6 relative per unit of sqrt(k): f32 rounding of a depth-k sum of O(1) terms.
+        let tol = 1e-6 * (k as f64).sqrt().max(1.0) * 4.0;
+        assert!(
+            worst < tol,
+            "{m}×{n}×{k} {layouts:?} acc {accumulate}: error {worst:e} > {tol:e}"
+        );
+        for (idx, t) in touched.iter().enumerate() {
+            if !t {
+                assert_eq!(
+                    c[idx].to_bits(),
+                    c0[idx].to_bits(),
+                    "{m}×{n}×{k}: wrote outside C at {idx}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_an_f64_product_over_every_layout_and_ragged_size() {
+        let sizes = [
+            (1, 1, 1),
+            (12, 32, 7),
+            (13, 33, 257),
+            (11, 31, 300),
+            (5, 70, 513),
+            (200, 3, 40),
+            (37, 530, 65),
+            (197, 45, 33),
+        ];
+        for &(m, n, k) in &sizes {
+            for l in 0..8 {
+                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
+                for accumulate in [false, true] {
+                    check(m, n, k, layouts, accumulate, 0.75, Threads::Single);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_products_equal_single_threaded_ones_bit_for_bit() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for &(m, n, k) in &[(2, 1280, 320), (300, 700, 270), (1030, 40, 96)] {
+            for l in [0b111, 0b011, 0b100] {
+                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
+                pool.install(|| check(m, n, k, layouts, true, 1.0, Threads::Pool));
+                let (am, al) = layout(m, k, layouts[0], 0);
+                let (bm, bl) = layout(k, n, layouts[1], 0);
+                let (cm, cl) = layout(m, n, layouts[2], 0);
+                let (a, b) = (values(al, 9), values(bl, 10));
+                let mut single = vec![0.5; cl];
+                let mut pooled = single.clone();
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    &a,
+                    am,
+                    &b,
+                    bm,
+                    &mut single,
+                    cm,
+                    false,
+                    1.0,
+                    Threads::Single,
+                );
+                pool.install(|| {
+                    sgemm(
+                        m,
+                        n,
+                        k,
+                        &a,
+                        am,
+                        &b,
+                        bm,
+                        &mut pooled,
+                        cm,
+                        false,
+                        1.0,
+                        Threads::Pool,
+                    )
+                });
+                // Each element's depth sum is split and ordered the same way whatever the tasks.
+                assert_eq!(single, pooled, "{m}×{n}×{k} {layouts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_products_keep_the_threads_buffers() {
+        let (m, n, k) = (100, 100, 300);
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let mut c = vec![0.0; m * n];
+        let run = |c: &mut [f32]| {
+            sgemm(
+                m,
+                n,
+                k,
+                &a,
+                Mat::row_major(0, k),
+                &b,
+                Mat::row_major(0, n),
+                c,
+                Mat::row_major(0, n),
+                false,
+                1.0,
+                Threads::Single,
+            )
+        };
+        run(&mut c);
+        let held = super::thread_buffer_bytes();
+        assert!(held > 0);
+        run(&mut c);
+        assert_eq!(super::thread_buffer_bytes(), held);
+    }
+
+    #[test]
+    fn nan_and_infinity_propagate_as_in_a_plain_product() {
+        let (m, n, k) = (13, 33, 5);
+        let mut a = values(m * k, 4);
+        let b = values(k * n, 5);
+        a[2 * k + 1] = f32::NAN; // row 2
+        a[7 * k] = f32::INFINITY; // row 7
+        let mut c = vec![0.0; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            &a,
+            Mat::row_major(0, k),
+            &b,
+            Mat::row_major(0, n),
+            &mut c,
+            Mat::row_major(0, n),
+            false,
+            1.0,
+            Threads::Single,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let v = c[i * n + j];
+                match i {
+                    2 => assert!(v.is_nan()),
+                    7 => assert!(!v.is_finite()),
+                    _ => assert!(v.is_finite()),
+                }
+            }
+        }
+    }
+}
