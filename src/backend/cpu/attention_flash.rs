@@ -161,6 +161,7 @@ pub(super) struct Layout {
     pub s: usize,
     pub o: usize,
     pub ml: usize,
+    pub l: usize,
     pub len: usize,
 }
 
@@ -178,8 +179,10 @@ impl Layout {
         let v = take(keys.checked_mul(dhp)?)?;
         let s = take(R.checked_mul(keys)?)?;
         let o = take(rows.checked_mul(dhp)?)?;
-        // m, l and α, one row each per query row.
-        let ml = take(rows.checked_mul(3)?)?;
+        // m per query row, α per tile row.
+        let ml = take(rows.checked_add(16)?)?;
+        // l per query row, on 16 lanes.
+        let l = take(rows.checked_mul(16)?)?;
         Some(Self {
             rows,
             keys,
@@ -190,6 +193,7 @@ impl Layout {
             s,
             o,
             ml,
+            l,
             len: at,
         })
     }
@@ -250,8 +254,8 @@ mod kernel {
     use super::{Layout, Problem, R};
 
     /// e^x on 16 lanes: `vector::exp`'s Cephes polynomial (clamp to [−87.34, 88.72], range
-    /// reduction by ln 2 in two parts, degree-6 polynomial, 2^n built in two factors), with
-    /// FMAs where the scalar code rounds twice. NaN stays NaN.
+    /// reduction by ln 2 in two parts, degree-6 polynomial, then 2^n), with FMAs where the
+    /// scalar code rounds twice. NaN stays NaN.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) fn exp16(x: __m512) -> __m512 {
@@ -283,15 +287,9 @@ mod kernel {
             _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
             _mm512_set1_ps(1.0),
         );
-        let ni = _mm512_cvttps_epi32(n);
-        let half = _mm512_srai_epi32::<1>(ni);
-        let bias = _mm512_set1_epi32(127);
-        let a = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(half, bias)));
-        let b = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-            _mm512_sub_epi32(ni, half),
-            bias,
-        )));
-        _mm512_mul_ps(_mm512_mul_ps(y, a), b)
+        // y·2^n in one instruction: the scalar code's two exact power-of-two factors give the
+        // same single rounding (only where the result is subnormal).
+        _mm512_scalef_ps(y, n)
     }
 
     /// The first `n` (≤ 16) lanes.
@@ -334,7 +332,7 @@ mod kernel {
             base.add(lay.o),
             base.add(lay.ml),
         );
-        let (mrow, lrow, alpha) = (ml, ml.add(lay.rows), ml.add(2 * lay.rows));
+        let (mrow, alpha, lrow) = (ml, ml.add(lay.rows), base.add(lay.l));
         let dmask_last = lanes(dh - (dhp - 16));
         let nvec = dhp / 16;
 
@@ -349,7 +347,7 @@ mod kernel {
                 _mm512_mask_storeu_ps(dst.add(16 * c), mk, _mm512_mul_ps(x, scale));
             }
             *mrow.add(r) = f32::NEG_INFINITY;
-            *lrow.add(r) = 0.0;
+            _mm512_store_ps(lrow.add(16 * r), _mm512_setzero_ps());
         }
 
         // A causal task's last row sees keys up to r1 − 1.
@@ -360,9 +358,20 @@ mod kernel {
             let bcp = bc.next_multiple_of(16);
             pack_kv(p, bi, h, k0, bc, bcp, dhp, kt, vb);
             let first = k0 == 0;
+            // The next block's k and v rows are strided across the heads and, at 4096 keys, no
+            // longer in L2 when a task comes back to them: fetch them a few rows per tile while
+            // this block computes (without it their loads are an eighth of the time).
+            let next = (k0 + bc)..(k0 + bc + lay.keys).min(kend);
+            let per_tile = next.len().div_ceil(rows.div_ceil(R));
             let mut t0 = 0;
             while t0 < rows {
                 let rr = R.min(rows - t0);
+                let ahead = next.start + (t0 / R) * per_tile;
+                for j in ahead..(ahead + per_tile).min(next.end) {
+                    let at = (bi * m + j) * inner + h * dh;
+                    prefetch_row(p.k.as_ptr().add(at), dh);
+                    prefetch_row(p.v.as_ptr().add(at), dh);
+                }
                 // Rows see keys 0..=row under the causal mask: a tile whose last row comes
                 // before the block sees none of it.
                 if p.causal && k0 > r0 + t0 + rr - 1 {
@@ -384,18 +393,29 @@ mod kernel {
                     );
                     j0 += 16 * vv;
                 }
-                for r in 0..rr {
-                    let row = r0 + t0 + r;
-                    let valid = if p.causal {
-                        (row + 1).saturating_sub(k0).min(bc)
+                let valid = |r: usize| {
+                    if p.causal {
+                        (r0 + t0 + r + 1).saturating_sub(k0).min(bc)
                     } else {
                         bc
-                    };
-                    let (mo, lo) = (*mrow.add(t0 + r), *lrow.add(t0 + r));
-                    let (mn, a, sum) = softmax_block(sb.add(r * bcp), bc, valid, mo);
-                    *mrow.add(t0 + r) = mn;
-                    *lrow.add(t0 + r) = lo * a + sum;
-                    *alpha.add(r) = a;
+                    }
+                };
+                let mut mo = [0f32; 16];
+                for (r, o) in mo.iter_mut().enumerate().take(rr) {
+                    let bm = row_max(sb.add(r * bcp), valid(r));
+                    *o = *mrow.add(t0 + r);
+                    // NaN-blind: see `row_max`.
+                    if bm > *o {
+                        *mrow.add(t0 + r) = bm;
+                    }
+                }
+                let mut mu = [0f32; 16];
+                rescale(rr, &mo, mrow.add(t0), alpha, &mut mu);
+                for r in 0..rr {
+                    let sum = exp_row(sb.add(r * bcp), bc, valid(r), mu[r]);
+                    let l = lrow.add(16 * (t0 + r));
+                    let a = _mm512_set1_ps(*alpha.add(r));
+                    _mm512_store_ps(l, _mm512_fmadd_ps(_mm512_load_ps(l), a, sum));
                 }
                 let mut c0 = 0;
                 let chunks = nvec.div_ceil(4);
@@ -423,7 +443,7 @@ mod kernel {
         }
 
         for r in 0..rows {
-            let inv = _mm512_set1_ps(1.0 / *lrow.add(r));
+            let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(_mm512_load_ps(lrow.add(16 * r))));
             let src = ob.add(r * dhp);
             let dst = out.add((bi * p.n + r0 + r) * inner + h * dh);
             for c in 0..nvec {
@@ -431,6 +451,18 @@ mod kernel {
                 let x = _mm512_load_ps(src.add(16 * c));
                 _mm512_mask_storeu_ps(dst.add(16 * c), mk, _mm512_mul_ps(x, inv));
             }
+        }
+    }
+
+    /// Asks for the cache lines of `dh` floats at `x` in L2.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn prefetch_row(x: *const f32, dh: usize) {
+        let (start, end) = (x as usize, x as usize + 4 * dh);
+        let mut line = start & !63;
+        while line < end {
+            _mm_prefetch::<_MM_HINT_T1>(line as *const i8);
+            line += 64;
         }
     }
 
@@ -453,17 +485,21 @@ mod kernel {
         let nvec = dhp / 16;
         let dmask_last = lanes(dh - (dhp - 16));
         let row = |j: usize| (bi * p.m + k0 + j) * inner + h * dh;
-        // k: 16 keys at a time through a 16-row staging block, so that each of kt's rows gets
-        // whole vectors (a scalar scatter of the transpose costs as much as the scores).
+        // k: 16 keys × 16 dims at a time, transposed in registers (a scalar or gathered
+        // transpose costs a tenth of the whole kernel).
         let mut j0 = 0;
         while j0 < bcp {
-            let nk = 16.min(bc.saturating_sub(j0));
-            for d in 0..dh {
-                let mut lane = [0f32; 16];
-                for (j, l) in lane.iter_mut().enumerate().take(nk) {
-                    *l = *p.k.as_ptr().add(row(j0 + j) + d);
+            let nk = 16.min(bc - j0);
+            for c in 0..nvec {
+                let mk = if c + 1 == nvec { dmask_last } else { 0xffff };
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, x) in r.iter_mut().enumerate().take(nk) {
+                    *x = _mm512_maskz_loadu_ps(mk, p.k.as_ptr().add(row(j0 + i) + 16 * c));
                 }
-                _mm512_store_ps(kt.add(d * bcp + j0), _mm512_loadu_ps(lane.as_ptr()));
+                let t = transpose16(&r);
+                for (d, &x) in t.iter().enumerate().take(dh - 16 * c) {
+                    _mm512_store_ps(kt.add((16 * c + d) * bcp + j0), x);
+                }
             }
             j0 += 16;
         }
@@ -477,38 +513,95 @@ mod kernel {
         }
     }
 
-    /// One row's scores `s[0..bc]` → its probabilities in place, keys `valid..bc` masked (P =
-    /// 0); `mo` the row's maximum so far. Returns the new maximum, the factor α for what was
-    /// accumulated before, and the row's sum of P.
+    /// The 16 × 16 transpose: `out[c]` lane i = `r[i]` lane c. Unpacks within 128-bit lanes,
+    /// then two rounds of 128-bit shuffles (see the test for the index algebra's check).
+    #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn softmax_block(s: *mut f32, bc: usize, valid: usize, mo: f32) -> (f32, f32, f32) {
-        let nv = valid.div_ceil(16);
+    pub(super) fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4g + c], 128-bit lane L: rows 4g..4g+4 of column 4L + c.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(a, c);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(a, c);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(b, d);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(b, d);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let x = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let y = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let z = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(x, z);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(x, z);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(y, w);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(y, w);
+        }
+        out
+    }
+
+    /// The largest of `s[0..valid]` (−∞ for none). A NaN may or may not win; either way it
+    /// makes its P, and so its row, NaN.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_max(s: *const f32, valid: usize) -> f32 {
         let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-        for c in 0..nv {
+        for c in 0..valid.div_ceil(16) {
             let mk = lanes(valid - 16 * c);
             mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(mx, mk, s.add(16 * c)));
         }
-        let bm = _mm512_reduce_max_ps(mx);
-        // A NaN score leaves the maximum finite here but makes its P, and so the row, NaN.
-        let mn = if bm > mo { bm } else { mo };
-        // All scores so far −∞: subtract 0 rather than −∞ (−∞ − −∞ is NaN); the row stays
-        // 0/0 = NaN at the end only if it never sees a finite score, as on the fallback.
-        let mu = if mn == f32::NEG_INFINITY { 0.0 } else { mn };
-        let a = if mo == mn {
-            1.0
-        } else {
-            crate::backend::cpu::vector::exp(mo - mu)
-        };
+        _mm512_reduce_max_ps(mx)
+    }
+
+    /// The rescale factors α = e^(mo − mu) of `rr` rows, mu as `shift` gives it, 1 where the
+    /// maximum did not move (both −∞ included); on 16 lanes, one `exp16` per tile.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rescale(
+        rr: usize,
+        mo: &[f32; 16],
+        mn: *const f32,
+        alpha: *mut f32,
+        mu: &mut [f32; 16],
+    ) {
+        let mk = lanes(rr);
+        let o = _mm512_loadu_ps(mo.as_ptr());
+        let n = _mm512_maskz_loadu_ps(mk, mn);
+        let u = shift(n);
+        let same = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(o, n);
+        let a = _mm512_mask_blend_ps(same, exp16(_mm512_sub_ps(o, u)), _mm512_set1_ps(1.0));
+        _mm512_mask_storeu_ps(alpha, mk, a);
+        _mm512_storeu_ps(mu.as_mut_ptr(), u);
+    }
+
+    /// What scores are shifted by: the row maximum, or 0 where it is −∞ (every score so far
+    /// −∞: −∞ − −∞ would be NaN; such a row ends 0/0 = NaN only if it never sees a finite
+    /// score, as on the fallback).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn shift(m: __m512) -> __m512 {
+        let ninf = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(m, _mm512_set1_ps(f32::NEG_INFINITY));
+        _mm512_mask_blend_ps(ninf, m, _mm512_setzero_ps())
+    }
+
+    /// One row's scores `s[0..bc]` → e^(s − mu) in place, keys `valid..bc` 0; returns their
+    /// sum on 16 lanes (reduced once per row at the end of the task, not per block).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_row(s: *mut f32, bc: usize, valid: usize, mu: f32) -> __m512 {
         let mv = _mm512_set1_ps(mu);
         let mut sum = _mm512_setzero_ps();
         for c in 0..bc.div_ceil(16) {
             let mk = lanes(valid.saturating_sub(16 * c));
-            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s.add(16 * c)), mv));
+            let e = exp16(_mm512_sub_ps(_mm512_load_ps(s.add(16 * c)), mv));
             let e = _mm512_maskz_mov_ps(mk, e);
             sum = _mm512_add_ps(sum, e);
             _mm512_store_ps(s.add(16 * c), e);
         }
-        (mn, a, _mm512_reduce_add_ps(sum))
+        sum
     }
 
     /// S tile: `s[r][0..16·vv] = Σ_d q[r][d]·kt[d][0..16·vv]` for r < rr.
@@ -646,6 +739,25 @@ mod kernel {
                 _mm512_store_ps(o.add(r * ldo + 16 * c), a);
             }
         }
+    }
+
+    /// `transpose16` of a 16 × 16 block, for the tests.
+    #[cfg(test)]
+    pub(super) fn transpose16_array(x: &[f32; 256]) -> [f32; 256] {
+        let mut y = [0f32; 256];
+        #[target_feature(enable = "avx512f")]
+        unsafe fn go(x: &[f32; 256], y: &mut [f32; 256]) {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(x.as_ptr().add(16 * i));
+            }
+            for (i, v) in transpose16(&r).iter().enumerate() {
+                _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), *v);
+            }
+        }
+        // SAFETY: the tests call this only where AVX-512F is detected.
+        unsafe { go(x, &mut y) };
+        y
     }
 
     /// `exp16` on 16 values, for the tests.
@@ -948,6 +1060,20 @@ mod tests {
         eprintln!("exp16: {worst_f64} ulp off f64, {worst_scalar} off vector::exp");
     }
 
+    #[test]
+    fn transpose16_transposes() {
+        if !super::detected() {
+            return;
+        }
+        let x: [f32; 256] = std::array::from_fn(|i| i as f32);
+        let y = super::kernel::transpose16_array(&x);
+        for r in 0..16 {
+            for c in 0..16 {
+                assert_eq!(y[c * 16 + r], x[r * 16 + c], "row {r} column {c}");
+            }
+        }
+    }
+
     /// A second call of one shape on one thread reuses that thread's scratch: same buffer,
     /// no growth.
     #[test]
@@ -975,5 +1101,73 @@ mod tests {
             pool.install(|| attention_on(&q, &k, &v, 2, 0.3, true).unwrap());
         }
         assert_eq!(pool.install(buf), before);
+    }
+}
+
+/// Timing on a busy machine: `cargo test --release --lib attention_cpu_time -- --ignored
+/// --nocapture` runs the flash and `gemm` paths interleaved on one thread and prints the least
+/// thread CPU time of `FREELUNCH_BENCH_ITERS` (default 5) calls per shape (shapes as
+/// `benches/cpu_ops.rs`'s `FREELUNCH_BENCH_ATTENTION`; SD1.5's by default). CPU time, unlike
+/// wall time, does not count the time other processes hold the core.
+#[cfg(test)]
+mod timing {
+    use super::super::attention::attention_on;
+    use crate::tensor::Tensor;
+
+    fn thread_ms() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to write.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 * 1e-6
+    }
+
+    #[test]
+    #[ignore]
+    fn attention_cpu_time() {
+        if !super::detected() {
+            return;
+        }
+        let spec = std::env::var("FREELUNCH_BENCH_ATTENTION").unwrap_or_else(|_| {
+            "2,4096,4096,320,8;2,4096,77,320,8;2,1024,1024,640,8;2,256,256,1280,8".into()
+        });
+        let iters: usize = std::env::var("FREELUNCH_BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for s in spec.split(';').filter(|s| !s.is_empty()) {
+            let d: Vec<usize> = s.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            let (b, n, m, c, heads) = (d[0], d[1], d[2], d[3], d[4]);
+            let q = Tensor::randn([b, n, c], 0);
+            let k = Tensor::randn([b, m, c], 1);
+            let v = Tensor::randn([b, m, c], 2);
+            let scale = 1.0 / ((c / heads) as f32).sqrt();
+            let mut best = [f64::INFINITY; 2];
+            for it in 0..iters + 1 {
+                for (i, flash) in [true, false].into_iter().enumerate() {
+                    let t = pool.install(|| {
+                        let t0 = thread_ms();
+                        let o = attention_on(&q, &k, &v, heads, scale, flash).unwrap();
+                        let t = thread_ms() - t0;
+                        drop(o);
+                        t
+                    });
+                    // The first round warms caches and the scratch.
+                    if it > 0 {
+                        best[i] = best[i].min(t);
+                    }
+                }
+            }
+            println!(
+                "attention {s}: flash {:.2} ms, gemm {:.2} ms (thread CPU time, least of {iters})",
+                best[0], best[1]
+            );
+        }
     }
 }
