@@ -8,12 +8,14 @@
 //!   scaled, into a contiguous `[rows][dh]` block. The task keeps per row a running maximum
 //!   `m`, a running sum `l` and an unnormalised output `O` (`[rows][dh padded to 16]`).
 //! - For each block of `KEYS` keys: k is packed transposed (`[dh][keys padded to 16]`: 16
-//!   keys per zmm) and v as `[keys][dh padded to 16]`; both come from the strided heads of
-//!   the input, once per task and key block, and stay in L1/L2 for the task's rows.
+//!   keys per zmm, by 16 × 16 register transposes) and v as `[keys][dh padded to 16]`; both
+//!   come from the strided heads of the input, once per task and key block, and stay in L1/L2
+//!   for the task's rows. The next block's rows are prefetched while this one computes.
 //! - For each tile of `R` = 6 query rows: S = q·kᵀ on a 6 × 64 register tile (6 broadcasts of
 //!   q and 4 loads of packed k per 24 FMAs, the dh loop innermost); then per row the block's
-//!   maximum, `m' = max(m, ·)`, P = e^(S − m') (Cephes' `expf` on 16 lanes: `exp16`, the same
-//!   polynomial as `vector::exp`) and the rescale factor α = e^(m − m'), `l ← α·l + ΣP`; then
+//!   maximum, `m' = max(m, ·)`, the tile's rescale factors α = e^(m − m') in one `exp16`,
+//!   P = e^(S − m') (Cephes' `expf` on 16 lanes: `exp16`, the same polynomial as
+//!   `vector::exp`) and `l ← α·l + ΣP` (l kept on 16 lanes, reduced once at the end); then
 //!   O ← α·O + P·v on a 6 × (≤ 4·16) register tile, α applied as the tile is loaded. O's round
 //!   trip through memory costs 2·dh per `KEYS`·dh FMAs.
 //! - At the end O/l is written to the task's rows of the output (masked for dh % 16).
@@ -25,6 +27,11 @@
 //!
 //! Non-finite values behave as on the fallback: a NaN or ±∞ score makes its row NaN (the
 //! maximum or the exponentials carry it), and a row whose scores are all −∞ is NaN (0/0).
+//!
+//! Sizes: `ROWS` = 192 query rows per task (B·heads·⌈N/192⌉ tasks: 352 at SD1.5's 4096 tokens,
+//! 32 at 256), `KEYS` = 128 (FREELUNCH_ATTN_ROWS and FREELUNCH_ATTN_KEYS for benches; 64 keys
+//! measured clearly slower, 256 no better). Per thread that is ~130 KiB of scratch at dh 40, ~425 KiB
+//! at dh 160.
 //!
 //! Limits: any dh ≥ 1, N ≥ 1, M ≥ 1 (M = 0 stays on the fallback). Summation order differs
 //! from the fallback's and the scale is folded into q, so the two agree to f32 rounding, not
@@ -104,6 +111,7 @@ fn keys_per_block() -> usize {
 }
 
 /// One attention call's operands: q `[B, N, heads·dh]`, k and v `[B, M, heads·dh]`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct Problem<'a> {
     pub q: &'a [f32],
     pub k: &'a [f32],
@@ -151,6 +159,7 @@ pub(super) fn run(p: &Problem, out: &mut [f32]) -> Result<()> {
 }
 
 /// Offsets (in floats, each 64-byte aligned) of a task's buffers in its scratch.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) struct Layout {
     pub rows: usize,
     pub keys: usize,
@@ -200,6 +209,7 @@ impl Layout {
 }
 
 /// Query rows per register tile.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const R: usize = 6;
 
 thread_local! {
@@ -411,8 +421,8 @@ mod kernel {
                 }
                 let mut mu = [0f32; 16];
                 rescale(rr, &mo, mrow.add(t0), alpha, &mut mu);
-                for r in 0..rr {
-                    let sum = exp_row(sb.add(r * bcp), bc, valid(r), mu[r]);
+                for (r, &u) in mu.iter().enumerate().take(rr) {
+                    let sum = exp_row(sb.add(r * bcp), bc, valid(r), u);
                     let l = lrow.add(16 * (t0 + r));
                     let a = _mm512_set1_ps(*alpha.add(r));
                     _mm512_store_ps(l, _mm512_fmadd_ps(_mm512_load_ps(l), a, sum));
@@ -796,7 +806,8 @@ mod kernel {
     }
 }
 
-#[cfg(test)]
+// The kernel's own entry points (exp16, transpose16) exist on x86-64 only.
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::super::attention::{attention_on, causal_attention_on};
     use crate::tensor::Tensor;
@@ -1105,11 +1116,12 @@ mod tests {
 }
 
 /// Timing on a busy machine: `cargo test --release --lib attention_cpu_time -- --ignored
-/// --nocapture` runs the flash and `gemm` paths interleaved on one thread and prints the least
-/// thread CPU time of `FREELUNCH_BENCH_ITERS` (default 5) calls per shape (shapes as
-/// `benches/cpu_ops.rs`'s `FREELUNCH_BENCH_ATTENTION`; SD1.5's by default). CPU time, unlike
-/// wall time, does not count the time other processes hold the core.
-#[cfg(test)]
+/// --nocapture` runs the flash and `gemm` paths interleaved in a pool of `FREELUNCH_THREADS`
+/// (default 1) and prints the least wall time and, at one thread, the least thread CPU time of
+/// `FREELUNCH_BENCH_ITERS` (default 5) calls per shape (shapes as `benches/cpu_ops.rs`'s
+/// `FREELUNCH_BENCH_ATTENTION`; SD1.5's by default). CPU time, unlike wall time, does not
+/// count the time other processes hold the core.
+#[cfg(all(test, target_arch = "x86_64"))]
 mod timing {
     use super::super::attention::attention_on;
     use crate::tensor::Tensor;
@@ -1137,8 +1149,12 @@ mod timing {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(5);
+        let threads: usize = std::env::var("FREELUNCH_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
+            .num_threads(threads)
             .build()
             .unwrap();
         for s in spec.split(';').filter(|s| !s.is_empty()) {
@@ -1148,26 +1164,36 @@ mod timing {
             let k = Tensor::randn([b, m, c], 1);
             let v = Tensor::randn([b, m, c], 2);
             let scale = 1.0 / ((c / heads) as f32).sqrt();
-            let mut best = [f64::INFINITY; 2];
+            // [flash, gemm] × [wall, thread CPU].
+            let mut best = [[f64::INFINITY; 2]; 2];
             for it in 0..iters + 1 {
                 for (i, flash) in [true, false].into_iter().enumerate() {
                     let t = pool.install(|| {
-                        let t0 = thread_ms();
+                        let (w0, t0) = (std::time::Instant::now(), thread_ms());
                         let o = attention_on(&q, &k, &v, heads, scale, flash).unwrap();
-                        let t = thread_ms() - t0;
+                        let t = [w0.elapsed().as_secs_f64() * 1e3, thread_ms() - t0];
                         drop(o);
                         t
                     });
                     // The first round warms caches and the scratch.
                     if it > 0 {
-                        best[i] = best[i].min(t);
+                        best[i][0] = best[i][0].min(t[0]);
+                        best[i][1] = best[i][1].min(t[1]);
                     }
                 }
             }
-            println!(
-                "attention {s}: flash {:.2} ms, gemm {:.2} ms (thread CPU time, least of {iters})",
-                best[0], best[1]
-            );
+            let [[fw, fc], [gw, gc]] = best;
+            if threads == 1 {
+                println!(
+                    "attention {s} t1: flash {fw:.2} ms wall {fc:.2} ms cpu, gemm {gw:.2} ms \
+                     wall {gc:.2} ms cpu (least of {iters})"
+                );
+            } else {
+                println!(
+                    "attention {s} t{threads}: flash {fw:.2} ms wall, gemm {gw:.2} ms wall \
+                     (least of {iters})"
+                );
+            }
         }
     }
 }
