@@ -2,6 +2,10 @@
 //! the score matrix exists only one row block at a time, so memory stays bounded at any
 //! sequence length. Heads live side by side in the last dimension, as diffusers' projections
 //! produce them, and are read with strides (no head transposes).
+//!
+//! On CPUs with AVX-512F both entry points run the flash kernel of `attention_flash.rs`
+//! (online softmax over key blocks, nothing larger than L2-sized blocks); the `gemm`-crate
+//! path here is the fallback elsewhere, or everywhere with `FREELUNCH_CPU_ATTENTION=gemm`.
 
 use rayon::prelude::*;
 
@@ -30,6 +34,19 @@ pub fn try_attention(
     v: &Tensor,
     heads: usize,
     scale: f32,
+) -> Result<Tensor> {
+    attention_on(q, k, v, heads, scale, super::attention_flash::available())
+}
+
+/// `try_attention` on the flash kernel (`flash`, which must be available) or the `gemm` path,
+/// whatever the process-wide switch says: tests set the two side by side with it.
+pub(super) fn attention_on(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    flash: bool,
 ) -> Result<Tensor> {
     let bad = |msg: String| Err(Error::shape("attention", msg));
     let [b, n, inner] = q.shape()[..] else {
@@ -65,6 +82,22 @@ pub fn try_attention(
     )?;
     let mut out = try_zeroed_vec(out_len, "attention output")?;
     if out_len == 0 {
+        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+    }
+    if m > 0 && flash {
+        let p = super::attention_flash::Problem {
+            q: q.data(),
+            k: k.data(),
+            v: v.data(),
+            b,
+            n,
+            m,
+            heads,
+            dh,
+            scale,
+            causal: false,
+        };
+        super::attention_flash::run(&p, &mut out)?;
         return Ok(Tensor::from_parts(vec![b, n, inner], out));
     }
     // Each task owns the rows [r0, r1) of one head of one sample: disjoint column strips of
@@ -136,6 +169,18 @@ pub fn try_causal_attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
+    causal_attention_on(q, k, v, heads, scale, super::attention_flash::available())
+}
+
+/// `try_causal_attention` on the flash kernel or the `gemm` path, as `attention_on`.
+pub(super) fn causal_attention_on(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    flash: bool,
+) -> Result<Tensor> {
     let bad = |msg: String| Err(Error::shape("causal attention", msg));
     let [b, n, inner] = q.shape()[..] else {
         return bad(format!("q must be rank 3 [B, N, C], got {:?}", q.shape()));
@@ -156,6 +201,22 @@ pub fn try_causal_attention(
     numel_of(&[n, n, rayon::current_num_threads()], "attention scores")?;
     let mut out = try_zeroed_vec(out_len, "attention output")?;
     if out_len == 0 {
+        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+    }
+    if flash {
+        let p = super::attention_flash::Problem {
+            q: q.data(),
+            k: k.data(),
+            v: v.data(),
+            b,
+            n,
+            m: n,
+            heads,
+            dh,
+            scale,
+            causal: true,
+        };
+        super::attention_flash::run(&p, &mut out)?;
         return Ok(Tensor::from_parts(vec![b, n, inner], out));
     }
     // Each task owns the columns of one head of one sample: disjoint strips of `out`, written

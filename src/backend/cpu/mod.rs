@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod attention_flash;
 pub mod conv;
 pub mod conv_direct;
 pub mod fourier;
