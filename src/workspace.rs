@@ -7,8 +7,11 @@
 //! shape, later calls of that shape reuse what the first one freed.
 //!
 //! What it does not cover, and why:
-//! - scratch allocated inside parallel tasks on other threads (the attention kernel's score
-//!   rows) and the `gemm` crate's own packing buffers: those go to the allocator as before;
+//! - scratch allocated inside parallel tasks on other threads: the matrix product's and the
+//!   flash attention kernel's packing buffers are kept per thread instead (grown once, then
+//!   reused), and the rest (the fallback attention's score rows, MaskUNet's masked weight tiles)
+//!   goes to the allocator as before; so do the `gemm` crate's packing buffers on CPUs without
+//!   AVX-512F, where it runs the products;
 //! - a GPU's memory (the CUDA backend has its own allocations; only host tensors are pooled);
 //! - buffers below [`MIN_POOLED`] floats, which the allocator serves faster than a lookup.
 //!

@@ -102,6 +102,21 @@ proptest! {
         prop_assert_eq!(got, cpu::conv2d(&x, &wt, Some(&bv), stride, pad));
     }
 
+    /// As above on images past the direct path (the implicit GEMM's single product over all taps).
+    #[test]
+    fn all_ones_conv_masks_are_the_dense_conv_bit_for_bit_on_large_images(
+        cin in 1usize..40, cout in 1usize..100, h in 17usize..24, w in 17usize..24, seed in any::<u64>(),
+    ) {
+        let (b, k) = (2, 3);
+        let pad = Padding::same(1);
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let mask = WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &vec![1u8; b * wt.numel()]).unwrap();
+        let got = cpu::conv::conv2d_masked(&x, &wt, Some(&bv), 1, pad, Some(&|s| mask.view(0, s)));
+        prop_assert_eq!(got, cpu::conv2d(&x, &wt, Some(&bv), 1, pad));
+    }
+
     #[test]
     fn masked_conv_matches_per_sample_dense(
         b in 1usize..3, cin in 1usize..5, cout in 1usize..70, hw in 2usize..8,

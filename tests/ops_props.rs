@@ -150,6 +150,23 @@ proptest! {
         close(&got, &naive_conv(&x, &wt, bias.then_some(&bias_v[..]), 1, pad), 1e-5)?;
     }
 
+    /// Images beyond the direct path's reach (more than 256 positions): the implicit GEMM, one
+    /// product over (channel, tap) depth on the own AVX-512 kernel where the CPU has it (its depth
+    /// slices, ragged strips and tiles of output channels), per-tap products elsewhere.
+    #[test]
+    fn conv2d_same_on_large_images_matches_naive(
+        b in 1usize..3, cin in 1usize..70, cout in 1usize..80, h in 17usize..26, w in 17usize..26,
+        k in prop::sample::select(vec![3usize, 5]), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let x = Tensor::randn([b, cin, h, w], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bias_v: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let pad = Padding::same((k - 1) / 2);
+        let got = cpu::conv2d(&x, &wt, bias.then_some(&bias_v[..]), 1, pad);
+        prop_assert_eq!(got.shape(), &[b, cout, h, w]);
+        close(&got, &naive_conv(&x, &wt, bias.then_some(&bias_v[..]), 1, pad), 1e-5)?;
+    }
+
     /// The direct AVX-512 path's blocking (where the CPU has it; the GEMM path elsewhere):
     /// output channels across 16/32-lane blocks and 64-channel tiles with ragged tails, input
     /// channels across the 64-channel reduction blocks, rows across the 14-position register

@@ -262,6 +262,7 @@ mod kernel {
     use std::arch::x86_64::*;
 
     use super::{Layout, Problem, R};
+    use crate::backend::cpu::avx512::transpose16;
 
     /// e^x on 16 lanes: `vector::exp`'s Cephes polynomial (clamp to [−87.34, 88.72], range
     /// reduction by ln 2 in two parts, degree-6 polynomial, then 2^n), with FMAs where the
@@ -523,39 +524,6 @@ mod kernel {
         }
     }
 
-    /// The 16 × 16 transpose: `out[c]` lane i = `r[i]` lane c. Unpacks within 128-bit lanes,
-    /// then two rounds of 128-bit shuffles (see the test for the index algebra's check).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        // u[4g + c], 128-bit lane L: rows 4g..4g+4 of column 4L + c.
-        let mut u = [_mm512_setzero_ps(); 16];
-        for g in 0..4 {
-            let (a, b, c, d) = (t[4 * g], t[4 * g + 1], t[4 * g + 2], t[4 * g + 3]);
-            u[4 * g] = _mm512_shuffle_ps::<0x44>(a, c);
-            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(a, c);
-            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(b, d);
-            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(b, d);
-        }
-        let mut out = [_mm512_setzero_ps(); 16];
-        for c in 0..4 {
-            let x = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
-            let y = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
-            let z = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
-            let w = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
-            out[c] = _mm512_shuffle_f32x4::<0x88>(x, z);
-            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(x, z);
-            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(y, w);
-            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(y, w);
-        }
-        out
-    }
-
     /// The largest of `s[0..valid]` (−∞ for none). A NaN may or may not win; either way it
     /// makes its P, and so its row, NaN.
     #[target_feature(enable = "avx512f")]
@@ -751,25 +719,6 @@ mod kernel {
         }
     }
 
-    /// `transpose16` of a 16 × 16 block, for the tests.
-    #[cfg(test)]
-    pub(super) fn transpose16_array(x: &[f32; 256]) -> [f32; 256] {
-        let mut y = [0f32; 256];
-        #[target_feature(enable = "avx512f")]
-        unsafe fn go(x: &[f32; 256], y: &mut [f32; 256]) {
-            let mut r = [_mm512_setzero_ps(); 16];
-            for (i, v) in r.iter_mut().enumerate() {
-                *v = _mm512_loadu_ps(x.as_ptr().add(16 * i));
-            }
-            for (i, v) in transpose16(&r).iter().enumerate() {
-                _mm512_storeu_ps(y.as_mut_ptr().add(16 * i), *v);
-            }
-        }
-        // SAFETY: the tests call this only where AVX-512F is detected.
-        unsafe { go(x, &mut y) };
-        y
-    }
-
     /// `exp16` on 16 values, for the tests.
     #[cfg(test)]
     pub(super) fn exp16_array(x: &[f32; 16]) -> [f32; 16] {
@@ -806,7 +755,7 @@ mod kernel {
     }
 }
 
-// The kernel's own entry points (exp16, transpose16) exist on x86-64 only.
+// The kernel's own entry points (exp16) exist on x86-64 only.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::super::attention::{attention_on, causal_attention_on};
@@ -1069,20 +1018,6 @@ mod tests {
         assert_eq!(ys[2], super::super::vector::exp(-1e30));
         assert_eq!(ys[3], 1.0);
         eprintln!("exp16: {worst_f64} ulp off f64, {worst_scalar} off vector::exp");
-    }
-
-    #[test]
-    fn transpose16_transposes() {
-        if !super::detected() {
-            return;
-        }
-        let x: [f32; 256] = std::array::from_fn(|i| i as f32);
-        let y = super::kernel::transpose16_array(&x);
-        for r in 0..16 {
-            for c in 0..16 {
-                assert_eq!(y[c * 16 + r], x[r * 16 + c], "row {r} column {c}");
-            }
-        }
     }
 
     /// A second call of one shape on one thread reuses that thread's scratch: same buffer,

@@ -13,6 +13,9 @@
 //!   views, accumulated position-major, with no patch matrix; all taps of a chunk run back to back
 //!   while its accumulator is hot. The padding positions computed along the way (p per row) are
 //!   dropped when results are copied out.
+//!   With the own AVX-512 product (`cpu::gemm_avx512`), the k² taps are one product instead:
+//!   depth (channel, tap), A read from the tall image in place (`gemm::Taps`), so the accumulator
+//!   is loaded and stored once.
 //! - 1×1 stride 1: [tile, Cin] × [Cin, H·W] per sample.
 //! - anything else (the stride-2 downsamplers): im2col per sample + one product per tile.
 //!
@@ -244,15 +247,15 @@ pub fn try_conv2d_masked(
                 .checked_mul(ho * wo)
                 .ok_or_else(|| too_large("patch matrix"))?;
             numel_of(&[b, col_len], "conv2d patch matrix")?;
-            (0..b)
-                .into_par_iter()
-                .map(|bi| {
-                    let mut col = Scratch::zeroed(col_len, "conv2d patch matrix")?;
-                    let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
-                    im2col(xs, &mut col, (h, w), (kh, kw), stride, pad, (ho, wo));
-                    Ok(col)
-                })
-                .collect::<Result<_>>()?
+            // Taken on this thread, so that a workspace in scope here serves them.
+            let mut cols = (0..b)
+                .map(|_| Scratch::zeroed(col_len, "conv2d patch matrix"))
+                .collect::<Result<Vec<_>>>()?;
+            cols.par_iter_mut().enumerate().for_each(|(bi, col)| {
+                let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
+                im2col(xs, col, (h, w), (kh, kw), stride, pad, (ho, wo));
+            });
+            cols
         }
         _ => Vec::new(),
     };

@@ -3,81 +3,7 @@
 //! crate's packed SIMD kernels elsewhere (and when [`set_own_enabled`] or
 //! `FREELUNCH_CPU_GEMM=crate` turns the own kernel off).
 
-/// A matrix inside a slice: element (i, j) is at `offset + i*rs + j*cs`.
-#[derive(Clone, Copy, Debug)]
-pub struct Mat {
-    /// Index of element (0, 0).
-    pub offset: usize,
-    /// Row stride, in elements.
-    pub rs: usize,
-    /// Column stride, in elements.
-    pub cs: usize,
-}
-
-impl Mat {
-    /// A row-major matrix at `offset` with rows of `cols` elements.
-    pub fn row_major(offset: usize, cols: usize) -> Self {
-        Mat {
-            offset,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose of a row-major `rows × cols` matrix at `offset`, seen as `cols × rows`.
-    pub fn transposed(offset: usize, cols: usize) -> Self {
-        Mat {
-            offset,
-            rs: 1,
-            cs: cols,
-        }
-    }
-
-    /// Whether the `rows × cols` elements are at distinct indices because one dimension's stride
-    /// steps over the whole extent of the other (every layout the crate builds; parallel tasks
-    /// may then write blocks of it at once).
-    fn distinct(&self, rows: usize, cols: usize) -> bool {
-        let spans = |outer: usize, outer_n: usize, inner: usize, inner_n: usize| {
-            (inner_n <= 1 || inner > 0)
-                && (outer_n <= 1 || inner.checked_mul(inner_n).is_some_and(|e| outer >= e))
-        };
-        spans(self.rs, rows, self.cs, cols) || spans(self.cs, cols, self.rs, rows)
-    }
-
-    fn check(&self, rows: usize, cols: usize, len: usize, what: &str) {
-        if rows == 0 || cols == 0 {
-            return;
-        }
-        // Checked: a wrapped index would pass the bound and let the product read anywhere.
-        let last = (rows - 1)
-            .checked_mul(self.rs)
-            .and_then(|r| {
-                (cols - 1)
-                    .checked_mul(self.cs)
-                    .and_then(|c| r.checked_add(c))
-            })
-            .and_then(|v| v.checked_add(self.offset));
-        match last {
-            Some(last) => assert!(last < len, "gemm: {what} out of bounds ({last} >= {len})"),
-            None => panic!("gemm: {what} index overflows"),
-        }
-    }
-}
-
-/// The implicit matrix of a stride-1 k×k convolution over a zero-padded channel-major image
-/// (`cpu::conv`'s "tall image"): row i is an output position, depth p = (c·k + ki)·k + kj one tap
-/// of one input channel, and element (i, p) is at `base + i + c·plane + ki·row + kj`.
-#[derive(Clone, Copy, Debug)]
-pub struct Taps {
-    /// Index of element (0, 0).
-    pub base: usize,
-    /// Distance between input channels.
-    pub plane: usize,
-    /// Distance between image rows.
-    pub row: usize,
-    /// Kernel size.
-    pub k: usize,
-}
+pub use super::matrix::{Mat, Taps, Threads};
 
 /// `c = (accumulate ? c : 0) + scale · a · b` with `a` the `m × channels·k²` implicit matrix of
 /// `taps`, `b` `channels·k² × n` and `c` `m × n` with column stride 1: a whole convolution in one
@@ -104,7 +30,11 @@ pub fn sgemm_taps(
         if !own_enabled() || cm.cs != 1 || taps.k == 0 {
             return false;
         }
-        let Some(k) = taps.k.checked_mul(taps.k).and_then(|kk| kk.checked_mul(channels)) else {
+        let Some(k) = taps
+            .k
+            .checked_mul(taps.k)
+            .and_then(|kk| kk.checked_mul(channels))
+        else {
             panic!("gemm: tap depth overflows");
         };
         bm.check(k, n, b.len(), "rhs");
@@ -113,10 +43,17 @@ pub fn sgemm_taps(
             return false;
         }
         let last = (m - 1)
-            .checked_add((channels - 1).checked_mul(taps.plane).expect("gemm: taps overflow"))
+            .checked_add(
+                (channels - 1)
+                    .checked_mul(taps.plane)
+                    .expect("gemm: taps overflow"),
+            )
             .and_then(|v| v.checked_add((taps.k - 1).checked_mul(taps.row)?))
             .and_then(|v| v.checked_add(taps.k - 1 + taps.base));
-        assert!(last.is_some_and(|l| l < a.len()), "gemm: taps out of bounds");
+        assert!(
+            last.is_some_and(|l| l < a.len()),
+            "gemm: taps out of bounds"
+        );
         if !cm.distinct(m, n) {
             return false;
         }
@@ -142,19 +79,11 @@ pub fn sgemm_taps(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (m, n, channels, a, taps, b, bm, c, cm, accumulate, scale, threads);
+        let _ = (
+            m, n, channels, a, taps, b, bm, c, cm, accumulate, scale, threads,
+        );
         false
     }
-}
-
-/// Whether a product should use the thread pool itself: not when the caller already runs
-/// products in parallel, nor for products too small to split.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Threads {
-    /// Run on the calling thread.
-    Single,
-    /// Split over rayon's current pool when the product is large enough (m·n·k ≥ 2^15).
-    Pool,
 }
 
 /// `c = (accumulate ? c : 0) + scale * a · b`, with `a` m×k, `b` k×n, `c` m×n.
@@ -282,4 +211,239 @@ fn own_detected() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn own_detected() -> bool {
     false
+}
+
+/// The own kernel through the dispatch, where the CPU has AVX-512F.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod own_kernel_tests {
+    use super::{sgemm, Mat, Threads};
+
+    /// Deterministic values in [-1, 1), never all zero.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// A matrix of `rows × cols` inside a buffer with a lead-in and padding, row- or column-major.
+    fn layout(rows: usize, cols: usize, row_major: bool, pad: usize) -> (Mat, usize) {
+        let offset = 3;
+        let m = if row_major {
+            Mat {
+                offset,
+                rs: cols + pad,
+                cs: 1,
+            }
+        } else {
+            Mat {
+                offset,
+                rs: 1,
+                cs: rows + pad,
+            }
+        };
+        let len = offset + (rows - 1) * m.rs + (cols - 1) * m.cs + 1 + 5;
+        (m, len)
+    }
+
+    fn at(m: Mat, i: usize, j: usize) -> usize {
+        m.offset + i * m.rs + j * m.cs
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        m: usize,
+        n: usize,
+        k: usize,
+        layouts: [bool; 3],
+        accumulate: bool,
+        scale: f32,
+        threads: Threads,
+    ) {
+        let (am, al) = layout(m, k, layouts[0], 1);
+        let (bm, bl) = layout(k, n, layouts[1], 2);
+        let (cm, cl) = layout(m, n, layouts[2], 3);
+        let a = values(al, 1 + m as u64);
+        let b = values(bl, 2 + n as u64);
+        let c0 = values(cl, 3 + k as u64);
+        let mut c = c0.clone();
+        assert!(super::own_enabled());
+        sgemm(
+            m, n, k, &a, am, &b, bm, &mut c, cm, accumulate, scale, threads,
+        );
+        let mut touched = vec![false; cl];
+        let mut worst = 0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let mut want: f64 = (0..k)
+                    .map(|p| a[at(am, i, p)] as f64 * b[at(bm, p, j)] as f64)
+                    .sum();
+                want *= scale as f64;
+                if accumulate {
+                    want += c0[at(cm, i, j)] as f64;
+                }
+                let got = c[at(cm, i, j)] as f64;
+                worst = worst.max((got - want).abs() / (1.0 + want.abs()));
+                touched[at(cm, i, j)] = true;
+            }
+        }
+        // 1e-6 relative per unit of sqrt(k): f32 rounding of a depth-k sum of O(1) terms.
+        let tol = 1e-6 * (k as f64).sqrt().max(1.0) * 4.0;
+        assert!(
+            worst < tol,
+            "{m}×{n}×{k} {layouts:?} acc {accumulate}: error {worst:e} > {tol:e}"
+        );
+        for (idx, t) in touched.iter().enumerate() {
+            if !t {
+                assert_eq!(
+                    c[idx].to_bits(),
+                    c0[idx].to_bits(),
+                    "{m}×{n}×{k}: wrote outside C at {idx}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_an_f64_product_over_every_layout_and_ragged_size() {
+        let sizes = [
+            (1, 1, 1),
+            (12, 32, 7),
+            (13, 33, 257),
+            (11, 31, 300),
+            (5, 70, 513),
+            (200, 3, 40),
+            (37, 530, 65),
+            (197, 45, 33),
+        ];
+        for &(m, n, k) in &sizes {
+            for l in 0..8 {
+                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
+                for accumulate in [false, true] {
+                    check(m, n, k, layouts, accumulate, 0.75, Threads::Single);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_products_equal_single_threaded_ones_bit_for_bit() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for &(m, n, k) in &[(2, 1280, 320), (300, 700, 270), (1030, 40, 96)] {
+            for l in [0b111, 0b011, 0b100] {
+                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
+                pool.install(|| check(m, n, k, layouts, true, 1.0, Threads::Pool));
+                let (am, al) = layout(m, k, layouts[0], 0);
+                let (bm, bl) = layout(k, n, layouts[1], 0);
+                let (cm, cl) = layout(m, n, layouts[2], 0);
+                let (a, b) = (values(al, 9), values(bl, 10));
+                let mut single = vec![0.5; cl];
+                let mut pooled = single.clone();
+                sgemm(
+                    m,
+                    n,
+                    k,
+                    &a,
+                    am,
+                    &b,
+                    bm,
+                    &mut single,
+                    cm,
+                    false,
+                    1.0,
+                    Threads::Single,
+                );
+                pool.install(|| {
+                    sgemm(
+                        m,
+                        n,
+                        k,
+                        &a,
+                        am,
+                        &b,
+                        bm,
+                        &mut pooled,
+                        cm,
+                        false,
+                        1.0,
+                        Threads::Pool,
+                    )
+                });
+                // Each element's depth sum is split and ordered the same way whatever the tasks.
+                assert_eq!(single, pooled, "{m}×{n}×{k} {layouts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_products_keep_the_threads_buffers() {
+        let (m, n, k) = (100, 100, 300);
+        let (a, b) = (values(m * k, 1), values(k * n, 2));
+        let mut c = vec![0.0; m * n];
+        let run = |c: &mut [f32]| {
+            sgemm(
+                m,
+                n,
+                k,
+                &a,
+                Mat::row_major(0, k),
+                &b,
+                Mat::row_major(0, n),
+                c,
+                Mat::row_major(0, n),
+                false,
+                1.0,
+                Threads::Single,
+            )
+        };
+        run(&mut c);
+        let held = super::super::gemm_avx512::thread_buffer_bytes();
+        assert!(held > 0);
+        run(&mut c);
+        assert_eq!(super::super::gemm_avx512::thread_buffer_bytes(), held);
+    }
+
+    #[test]
+    fn nan_and_infinity_propagate_as_in_a_plain_product() {
+        let (m, n, k) = (13, 33, 5);
+        let mut a = values(m * k, 4);
+        let b = values(k * n, 5);
+        a[2 * k + 1] = f32::NAN; // row 2
+        a[7 * k] = f32::INFINITY; // row 7
+        let mut c = vec![0.0; m * n];
+        sgemm(
+            m,
+            n,
+            k,
+            &a,
+            Mat::row_major(0, k),
+            &b,
+            Mat::row_major(0, n),
+            &mut c,
+            Mat::row_major(0, n),
+            false,
+            1.0,
+            Threads::Single,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let v = c[i * n + j];
+                match i {
+                    2 => assert!(v.is_nan()),
+                    7 => assert!(!v.is_finite()),
+                    _ => assert!(v.is_finite()),
+                }
+            }
+        }
+    }
 }

@@ -4,31 +4,43 @@
 //! of the bytes a U-Net forward asked the allocator for; BENCHMARKS.md, issue 16).
 //!
 //! Algorithm (the BLIS/GotoBLAS loop nest):
-//! - C is cut into tasks of `MC × NC` blocks, run on rayon's pool or on the calling thread.
-//! - Per task and per `KC` slice of the inner dimension, the slice of A is packed into strips of
-//!   `MR` rows (`[p][r]`, MR values per depth step) and the slice of B into strips of `NR`
-//!   columns (`[p][c]`), both into the thread's buffers, whatever the source strides.
+//! - C is cut into tasks: blocks of `NC` columns, each cut by rows into as many pieces as keep
+//!   rayon's workers busy (four tasks per worker; one piece on the calling thread). Tasks of one
+//!   column block run back to back.
+//! - Per task and per slice of the depth (equal slices of at most `KC`), B's panel is packed
+//!   once into strips of `NR` columns (`[p][c]`); then each `MC` block of the task's rows packs
+//!   its A strips of `MR` rows (`[p][r]`), and runs one A strip (in L1) against every B strip (from
+//!   L2). Packing reads any strides; the row-major and transposed layouts the crate's products
+//!   use are moved 16 × 16 at a time through an in-register transpose.
 //! - The register tile is `MR × NR` = 12 × 32: 24 zmm accumulators; per depth step two loads of
-//!   B and twelve broadcasts of A feed 24 FMAs. Each A strip stays in L1 while the task's B strips
-//!   (≤ `KC·NC` floats, 512 KiB) stream from L2. Ragged edges run the tile of fewer rows (a const
-//!   generic per row count) and masked column stores; nothing outside the matrices is read or
-//!   written.
+//!   B and twelve broadcasts of A feed 24 FMAs. Its rows of C are prefetched while it computes.
+//!   Ragged edges run the tile of fewer rows (a const generic per row count) and masked column
+//!   stores; nothing outside the matrices is read or written.
 //! - A product whose C is column-major (row stride 1) is run transposed, `cᵀ = bᵀ·aᵀ`, so stores
 //!   are always along C's contiguous dimension.
+//! - A can also be the implicit matrix of a stride-1 convolution over a padded image
+//!   (`gemm::Taps`: row = output position, depth = (channel, tap)): a whole k×k convolution is
+//!   then one product, A packed straight from the image, C loaded and stored once instead of k²
+//!   times.
 //!
-//! Limits: f32 in, f32 accumulate (the depth sum is split at `KC`, so the rounding differs from
-//! the `gemm` crate's in the last bits); C with neither stride 1 is stored element by element.
+//! Limits: f32 in, f32 accumulate (the depth sum is split in slices, so the rounding differs
+//! from the `gemm` crate's in the last bits); C with neither stride 1 is stored element by
+//! element. Measured against the `gemm` crate (`benches/gemm.rs`, BENCHMARKS.md): parity within
+//! ±10% on the U-Nets' linear layers and 3×3 convolutions; 1×1 convolutions (64-row weight tiles)
+//! 1.1–1.3× its time.
 //!
 //! Tested in this module against an f64 product over every stride layout, ragged sizes and both
-//! threading modes; every model golden runs through it. Benched by `benches/cpu_ops.rs` (its
-//! `cpu_gemm_flop` group sets it beside the `gemm` crate: `gemm::set_own_enabled`).
+//! threading modes (`tests/ops_props.rs` covers the convolution form); every model golden runs
+//! through it. Benched by `benches/gemm.rs`, interleaved with the `gemm` crate
+//! (`gemm::set_own_enabled`).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, Taps, Threads};
+use super::avx512::{lane_mask, transpose16};
+use super::matrix::{Mat, Taps, Threads};
 
 /// Rows of the register tile.
 pub const MR: usize = 12;
@@ -36,9 +48,9 @@ pub const MR: usize = 12;
 pub const NR: usize = 32;
 /// Depth of one packed slice.
 pub const KC: usize = 512;
-/// Rows of C per task (16 A strips).
+/// Rows of C packed and run at a time within a task (16 A strips).
 pub const MC: usize = 16 * MR;
-/// Columns of C per task (16 B strips).
+/// Columns of C per task (16 B strips: a packed B panel of up to 2 MiB, mostly in L2).
 pub const NC: usize = 16 * NR;
 
 /// One cache line of floats: the unit the packing buffers are allocated in, so that every strip
@@ -283,7 +295,15 @@ pub(super) enum AView {
 /// # Safety
 /// AVX-512F must be available; the elements lie in A; `dst` holds MR·kc floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_a(a: *const f32, av: AView, r0: usize, rows: usize, p0: usize, kc: usize, dst: *mut f32) {
+unsafe fn pack_a(
+    a: *const f32,
+    av: AView,
+    r0: usize,
+    rows: usize,
+    p0: usize,
+    kc: usize,
+    dst: *mut f32,
+) {
     let am = match av {
         AView::Strided(am) => am,
         AView::Taps(t) => {
@@ -328,9 +348,10 @@ unsafe fn pack_a(a: *const f32, av: AView, r0: usize, rows: usize, p0: usize, kc
                 let mask = lane_mask(depth);
                 let mut m = [_mm512_setzero_ps(); 16];
                 for (r, row) in m.iter_mut().enumerate().take(rows) {
-                    *row = _mm512_maskz_loadu_ps(mask, a.add(am.offset + (r0 + r) * am.rs + p0 + q));
+                    *row =
+                        _mm512_maskz_loadu_ps(mask, a.add(am.offset + (r0 + r) * am.rs + p0 + q));
                 }
-                let t = transpose16(m);
+                let t = transpose16(&m);
                 for (p, v) in t.iter().enumerate().take(depth) {
                     _mm512_mask_storeu_ps(dst.add((q + p) * MR), keep, *v);
                 }
@@ -383,7 +404,7 @@ unsafe fn pack_b(
                         let src = b.add(bm.offset + p0 + q + (c0 + first + c) * bm.cs);
                         *row = _mm512_maskz_loadu_ps(mask, src);
                     }
-                    let t = transpose16(rows);
+                    let t = transpose16(&rows);
                     for (p, v) in t.iter().enumerate().take(depth) {
                         _mm512_store_ps(dst.add((q + p) * NR + first), *v);
                     }
@@ -401,39 +422,6 @@ unsafe fn pack_b(
             }
         }
     }
-}
-
-/// The transpose of a 16 × 16 block held as 16 row vectors: in-lane 4 × 4 transposes of pairs
-/// and quadruples of rows, then a 4 × 4 transpose of the 128-bit lanes.
-#[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-    let mut t = [_mm512_setzero_ps(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // u[4i + j], lane L: rows 4i..4i+4 of column 4L + j.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for i in 0..4 {
-        let pd = |x: __m512| _mm512_castps_pd(x);
-        let ps = |x: __m512d| _mm512_castpd_ps(x);
-        u[4 * i] = ps(_mm512_unpacklo_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
-        u[4 * i + 1] = ps(_mm512_unpackhi_pd(pd(t[4 * i]), pd(t[4 * i + 2])));
-        u[4 * i + 2] = ps(_mm512_unpacklo_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
-        u[4 * i + 3] = ps(_mm512_unpackhi_pd(pd(t[4 * i + 1]), pd(t[4 * i + 3])));
-    }
-    let mut out = [_mm512_setzero_ps(); 16];
-    for j in 0..4 {
-        let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[j], u[4 + j]);
-        let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[j], u[4 + j]);
-        let v2 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + j], u[12 + j]);
-        let v3 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + j], u[12 + j]);
-        out[j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, v2);
-        out[4 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, v2);
-        out[8 + j] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, v3);
-        out[12 + j] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, v3);
-    }
-    out
 }
 
 /// Where a tile's results go: C's rows i0.., columns j0..j0+cols.
@@ -478,7 +466,10 @@ unsafe fn tile_of<const R: usize>(kc: usize, pa: *const f32, pb: *const f32, out
         // The tile's rows of C are fetched while it computes: they are stored (and read, when
         // added to) only at its end, and a C beyond the caches would stall every store there.
         for r in 0..R {
-            let row = out.c.wrapping_add(cm.offset + (out.i0 + r) * cm.rs + out.j0) as *const i8;
+            let row = out
+                .c
+                .wrapping_add(cm.offset + (out.i0 + r) * cm.rs + out.j0)
+                as *const i8;
             _mm_prefetch::<_MM_HINT_T0>(row);
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(124));
@@ -535,249 +526,6 @@ unsafe fn tile_of<const R: usize>(kc: usize, pa: *const f32, pb: *const f32, out
                         .c
                         .add(cm.offset + (out.i0 + r) * cm.rs + (out.j0 + j) * cm.cs);
                     *d = if out.load { *d + v } else { v };
-                }
-            }
-        }
-    }
-}
-
-/// The mask of the first `n` of 16 lanes.
-fn lane_mask(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::gemm::{sgemm, Mat, Threads};
-
-    /// Deterministic values in [-1, 1), never all zero.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// A matrix of `rows × cols` inside a buffer with a lead-in and padding, row- or column-major.
-    fn layout(rows: usize, cols: usize, row_major: bool, pad: usize) -> (Mat, usize) {
-        let offset = 3;
-        let m = if row_major {
-            Mat {
-                offset,
-                rs: cols + pad,
-                cs: 1,
-            }
-        } else {
-            Mat {
-                offset,
-                rs: 1,
-                cs: rows + pad,
-            }
-        };
-        let len = offset + (rows - 1) * m.rs + (cols - 1) * m.cs + 1 + 5;
-        (m, len)
-    }
-
-    fn at(m: Mat, i: usize, j: usize) -> usize {
-        m.offset + i * m.rs + j * m.cs
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn check(
-        m: usize,
-        n: usize,
-        k: usize,
-        layouts: [bool; 3],
-        accumulate: bool,
-        scale: f32,
-        threads: Threads,
-    ) {
-        let (am, al) = layout(m, k, layouts[0], 1);
-        let (bm, bl) = layout(k, n, layouts[1], 2);
-        let (cm, cl) = layout(m, n, layouts[2], 3);
-        let a = values(al, 1 + m as u64);
-        let b = values(bl, 2 + n as u64);
-        let c0 = values(cl, 3 + k as u64);
-        let mut c = c0.clone();
-        assert!(super::super::gemm::own_enabled());
-        sgemm(
-            m, n, k, &a, am, &b, bm, &mut c, cm, accumulate, scale, threads,
-        );
-        let mut touched = vec![false; cl];
-        let mut worst = 0f64;
-        for i in 0..m {
-            for j in 0..n {
-                let mut want: f64 = (0..k)
-                    .map(|p| a[at(am, i, p)] as f64 * b[at(bm, p, j)] as f64)
-                    .sum();
-                want *= scale as f64;
-                if accumulate {
-                    want += c0[at(cm, i, j)] as f64;
-                }
-                let got = c[at(cm, i, j)] as f64;
-                worst = worst.max((got - want).abs() / (1.0 + want.abs()));
-                touched[at(cm, i, j)] = true;
-            }
-        }
-        // 1e-6 relative per unit of sqrt(k): f32 rounding of a depth-k sum of O(1) terms.
-        let tol = 1e-6 * (k as f64).sqrt().max(1.0) * 4.0;
-        assert!(
-            worst < tol,
-            "{m}×{n}×{k} {layouts:?} acc {accumulate}: error {worst:e} > {tol:e}"
-        );
-        for (idx, t) in touched.iter().enumerate() {
-            if !t {
-                assert_eq!(
-                    c[idx].to_bits(),
-                    c0[idx].to_bits(),
-                    "{m}×{n}×{k}: wrote outside C at {idx}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn matches_an_f64_product_over_every_layout_and_ragged_size() {
-        let sizes = [
-            (1, 1, 1),
-            (12, 32, 7),
-            (13, 33, 257),
-            (11, 31, 300),
-            (5, 70, 513),
-            (200, 3, 40),
-            (37, 530, 65),
-            (197, 45, 33),
-        ];
-        for &(m, n, k) in &sizes {
-            for l in 0..8 {
-                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
-                for accumulate in [false, true] {
-                    check(m, n, k, layouts, accumulate, 0.75, Threads::Single);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn threaded_products_equal_single_threaded_ones_bit_for_bit() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
-        for &(m, n, k) in &[(2, 1280, 320), (300, 700, 270), (1030, 40, 96)] {
-            for l in [0b111, 0b011, 0b100] {
-                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
-                pool.install(|| check(m, n, k, layouts, true, 1.0, Threads::Pool));
-                let (am, al) = layout(m, k, layouts[0], 0);
-                let (bm, bl) = layout(k, n, layouts[1], 0);
-                let (cm, cl) = layout(m, n, layouts[2], 0);
-                let (a, b) = (values(al, 9), values(bl, 10));
-                let mut single = vec![0.5; cl];
-                let mut pooled = single.clone();
-                sgemm(
-                    m,
-                    n,
-                    k,
-                    &a,
-                    am,
-                    &b,
-                    bm,
-                    &mut single,
-                    cm,
-                    false,
-                    1.0,
-                    Threads::Single,
-                );
-                pool.install(|| {
-                    sgemm(
-                        m,
-                        n,
-                        k,
-                        &a,
-                        am,
-                        &b,
-                        bm,
-                        &mut pooled,
-                        cm,
-                        false,
-                        1.0,
-                        Threads::Pool,
-                    )
-                });
-                // Each element's depth sum is split and ordered the same way whatever the tasks.
-                assert_eq!(single, pooled, "{m}×{n}×{k} {layouts:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn repeated_products_keep_the_threads_buffers() {
-        let (m, n, k) = (100, 100, 300);
-        let (a, b) = (values(m * k, 1), values(k * n, 2));
-        let mut c = vec![0.0; m * n];
-        let run = |c: &mut [f32]| {
-            sgemm(
-                m,
-                n,
-                k,
-                &a,
-                Mat::row_major(0, k),
-                &b,
-                Mat::row_major(0, n),
-                c,
-                Mat::row_major(0, n),
-                false,
-                1.0,
-                Threads::Single,
-            )
-        };
-        run(&mut c);
-        let held = super::thread_buffer_bytes();
-        assert!(held > 0);
-        run(&mut c);
-        assert_eq!(super::thread_buffer_bytes(), held);
-    }
-
-    #[test]
-    fn nan_and_infinity_propagate_as_in_a_plain_product() {
-        let (m, n, k) = (13, 33, 5);
-        let mut a = values(m * k, 4);
-        let b = values(k * n, 5);
-        a[2 * k + 1] = f32::NAN; // row 2
-        a[7 * k] = f32::INFINITY; // row 7
-        let mut c = vec![0.0; m * n];
-        sgemm(
-            m,
-            n,
-            k,
-            &a,
-            Mat::row_major(0, k),
-            &b,
-            Mat::row_major(0, n),
-            &mut c,
-            Mat::row_major(0, n),
-            false,
-            1.0,
-            Threads::Single,
-        );
-        for i in 0..m {
-            for j in 0..n {
-                let v = c[i * n + j];
-                match i {
-                    2 => assert!(v.is_nan()),
-                    7 => assert!(!v.is_finite()),
-                    _ => assert!(v.is_finite()),
                 }
             }
         }

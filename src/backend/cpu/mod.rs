@@ -5,6 +5,8 @@
 pub mod activation;
 pub mod attention;
 pub mod attention_flash;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod conv;
 pub mod conv_direct;
 pub mod fourier;
@@ -13,6 +15,7 @@ pub mod gemm;
 pub mod gemm_avx512;
 pub mod linear;
 pub mod masked;
+pub mod matrix;
 pub mod norm;
 pub mod profile;
 pub mod resample;
