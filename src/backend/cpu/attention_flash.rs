@@ -43,71 +43,34 @@
 //! `benches/cpu_ops.rs` (`cpu_attention_flop`, `FREELUNCH_CPU_ATTENTION=gemm` for the old
 //! path) against `tools/bench_attention_torch.py` (BENCHMARKS.md, issue 13).
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use crate::error::{Error, Result};
 
-/// 0: not decided yet; 1: off; 2: on.
-static STATE: AtomicU8 = AtomicU8::new(0);
+static SWITCH: super::switch::Switch =
+    super::switch::Switch::new("FREELUNCH_CPU_ATTENTION", "gemm");
 
 /// Whether the flash path runs here: AVX-512F detected, and neither turned off with
 /// `FREELUNCH_CPU_ATTENTION=gemm` nor by [`set_enabled`].
 pub fn available() -> bool {
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let off = std::env::var("FREELUNCH_CPU_ATTENTION").is_ok_and(|v| v == "gemm");
-            let on = !off && detected();
-            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 2,
-    }
+    SWITCH.on()
 }
 
 /// Turns the flash path on (where the CPU has AVX-512F) or off (the `gemm` path of
 /// `attention.rs` everywhere) for the whole process, for benches and tests that set the two
 /// side by side; returns whether it is on now.
 pub fn set_enabled(on: bool) -> bool {
-    let on = on && detected();
-    STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-    on
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detected() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detected() -> bool {
-    false
+    SWITCH.set(on)
 }
 
 /// Query rows per task. Tunable with FREELUNCH_ATTN_ROWS for benches.
 fn rows_per_task() -> usize {
-    use std::sync::OnceLock;
-    static ROWS: OnceLock<usize> = OnceLock::new();
-    *ROWS.get_or_init(|| {
-        std::env::var("FREELUNCH_ATTN_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(192)
-    })
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    super::switch::tunable(&ROWS, "FREELUNCH_ATTN_ROWS", 192)
 }
 
 /// Keys per block (a multiple of 16). Tunable with FREELUNCH_ATTN_KEYS for benches.
 fn keys_per_block() -> usize {
-    use std::sync::OnceLock;
-    static KEYS: OnceLock<usize> = OnceLock::new();
-    *KEYS.get_or_init(|| {
-        std::env::var("FREELUNCH_ATTN_KEYS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&v| v > 0)
-            .map(|v| v.next_multiple_of(16))
-            .unwrap_or(128)
-    })
+    static KEYS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    super::switch::tunable(&KEYS, "FREELUNCH_ATTN_KEYS", 128).next_multiple_of(16)
 }
 
 /// One attention call's operands: q `[B, N, heads·dh]`, k and v `[B, M, heads·dh]`.
@@ -828,7 +791,7 @@ mod tests {
     /// ragged and single-token N and M, flat and peaked softmax (q ×8: logits of ±30 and more).
     #[test]
     fn flash_matches_reference_and_fallback() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             eprintln!("no AVX-512F: the flash kernel is not tested");
             return;
         }
@@ -889,7 +852,7 @@ mod tests {
     /// block boundaries.
     #[test]
     fn flash_causal_matches_reference() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             return;
         }
         let (mut worst_ref, mut worst_fb) = ([0f64; 2], [0f64; 2]);
@@ -925,7 +888,7 @@ mod tests {
     /// has NaN, the same values elsewhere.
     #[test]
     fn non_finite_inputs_behave_as_the_fallback() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             return;
         }
         let (b, n, m, heads, dh) = (2, 150, 200, 2, 24);
@@ -983,7 +946,7 @@ mod tests {
     /// over the range softmax uses and beyond; NaN stays NaN.
     #[test]
     fn exp16_is_cephes_expf() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             return;
         }
         let ulp = |a: f32, b: f32| (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs();
@@ -1024,7 +987,7 @@ mod tests {
     /// no growth.
     #[test]
     fn repeated_calls_reuse_the_scratch() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             return;
         }
         let pool = rayon::ThreadPoolBuilder::new()
@@ -1074,7 +1037,7 @@ mod timing {
     #[test]
     #[ignore]
     fn attention_cpu_time() {
-        if !super::detected() {
+        if !super::super::switch::avx512f() {
             return;
         }
         let spec = std::env::var("FREELUNCH_BENCH_ATTENTION").unwrap_or_else(|_| {

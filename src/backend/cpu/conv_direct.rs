@@ -56,47 +56,23 @@ const TILE: usize = 64;
 const NMAX: usize = 14;
 /// Most positions per task. Tunable with FREELUNCH_CONV_CHUNK for benches.
 fn chunk_max() -> usize {
-    use std::sync::OnceLock;
-    static CHUNK: OnceLock<usize> = OnceLock::new();
-    *CHUNK.get_or_init(|| {
-        std::env::var("FREELUNCH_CONV_CHUNK")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(1024)
-    })
+    static CHUNK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    super::switch::tunable(&CHUNK, "FREELUNCH_CONV_CHUNK", 1024)
 }
 
 /// Input channels per pass over a chunk (the block's weights for them, taps·ICB·32 floats,
 /// stay in L1 across the chunk's tiles). Tunable with FREELUNCH_CONV_ICB for benches.
 fn icb() -> usize {
-    use std::sync::OnceLock;
-    static ICB: OnceLock<usize> = OnceLock::new();
-    *ICB.get_or_init(|| {
-        std::env::var("FREELUNCH_CONV_ICB")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&v| v > 0)
-            .unwrap_or(16)
-    })
+    static ICB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    super::switch::tunable(&ICB, "FREELUNCH_CONV_ICB", 16)
 }
 
-/// 0: not decided yet; 1: off; 2: on.
-static STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static SWITCH: super::switch::Switch = super::switch::Switch::new("FREELUNCH_CPU_CONV", "gemm");
 
 /// Whether the direct path runs here: AVX-512F detected, and neither turned off with
 /// `FREELUNCH_CPU_CONV=gemm` nor by [`set_enabled`].
 pub fn available() -> bool {
-    use std::sync::atomic::Ordering;
-    match STATE.load(Ordering::Relaxed) {
-        0 => {
-            let off = std::env::var("FREELUNCH_CPU_CONV").is_ok_and(|v| v == "gemm");
-            let on = !off && detected();
-            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 2,
-    }
+    SWITCH.on()
 }
 
 /// Largest image (H·W) routed to the direct path. Measured (`benches/conv_peak.rs`,
@@ -115,19 +91,7 @@ pub fn takes(h: usize, w: usize) -> bool {
 /// everywhere) for the whole process, for benches and tests that set the two side by side;
 /// returns whether it is on now.
 pub fn set_enabled(on: bool) -> bool {
-    let on = on && detected();
-    STATE.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
-    on
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detected() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detected() -> bool {
-    false
+    SWITCH.set(on)
 }
 
 fn too_large(what: &str) -> Error {

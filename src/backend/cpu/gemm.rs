@@ -176,41 +176,19 @@ pub fn sgemm(
     }
 }
 
-/// 0: not decided yet; 1: off; 2: on.
-static OWN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+static OWN: super::switch::Switch = super::switch::Switch::new("FREELUNCH_CPU_GEMM", "crate");
 
 /// Whether products run on the own AVX-512 kernel: AVX-512F detected, and neither turned off with
 /// `FREELUNCH_CPU_GEMM=crate` nor by [`set_own_enabled`].
 pub fn own_enabled() -> bool {
-    use std::sync::atomic::Ordering;
-    match OWN.load(Ordering::Relaxed) {
-        0 => {
-            let off = std::env::var("FREELUNCH_CPU_GEMM").is_ok_and(|v| v == "crate");
-            let on = !off && own_detected();
-            OWN.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
-        }
-        s => s == 2,
-    }
+    OWN.on()
 }
 
 /// Turns the own kernel on (where the CPU has AVX-512F) or off (the `gemm` crate everywhere) for
 /// the whole process, for benches and tests that set the two side by side; returns whether it is
 /// on now.
 pub fn set_own_enabled(on: bool) -> bool {
-    let on = on && own_detected();
-    OWN.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
-    on
-}
-
-#[cfg(target_arch = "x86_64")]
-fn own_detected() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn own_detected() -> bool {
-    false
+    OWN.set(on)
 }
 
 /// The own kernel through the dispatch, where the CPU has AVX-512F.

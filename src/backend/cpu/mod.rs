@@ -19,6 +19,7 @@ pub mod matrix;
 pub mod norm;
 pub mod profile;
 pub mod resample;
+mod switch;
 pub mod timestep;
 pub mod vector;
 
