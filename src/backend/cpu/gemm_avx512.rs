@@ -50,7 +50,7 @@ pub const NR: usize = 32;
 pub const KC: usize = 512;
 /// Rows of C packed and run at a time within a task (16 A strips).
 pub const MC: usize = 16 * MR;
-/// Columns of C per task (16 B strips: a packed B panel of up to 2 MiB, mostly in L2).
+/// Columns of C per task (16 B strips: a packed B panel of up to `KC·NC` floats, 1 MiB).
 pub const NC: usize = 16 * NR;
 
 /// One cache line of floats: the unit the packing buffers are allocated in, so that every strip
@@ -92,7 +92,7 @@ pub fn thread_buffer_bytes() -> usize {
 /// The product on matrices already bounds-checked by `gemm::sgemm` (m, n, k ≥ 1).
 ///
 /// # Safety
-/// AVX-512F must be available. Every element (i, p) of `am` for i < m, p < k lies in `a`, every
+/// AVX-512F must be available. Every element (i, p) of A (`av`) for i < m, p < k lies in `a`, every
 /// (p, j) of `bm` in `b` and every (i, j) of `cm` in `c`, and C's elements are distinct (no
 /// stride 0 along a dimension longer than 1).
 #[allow(clippy::too_many_arguments)]
@@ -143,7 +143,8 @@ pub(super) unsafe fn sgemm(
         accumulate,
         scale,
     };
-    // Tasks of one column block run back to back, so its packed B panels serve all their rows.
+    // One task per column block on the calling thread (its packed B panel serves every row);
+    // on the pool, tasks of one column block are neighbours, so they read B from L3 together.
     let run = |t: usize| {
         let (j0, i0) = ((t / tm) * nc, (t % tm) * rows_per_task);
         let rows = rows_per_task.min(m - i0);
