@@ -9,10 +9,15 @@
 //!
 //! `cargo bench --bench alloc` runs the SD1.5 architecture (random weights, the issue's
 //! `[2, 4, 32, 32]` call with 77 tokens); `FREELUNCH_ALLOC_CONFIG=tools/configs/X.json` and
-//! `FREELUNCH_ALLOC_SHAPE=B,C,H,W` change the model and the call.
+//! `FREELUNCH_ALLOC_SHAPE=B,C,H,W` change the model and the call; `FREELUNCH_ALLOC_TRACE=1` (or
+//! `full`) lists where the third workspace call allocates, by call stack.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::backtrace::Backtrace;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
@@ -34,13 +39,73 @@ fn size_class(size: u64) -> usize {
     }
 }
 
+/// Whether allocations are being traced (`FREELUNCH_ALLOC_TRACE=1`, the last workspace call).
+static TRACING: AtomicBool = AtomicBool::new(false);
+/// The sizes and call stacks of the allocations traced.
+static TRACES: Mutex<Vec<(u64, Backtrace)>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Set while this thread records a trace (whose own allocations are not traced).
+    static IN_TRACE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn trace(size: u64) {
+    let _ = IN_TRACE.try_with(|busy| {
+        if !busy.replace(true) {
+            let bt = Backtrace::force_capture();
+            TRACES.lock().unwrap().push((size, bt));
+            busy.set(false);
+        }
+    });
+}
+
+/// The allocation sites traced, most frequent first: the innermost few crate frames of each
+/// (`FREELUNCH_ALLOC_TRACE=full`: the innermost frames of any crate, past the allocator's).
+fn report_traces() {
+    let full = std::env::var("FREELUNCH_ALLOC_TRACE").is_ok_and(|v| v == "full");
+    let traces = std::mem::take(&mut *TRACES.lock().unwrap());
+    let mut sites: HashMap<String, (u64, u64)> = HashMap::new();
+    for (size, bt) in &traces {
+        let text = bt.to_string();
+        let frames: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("at "))
+            .map(|l| l.split_once(": ").map_or(l, |(_, f)| f))
+            .skip_while(|f| {
+                full && (f.contains("alloc::")
+                    || f.contains("alloc_impl")
+                    || f.starts_with("std::backtrace")
+                    || f.starts_with("__rust")
+                    || f.contains("LocalKey"))
+            })
+            .filter(|f| full || f.contains("freelunch::"))
+            .take(if full { 5 } else { 4 })
+            .collect();
+        let e = sites.entry(frames.join(" <- ")).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    let mut sites: Vec<_> = sites.into_iter().collect();
+    sites.sort_by_key(|s| std::cmp::Reverse(s.1 .0));
+    for (site, (count, bytes)) in sites.iter().take(40) {
+        println!("alloc/trace {count:>5} × ({bytes:>8} B): {site}");
+    }
+}
+
 // SAFETY: every call goes to the system allocator unchanged; the counters only observe.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size() as u64;
-        TOTAL.fetch_add(size, Relaxed);
-        COUNT.fetch_add(1, Relaxed);
-        BY_SIZE[size_class(size)].fetch_add(size, Relaxed);
+        // What tracing allocates for itself is not counted (only its bytes live are).
+        if !IN_TRACE.try_with(Cell::get).unwrap_or(true) {
+            TOTAL.fetch_add(size, Relaxed);
+            COUNT.fetch_add(1, Relaxed);
+            BY_SIZE[size_class(size)].fetch_add(size, Relaxed);
+            if TRACING.load(Relaxed) {
+                trace(size);
+            }
+        }
         let live = LIVE.fetch_add(size, Relaxed) + size;
         PEAK.fetch_max(live, Relaxed);
         // SAFETY: as the caller's contract with `GlobalAlloc::alloc`.
@@ -121,12 +186,14 @@ fn main() {
     let ws = freelunch::workspace::Workspace::new();
     let pooled = unet.clone().with_workspace(ws.clone());
     let mut out = vec![0.0; unet.forward(&inputs).unwrap().numel()];
+    let trace = std::env::var_os("FREELUNCH_ALLOC_TRACE").is_some();
     for (model, label) in [(&unet, "forward"), (&pooled, "forward_into, workspace")] {
         for call in 1..=3 {
             let (total, count) = (TOTAL.load(Relaxed), COUNT.load(Relaxed));
             let live = LIVE.load(Relaxed);
             let by_size = BY_SIZE.each_ref().map(|b| b.load(Relaxed));
             PEAK.store(live, Relaxed);
+            TRACING.store(label != "forward" && call == 3 && trace, Relaxed);
             if label == "forward" {
                 drop(model.forward(&inputs).unwrap());
             } else {
@@ -134,16 +201,21 @@ fn main() {
                     .forward_into(&inputs, &Default::default(), &mut out)
                     .unwrap();
             }
-            let by_size: Vec<String> = (0..3)
-                .map(|i| format!("{:.1}", mib(BY_SIZE[i].load(Relaxed) - by_size[i])))
-                .collect();
+            TRACING.store(false, Relaxed);
+            // Read before anything below allocates.
+            let (total, count) = (TOTAL.load(Relaxed) - total, COUNT.load(Relaxed) - count);
+            let peak = PEAK.load(Relaxed) - live;
+            let by_size: [u64; 3] = std::array::from_fn(|i| BY_SIZE[i].load(Relaxed) - by_size[i]);
+            if label != "forward" && call == 3 && trace {
+                report_traces();
+            }
+            let by_size: Vec<String> = by_size.iter().map(|&b| format!("{:.1}", mib(b))).collect();
             println!(
-                "alloc/{} {shape:?} {label} call {call}: {:.1} MiB in {} allocations, peak +{:.1} MiB \
-                 (MiB in blocks < 64 KiB / < 1 MiB / larger: {})",
+                "alloc/{} {shape:?} {label} call {call}: {:.1} MiB in {count} allocations, peak \
+                 +{:.1} MiB (MiB in blocks < 64 KiB / < 1 MiB / larger: {})",
                 config_path.file_stem().unwrap().to_string_lossy(),
-                mib(TOTAL.load(Relaxed) - total),
-                COUNT.load(Relaxed) - count,
-                mib(PEAK.load(Relaxed) - live),
+                mib(total),
+                mib(peak),
                 by_size.join(" / "),
             );
         }

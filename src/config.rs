@@ -678,7 +678,7 @@ impl UNetConfig {
         };
         let c0 = self.levels[0].out_channels;
         let mut hw = (h, w);
-        let mut skips = vec![SkipRun {
+        let mut skips: smallvec::SmallVec<[SkipRun; 16]> = smallvec::smallvec![SkipRun {
             source: SkipSource::ConvIn,
             channels: c0,
             hw,
@@ -842,10 +842,10 @@ fn up_resnets(
     out: usize,
     input: usize,
     layers: usize,
-) -> Vec<(usize, usize, usize)> {
+) -> smallvec::SmallVec<[(usize, usize, usize); 3]> {
     match layers {
-        0 => vec![(prev_out, input, 1)],
-        _ => vec![(prev_out, out, 1), (out, out, layers - 1), (out, input, 1)],
+        0 => smallvec::smallvec![(prev_out, input, 1)],
+        _ => smallvec::smallvec![(prev_out, out, 1), (out, out, layers - 1), (out, input, 1)],
     }
 }
 
@@ -943,19 +943,23 @@ impl ForwardPlan {
     /// Refuses, "needs ~X GiB, Y GiB available", when the call will not fit in `available`
     /// bytes (a backend's `available_memory`; None skips the check).
     pub fn ensure_fits(&self, available: Option<u64>) -> Result<()> {
-        crate::tensor::ensure_fits_in(
-            &format!(
-                "the forward of a [{}, {}, {}, {}] sample (activations and attention workspace; \
-                 the weights, {} GiB, are already loaded)",
-                self.batch,
-                self.in_channels,
-                self.h,
-                self.w,
-                crate::error::gib(self.weight_bytes)
-            ),
-            self.call_bytes(),
-            available,
-        )
+        let needed = self.call_bytes();
+        match available {
+            Some(available) if needed > available => Err(Error::OutOfMemory {
+                what: format!(
+                    "the forward of a [{}, {}, {}, {}] sample (activations and attention \
+                     workspace; the weights, {} GiB, are already loaded)",
+                    self.batch,
+                    self.in_channels,
+                    self.h,
+                    self.w,
+                    crate::error::gib(self.weight_bytes)
+                ),
+                needed,
+                available,
+            }),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -299,6 +299,6 @@ impl Embedding {
             }
             out.extend_from_slice(&self.weight.data()[i as usize * dim..][..dim]);
         }
-        Ok(Tensor::from_parts(vec![indices.len(), dim], out))
+        Ok(Tensor::from_parts([indices.len(), dim], out))
     }
 }

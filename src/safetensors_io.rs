@@ -121,7 +121,7 @@ pub fn load_reporting(
         let raw = view.data();
         let start = raw.as_ptr() as usize - map.as_ptr() as usize;
         let bytes = start..start + raw.len();
-        let shape = view.shape().to_vec();
+        let shape = crate::Shape::from(view.shape());
         let half = match view.dtype() {
             Dtype::F16 => Some(HalfType::F16),
             Dtype::BF16 => Some(HalfType::BF16),
@@ -169,7 +169,7 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<BTreeMap<String, StoredTensor
 
 fn widen(view: &TensorView<'_>) -> std::result::Result<Tensor, String> {
     let bytes = view.data();
-    let shape = view.shape().to_vec();
+    let shape = crate::Shape::from(view.shape());
     fn conv<const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> f32) -> Vec<f32> {
         bytes
             .chunks_exact(N)

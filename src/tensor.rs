@@ -6,10 +6,12 @@
 //! allocation the machine cannot satisfy, is an `Error`, never a panic or an abort. Large
 //! allocations are compared with the memory still available first (`available_memory`).
 
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, Result};
+use crate::shape::Shape;
 
 /// Allocations of at least this many bytes are checked against `available_memory` first (a
 /// reservation the kernel overcommits would otherwise end in the OOM killer, not an error).
@@ -39,8 +41,10 @@ pub fn numel_of(shape: &[usize], what: &str) -> Result<usize> {
 pub fn available_memory() -> Option<u64> {
     let mut avail: Option<u64> = None;
     let mut cap = |v: u64| avail = Some(avail.map_or(v, |a| a.min(v)));
-    if let Ok(text) = std::fs::read_to_string("/proc/meminfo") {
-        if let Some(kb) = text.lines().find_map(|l| {
+    // Read into a buffer on the stack: every forward asks, and should allocate nothing.
+    let mut buf = [0u8; 4096];
+    if let Some(kb) = read_small("/proc/meminfo", &mut buf).and_then(|text| {
+        text.lines().find_map(|l| {
             l.strip_prefix("MemAvailable:").and_then(|rest| {
                 rest.trim()
                     .trim_end_matches("kB")
@@ -48,26 +52,44 @@ pub fn available_memory() -> Option<u64> {
                     .parse::<u64>()
                     .ok()
             })
-        }) {
-            cap(kb.saturating_mul(1024));
-        }
+        })
+    }) {
+        cap(kb.saturating_mul(1024));
     }
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    if let (Some(max), Some(cur)) = (
-        read("/sys/fs/cgroup/memory.max"),
-        read("/sys/fs/cgroup/memory.current"),
-    ) {
-        if let (Ok(max), Ok(cur)) = (max.trim().parse::<u64>(), cur.trim().parse::<u64>()) {
+    let number = |p: &str, buf: &mut [u8; 4096]| {
+        read_small(p, buf).and_then(|t| t.trim().parse::<u64>().ok())
+    };
+    if let Some(max) = number("/sys/fs/cgroup/memory.max", &mut buf) {
+        if let Some(cur) = number("/sys/fs/cgroup/memory.current", &mut buf) {
             cap(max.saturating_sub(cur));
         }
     }
-    if let Some(mb) = std::env::var("FREELUNCH_HOST_MEMORY_MB")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
+    if let Some(mb) = std::env::var_os("FREELUNCH_HOST_MEMORY_MB")
+        .and_then(|v| v.to_str().and_then(|v| v.trim().parse::<u64>().ok()))
     {
         cap(mb.saturating_mul(1 << 20));
     }
     avail
+}
+
+/// The text of a small system file (its first 4 KiB), read into `buf` without allocating.
+fn read_small<'a>(path: &str, buf: &'a mut [u8; 4096]) -> Option<&'a str> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    // A file cut at the buffer's end may split a character: keep the whole ones.
+    match std::str::from_utf8(&buf[..n]) {
+        Ok(text) => Some(text),
+        Err(e) => std::str::from_utf8(&buf[..e.valid_up_to()]).ok(),
+    }
 }
 
 /// Refuses, with "needs ~X GiB, Y GiB available", when `bytes` exceed `available` (skipped
@@ -206,9 +228,7 @@ impl std::ops::DerefMut for Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if self.0.capacity() >= crate::workspace::MIN_POOLED && crate::workspace::active() {
-            crate::workspace::give(std::mem::take(&mut self.0));
-        }
+        crate::workspace::give(std::mem::take(&mut self.0));
     }
 }
 
@@ -250,6 +270,45 @@ enum Storage {
     Owned(Arc<Vec<f32>>),
     Mapped(Arc<Mapping>, Range<usize>),
     Half(Arc<HalfValues>),
+    /// No values: what a tensor holds only while it is being dropped or taken apart.
+    Taken,
+}
+
+/// Most unshared value holders (`Arc`s emptied of their values) a thread keeps for the next
+/// tensors it makes.
+const MAX_HOLDERS: usize = 64;
+
+thread_local! {
+    /// Emptied, unshared value holders: every op makes a tensor and drops others, so reusing
+    /// their `Arc`s saves an allocation per op.
+    static HOLDERS: RefCell<Vec<Arc<Vec<f32>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `values` in a shareable holder, reusing one this thread emptied where it has one.
+fn hold(values: Vec<f32>) -> Arc<Vec<f32>> {
+    match HOLDERS.try_with(|h| h.borrow_mut().pop()).ok().flatten() {
+        Some(mut holder) => match Arc::get_mut(&mut holder) {
+            Some(slot) => {
+                *slot = values;
+                holder
+            }
+            None => Arc::new(values),
+        },
+        None => Arc::new(values),
+    }
+}
+
+/// The values of `holder` when it is their only owner (its `Arc` kept for [`hold`]); `None`,
+/// with the holder dropped, when they are shared.
+fn release(mut holder: Arc<Vec<f32>>) -> Option<Vec<f32>> {
+    let values = std::mem::take(Arc::get_mut(&mut holder)?);
+    let _ = HOLDERS.try_with(|h| {
+        let mut h = h.borrow_mut();
+        if h.len() < MAX_HOLDERS {
+            h.push(holder);
+        }
+    });
+    Some(values)
 }
 
 /// 16-bit values in a mapping, and their f32 widening once made.
@@ -368,6 +427,7 @@ impl Storage {
                 widen_half(raw, h.dtype, &mut v);
                 v
             }),
+            Storage::Taken => &[],
         }
     }
 
@@ -376,6 +436,7 @@ impl Storage {
             Storage::Owned(v) => v.len(),
             Storage::Mapped(_, bytes) => bytes.len() / 4,
             Storage::Half(h) => h.bytes.len() / 2,
+            Storage::Taken => 0,
         }
     }
 }
@@ -398,7 +459,7 @@ impl Storage {
 /// ```
 #[derive(Clone)]
 pub struct Tensor {
-    shape: Vec<usize>,
+    shape: Shape,
     data: Storage,
 }
 
@@ -415,13 +476,31 @@ impl std::fmt::Debug for Tensor {
 /// back to the workspace for the next buffer of their size.
 impl Drop for Tensor {
     fn drop(&mut self) {
-        if let Storage::Owned(v) = &mut self.data {
-            if let Some(values) = Arc::get_mut(v) {
-                if values.capacity() >= crate::workspace::MIN_POOLED && crate::workspace::active() {
-                    crate::workspace::give(std::mem::take(values));
-                }
+        if let Storage::Owned(holder) = std::mem::replace(&mut self.data, Storage::Taken) {
+            if let Some(values) = release(holder) {
+                crate::workspace::give(values);
             }
         }
+    }
+}
+
+/// `e` (an allocation's error) naming the tensor of `shape` it was for: the name is formatted
+/// only when something failed.
+fn for_tensor(e: Error, shape: &[usize]) -> Error {
+    let what = || format!("a tensor of shape {shape:?}");
+    match e {
+        Error::OutOfMemory {
+            needed, available, ..
+        } => Error::OutOfMemory {
+            what: what(),
+            needed,
+            available,
+        },
+        Error::TooLarge { detail, .. } => Error::TooLarge {
+            what: what(),
+            detail,
+        },
+        e => e,
     }
 }
 
@@ -433,7 +512,7 @@ impl PartialEq for Tensor {
 
 impl Tensor {
     /// A tensor over `data`; fails when the element count does not match the shape.
-    pub fn new(shape: impl Into<Vec<usize>>, data: Vec<f32>) -> Result<Self> {
+    pub fn new(shape: impl Into<Shape>, data: Vec<f32>) -> Result<Self> {
         let shape = shape.into();
         let numel = numel_of(&shape, "tensor")?;
         if numel != data.len() {
@@ -447,14 +526,14 @@ impl Tensor {
         }
         Ok(Tensor {
             shape,
-            data: Storage::Owned(Arc::new(data)),
+            data: Storage::Owned(hold(data)),
         })
     }
 
     /// A tensor of `shape` holding a copy of `values` (one allocation, made fallibly).
-    pub fn from_slice(shape: impl Into<Vec<usize>>, values: &[f32]) -> Result<Self> {
+    pub fn from_slice(shape: impl Into<Shape>, values: &[f32]) -> Result<Self> {
         let shape = shape.into();
-        let v = try_copy(values, &format!("a tensor of shape {shape:?}"))?;
+        let v = try_copy(values, "a tensor").map_err(|e| for_tensor(e, &shape))?;
         Self::new(shape, v)
     }
 
@@ -475,7 +554,7 @@ impl Tensor {
     /// assert_eq!((buffer[0], t.data()[0], u.data()[0]), (1.0, 1.0, 5.0));
     /// # Ok::<(), freelunch::Error>(())
     /// ```
-    pub fn from_shared(shape: impl Into<Vec<usize>>, values: Arc<Vec<f32>>) -> Result<Self> {
+    pub fn from_shared(shape: impl Into<Shape>, values: Arc<Vec<f32>>) -> Result<Self> {
         let shape = shape.into();
         let numel = numel_of(&shape, "tensor")?;
         if numel != values.len() {
@@ -494,46 +573,47 @@ impl Tensor {
     }
 
     /// Internal constructor for shapes the caller has already checked.
-    pub(crate) fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Self {
+    pub(crate) fn from_parts(shape: impl Into<Shape>, data: Vec<f32>) -> Self {
+        let shape = shape.into();
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor {
             shape,
-            data: Storage::Owned(Arc::new(data)),
+            data: Storage::Owned(hold(data)),
         }
     }
 
     /// Zeros of `shape`. Panics where `try_zeros` errs: for shapes from untrusted input use that.
-    pub fn zeros(shape: impl Into<Vec<usize>>) -> Self {
+    pub fn zeros(shape: impl Into<Shape>) -> Self {
         Self::try_zeros(shape).unwrap_or_else(|e| panic!("Tensor::zeros: {e}"))
     }
 
     /// Zeros of `shape`; an error when the shape overflows or the memory cannot be had.
-    pub fn try_zeros(shape: impl Into<Vec<usize>>) -> Result<Self> {
+    pub fn try_zeros(shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         let n = numel_of(&shape, "tensor")?;
-        let data = try_zeroed_vec(n, &format!("a tensor of shape {shape:?}"))?;
+        let data = try_zeroed_vec(n, "a tensor").map_err(|e| for_tensor(e, &shape))?;
         Ok(Tensor {
             shape,
-            data: Storage::Owned(Arc::new(data)),
+            data: Storage::Owned(hold(data)),
         })
     }
 
     /// Standard-normal entries from a fixed seed (tests, benches, random-weight models).
     /// Panics where `try_randn` errs: for shapes from untrusted input use that.
-    pub fn randn(shape: impl Into<Vec<usize>>, seed: u64) -> Self {
+    pub fn randn(shape: impl Into<Shape>, seed: u64) -> Self {
         Self::try_randn(shape, seed).unwrap_or_else(|e| panic!("Tensor::randn: {e}"))
     }
 
     /// As `randn`; an error when the shape overflows or the memory cannot be had.
-    pub fn try_randn(shape: impl Into<Vec<usize>>, seed: u64) -> Result<Self> {
+    pub fn try_randn(shape: impl Into<Shape>, seed: u64) -> Result<Self> {
         let shape = shape.into();
         let n = numel_of(&shape, "tensor")?;
-        let mut data = try_vec_with_capacity(n, &format!("a tensor of shape {shape:?}"))?;
+        let mut data = try_vec_with_capacity(n, "a tensor").map_err(|e| for_tensor(e, &shape))?;
         let mut rng = crate::rng::Rng::new(seed);
         data.extend((0..n).map(|_| rng.normal()));
         Ok(Tensor {
             shape,
-            data: Storage::Owned(Arc::new(data)),
+            data: Storage::Owned(hold(data)),
         })
     }
 
@@ -542,10 +622,9 @@ impl Tensor {
     pub fn try_clone(&self) -> Result<Self> {
         Ok(Tensor {
             shape: self.shape.clone(),
-            data: Storage::Owned(Arc::new(try_copy(
-                self.data(),
-                &format!("a tensor of shape {:?}", self.shape),
-            )?)),
+            data: Storage::Owned(hold(
+                try_copy(self.data(), "a tensor").map_err(|e| for_tensor(e, &self.shape))?,
+            )),
         })
     }
 
@@ -562,7 +641,7 @@ impl Tensor {
     /// The values to change in place; a mapped tensor's are copied first (once).
     pub fn data_mut(&mut self) -> &mut [f32] {
         if !matches!(self.data, Storage::Owned(_)) {
-            self.data = Storage::Owned(Arc::new(self.data.as_slice().to_vec()));
+            self.data = Storage::Owned(hold(self.data.as_slice().to_vec()));
         }
         match &mut self.data {
             // Clones share their values until one of them writes.
@@ -573,8 +652,14 @@ impl Tensor {
 
     /// The values as an owned vector (copied when they are mapped or shared).
     pub fn into_data(mut self) -> Vec<f32> {
-        match std::mem::replace(&mut self.data, Storage::Owned(Arc::default())) {
-            Storage::Owned(v) => Arc::try_unwrap(v).unwrap_or_else(|shared| (*shared).clone()),
+        match std::mem::replace(&mut self.data, Storage::Taken) {
+            Storage::Owned(mut holder) => {
+                if Arc::get_mut(&mut holder).is_some() {
+                    release(holder).unwrap_or_default()
+                } else {
+                    (*holder).clone()
+                }
+            }
             other => other.as_slice().to_vec(),
         }
     }
@@ -586,7 +671,8 @@ impl Tensor {
 
     /// The same values under `shape` (same element count, checked by the caller), without a
     /// copy whatever their storage.
-    pub(crate) fn with_shape(mut self, shape: Vec<usize>) -> Self {
+    pub(crate) fn with_shape(mut self, shape: impl Into<Shape>) -> Self {
+        let shape = shape.into();
         debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
         self.shape = shape;
         self
@@ -595,7 +681,7 @@ impl Tensor {
     /// A tensor over f32 values stored in `map` at `bytes` (little-endian), read in place when
     /// they are aligned and copied once otherwise. The caller has checked the byte count.
     pub(crate) fn from_mapped_f32(
-        shape: Vec<usize>,
+        shape: Shape,
         map: &Arc<Mapping>,
         bytes: Range<usize>,
     ) -> Result<Self> {
@@ -612,7 +698,7 @@ impl Tensor {
                     .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             );
             map.release(bytes);
-            Storage::Owned(Arc::new(v))
+            Storage::Owned(hold(v))
         };
         Ok(Tensor { shape, data })
     }
@@ -621,7 +707,7 @@ impl Tensor {
     /// and widened on the first `data`, or widened now (and the mapped pages released) unless
     /// `keep`.
     pub(crate) fn from_mapped_half(
-        shape: Vec<usize>,
+        shape: Shape,
         map: &Arc<Mapping>,
         bytes: Range<usize>,
         dtype: HalfType,
@@ -646,7 +732,7 @@ impl Tensor {
         map.release(bytes);
         Ok(Tensor {
             shape,
-            data: Storage::Owned(Arc::new(v)),
+            data: Storage::Owned(hold(v)),
         })
     }
 
@@ -665,7 +751,7 @@ impl Tensor {
         match &self.data {
             Storage::Mapped(map, bytes) => Some((map.clone(), bytes.clone())),
             Storage::Half(h) => Some((h.map.clone(), h.bytes.clone())),
-            Storage::Owned(_) => None,
+            Storage::Owned(_) | Storage::Taken => None,
         }
     }
 
@@ -681,7 +767,7 @@ impl Tensor {
     }
 
     /// Same data, new shape with the same element count.
-    pub fn reshape(self, shape: impl Into<Vec<usize>>) -> Result<Self> {
+    pub fn reshape(self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
         let numel = numel_of(&shape, "tensor")?;
         if numel != self.numel() {

@@ -1,19 +1,21 @@
 //! Reusable host buffers for repeated calls of one shape: an engine serving a sampling loop
 //! makes the same forward call, with the same intermediate sizes, many times over. Inside
-//! [`Workspace::scope`], every tensor value buffer of at least [`MIN_POOLED`] floats that the
-//! crate allocates on the calling thread (op outputs, concatenations, layout changes) is taken
+//! [`Workspace::scope`], every tensor value buffer that the crate allocates on the calling thread (op outputs, concatenations, layout changes) is taken
 //! from the workspace when one of that exact size is free there, and every such buffer a tensor
 //! drops on that thread goes back to it rather than to the allocator. After the first call of a
 //! shape, later calls of that shape reuse what the first one freed.
 //!
 //! What it does not cover, and why:
 //! - scratch allocated inside parallel tasks on other threads: the matrix product's and the
-//!   flash attention kernel's packing buffers are kept per thread instead (grown once, then
-//!   reused), and the rest (the fallback attention's score rows, MaskUNet's masked weight tiles)
-//!   goes to the allocator as before; so do the `gemm` crate's packing buffers on CPUs without
-//!   AVX-512F, where it runs the products;
-//! - a GPU's memory (the CUDA backend has its own allocations; only host tensors are pooled);
-//! - buffers below [`MIN_POOLED`] floats, which the allocator serves faster than a lookup.
+//!   flash attention kernel's packing buffers, and MaskUNet's masked weight tiles, are kept per
+//!   thread instead (grown once, then reused); the fallback attention's score rows
+//!   (`FREELUNCH_CPU_ATTENTION=gemm`) go to the allocator, and so do the `gemm` crate's packing
+//!   buffers on CPUs without AVX-512F, where it runs the products;
+//! - a GPU's memory (the CUDA backend has its own allocations; only host tensors are pooled).
+//!
+//! A tensor's shape is held inline ([`Shape`](crate::Shape)) and the `Arc` that lets clones
+//! share its values is reused per thread, so with every value buffer pooled, a repeated call
+//! of one shape allocates nothing on the CPU backend's hot path (BENCHMARKS.md counts it).
 //!
 //! A workspace holds what it was given back until it is dropped or [`Workspace::clear`]ed: at
 //! most about the peak of one call's intermediates (BENCHMARKS.md measures it). Values taken
@@ -23,9 +25,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-
-/// Smallest buffer, in f32 values (16 KiB), that a workspace keeps.
-pub const MIN_POOLED: usize = 4096;
 
 /// The size class of a request for `n` values: the least `m·2^e ≥ n` with `m` in 4..8. Buffers
 /// are pooled by class, so one freed at one size serves requests of any size near it (at most
@@ -46,7 +45,7 @@ fn class_below(c: usize) -> usize {
 /// The capacity to allocate for `n` values inside a workspace's scope (so the buffer can serve
 /// its whole class later); `n` itself outside one.
 pub(crate) fn capacity_for(n: usize) -> usize {
-    if n >= MIN_POOLED && active() {
+    if n > 0 && active() {
         class_above(n)
     } else {
         n
@@ -149,10 +148,9 @@ impl Workspace {
 }
 
 /// An empty buffer with capacity at least `n` from the current scope's workspace, if it has
-/// one of `n`'s class free; `None` outside a scope, below [`MIN_POOLED`], or when none is
-/// free.
+/// one of `n`'s class free; `None` outside a scope, for no values, or when none is free.
 pub(crate) fn take(n: usize) -> Option<Vec<f32>> {
-    if n < MIN_POOLED {
+    if n == 0 {
         return None;
     }
     let ws = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()?;
@@ -168,11 +166,10 @@ pub(crate) fn take(n: usize) -> Option<Vec<f32>> {
     found
 }
 
-/// Gives `v`'s buffer to the current scope's workspace; outside a scope (or when it is too
-/// small to keep) it is simply freed.
+/// Gives `v`'s buffer to the current scope's workspace; outside a scope it is simply freed.
 pub(crate) fn give(mut v: Vec<f32>) {
     let n = v.capacity();
-    if n < MIN_POOLED {
+    if n == 0 {
         return;
     }
     let Some(ws) = CURRENT.try_with(|c| c.borrow().clone()).ok().flatten() else {
@@ -205,27 +202,33 @@ mod tests {
         }
     }
 
+    /// A size that is its own class.
+    const N: usize = 4096;
+
     #[test]
     fn buffers_come_back_only_inside_a_scope_and_only_at_their_size() {
         let ws = Workspace::new();
-        give(vec![1.0; MIN_POOLED]); // no scope: freed
+        give(vec![1.0; N]); // no scope: freed
         assert_eq!(ws.stats().held_bytes, 0);
         ws.scope(|| {
-            assert!(take(MIN_POOLED).is_none());
-            let mut v = Vec::with_capacity(MIN_POOLED);
-            v.extend(std::iter::repeat_n(2.0f32, MIN_POOLED));
+            assert!(take(N).is_none());
+            let mut v = Vec::with_capacity(N);
+            v.extend(std::iter::repeat_n(2.0f32, N));
             let ptr = v.as_ptr();
             give(v);
-            give(vec![3.0; MIN_POOLED - 1]); // too small: freed
-            assert_eq!(ws.stats().held_bytes, (MIN_POOLED * 4) as u64);
-            // MIN_POOLED + 1 is of the next class up.
-            assert!(take(MIN_POOLED + 1).is_none());
-            let back = take(MIN_POOLED).expect("the buffer given back");
+            give(Vec::new()); // nothing to keep
+            assert_eq!(ws.stats().held_bytes, (N * 4) as u64);
+            // N + 1 is of the next class up.
+            assert!(take(N + 1).is_none());
+            let back = take(N).expect("the buffer given back");
             assert_eq!((back.as_ptr(), back.len()), (ptr, 0));
+            // Small buffers are kept too.
+            give(vec![3.0; 3]);
+            assert_eq!(take(3).map(|v| v.capacity()), Some(3));
         });
         assert!(!active());
         let stats = ws.stats();
-        assert_eq!((stats.reused, stats.missed, stats.held_bytes), (1, 2, 0));
+        assert_eq!((stats.reused, stats.missed, stats.held_bytes), (2, 2, 0));
     }
 
     #[test]
@@ -236,9 +239,9 @@ mod tests {
                 inner.scope(|| panic!("inside"));
             }));
             assert!(r.is_err());
-            give(vec![0.0; MIN_POOLED]);
+            give(vec![0.0; N]);
         });
-        assert_eq!(outer.stats().held_bytes, (MIN_POOLED * 4) as u64);
+        assert_eq!(outer.stats().held_bytes, (N * 4) as u64);
         assert_eq!(inner.stats().held_bytes, 0);
     }
 }

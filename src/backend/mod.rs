@@ -89,7 +89,7 @@ pub trait Backend {
     type Tensor: Clone;
 
     /// The semantic shape (see the module docs).
-    fn shape(&self, x: &Self::Tensor) -> Vec<usize>;
+    fn shape(&self, x: &Self::Tensor) -> crate::Shape;
     /// From a host tensor with a semantic shape (images NCHW).
     fn upload(&self, x: &Tensor) -> Result<Self::Tensor>;
     /// To a host tensor with the semantic shape (images NCHW), in f32.
@@ -329,8 +329,8 @@ fn apply_epilogue(y: &mut Tensor, epi: Epilogue<Tensor>) -> Result<()> {
 impl Backend for Cpu {
     type Tensor = Tensor;
 
-    fn shape(&self, x: &Tensor) -> Vec<usize> {
-        x.shape().to_vec()
+    fn shape(&self, x: &Tensor) -> crate::Shape {
+        crate::Shape::from(x.shape())
     }
 
     fn upload(&self, x: &Tensor) -> Result<Tensor> {
@@ -596,7 +596,7 @@ impl Backend for Cpu {
 
     fn slice_channels(&self, x: &Tensor, start: usize, len: usize) -> Result<Tensor> {
         let c = slice_channels_dims(x.shape(), start, len)?;
-        let mut shape = x.shape().to_vec();
+        let mut shape = crate::Shape::from(x.shape());
         *shape.last_mut().expect("checked rank") = len;
         let out = if c == 0 {
             Vec::new()

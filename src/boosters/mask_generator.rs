@@ -213,7 +213,7 @@ impl MaskGenerator {
             }
         }
         let cin = x.len() / b;
-        let mut x = Tensor::from_parts(vec![b, cin], x);
+        let mut x = Tensor::from_parts([b, cin], x);
         crate::backend::cpu::try_add_inplace(&mut x, &g.proj_temb.try_forward(emb, lc)?, 1.0)?;
         let relu = |mut t: Tensor| {
             t.data_mut().iter_mut().for_each(|v| *v = v.max(0.0));

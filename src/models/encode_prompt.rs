@@ -265,8 +265,8 @@ pub fn encode_prompt_sdxl<B: Backend>(
         (None, None)
     } else if zero_out {
         (
-            Some(Tensor::zeros(prompt_embeds.shape().to_vec())),
-            Some(Tensor::zeros(pooled.shape().to_vec())),
+            Some(Tensor::zeros(prompt_embeds.shape())),
+            Some(Tensor::zeros(pooled.shape())),
         )
     } else {
         let n1 = negatives(prompts.negative_prompt, prompt.len(), "negative_prompt")?;

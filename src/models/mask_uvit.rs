@@ -474,7 +474,7 @@ impl TokenMask {
                 format!("dtype {:?}; a token mask is u8 or bool", view.dtype()),
             ));
         }
-        let shape = view.shape().to_vec();
+        let shape = crate::Shape::from(view.shape());
         let data = view.data().iter().map(|&v| f32::from(v)).collect();
         Ok(Some(Self::from_tensor(&Tensor::new(shape, data)?)?))
     }
@@ -1042,7 +1042,7 @@ fn unpatchify(tokens: &[f32], b: usize, grid: usize, p: usize, c: usize) -> Tens
             }
         }
     }
-    Tensor::from_parts(vec![b, c, side, side], out)
+    Tensor::from_parts([b, c, side, side], out)
 }
 
 impl Denoiser for MaskedUViT {

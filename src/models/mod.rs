@@ -179,6 +179,13 @@ impl Placement {
         };
         match &self.pool {
             Some(p) => p.install(run),
+            // A CPU call from outside the pool runs on one of its threads: each op's parallel
+            // loop then queues its tasks there, rather than handing every op to the pool from
+            // outside (which allocates the pool's queue blocks as it goes, and wakes a thread
+            // per op). GPU calls stay on the caller's thread, where its CUDA context is current.
+            None if matches!(self.exec, Exec::Cpu) && rayon::current_thread_index().is_none() => {
+                rayon::scope(|_| run())
+            }
             None => run(),
         }
     }

@@ -13,8 +13,10 @@ use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::embeddings::{TimestepEmbedding, Timesteps};
-use super::unet_2d_blocks::{BlockInputs, DownBlock2D, UNetMidBlock2D, UpBlock2D};
+use super::unet_2d_blocks::{BlockInputs, DownBlock2D, Skips, UNetMidBlock2D, UpBlock2D};
 use super::{Denoiser, Placement};
 use crate::backend::{Backend, Cpu, Epilogue};
 use crate::boosters::Boosters;
@@ -23,6 +25,7 @@ use crate::device::Exec;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, Embedding, GroupNorm, LayerCtx};
 use crate::safetensors_io;
+use crate::shape::Shape;
 use crate::tensor::{Mapping, Tensor};
 use crate::weights::{Checkpoint, LoadOptions, ModelFiles, WeightSource};
 
@@ -59,7 +62,7 @@ impl UNetInputs {
                 .iter()
                 .flat_map(|&i| t.data()[i * per..(i + 1) * per].iter().copied())
                 .collect();
-            let mut shape = t.shape().to_vec();
+            let mut shape = crate::Shape::from(t.shape());
             shape[0] = idx.len();
             Tensor::new(shape, data)
         };
@@ -158,11 +161,18 @@ impl UNetInputs {
     }
 
     /// Every tensor of the call, by its input name (`timestep` and `class_labels` as [N]).
-    fn named(&self) -> Vec<(&'static str, Vec<usize>, &[f32])> {
-        let mut out = vec![
-            ("sample", self.sample.shape().to_vec(), self.sample.data()),
-            ("timestep", vec![self.timesteps.len()], &self.timesteps[..]),
-        ];
+    fn named(&self) -> SmallVec<[(&'static str, Shape, &[f32]); 6]> {
+        let mut out: SmallVec<[_; 6]> = SmallVec::new();
+        out.push((
+            "sample",
+            Shape::from(self.sample.shape()),
+            self.sample.data(),
+        ));
+        out.push((
+            "timestep",
+            Shape::from([self.timesteps.len()]),
+            &self.timesteps[..],
+        ));
         let opt = [
             ("encoder_hidden_states", &self.encoder_hidden_states),
             ("text_embeds", &self.text_embeds),
@@ -170,11 +180,11 @@ impl UNetInputs {
         ];
         for (name, t) in opt {
             if let Some(t) = t {
-                out.push((name, t.shape().to_vec(), t.data()));
+                out.push((name, Shape::from(t.shape()), t.data()));
             }
         }
         if let Some(l) = &self.class_labels {
-            out.push(("class_labels", vec![l.len()], &l[..]));
+            out.push(("class_labels", Shape::from([l.len()]), &l[..]));
         }
         out
     }
@@ -841,22 +851,24 @@ impl UNet2DConditionModel {
                 ));
             }
         }
-        let y = self.forward_with(inputs, boosters)?;
-        if y.numel() != out.len() {
-            return Err(Error::shape(
-                "forward_into",
-                format!(
-                    "the output {:?} has {} values; `out` holds {}",
-                    y.shape(),
-                    y.numel(),
-                    out.len()
-                ),
-            ));
-        }
-        out.copy_from_slice(y.data());
-        // Dropped in the workspace's scope, so the next call reuses the output buffer too.
-        self.placement.install(move || drop(y));
-        Ok(())
+        // The copy and the drop happen on the thread the forward ran on, in the workspace's
+        // scope, so the next call reuses the output's buffer too.
+        self.placement.install(|| {
+            let y = self.forward_on_exec(&self.placement.exec, inputs, boosters)?;
+            if y.numel() != out.len() {
+                return Err(Error::shape(
+                    "forward_into",
+                    format!(
+                        "the output {:?} has {} values; `out` holds {}",
+                        y.shape(),
+                        y.numel(),
+                        out.len()
+                    ),
+                ));
+            }
+            out.copy_from_slice(y.data());
+            Ok(())
+        })
     }
 
     /// Where this handle's calls run.
@@ -961,13 +973,15 @@ impl UNet2DConditionModel {
         if let Some(m) = &boosters.masks {
             m.check_layers(&self.modules.layers)?;
         }
-        let watch = std::cell::RefCell::new((be.new_watch()?, Vec::<(String, Vec<usize>)>::new()));
-        let check = |layer: &str, x: &B::Tensor| {
-            let (w, layers) = &mut *watch.borrow_mut();
-            layers.push((layer.to_string(), be.shape(x)));
+        // The outputs watched, in order: where they were made and their shapes.
+        let watched: SmallVec<[(Site, Shape); 32]> = SmallVec::new();
+        let watch = std::cell::RefCell::new((be.new_watch()?, watched));
+        let check = |site: Site, x: &B::Tensor| {
+            let (w, sites) = &mut *watch.borrow_mut();
+            sites.push((site, be.shape(x)));
             match be.watch_non_finite(w, x)? {
                 None => Ok(()),
-                Some(bad) => Err(non_finite_in(layer, &be.shape(x), bad)),
+                Some(bad) => Err(non_finite_in(&self.site_name(site), &be.shape(x), bad)),
             }
         };
         let lc = LayerCtx {
@@ -977,19 +991,19 @@ impl UNet2DConditionModel {
         let c = &self.config;
         let b = inputs.sample.shape()[0];
 
-        let timesteps: Vec<f32> = if inputs.timesteps.len() == 1 {
-            vec![inputs.timesteps[0]; b]
+        let timesteps: SmallVec<[f32; 32]> = if inputs.timesteps.len() == 1 {
+            smallvec::smallvec![inputs.timesteps[0]; b]
         } else {
-            inputs.timesteps.clone()
+            SmallVec::from_slice(&inputs.timesteps)
         };
         let t_proj = be.timestep_embedding(&self.modules.time_proj, &timesteps)?;
-        check("time_proj", &t_proj)?;
+        check(Site::Named("time_proj"), &t_proj)?;
         let mut emb = self.modules.time_embedding.forward(be, &t_proj, lc)?;
-        check("time_embedding", &emb)?;
+        check(Site::Named("time_embedding"), &emb)?;
         if let (Some(ce), Some(labels)) = (&self.modules.class_embedding, &inputs.class_labels) {
             let class_emb = be.upload(&ce.forward(labels, "class_labels")?)?;
             emb = be.add(&emb, &class_emb, 1.0)?;
-            check("class_embedding", &emb)?;
+            check(Site::Named("class_embedding"), &emb)?;
         }
         if let (Some(proj), Some(add), Some(te), Some(ti)) = (
             &self.modules.add_time_proj,
@@ -1007,10 +1021,10 @@ impl UNet2DConditionModel {
                 cat.extend_from_slice(&te.data()[i * e..(i + 1) * e]);
                 cat.extend_from_slice(&time_embeds.data()[i * per..(i + 1) * per]);
             }
-            let cat = be.upload(&Tensor::from_parts(vec![b, e + per], cat))?;
+            let cat = be.upload(&Tensor::from_parts([b, e + per], cat))?;
             let aug = add.forward(be, &cat, lc)?;
             emb = be.add(&emb, &aug, 1.0)?;
-            check("add_embedding", &emb)?;
+            check(Site::Named("add_embedding"), &emb)?;
         }
         let temb_act = be.silu(&emb)?;
         let context = match &inputs.encoder_hidden_states {
@@ -1037,12 +1051,17 @@ impl UNet2DConditionModel {
 
         let adapters = self.modules.adapters.as_ref();
         let project = |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv, x, lc, Epilogue::default());
-        let mut skips = vec![be.conv2d(&self.modules.conv_in, &sample, lc, Epilogue::default())?];
-        check("conv_in", &skips[0])?;
+        let mut skips: Skips<B::Tensor> = smallvec::smallvec![be.conv2d(
+            &self.modules.conv_in,
+            &sample,
+            lc,
+            Epilogue::default()
+        )?];
+        check(Site::Named("conv_in"), &skips[0])?;
         let mut adapter_index = 0;
         let mut project_checked = |conv: &Conv2d, x: &B::Tensor| -> Result<B::Tensor> {
             let y = project(conv, x)?;
-            check(&format!("adapter_list.{adapter_index}"), &y)?;
+            check(Site::Adapter(adapter_index), &y)?;
             adapter_index += 1;
             Ok(y)
         };
@@ -1054,7 +1073,13 @@ impl UNet2DConditionModel {
                 .unwrap_or_else(|| skips.last().expect("conv_in"));
             let outs = block.forward(input, &block_inputs)?;
             for (j, out) in outs.iter().enumerate() {
-                check(&block.output_name(&format!("down_blocks.{i}"), j), out)?;
+                check(
+                    Site::Down {
+                        block: i,
+                        output: j,
+                    },
+                    out,
+                )?;
             }
             skips.extend(outs);
             projected = match adapters {
@@ -1071,7 +1096,7 @@ impl UNet2DConditionModel {
         let mut h = match &self.modules.mid_block {
             Some(mid) => {
                 let h = mid.forward(running, &block_inputs)?;
-                check("mid_block", &h)?;
+                check(Site::Named("mid_block"), &h)?;
                 h
             }
             None => running.clone(),
@@ -1113,22 +1138,50 @@ impl UNet2DConditionModel {
                 None => block_inputs,
             };
             h = block.forward(i, h, &mut skips, &inputs_i, size)?;
-            check(&format!("up_blocks.{i}"), &h)?;
+            check(Site::Up(i), &h)?;
             if let Some(a) = adapters {
                 h = project_checked(&a.after_up[i], &h)?;
             }
         }
         debug_assert!(skips.is_empty());
         let h = be.group_norm(&self.modules.conv_norm_out, &h, None, true)?;
-        check("conv_norm_out", &h)?;
+        check(Site::Named("conv_norm_out"), &h)?;
         let out = be.conv2d(&self.modules.conv_out, &h, lc, Epilogue::default())?;
-        check("conv_out", &out)?;
-        let (w, layers) = watch.into_inner();
+        check(Site::Named("conv_out"), &out)?;
+        let (w, sites) = watch.into_inner();
         if let Some((k, i, v)) = be.first_watched(w)? {
-            let (layer, shape) = &layers[k];
-            return Err(non_finite_in(layer, shape, (i, v)));
+            let (site, shape) = &sites[k];
+            return Err(non_finite_in(&self.site_name(*site), shape, (i, v)));
         }
         Ok(out)
+    }
+}
+
+/// Where in the forward an output is checked for non-finite values: its name is formatted only
+/// when one is reported.
+#[derive(Clone, Copy, Debug)]
+enum Site {
+    /// A module of the model's top level (`conv_in`, `mid_block`, ...).
+    Named(&'static str),
+    /// Output `output` of down block `block` (one of its resnets, attentions or downsampler).
+    Down { block: usize, output: usize },
+    /// Up block `i`'s output.
+    Up(usize),
+    /// Adapter projection `i` (DeMe's).
+    Adapter(usize),
+}
+
+impl UNet2DConditionModel {
+    /// The module name of `site`, as diffusers names its weights.
+    fn site_name(&self, site: Site) -> String {
+        match site {
+            Site::Named(name) => name.to_string(),
+            Site::Down { block, output } => {
+                self.modules.down_blocks[block].output_name(&format!("down_blocks.{block}"), output)
+            }
+            Site::Up(i) => format!("up_blocks.{i}"),
+            Site::Adapter(i) => format!("adapter_list.{i}"),
+        }
     }
 }
 

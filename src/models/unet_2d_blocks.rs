@@ -12,6 +12,13 @@ use crate::error::Result;
 use crate::nn::{join, LayerCtx};
 use crate::weights::WeightSource;
 
+/// The encoder's outputs (the skips), innermost last: held inline up to 24 (published U-Nets
+/// make at most 12), so a forward does not allocate the list.
+pub type Skips<T> = smallvec::SmallVec<[T; 24]>;
+
+/// One down block's outputs, held inline (a block makes at most a few).
+pub type BlockOutputs<T> = smallvec::SmallVec<[T; 4]>;
+
 /// What every block call receives besides its input.
 pub struct BlockInputs<'a, B: Backend> {
     /// The backend the call runs on.
@@ -38,7 +45,9 @@ impl<B: Backend> Clone for BlockInputs<'_, B> {
 }
 impl<B: Backend> Copy for BlockInputs<'_, B> {}
 
-/// The layer after a resnet.
+/// The layer after a resnet. (Built once per layer and never moved on the hot path, so the
+/// variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum AttnLayer {
     /// Image-space self-attention (Attn*Block2D, UNetMidBlock2D).
     Spatial(Attention),
@@ -204,8 +213,8 @@ impl DownBlock2D {
         &self,
         x: &B::Tensor,
         inputs: &BlockInputs<B>,
-    ) -> Result<Vec<B::Tensor>> {
-        let mut outs: Vec<B::Tensor> = Vec::new();
+    ) -> Result<BlockOutputs<B::Tensor>> {
+        let mut outs = BlockOutputs::new();
         for i in 0..self.layers.resnets.len() {
             let h = self.layers.layer(i, outs.last().unwrap_or(x), inputs)?;
             outs.push(h);
@@ -386,7 +395,7 @@ impl UpBlock2D {
         &self,
         index: usize,
         x: B::Tensor,
-        skips: &mut Vec<B::Tensor>,
+        skips: &mut Skips<B::Tensor>,
         inputs: &BlockInputs<B>,
         upsample_size: Option<(usize, usize)>,
     ) -> Result<B::Tensor> {

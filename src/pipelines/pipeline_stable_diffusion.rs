@@ -387,7 +387,7 @@ fn repeat_per_image(c: Conditioning, n: usize) -> Result<Conditioning> {
                 data.extend_from_slice(row);
             }
         }
-        let mut shape = t.shape().to_vec();
+        let mut shape = crate::Shape::from(t.shape());
         shape[0] = b * n;
         Tensor::new(shape, data).map(Some)
     };

@@ -202,7 +202,7 @@ pub fn add_time_ids(
         target_size.0,
         target_size.1,
     ];
-    crate::tensor::Tensor::from_parts(vec![1, 6], ids.iter().map(|&v| v as f32).collect())
+    crate::tensor::Tensor::from_parts([1, 6], ids.iter().map(|&v| v as f32).collect())
 }
 
 /// The image size a pipeline makes by default, `unet.config.sample_size × vae_scale_factor` on

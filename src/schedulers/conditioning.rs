@@ -61,7 +61,7 @@ fn at_batch(name: &str, t: &Tensor, b: usize) -> Result<Tensor> {
     match t.shape().first() {
         Some(&n) if n == b => Ok(t.clone()),
         Some(&1) => {
-            let mut shape = t.shape().to_vec();
+            let mut shape = crate::Shape::from(t.shape());
             shape[0] = b;
             let data = crate::tensor::try_repeat(t.data(), b, name)?;
             Tensor::new(shape, data)

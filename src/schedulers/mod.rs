@@ -261,7 +261,7 @@ pub fn sample(
                 let half = out.numel() / 2;
                 let (u, c) = out.data().split_at(half);
                 let data = u.iter().zip(c).map(|(&u, &c)| u + g * (c - u)).collect();
-                let mut shape = out.shape().to_vec();
+                let mut shape = crate::Shape::from(out.shape());
                 shape[0] = b;
                 let guided = Tensor::new(shape, data)?;
                 if let Some((k, v)) = first_non_finite(guided.data()) {
@@ -392,7 +392,7 @@ fn concat_batch(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             format!("shape {:?} does not match {:?}", a.shape(), b.shape()),
         ));
     }
-    let mut shape = a.shape().to_vec();
+    let mut shape = crate::Shape::from(a.shape());
     shape[0] += b.shape()[0];
     Tensor::new(shape, [a.data(), b.data()].concat())
 }
@@ -405,7 +405,7 @@ pub(crate) fn axpby(a: f32, x: &Tensor, b: f32, y: &Tensor) -> Tensor {
         .zip(y.data())
         .map(|(&x, &y)| a * x + b * y)
         .collect();
-    Tensor::from_parts(x.shape().to_vec(), data)
+    Tensor::from_parts(x.shape(), data)
 }
 
 /// The sampler `kind` for `config`, set for `steps` model calls' worth of steps. The config is

@@ -110,10 +110,7 @@ pub(crate) fn predict(
                 .zip(output.data())
                 .map(|(&x, &e)| (x - b * e) / a)
                 .collect();
-            (
-                Tensor::from_parts(sample.shape().to_vec(), x0),
-                output.clone(),
-            )
+            (Tensor::from_parts(sample.shape(), x0), output.clone())
         }
         Prediction::Sample => {
             let eps = sample
@@ -122,10 +119,7 @@ pub(crate) fn predict(
                 .zip(output.data())
                 .map(|(&x, &x0)| (x - a * x0) / b)
                 .collect();
-            (
-                output.clone(),
-                Tensor::from_parts(sample.shape().to_vec(), eps),
-            )
+            (output.clone(), Tensor::from_parts(sample.shape(), eps))
         }
         Prediction::VPrediction => (axpby(a, sample, -b, output), axpby(a, output, b, sample)),
     }

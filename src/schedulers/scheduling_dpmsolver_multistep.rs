@@ -205,7 +205,7 @@ impl Sampler for DpmSolverMultistepScheduler {
                 }) as f32
             })
             .collect();
-        let x0 = Tensor::from_parts(sample.shape().to_vec(), x0);
+        let x0 = Tensor::from_parts(sample.shape(), x0);
         if self.outputs.len() == self.order {
             self.outputs.remove(0);
         }
@@ -255,7 +255,7 @@ impl Sampler for DpmSolverMultistepScheduler {
         if self.lower_order_nums < self.order {
             self.lower_order_nums += 1;
         }
-        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+        Ok(Tensor::from_parts(sample.shape(), data))
     }
 }
 

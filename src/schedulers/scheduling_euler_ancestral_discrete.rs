@@ -96,6 +96,6 @@ impl Sampler for EulerAncestralScheduler {
             })
             .collect();
         self.x0 = Some(x0);
-        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+        Ok(Tensor::from_parts(sample.shape(), data))
     }
 }

@@ -152,7 +152,7 @@ pub(crate) fn denoised(
             clip.map_or(x0, |r| x0.clamp(-r, r))
         })
         .collect();
-    Tensor::from_parts(sample.shape().to_vec(), data)
+    Tensor::from_parts(sample.shape(), data)
 }
 
 /// The `Sampler` methods every σ-parameterised sampler (Euler, Euler ancestral, LMS, Heun)
@@ -191,7 +191,7 @@ pub(crate) use sigma_sampler_methods;
 pub(crate) fn scale_by_sigma(sample: &Tensor, sigma: f32) -> Tensor {
     let k = (sigma * sigma + 1.0).sqrt();
     let data = sample.data().iter().map(|&x| x / k).collect();
-    Tensor::from_parts(sample.shape().to_vec(), data)
+    Tensor::from_parts(sample.shape(), data)
 }
 
 impl Sampler for EulerScheduler {
@@ -214,6 +214,6 @@ impl Sampler for EulerScheduler {
             .map(|(&x, &x0)| x + (x - x0) / sigma * dt)
             .collect();
         self.x0 = Some(x0);
-        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+        Ok(Tensor::from_parts(sample.shape(), data))
     }
 }

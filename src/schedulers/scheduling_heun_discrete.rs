@@ -81,7 +81,7 @@ impl Sampler for HeunScheduler {
                 let d = slope(sample, &x0, sigma);
                 self.x0 = Some(x0);
                 let dt = next - sigma;
-                let d_t = Tensor::from_parts(sample.shape().to_vec(), d.clone());
+                let d_t = Tensor::from_parts(sample.shape(), d.clone());
                 self.pending = Some((d_t, dt, sample.clone()));
                 (sample.clone(), d, dt)
             }
@@ -105,6 +105,6 @@ impl Sampler for HeunScheduler {
             .zip(&d)
             .map(|(&x, &d)| x + d * dt)
             .collect();
-        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+        Ok(Tensor::from_parts(sample.shape(), data))
     }
 }

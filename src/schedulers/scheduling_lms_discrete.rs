@@ -118,8 +118,7 @@ impl Sampler for LmsScheduler {
             .map(|(&x, &x0)| (x - x0) / sigma)
             .collect();
         self.x0 = Some(x0);
-        self.derivatives
-            .push(Tensor::from_parts(sample.shape().to_vec(), d));
+        self.derivatives.push(Tensor::from_parts(sample.shape(), d));
         if self.derivatives.len() > LMS_ORDER {
             self.derivatives.remove(0);
         }
@@ -134,7 +133,7 @@ impl Sampler for LmsScheduler {
                 sample.data()[k] + acc
             })
             .collect();
-        Ok(Tensor::from_parts(sample.shape().to_vec(), data))
+        Ok(Tensor::from_parts(sample.shape(), data))
     }
 }
 

@@ -192,7 +192,7 @@ impl PndmScheduler {
                 sample_coeff * x - diff * eps / denom
             })
             .collect();
-        Tensor::from_parts(sample.shape().to_vec(), data)
+        Tensor::from_parts(sample.shape(), data)
     }
 }
 
@@ -209,11 +209,11 @@ fn combine(terms: &[(f32, &Tensor)]) -> Tensor {
             acc
         })
         .collect();
-    Tensor::from_parts(first.shape().to_vec(), data)
+    Tensor::from_parts(first.shape(), data)
 }
 
 fn scale(t: &Tensor, f: impl Fn(f32) -> f32) -> Tensor {
-    Tensor::from_parts(t.shape().to_vec(), t.data().iter().map(|&v| f(v)).collect())
+    Tensor::from_parts(t.shape(), t.data().iter().map(|&v| f(v)).collect())
 }
 
 impl Sampler for PndmScheduler {

@@ -138,7 +138,7 @@ impl UniPcScheduler {
                 Prediction::VPrediction => alpha * x - sigma * o,
             })
             .collect();
-        Tensor::from_parts(sample.shape().to_vec(), data)
+        Tensor::from_parts(sample.shape(), data)
     }
 
     /// One update from σ_`from` to σ_`to` of sample `x` at `order`, with m0 = the newest stored
@@ -193,7 +193,7 @@ impl UniPcScheduler {
                 }
             })
             .collect();
-        Tensor::from_parts(x.shape().to_vec(), data)
+        Tensor::from_parts(x.shape(), data)
     }
 }
 

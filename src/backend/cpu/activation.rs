@@ -85,7 +85,7 @@ pub fn try_geglu(x: &Tensor) -> Result<Tensor> {
     };
     let d = two_d / 2;
     let rows = x.numel() / two_d;
-    let mut shape = x.shape().to_vec();
+    let mut shape = crate::Shape::from(x.shape());
     *shape.last_mut().expect("rank ≥ 1") = d;
     let mut out = try_zeroed_vec(rows * d, "geglu output")?;
     if out.is_empty() {

@@ -82,7 +82,7 @@ pub(super) fn attention_on(
     )?;
     let mut out = try_zeroed_vec(out_len, "attention output")?;
     if out_len == 0 {
-        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+        return Ok(Tensor::from_parts([b, n, inner], out));
     }
     if m > 0 && flash {
         let p = super::attention_flash::Problem {
@@ -98,7 +98,7 @@ pub(super) fn attention_on(
             causal: false,
         };
         super::attention_flash::run(&p, &mut out)?;
-        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+        return Ok(Tensor::from_parts([b, n, inner], out));
     }
     // Each task owns the rows [r0, r1) of one head of one sample: disjoint column strips of
     // `out`, which safe chunking cannot express, so tasks write through a shared pointer.
@@ -155,7 +155,7 @@ pub(super) fn attention_on(
             }
             Ok(())
         })?;
-    Ok(Tensor::from_parts(vec![b, n, inner], out))
+    Ok(Tensor::from_parts([b, n, inner], out))
 }
 
 /// As `try_attention` for self-attention under a causal mask: query `i` sees keys `0..=i` only
@@ -201,7 +201,7 @@ pub(super) fn causal_attention_on(
     numel_of(&[n, n, rayon::current_num_threads()], "attention scores")?;
     let mut out = try_zeroed_vec(out_len, "attention output")?;
     if out_len == 0 {
-        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+        return Ok(Tensor::from_parts([b, n, inner], out));
     }
     if flash {
         let p = super::attention_flash::Problem {
@@ -217,7 +217,7 @@ pub(super) fn causal_attention_on(
             causal: true,
         };
         super::attention_flash::run(&p, &mut out)?;
-        return Ok(Tensor::from_parts(vec![b, n, inner], out));
+        return Ok(Tensor::from_parts([b, n, inner], out));
     }
     // Each task owns the columns of one head of one sample: disjoint strips of `out`, written
     // through a shared pointer as in `try_attention`.
@@ -268,5 +268,5 @@ pub(super) fn causal_attention_on(
         }
         Ok(())
     })?;
-    Ok(Tensor::from_parts(vec![b, n, inner], out))
+    Ok(Tensor::from_parts([b, n, inner], out))
 }

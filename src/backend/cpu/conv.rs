@@ -210,7 +210,7 @@ pub fn try_conv2d_masked(
     let wo = out_dim(w, (pad.left, pad.right), kw, stride, "W")?;
     let out_len = crate::tensor::numel_of(&[b, cout, ho, wo], "conv2d output")?;
     if out_len == 0 {
-        return Ok(Tensor::from_parts(vec![b, cout, ho, wo], Vec::new()));
+        return Ok(Tensor::from_parts([b, cout, ho, wo], Vec::new()));
     }
     let row_len = cin
         .checked_mul(kh)
@@ -241,23 +241,23 @@ pub fn try_conv2d_masked(
     let acc_ptr = SendPtr(acc.as_mut_ptr());
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_len = out.len();
-    let patches: Vec<Scratch> = match layout {
+    let patches: smallvec::SmallVec<[Scratch; 8]> = match layout {
         Layout::Patches => {
             let col_len = row_len
                 .checked_mul(ho * wo)
                 .ok_or_else(|| too_large("patch matrix"))?;
             numel_of(&[b, col_len], "conv2d patch matrix")?;
             // Taken on this thread, so that a workspace in scope here serves them.
-            let mut cols = (0..b)
+            let mut cols: smallvec::SmallVec<[Scratch; 8]> = (0..b)
                 .map(|_| Scratch::zeroed(col_len, "conv2d patch matrix"))
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<_>>()?;
             cols.par_iter_mut().enumerate().for_each(|(bi, col)| {
                 let xs = &x.data()[bi * cin * h * w..(bi + 1) * cin * h * w];
                 im2col(xs, col, (h, w), (kh, kw), stride, pad, (ho, wo));
             });
             cols
         }
-        _ => Vec::new(),
+        _ => smallvec::SmallVec::new(),
     };
     (0..b * tiles * chunks.per_sample)
         .into_par_iter()
@@ -335,7 +335,7 @@ pub fn try_conv2d_masked(
     if let Layout::Shifted(s) = &layout {
         s.copy_out(&acc, &mut out, b, cout);
     }
-    Ok(Tensor::from_parts(vec![b, cout, ho, wo], out))
+    Ok(Tensor::from_parts([b, cout, ho, wo], out))
 }
 
 enum Layout {

@@ -117,8 +117,72 @@ struct Packed {
 /// Packs `rows` output channels (row-major `[rows][cin][taps]`, PyTorch's layout) for the
 /// microkernel; `bias` is theirs.
 fn pack(w: &[f32], rows: usize, cin: usize, taps: usize, bias: Option<&[f32]>) -> Result<Packed> {
+    let mut p = Packed {
+        data: Vec::new(),
+        start: 0,
+        blocks: Vec::new(),
+        bias: Vec::new(),
+    };
+    pack_into(&mut p, w, rows, cin, taps, bias)?;
+    Ok(p)
+}
+
+thread_local! {
+    /// This thread's buffers for the masked tiles it packs (grown once, then reused).
+    static MASKED_PACK: std::cell::Cell<Option<Packed>> = const { std::cell::Cell::new(None) };
+}
+
+/// A masked tile packed in this thread's buffers (given back when dropped).
+struct PackedTile(Option<Packed>);
+
+impl std::ops::Deref for PackedTile {
+    type Target = Packed;
+    fn deref(&self) -> &Packed {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for PackedTile {
+    fn drop(&mut self) {
+        let p = self.0.take();
+        let _ = MASKED_PACK.try_with(|slot| slot.set(p));
+    }
+}
+
+/// As [`pack`], into this thread's reused buffers (the masked path packs a tile per task).
+fn pack_tile(
+    w: &[f32],
+    rows: usize,
+    cin: usize,
+    taps: usize,
+    bias: Option<&[f32]>,
+) -> Result<PackedTile> {
+    let mut p = MASKED_PACK
+        .try_with(std::cell::Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or(Packed {
+            data: Vec::new(),
+            start: 0,
+            blocks: Vec::new(),
+            bias: Vec::new(),
+        });
+    pack_into(&mut p, w, rows, cin, taps, bias)?;
+    Ok(PackedTile(Some(p)))
+}
+
+/// [`pack`] into `p`, reusing its buffers.
+fn pack_into(
+    p: &mut Packed,
+    w: &[f32],
+    rows: usize,
+    cin: usize,
+    taps: usize,
+    bias: Option<&[f32]>,
+) -> Result<()> {
     let row_len = cin * taps;
-    let mut blocks = Vec::new();
+    let blocks = &mut p.blocks;
+    blocks.clear();
     let mut len = 0usize;
     let mut r = 0;
     while r < rows {
@@ -132,19 +196,27 @@ fn pack(w: &[f32], rows: usize, cin: usize, taps: usize, bias: Option<&[f32]>) -
             .ok_or_else(|| too_large("packed weights"))?;
         r += n;
     }
-    let mut data = try_zeroed_vec(len + 16, "conv2d packed weights")?;
+    let data = &mut p.data;
+    data.clear();
+    if data.try_reserve_exact(len + 16).is_err() {
+        // The allocator's own error, named (as `try_zeroed_vec` would).
+        *data = try_zeroed_vec(len + 16, "conv2d packed weights")?;
+    }
+    data.resize(len + 16, 0.0);
     let start = (16 - (data.as_ptr() as usize / 4) % 16) % 16;
-    let mut packed_bias = vec![0.0f32; blocks.len() * BLOCK];
-    // The blocks are consecutive runs of `data`: split it into them and fill them in parallel.
-    let mut dsts = Vec::with_capacity(blocks.len());
+    p.start = start;
+    p.bias.clear();
+    p.bias.resize(blocks.len() * BLOCK, 0.0);
+    // The blocks are consecutive runs of `data`: split them off and fill them in parallel.
+    let mut dsts: smallvec::SmallVec<[&mut [f32]; 16]> = smallvec::SmallVec::new();
     let mut rest = &mut data[start..];
-    for &(_, _, lanes, _) in &blocks {
+    for &(_, _, lanes, _) in blocks.iter() {
         let (d, r) = rest.split_at_mut(taps * cin * lanes);
         dsts.push(d);
         rest = r;
     }
-    dsts.into_par_iter()
-        .zip(&blocks)
+    dsts.par_iter_mut()
+        .zip(&blocks[..])
         .for_each(|(dst, &(r0, n, lanes, _))| {
             for j in 0..n {
                 let src = &w[(r0 + j) * row_len..(r0 + j + 1) * row_len];
@@ -157,15 +229,10 @@ fn pack(w: &[f32], rows: usize, cin: usize, taps: usize, bias: Option<&[f32]>) -
         });
     if let Some(b) = bias {
         for (bi, &(r0, n, _, _)) in blocks.iter().enumerate() {
-            packed_bias[bi * BLOCK..bi * BLOCK + n].copy_from_slice(&b[r0..r0 + n]);
+            p.bias[bi * BLOCK..bi * BLOCK + n].copy_from_slice(&b[r0..r0 + n]);
         }
     }
-    Ok(Packed {
-        data,
-        start,
-        blocks,
-        bias: packed_bias,
-    })
+    Ok(())
 }
 
 /// Packed weights of dense layers by layer uid, with the weight and bias they were packed from
@@ -344,7 +411,7 @@ pub(crate) fn conv2d_same_keyed(
     let row_len = cin * taps;
     let out_len = numel_of(&[b, cout, h, w], "conv2d output")?;
     let img = TallImage::new(x, k)?;
-    let offs: Vec<usize> = (0..k)
+    let offs: smallvec::SmallVec<[usize; 9]> = (0..k)
         .flat_map(|ki| (0..k).map(move |kj| (ki, kj)))
         .map(|(ki, kj)| ki * img.wp + kj)
         .collect();
@@ -388,8 +455,8 @@ pub(crate) fn conv2d_same_keyed(
                         (r0, r1),
                         mask(bi),
                     );
-                    staged = pack(&rows, r1 - r0, cin, taps, bias.map(|bv| &bv[r0..r1]))?;
-                    (&staged, 0)
+                    staged = pack_tile(&rows, r1 - r0, cin, taps, bias.map(|bv| &bv[r0..r1]))?;
+                    (&*staged, 0)
                 }
                 (None, None) => unreachable!("dense weights are packed when there is no mask"),
             };
@@ -441,7 +508,7 @@ pub(crate) fn conv2d_same_keyed(
         })?;
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
     copy_out(&acc, &mut out, (b, cout, h, w), img.wp, (k - 1) / 2);
-    Ok(Tensor::from_parts(vec![b, cout, h, w], out))
+    Ok(Tensor::from_parts([b, cout, h, w], out))
 }
 
 /// The store mask of a block's last vector: the channels of `n` that fall in it.

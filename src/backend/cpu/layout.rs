@@ -26,12 +26,12 @@ pub fn try_nchw_to_nlc(x: &Tensor) -> Result<Tensor> {
     let hw = h * w;
     let mut out = try_zeroed_vec(x.numel(), "image to tokens")?;
     if out.is_empty() {
-        return Ok(Tensor::from_parts(vec![b, hw, c], out));
+        return Ok(Tensor::from_parts([b, hw, c], out));
     }
     out.par_chunks_mut(hw * c)
         .zip(x.data().par_chunks(c * hw))
         .for_each(|(o, xs)| transpose(xs, o, c, hw));
-    Ok(Tensor::from_parts(vec![b, hw, c], out))
+    Ok(Tensor::from_parts([b, hw, c], out))
 }
 
 /// [B, H·W, C] → [B, C, H, W]. Panics where `try_nlc_to_nchw` errs.
@@ -62,12 +62,12 @@ pub fn try_nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     }
     let mut out = try_zeroed_vec(x.numel(), "tokens to image")?;
     if out.is_empty() {
-        return Ok(Tensor::from_parts(vec![b, c, h, w], out));
+        return Ok(Tensor::from_parts([b, c, h, w], out));
     }
     out.par_chunks_mut(c * hw)
         .zip(x.data().par_chunks(hw * c))
         .for_each(|(o, xs)| transpose(xs, o, hw, c));
-    Ok(Tensor::from_parts(vec![b, c, h, w], out))
+    Ok(Tensor::from_parts([b, c, h, w], out))
 }
 
 /// `dst` (cols × rows) = transpose of `src` (rows × cols), in cache-sized tiles.
@@ -110,7 +110,7 @@ pub fn try_cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             if sa == 0 { b.data() } else { a.data() },
             "channel concatenation",
         )?;
-        return Ok(Tensor::from_parts(vec![n, ca + cb, h, w], data));
+        return Ok(Tensor::from_parts([n, ca + cb, h, w], data));
     }
     let mut out = try_zeroed_vec(total, "channel concatenation")?;
     out.par_chunks_mut(sa + sb)
@@ -119,7 +119,7 @@ pub fn try_cat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             o[..sa].copy_from_slice(xa);
             o[sa..].copy_from_slice(xb);
         });
-    Ok(Tensor::from_parts(vec![n, ca + cb, h, w], out))
+    Ok(Tensor::from_parts([n, ca + cb, h, w], out))
 }
 
 /// `acc += x`, elementwise, then `acc *= scale` when `scale != 1`. Panics where

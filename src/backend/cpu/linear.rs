@@ -45,7 +45,7 @@ pub(crate) fn check_linear(
             what: "linear input".into(),
             detail: format!("shape {:?}", x.shape()),
         })?;
-    let mut out_shape = x.shape().to_vec();
+    let mut out_shape = crate::Shape::from(x.shape());
     *out_shape.last_mut().expect("rank ≥ 1") = out_f;
     numel_of(&out_shape, "linear output")?;
     Ok((rows, in_f, out_f))
@@ -72,7 +72,7 @@ pub fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>) -> Result<T
         1.0,
         Threads::Pool,
     );
-    let mut shape = x.shape().to_vec();
+    let mut shape = crate::Shape::from(x.shape());
     *shape.last_mut().expect("rank ≥ 1") = out_f;
     Ok(Tensor::from_parts(shape, out))
 }

@@ -7,6 +7,8 @@
 //! instead of staged, and the products are otherwise identical, so an all-ones mask gives the
 //! dense output bit for bit.
 
+use std::cell::Cell;
+
 use rayon::prelude::*;
 
 use super::gemm::{sgemm, Mat, Threads};
@@ -17,18 +19,44 @@ use crate::tensor::{try_repeat, try_zeroed_vec, Tensor};
 
 const TILE: usize = 64;
 
+thread_local! {
+    /// This thread's staging buffer for masked weight tiles: grown once, then reused by every
+    /// task that runs here, so masked layers allocate nothing per task.
+    static STAGING: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A masked weight tile in this thread's staging buffer (given back when dropped).
+pub struct StagedRows(Vec<f32>);
+
+impl std::ops::Deref for StagedRows {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl Drop for StagedRows {
+    fn drop(&mut self) {
+        let tile = std::mem::take(&mut self.0);
+        // A thread being torn down has no slot left; the buffer is then simply freed.
+        let _ = STAGING.try_with(|s| s.set(tile));
+    }
+}
+
 /// Rows r0..r1 of a weight with rows of `row_len`, each multiplied by its mask row.
 pub fn stage_masked_rows(
     weight: &[f32],
     row_len: usize,
     (r0, r1): (usize, usize),
     mask: MaskView,
-) -> Vec<f32> {
-    let mut tile = vec![0.0f32; (r1 - r0) * row_len];
+) -> StagedRows {
+    let mut tile = STAGING.try_with(Cell::take).unwrap_or_default();
+    tile.clear();
+    tile.resize((r1 - r0) * row_len, 0.0);
     for (r, dst) in (r0..r1).zip(tile.chunks_mut(row_len)) {
         mask.apply_row(r, &weight[r * row_len..(r + 1) * row_len], dst);
     }
-    tile
+    StagedRows(tile)
 }
 
 /// Gives sample b's mask.
@@ -67,7 +95,7 @@ pub fn try_masked_linear(
         None => try_zeroed_vec(all_rows * out_f, "linear output")?,
     };
     if out.is_empty() {
-        let mut shape = x.shape().to_vec();
+        let mut shape = crate::Shape::from(x.shape());
         *shape.last_mut().expect("rank ≥ 2") = out_f;
         return Ok(Tensor::from_parts(shape, out));
     }
@@ -108,7 +136,7 @@ pub fn try_masked_linear(
             Threads::Single,
         );
     });
-    let mut shape = x.shape().to_vec();
+    let mut shape = crate::Shape::from(x.shape());
     *shape.last_mut().expect("rank ≥ 2") = out_f;
     Ok(Tensor::from_parts(shape, out))
 }

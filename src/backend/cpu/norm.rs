@@ -54,7 +54,7 @@ pub fn try_group_norm(
     let cg = c / groups;
     let mut out = try_zeroed_vec(x.numel(), "group_norm output")?;
     if out.is_empty() {
-        return Ok(Tensor::from_parts(x.shape().to_vec(), out));
+        return Ok(Tensor::from_parts(x.shape(), out));
     }
     out.par_chunks_mut(cg * spatial)
         .zip(x.data().par_chunks(cg * spatial))
@@ -67,7 +67,7 @@ pub fn try_group_norm(
                 vector::normalize(xs, o, mean, g, beta[c0 + j], silu);
             }
         });
-    Ok(Tensor::from_parts(x.shape().to_vec(), out))
+    Ok(Tensor::from_parts(x.shape(), out))
 }
 
 /// LayerNorm over the last dimension. Panics where `try_layer_norm` errs.
@@ -93,7 +93,7 @@ pub fn try_layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Resu
     }
     let mut out = try_zeroed_vec(x.numel(), "layer_norm output")?;
     if out.is_empty() {
-        return Ok(Tensor::from_parts(x.shape().to_vec(), out));
+        return Ok(Tensor::from_parts(x.shape(), out));
     }
     out.par_chunks_mut(d)
         .zip(x.data().par_chunks(d))
@@ -103,5 +103,5 @@ pub fn try_layer_norm(x: &Tensor, gamma: &[f32], beta: &[f32], eps: f32) -> Resu
                 *o = (v - mean) * rstd * g + b;
             }
         });
-    Ok(Tensor::from_parts(x.shape().to_vec(), out))
+    Ok(Tensor::from_parts(x.shape(), out))
 }

@@ -34,7 +34,7 @@ pub fn try_upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
     };
     let n = numel_of(&[b, c, out_h, out_w], "upsample output")?;
     if n == 0 {
-        return Ok(Tensor::from_parts(vec![b, c, out_h, out_w], Vec::new()));
+        return Ok(Tensor::from_parts([b, c, out_h, out_w], Vec::new()));
     }
     if h == 0 || w == 0 {
         return Err(Error::shape(
@@ -42,7 +42,9 @@ pub fn try_upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
             format!("an empty {h}×{w} image cannot be resized to {out_h}×{out_w}"),
         ));
     }
-    let cols: Vec<usize> = (0..out_w).map(|o| src_index(o, w, out_w)).collect();
+    // Inline for every width a U-Net upsamples to (a VAE's last levels spill to the heap).
+    let cols: smallvec::SmallVec<[usize; 512]> =
+        (0..out_w).map(|o| src_index(o, w, out_w)).collect();
     let mut out = try_zeroed_vec(n, "upsample output")?;
     out.par_chunks_mut(out_h * out_w)
         .zip(x.data().par_chunks(h * w))
@@ -54,5 +56,5 @@ pub fn try_upsample_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Te
                 }
             }
         });
-    Ok(Tensor::from_parts(vec![b, c, out_h, out_w], out))
+    Ok(Tensor::from_parts([b, c, out_h, out_w], out))
 }

@@ -13,13 +13,11 @@ pub fn timestep_embedding(p: &TimestepParams, timesteps: &[f32]) -> Result<Tenso
     let half = p.dim / 2;
     let neg_log = -(10000f64.ln() as f32);
     let denom = half as f32 - p.downscale_freq_shift;
-    let freqs: Vec<f32> = (0..half)
-        .map(|i| ((neg_log * i as f32) / denom).exp())
-        .collect();
+    let freq = |i: usize| ((neg_log * i as f32) / denom).exp();
     let n = numel_of(&[timesteps.len(), p.dim], "timestep embedding")?;
     let mut out = try_zeroed_vec(n, "timestep embedding")?;
     if p.dim == 0 {
-        return Ok(Tensor::from_parts(vec![timesteps.len(), 0], out));
+        return Ok(Tensor::from_parts([timesteps.len(), 0], out));
     }
     for (row, &t) in out.chunks_mut(p.dim).zip(timesteps) {
         let (first, second) = row[..2 * half].split_at_mut(half);
@@ -28,7 +26,8 @@ pub fn timestep_embedding(p: &TimestepParams, timesteps: &[f32]) -> Result<Tenso
         } else {
             (first, second)
         };
-        for ((s, c), &f) in sin_half.iter_mut().zip(cos_half.iter_mut()).zip(&freqs) {
+        for (i, (s, c)) in sin_half.iter_mut().zip(cos_half.iter_mut()).enumerate() {
+            let f = freq(i);
             // The argument is rounded to f32 as torch does; sin/cos of it are taken in f64
             // and rounded once, which is within an ulp of torch's f32 kernels.
             let arg = (t * f) as f64;
@@ -36,5 +35,5 @@ pub fn timestep_embedding(p: &TimestepParams, timesteps: &[f32]) -> Result<Tenso
             *c = arg.cos() as f32;
         }
     }
-    Ok(Tensor::from_parts(vec![timesteps.len(), p.dim], out))
+    Ok(Tensor::from_parts([timesteps.len(), p.dim], out))
 }

@@ -208,7 +208,8 @@ struct Geometry {
 }
 
 impl Gpu {
-    fn new_tensor(&self, shape: Vec<usize>) -> Result<GpuTensor> {
+    fn new_tensor(&self, shape: impl Into<crate::Shape>) -> Result<GpuTensor> {
+        let shape = shape.into();
         let bytes = shape.iter().product::<usize>() * self.dtype.size();
         let buf = self.alloc::<u8>(bytes)?;
         if self.poisoned() {
@@ -322,7 +323,7 @@ impl Gpu {
         g: Geometry,
         mask: Option<&GpuMask>,
         epi: Epilogue<GpuTensor>,
-        out_shape: Vec<usize>,
+        out_shape: crate::Shape,
     ) -> Result<GpuTensor> {
         self.check_dtype(x)?;
         let y = self.new_tensor(out_shape)?;
@@ -539,7 +540,7 @@ impl Backend for Gpu {
         Some((free as u64 + pooled) * 4 / self.dtype.size() as u64)
     }
 
-    fn shape(&self, x: &GpuTensor) -> Vec<usize> {
+    fn shape(&self, x: &GpuTensor) -> crate::Shape {
         x.shape.clone()
     }
 
@@ -550,11 +551,11 @@ impl Backend for Gpu {
             let buf = self.upload_slice(bytemuck::cast_slice::<f32, u8>(x.data()))?;
             return Ok(GpuTensor {
                 buf: Arc::new(buf),
-                shape: x.shape().to_vec(),
+                shape: crate::Shape::from(x.shape()),
                 dtype: DType::F32,
             });
         }
-        let y = self.new_tensor(x.shape().to_vec())?;
+        let y = self.new_tensor(x.shape())?;
         let tmp = self.upload_slice(x.data())?;
         let (pt, py) = (self.ptr(&tmp), self.ptr(&y.buf));
         if let [b, c, h, w] = x.shape()[..] {
@@ -648,7 +649,7 @@ impl Backend for Gpu {
             g,
             mask.as_deref(),
             epi,
-            vec![b, cout, ho, wo],
+            crate::Shape::from([b, cout, ho, wo]),
         )
     }
 
@@ -853,7 +854,7 @@ impl Backend for Gpu {
 
     fn upsample_nearest(&self, x: &GpuTensor, oh: usize, ow: usize) -> Result<GpuTensor> {
         let [b, c, h, w] = self.image_dims(x, "upsample")?;
-        let y = self.new_tensor(vec![b, c, oh, ow])?;
+        let y = self.new_tensor([b, c, oh, ow])?;
         let (px, py) = (self.ptr(&x.buf), self.ptr(&y.buf));
         let dims = [b, h, w, c, oh, ow].map(|v| v as i32);
         let [bi, hi, wi, ci, ohi, owi] = dims;
@@ -869,24 +870,24 @@ impl Backend for Gpu {
         // Tokens [B, N, C] are rows of channels as an NHWC image is: the same kernel joins them.
         if let (&[b, n, c], &[bs, ns, cs]) = (&h.shape[..], &skip.shape[..]) {
             let y = self.cat_images(
-                &h.view(vec![b, c, n, 1]),
-                &skip.view(vec![bs, cs, ns, 1]),
+                &h.view([b, c, n, 1]),
+                &skip.view([bs, cs, ns, 1]),
                 skip_scale,
             )?;
             let [yb, yc, yn, _] = self.image_dims(&y, "cat_channels")?;
-            return Ok(y.view(vec![yb, yn, yc]));
+            return Ok(y.view([yb, yn, yc]));
         }
         self.cat_images(h, skip, skip_scale)
     }
 
     fn to_tokens(&self, x: &GpuTensor) -> Result<GpuTensor> {
         let [b, c, h, w] = self.image_dims(x, "to_tokens")?;
-        Ok(x.view(vec![b, h * w, c]))
+        Ok(x.view([b, h * w, c]))
     }
 
     fn to_image(&self, x: &GpuTensor, h: usize, w: usize) -> Result<GpuTensor> {
         match x.shape[..] {
-            [b, n, c] if n == h * w => Ok(x.view(vec![b, c, h, w])),
+            [b, n, c] if n == h * w => Ok(x.view([b, c, h, w])),
             _ => Err(shape_err(
                 "to_image",
                 format!("{:?} is not [B, {}, C]", x.shape, h * w),
@@ -1049,7 +1050,7 @@ impl Backend for Gpu {
     ) -> Result<GpuTensor> {
         let (bs, na, nb, c) =
             crate::backend::cat_tokens_dims(&a.shape, &b.shape, pos.map(|p| &p.shape[..]))?;
-        let y = self.new_tensor(vec![bs, na + nb, c])?;
+        let y = self.new_tensor([bs, na + nb, c])?;
         let (pa, pb, py) = (self.ptr(&a.buf), self.ptr(&b.buf), self.ptr(&y.buf));
         // Without a table the kernel never reads `pos`; any live pointer fills the slot.
         let pp = pos.map_or(pa, |p| self.ptr(&p.buf));
@@ -1071,7 +1072,7 @@ impl Backend for Gpu {
 
     fn gather_tokens(&self, x: &GpuTensor, rows: &[usize]) -> Result<GpuTensor> {
         let (bs, n, c, m) = crate::backend::gather_tokens_dims(&x.shape, rows)?;
-        let y = self.new_tensor(vec![bs, m, c])?;
+        let y = self.new_tensor([bs, m, c])?;
         if y.numel() == 0 {
             return Ok(y);
         }
@@ -1121,7 +1122,7 @@ impl Backend for Gpu {
     }
 
     fn timestep_embedding(&self, ts: &TimestepParams, t: &[f32]) -> Result<GpuTensor> {
-        let y = self.new_tensor(vec![t.len(), ts.dim])?;
+        let y = self.new_tensor([t.len(), ts.dim])?;
         let tb = self.upload_slice(t)?;
         let (pt, py) = (self.ptr(&tb), self.ptr(&y.buf));
         let (b, dim, flip) = (t.len() as i32, ts.dim as i32, i32::from(ts.flip_sin_to_cos));
@@ -1145,7 +1146,7 @@ impl Gpu {
                 format!("{:?} does not match h {:?}", skip.shape, h.shape),
             ));
         }
-        let y = self.new_tensor(vec![b, ch + cs, hh, ww])?;
+        let y = self.new_tensor([b, ch + cs, hh, ww])?;
         let (ph, ps, py) = (self.ptr(&h.buf), self.ptr(&skip.buf), self.ptr(&y.buf));
         let (rows, chi, csi) = ((b * hh * ww) as i64, ch as i32, cs as i32);
         self.launch(
@@ -1376,7 +1377,7 @@ mod tests {
                 (cout, k, cin * k * k),
                 (ho, wo, stride, pad.top, pad.left),
             );
-            let got = Tensor::new(want.shape().to_vec(), got).unwrap();
+            let got = Tensor::new(want.shape(), got).unwrap();
             assert!(
                 got.rel_l2(&want) < 1e-6,
                 "case {seed}: {}",

@@ -13,7 +13,7 @@ use crate::dtype::DType;
 #[derive(Clone, Debug)]
 pub struct GpuTensor {
     pub(crate) buf: Arc<CudaSlice<u8>>,
-    pub(crate) shape: Vec<usize>,
+    pub(crate) shape: crate::Shape,
     pub(crate) dtype: DType,
 }
 
@@ -34,7 +34,8 @@ impl GpuTensor {
     }
 
     /// The same buffer under another semantic shape of as many elements.
-    pub(crate) fn view(&self, shape: Vec<usize>) -> GpuTensor {
+    pub(crate) fn view(&self, shape: impl Into<crate::Shape>) -> GpuTensor {
+        let shape = shape.into();
         debug_assert_eq!(shape.iter().product::<usize>(), self.numel());
         GpuTensor {
             buf: self.buf.clone(),

@@ -199,7 +199,7 @@ impl AutoencoderKL {
                 ),
             ));
         }
-        Tensor::new(latents.shape().to_vec(), data)
+        Tensor::new(latents.shape(), data)
     }
 
     /// The inverse of `unscale_latents`, what img2img pipelines do to an encoded image's latents:
@@ -227,7 +227,7 @@ impl AutoencoderKL {
                 ),
             ));
         }
-        Tensor::new(z.shape().to_vec(), data)
+        Tensor::new(z.shape(), data)
     }
 
     /// A pipeline's decode: `unscale_latents`, then `decode` (tiling as `tiling` says).
@@ -356,7 +356,7 @@ impl AutoencoderKL {
         let mut watched: Vec<(String, Vec<usize>)> = Vec::new();
         let mut check = |name: &str, x: &B::Tensor| -> Result<()> {
             let shape = be.shape(x);
-            watched.push((name.to_string(), shape.clone()));
+            watched.push((name.to_string(), shape.to_vec()));
             match be.watch_non_finite(&mut watch, x)? {
                 None => Ok(()),
                 Some(bad) => Err(non_finite_in(name, &shape, bad)),

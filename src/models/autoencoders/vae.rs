@@ -424,7 +424,7 @@ impl DiagonalGaussianDistribution {
     /// `exp(0.5 · logvar)`.
     pub fn std(&self) -> Tensor {
         let data = self.logvar.data().iter().map(|v| (0.5 * v).exp()).collect();
-        Tensor::from_parts(self.logvar.shape().to_vec(), data)
+        Tensor::from_parts(self.logvar.shape(), data)
     }
 
     /// `mean + std · noise` for standard-normal `noise` of the mean's shape (diffusers'
@@ -448,7 +448,7 @@ impl DiagonalGaussianDistribution {
             .zip(noise.data())
             .map(|((m, lv), n)| m + (0.5 * lv).exp() * n)
             .collect();
-        Tensor::new(self.mean.shape().to_vec(), data)
+        Tensor::new(self.mean.shape(), data)
     }
 
     /// The mode: the mean (diffusers' `mode()`).
