@@ -103,6 +103,7 @@ fn too_large(what: &str) -> Error {
 
 /// Weights packed for the microkernel: blocks of `BLOCK` (or 16) output channels, each
 /// `[taps][cin][lanes]`, zero beyond the real channels.
+#[derive(Default)]
 struct Packed {
     data: Vec<f32>,
     /// Index of the first element of `data` that is 64-byte aligned.
@@ -117,12 +118,7 @@ struct Packed {
 /// Packs `rows` output channels (row-major `[rows][cin][taps]`, PyTorch's layout) for the
 /// microkernel; `bias` is theirs.
 fn pack(w: &[f32], rows: usize, cin: usize, taps: usize, bias: Option<&[f32]>) -> Result<Packed> {
-    let mut p = Packed {
-        data: Vec::new(),
-        start: 0,
-        blocks: Vec::new(),
-        bias: Vec::new(),
-    };
+    let mut p = Packed::default();
     pack_into(&mut p, w, rows, cin, taps, bias)?;
     Ok(p)
 }
@@ -161,12 +157,7 @@ fn pack_tile(
         .try_with(std::cell::Cell::take)
         .ok()
         .flatten()
-        .unwrap_or(Packed {
-            data: Vec::new(),
-            start: 0,
-            blocks: Vec::new(),
-            bias: Vec::new(),
-        });
+        .unwrap_or_default();
     pack_into(&mut p, w, rows, cin, taps, bias)?;
     Ok(PackedTile(Some(p)))
 }
