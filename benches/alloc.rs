@@ -145,7 +145,7 @@ fn main() {
     // thread's packing buffers (where the own AVX-512 kernel runs); later calls should allocate
     // nothing (the `gemm` crate, where it runs instead, allocates its panels on every call).
     {
-        use freelunch::backend::cpu::gemm::{sgemm, Mat, Threads};
+        use freelunch::backend::cpu::gemm::{sgemm, Mat, Precision, Threads};
         let (m, n, k) = (64, 1024, 2880);
         let (a, b, mut c) = (
             vec![1.0f32; m * k],
@@ -168,6 +168,7 @@ fn main() {
                 false,
                 1.0,
                 Threads::Single,
+                Precision::F32,
             );
             println!(
                 "alloc/sgemm {m}x{n}x{k} call {call}: {:.2} MiB in {} allocations (operands {:.2} MiB)",

@@ -110,6 +110,7 @@ fn main() {
                     false,
                     1.0,
                     gemm::Threads::Pool,
+                    gemm::Precision::F32,
                 )
             });
             std::hint::black_box(&y);

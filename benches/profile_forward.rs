@@ -8,10 +8,12 @@
 //! - FREELUNCH_PROFILE_SHAPE: the sample, `B,C,H,W` (default 8,3,32,32); conditional models get
 //!   77 random text tokens of `cross_attention_dim`
 //! - FREELUNCH_THREADS: threads (default all cores)
+//! - FREELUNCH_PROFILE_DTYPE: `f32` (default) or `bf16` (the CPU device in bf16, AMX)
 
 mod common;
 
 use freelunch::backend::cpu::profile;
+use freelunch::device::{DType, Device};
 use freelunch::weights::RandomWeights;
 use freelunch::{Tensor, UNet, UNetConfig, UNetInputs};
 
@@ -39,6 +41,8 @@ fn main() {
         .max()
         .unwrap_or(768);
     let unet = UNet::load(config, &mut RandomWeights::new(0)).unwrap();
+    let dtype: DType = env("FREELUNCH_PROFILE_DTYPE", "f32").parse().unwrap();
+    let unet = unet.on(Device::Cpu.open(dtype).unwrap());
     let b = shape[0];
     let mut inputs = UNetInputs::new(Tensor::randn(shape.clone(), 1), 0.0);
     inputs.timesteps = (0..b).map(|i| (i * 117 % 1000) as f32).collect();

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(device, Device::Cpu);
 /// let exec = device.open(DType::F32)?;
 /// assert_eq!(exec.dtype(), DType::F32);
-/// // The CPU backend computes in f32 only.
+/// // The CPU backend computes in f32, or in bf16 where it has AMX; never in f16.
 /// assert!(Device::Cpu.open(DType::F16).is_err());
 /// # Ok::<(), freelunch::Error>(())
 /// ```
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 pub enum Device {
     /// The first CUDA device if one can be opened, else the CPU.
     Auto,
-    /// The multi-threaded CPU reference backend (f32 only).
+    /// The multi-threaded CPU reference backend (f32; bf16 products on CPUs with AMX-BF16).
     Cpu,
     /// The CUDA device of this ordinal (compute capability 8.0 or newer).
     Cuda(usize),
@@ -79,18 +79,24 @@ impl FromStr for Device {
 /// ```
 #[derive(Clone)]
 pub enum Exec {
-    /// The CPU backend.
-    Cpu,
+    /// The CPU backend, with the precision of its products.
+    Cpu(crate::backend::Cpu),
     /// A CUDA device (or the PTX executor standing in for one), shared by every model placed
     /// on it.
     Cuda(Arc<crate::backend::cuda::Gpu>),
 }
 
 impl Exec {
-    /// The type weights and activations are stored in (always f32 on the CPU).
+    /// The CPU backend in f32.
+    pub fn cpu() -> Exec {
+        Exec::Cpu(crate::backend::Cpu)
+    }
+
+    /// The type weights and activations are stored in; on the CPU, the type its convolutions
+    /// and linear layers compute in (storage stays f32 there).
     pub fn dtype(&self) -> DType {
         match self {
-            Exec::Cpu => DType::F32,
+            Exec::Cpu(cpu) => cpu.dtype(),
             Exec::Cuda(gpu) => gpu.dtype,
         }
     }
@@ -115,7 +121,9 @@ impl Device {
         }
     }
 
-    /// Opens the device; the CPU only computes in f32.
+    /// Opens the device. The CPU computes in f32, or with `DType::BF16` runs its convolutions
+    /// and linear layers in bf16 on AMX tiles (as PyTorch's CPU autocast does), where the CPU
+    /// has AMX-BF16 and the OS grants the tile state; f16 is a GPU type.
     pub fn open(self, dtype: DType) -> Result<Exec> {
         match self {
             Device::Auto if crate::backend::cuda::device_count() == 0 => Device::Cpu.open(dtype),
@@ -123,14 +131,24 @@ impl Device {
                 eprintln!("freelunch: {e}; running on the CPU");
                 Device::Cpu.open(dtype)
             }),
-            Device::Cpu if dtype != DType::F32 => Err(Error::DeviceUnavailable {
-                device: "cpu".into(),
-                msg: format!(
-                    "the CPU backend computes in f32; --dtype {} needs --device cuda",
-                    dtype.suffix()
-                ),
-            }),
-            Device::Cpu => Ok(Exec::Cpu),
+            Device::Cpu => match dtype {
+                DType::F32 => Ok(Exec::cpu()),
+                DType::BF16 if crate::backend::cpu::gemm::bf16_available() => {
+                    Ok(Exec::Cpu(crate::backend::Cpu::BF16))
+                }
+                DType::BF16 => Err(Error::DeviceUnavailable {
+                    device: "cpu".into(),
+                    msg: "--dtype bf16 on the CPU needs AMX-BF16 (Intel Sapphire Rapids or newer) \
+                          and Linux 5.16+ to grant its tile state; this CPU or OS has not: use \
+                          --dtype f32, or --device cuda"
+                        .into(),
+                }),
+                DType::F16 => Err(Error::DeviceUnavailable {
+                    device: "cpu".into(),
+                    msg: "the CPU backend computes in f32 or bf16; --dtype f16 needs --device cuda"
+                        .into(),
+                }),
+            },
             Device::Cuda(n) => Ok(Exec::Cuda(Arc::new(crate::backend::cuda::Gpu::new(
                 n, dtype,
             )?))),

@@ -206,7 +206,8 @@ struct DeviceArgs {
     #[arg(long, default_value = "auto")]
     device: String,
     /// Storage type of weights and activations on the GPU: f32, f16 or bf16 (f32
-    /// accumulation throughout). The CPU computes in f32 only.
+    /// accumulation throughout). On the CPU: f32, or bf16 for the convolutions and linear
+    /// layers on AMX tiles (CPUs with AMX-BF16; as PyTorch's CPU autocast).
     #[arg(long, default_value = "f32")]
     dtype: String,
 }

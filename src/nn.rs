@@ -2,6 +2,7 @@
 //! name from a `WeightSource`; forward passes run on the CPU backend.
 
 use crate::backend::cpu;
+use crate::backend::cpu::gemm::Precision;
 use crate::boosters::masks::MaskSet;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -91,12 +92,17 @@ impl Linear {
     /// `x`: [B, ..., in]; shapes that do not agree and memory that cannot be had are errors
     /// naming the layer.
     pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
+        self.try_forward_in(x, lc, Precision::F32)
+    }
+
+    /// As `try_forward`, the product in `precision`.
+    pub fn try_forward_in(&self, x: &Tensor, lc: LayerCtx, precision: Precision) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(Tensor::data);
+        let linear =
+            |mask| cpu::masked::try_masked_linear_in(x, &self.weight, bias, mask, precision);
         match lc.masks.and_then(|m| m.get(&self.name)) {
-            Some(m) => {
-                cpu::masked::try_masked_linear(x, &self.weight, bias, Some(&|b| m.view(lc.step, b)))
-            }
-            None => cpu::masked::try_masked_linear(x, &self.weight, bias, None),
+            Some(m) => linear(Some(&|b| m.view(lc.step, b))),
+            None => linear(None),
         }
         .map_err(|e| in_layer(&self.name, e))
     }
@@ -163,11 +169,17 @@ impl Conv2d {
     /// `x`: [B, Cin, H, W]; shapes that do not agree and memory that cannot be had are errors
     /// naming the layer.
     pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
+        self.try_forward_in(x, lc, Precision::F32)
+    }
+
+    /// As `try_forward`, the products in `precision`.
+    pub fn try_forward_in(&self, x: &Tensor, lc: LayerCtx, precision: Precision) -> Result<Tensor> {
         let bias = self.bias.as_ref().map(Tensor::data);
         let mask = lc.masks.and_then(|m| m.get(&self.name));
         let view = mask.map(|m| move |b| m.view(lc.step, b));
         let mask_fn: Option<cpu::masked::MaskFn> = view.as_ref().map(|f| f as cpu::masked::MaskFn);
-        cpu::conv::try_conv2d_masked(x, &self.weight, bias, self.stride, self.padding, mask_fn)
+        let (stride, pad) = (self.stride, self.padding);
+        cpu::conv::try_conv2d_in(x, &self.weight, bias, stride, pad, mask_fn, precision)
             .map_err(|e| in_layer(&self.name, e))
     }
 }

@@ -319,7 +319,7 @@ fn one_model_runs_through_one_trait_whoever_holds_it() {
     let by_ref = call(&*unet, &inputs);
     assert_eq!(call(Arc::clone(&unet), &inputs), by_ref);
     assert_eq!(
-        call(Box::new(unet.on(freelunch::device::Exec::Cpu)), &inputs),
+        call(Box::new(unet.on(freelunch::device::Exec::cpu())), &inputs),
         by_ref
     );
     for threads in [1, 3] {

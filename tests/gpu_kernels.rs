@@ -265,7 +265,7 @@ fn no_device_is_an_error_not_a_panic() {
     // `auto` falls back to the CPU.
     assert!(matches!(
         Device::Auto.open(DType::F32),
-        Ok(freelunch::device::Exec::Cpu)
+        Ok(freelunch::device::Exec::Cpu(_))
     ));
     let err = match Device::Cpu.open(DType::F16) {
         Err(e) => e.to_string(),

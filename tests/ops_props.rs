@@ -295,3 +295,103 @@ fn geglu_gates_with_exact_gelu() {
         assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
     }
 }
+
+/// `t` rounded to bf16 (nearest even), as the bf16 products round their operands.
+fn rounded(t: &Tensor) -> Tensor {
+    let v: Vec<f32> = t
+        .data()
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    Tensor::new(t.shape(), v).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Every bf16 convolution path (the AMX tile convolution for channels that are multiples of
+    /// 32 and 16, the generic bf16 GEMM paths otherwise, strided, masked) computes the f64
+    /// convolution of the bf16-rounded operands to f32 accumulation accuracy.
+    #[test]
+    fn bf16_convolutions_match_the_f32_product_of_rounded_operands(
+        b in 1usize..3, cin_blocks in 1usize..4, ragged_cin in any::<bool>(),
+        cout_strips in 1usize..5, ragged_cout in any::<bool>(), hw in 1usize..14,
+        k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
+        masked in any::<bool>(), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        use cpu::gemm::{bf16_available, Precision};
+        if !bf16_available() {
+            eprintln!("no AMX-BF16 here: the bf16 convolution is not tested");
+            return Ok(());
+        }
+        let cin = 32 * cin_blocks - 3 * ragged_cin as usize;
+        let cout = 16 * cout_strips - 5 * ragged_cout as usize;
+        let x = Tensor::randn([b, cin, hw, hw + 1], seed);
+        let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
+        let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
+        let bias = bias.then_some(&bv[..]);
+        let pad = Padding::same(k / 2);
+        let keep: Vec<Vec<f32>> = (0..b)
+            .map(|bi| {
+                Tensor::randn([cout * cin * k * k], seed ^ (3 + bi as u64))
+                    .data()
+                    .iter()
+                    .map(|&v| (v > -0.3) as u8 as f32)
+                    .collect()
+            })
+            .collect();
+        let bytes: Vec<u8> = keep.iter().flatten().map(|&m| m as u8).collect();
+        let set = freelunch::boosters::masks::WeightMask::from_bytes(
+            vec![cout, cin, k, k], None, Some(b), &bytes,
+        ).unwrap();
+        let mask_fn = |bi: usize| set.view(0, bi);
+        let mask: Option<cpu::masked::MaskFn> = masked.then_some(&mask_fn);
+        let got = cpu::conv::try_conv2d_in(&x, &wt, bias, stride, pad, mask, Precision::Bf16)
+            .unwrap();
+        let (rx, rw) = (rounded(&x), rounded(&wt));
+        let want: Vec<f64> = if masked {
+            (0..b)
+                .flat_map(|bi| {
+                    let xb = Tensor::new(
+                        [1, cin, hw, hw + 1],
+                        rx.data()[bi * cin * hw * (hw + 1)..][..cin * hw * (hw + 1)].to_vec(),
+                    ).unwrap();
+                    let wb: Vec<f32> = rw.data().iter().zip(&keep[bi]).map(|(w, m)| w * m).collect();
+                    naive_conv(&xb, &Tensor::new(rw.shape(), wb).unwrap(), bias, stride, pad)
+                })
+                .collect()
+        } else {
+            naive_conv(&rx, &rw, bias, stride, pad)
+        };
+        close(&got, &want, 1e-5)?;
+    }
+}
+
+/// The AMX tile convolution's own shapes (channels multiples of 32 in, 16 out; 3×3 and 1×1;
+/// images from 1×1 to wider than a task's positions; odd output strips), against the f64
+/// convolution of the rounded operands.
+#[test]
+fn bf16_tile_convolutions_match_on_every_edge() {
+    use cpu::gemm::{bf16_available, Precision};
+    if !bf16_available() {
+        eprintln!("no AMX-BF16 here: the bf16 convolution is not tested");
+        return;
+    }
+    let cases = [
+        (1, 32, 16, 1, 1, 3),
+        (2, 64, 48, 5, 7, 3),
+        (3, 32, 32, 9, 4, 1),
+        (2, 96, 80, 17, 19, 3),
+        (1, 128, 64, 24, 24, 1),
+    ];
+    for (seed, &(b, cin, cout, h, w, k)) in cases.iter().enumerate() {
+        let x = Tensor::randn([b, cin, h, w], seed as u64);
+        let wt = Tensor::randn([cout, cin, k, k], 100 + seed as u64);
+        let bv: Vec<f32> = Tensor::randn([cout], 200 + seed as u64).data().to_vec();
+        let pad = Padding::same(k / 2);
+        let got =
+            cpu::conv::try_conv2d_in(&x, &wt, Some(&bv), 1, pad, None, Precision::Bf16).unwrap();
+        let want = naive_conv(&rounded(&x), &rounded(&wt), Some(&bv), 1, pad);
+        close(&got, &want, 1e-5).unwrap_or_else(|e| panic!("{b}×{cin}→{cout} {h}×{w} k{k}: {e}"));
+    }
+}

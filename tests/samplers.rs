@@ -199,7 +199,7 @@ fn finish(
 
 #[test]
 fn sampling_loops_match_diffusers() {
-    sampling_loops_on(&Exec::Cpu, &|_| 1e-4);
+    sampling_loops_on(&Exec::cpu(), &|_| 1e-4);
 }
 
 /// The same loops with the U-Net on the GPU, in every dtype. f32 is held to the GPU tolerance of 1e-4 (`common::gpu::tolerance`). A
@@ -230,8 +230,8 @@ fn sampling_loops_match_diffusers_on_gpu() {
 /// How much a loop amplifies the relative error of its model's outputs (on the CPU).
 fn loop_amplification(dir: &Path) -> f64 {
     const EPS: f32 = 1e-3;
-    let clean = run_case(dir, &Exec::Cpu, None).expect("implemented");
-    let noisy = run_case(dir, &Exec::Cpu, Some(EPS)).expect("implemented");
+    let clean = run_case(dir, &Exec::cpu(), None).expect("implemented");
+    let noisy = run_case(dir, &Exec::cpu(), Some(EPS)).expect("implemented");
     let amp = noisy.rel_l2(&clean) / EPS as f64;
     eprintln!(
         "{}: loop amplification {amp:.2}",

@@ -55,11 +55,11 @@ fn decode_matches_diffusers() {
         let vae = vae(case);
         // Small latents: Auto must decode whole, as diffusers' default decode.
         let out = vae
-            .decode_latents(&Exec::Cpu, &g["latents"], Tiling::Auto)
+            .decode_latents(&Exec::cpu(), &g["latents"], Tiling::Auto)
             .unwrap();
         close(&format!("{case} decode"), &out, &g["decoded"], TOL);
         let never = vae
-            .decode_latents(&Exec::Cpu, &g["latents"], Tiling::Never)
+            .decode_latents(&Exec::cpu(), &g["latents"], Tiling::Never)
             .unwrap();
         assert_eq!(never, out, "{case}: Auto tiled latents within one tile");
     }
@@ -84,11 +84,11 @@ fn scaling_round_trips_and_the_model_is_shareable() {
     // One loaded VAE decoding from several threads at once gives what one thread does.
     let vae = std::sync::Arc::new(vae("vae_sd_like"));
     let z = goldens("vae_sd_like")["latents"].clone();
-    let want = vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap();
+    let want = vae.decode_latents(&Exec::cpu(), &z, Tiling::Auto).unwrap();
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let (vae, z) = (vae.clone(), z.clone());
-            std::thread::spawn(move || vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap())
+            std::thread::spawn(move || vae.decode_latents(&Exec::cpu(), &z, Tiling::Auto).unwrap())
         })
         .collect();
     for t in threads {
@@ -123,7 +123,7 @@ fn tiled_decode_matches_diffusers() {
         let z = &g["tiled_latents"];
         // Larger than a tile: Auto tiles, as diffusers after enable_tiling().
         assert!(vae.decode_is_tiled(z.shape(), Tiling::Auto, None).unwrap());
-        let auto = vae.decode_latents(&Exec::Cpu, z, Tiling::Auto).unwrap();
+        let auto = vae.decode_latents(&Exec::cpu(), z, Tiling::Auto).unwrap();
         close(
             &format!("{case} tiled decode"),
             &auto,
@@ -131,12 +131,12 @@ fn tiled_decode_matches_diffusers() {
             TOL,
         );
         let explicit = vae
-            .tiled_decode(&Exec::Cpu, &vae.unscale_latents(z).unwrap())
+            .tiled_decode(&Exec::cpu(), &vae.unscale_latents(z).unwrap())
             .unwrap();
         assert_eq!(explicit, auto);
         // The whole decode differs from the tiled one (tiles see less context): the comparison
         // above could not pass by decoding whole.
-        let whole = vae.decode_latents(&Exec::Cpu, z, Tiling::Never).unwrap();
+        let whole = vae.decode_latents(&Exec::cpu(), z, Tiling::Never).unwrap();
         assert_eq!(whole.shape(), auto.shape());
         let gap = whole.rel_l2(&g["tiled_decoded"]);
         assert!(
@@ -201,7 +201,7 @@ fn image_bytes_match_diffusers() {
         assert_eq!((ph as usize, pw as usize), (h, w));
         assert_eq!(back, from_golden[1].data);
         let decoded = vae(case)
-            .decode_latents(&Exec::Cpu, &g["latents"], Tiling::Auto)
+            .decode_latents(&Exec::cpu(), &g["latents"], Tiling::Auto)
             .unwrap();
         let ours: Vec<u8> = postprocess(&decoded)
             .unwrap()
@@ -274,7 +274,7 @@ fn encode_matches_diffusers() {
     for case in CASES {
         let g = goldens(case);
         let vae = vae(case);
-        let dist = vae.encode(&Exec::Cpu, &g["pixels"]).unwrap();
+        let dist = vae.encode(&Exec::cpu(), &g["pixels"]).unwrap();
         close(
             &format!("{case} encode mean"),
             &dist.mean,
@@ -444,7 +444,7 @@ fn cli_sample_then_decode() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let image = vae("vae_sd_like")
-        .decode_latents(&Exec::Cpu, &z, Tiling::Auto)
+        .decode_latents(&Exec::cpu(), &z, Tiling::Auto)
         .unwrap();
     let want = &postprocess(&image).unwrap()[0];
     let (w, h, bytes) = read_png(&png_out);
@@ -548,13 +548,17 @@ fn hostile_configs_are_typed_errors() {
     });
     let small = AutoencoderKL::from_dir(&dir).unwrap();
     let z = Tensor::randn([1, 4, 6, 5], 0);
-    match small.decode_latents(&Exec::Cpu, &z, Tiling::Always) {
+    match small.decode_latents(&Exec::cpu(), &z, Tiling::Always) {
         Err(Error::Config { msg, .. }) => assert!(msg.contains("sample_size = 3"), "{msg}"),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        small.decode_latents(&Exec::Cpu, &z, Tiling::Auto).unwrap(),
-        small.decode_latents(&Exec::Cpu, &z, Tiling::Never).unwrap()
+        small
+            .decode_latents(&Exec::cpu(), &z, Tiling::Auto)
+            .unwrap(),
+        small
+            .decode_latents(&Exec::cpu(), &z, Tiling::Never)
+            .unwrap()
     );
     // Direct parsing names its origin.
     let e = AutoencoderKLConfig::from_json_str("[1]", "inline").unwrap_err();
@@ -614,7 +618,7 @@ fn hostile_latents_are_typed_errors() {
     ];
     for (z, says) in bad_latents {
         for tiling in [Tiling::Auto, Tiling::Always, Tiling::Never] {
-            match vae.decode_latents(&Exec::Cpu, &z, tiling) {
+            match vae.decode_latents(&Exec::cpu(), &z, tiling) {
                 Err(Error::Input { name, msg }) => {
                     assert_eq!(name, "latents");
                     assert!(msg.contains(says), "{msg}");
@@ -626,7 +630,7 @@ fn hostile_latents_are_typed_errors() {
     for v in [f32::NAN, f32::INFINITY] {
         let mut z = Tensor::randn([1, 4, 6, 6], 0);
         z.data_mut()[37] = v;
-        match vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto) {
+        match vae.decode_latents(&Exec::cpu(), &z, Tiling::Auto) {
             Err(Error::Input { name, msg }) => {
                 assert_eq!(name, "latents");
                 assert!(msg.contains("37") || msg.contains("[0, 1, 0, 1]"), "{msg}");
@@ -637,7 +641,7 @@ fn hostile_latents_are_typed_errors() {
     // Finite, but so large that the decoder overflows: the error names the first module.
     let mut z = Tensor::randn([1, 4, 6, 6], 0);
     z.data_mut().iter_mut().for_each(|v| *v *= 1e37);
-    match vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto) {
+    match vae.decode_latents(&Exec::cpu(), &z, Tiling::Auto) {
         Err(Error::NonFinite { at, msg }) => {
             assert!(
                 at == "post_quant_conv" || at.starts_with("decoder."),
@@ -651,12 +655,12 @@ fn hostile_latents_are_typed_errors() {
     let mut z = Tensor::randn([1, 4, 6, 6], 0);
     z.data_mut()[0] = 3e38;
     assert!(matches!(
-        vae.decode_latents(&Exec::Cpu, &z, Tiling::Auto),
+        vae.decode_latents(&Exec::cpu(), &z, Tiling::Auto),
         Err(Error::Input { .. })
     ));
     // An image of the wrong channel count to encode.
     assert!(matches!(
-        vae.encode(&Exec::Cpu, &Tensor::randn([1, 4, 8, 8], 0)),
+        vae.encode(&Exec::cpu(), &Tensor::randn([1, 4, 8, 8], 0)),
         Err(Error::Input { .. })
     ));
     // Sizes that overflow are refused too.
@@ -771,7 +775,7 @@ fn gpu_decode_matches_cpu() {
             let exec = Exec::Cuda(gpu.clone());
             let tz = vae.unscale_latents(&g["tiled_latents"]).unwrap();
             let tiled = vae.tiled_decode(&exec, &tz).unwrap();
-            let err = tiled.rel_l2(&vae.tiled_decode(&Exec::Cpu, &tz).unwrap());
+            let err = tiled.rel_l2(&vae.tiled_decode(&Exec::cpu(), &tz).unwrap());
             assert!(err <= 1e-4, "{case} tiled: {err:.2e}");
             println!("{case} tiled decode f32: rel L2 {err:.2e} against the CPU");
             let params = vae.encode_on(gpu.as_ref(), &g["pixels"]).unwrap();

@@ -59,6 +59,7 @@ def freelunch_round(binary, args, extra_env=None):
         "FREELUNCH_PROFILE_SHAPE": args.shape,
         "FREELUNCH_PROFILE_ITERS": str(args.iters),
         "FREELUNCH_ROOT": ROOT,
+        "FREELUNCH_PROFILE_DTYPE": args.dtype,
     })
     env.pop("FREELUNCH_PROFILE", None)
     out = subprocess.run([binary], env=env, check=True, capture_output=True, text=True).stdout
@@ -189,6 +190,9 @@ def main():
     ap.add_argument("--iters", type=int, default=2, help="forwards per side per round")
     ap.add_argument("--bin", default=None, help="the profile_forward bench binary")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="bf16: freelunch's CPU device in bf16 (AMX) against PyTorch's CPU "
+                         "autocast to bfloat16")
     ap.add_argument("--also-gemm", action="store_true",
                     help="also run freelunch with FREELUNCH_CPU_CONV=gemm (the portable GEMM "
                          "convolution, the code before the direct kernel) in every round")
@@ -201,7 +205,8 @@ def main():
 
     fl_runs, pt_runs, pt_plain, fl_plain, pairs = [], [], [], [], []
     gm_runs, gm_plain, gm_pairs = [], [], []
-    with torch.no_grad():
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    with torch.no_grad(), autocast:
         model(**kwargs)  # warm-up
         for r in range(args.rounds):
             fl = freelunch_round(binary, args)

@@ -1,5 +1,5 @@
 //! The backends: the one seam between the model graph and the hardware, and each backend's
-//! home. Every module in `models` is written once against [`Backend`]; the CPU backend ([`Cpu`],
+//! home. Every module in `models` is written once against [`Backend`]; the CPU backend ([`Cpu`](struct@Cpu),
 //! its trait impl in this file, its kernels in [`cpu`]) is the reference, the CUDA backend
 //! ([`cuda::Gpu`], host code in [`cuda`], kernels in `kernels/*.cu`) runs the same graph on
 //! hand-written kernels. The kernels are public for microbenchmarks and tests against them;
@@ -216,9 +216,43 @@ pub trait Backend {
     fn first_watched(&self, watch: Self::Watch) -> Result<Option<(usize, usize, f32)>>;
 }
 
-/// The multi-threaded CPU reference backend.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+/// The multi-threaded CPU reference backend. Its convolutions and linear layers run in f32
+/// ([`Cpu`](const@Cpu), the value) or in bf16 on AMX tiles ([`Cpu::BF16`]: operands rounded to bf16, f32
+/// accumulation, f32 storage, as PyTorch's CPU autocast); every other op runs in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cpu {
+    precision: cpu::gemm::Precision,
+}
+
+/// The f32 CPU backend, named like a unit struct so that `Cpu.conv2d(..)` and `&Cpu` read as
+/// before the backend had a precision.
+#[allow(non_upper_case_globals)]
+pub const Cpu: Cpu = Cpu::F32;
+
+impl Cpu {
+    /// Products in f32.
+    pub const F32: Cpu = Cpu {
+        precision: cpu::gemm::Precision::F32,
+    };
+    /// Convolutions and linear layers in bf16 (see [`cpu::gemm::Precision::Bf16`]); open it
+    /// through `Device::open` (`--device cpu --dtype bf16`), which checks the CPU has AMX.
+    pub const BF16: Cpu = Cpu {
+        precision: cpu::gemm::Precision::Bf16,
+    };
+
+    /// The precision of the products.
+    pub fn precision(&self) -> cpu::gemm::Precision {
+        self.precision
+    }
+
+    /// The type the products compute in.
+    pub fn dtype(&self) -> crate::dtype::DType {
+        match self.precision {
+            cpu::gemm::Precision::F32 => crate::dtype::DType::F32,
+            cpu::gemm::Precision::Bf16 => crate::dtype::DType::BF16,
+        }
+    }
+}
 
 /// `(b, c)` of `y` ([B, C, ...]) and the row width of a per-(sample, channel) table `t` that
 /// must be `[B, ≥ need·C]`, or an error naming `what` and both shapes.
@@ -369,11 +403,12 @@ impl Backend for Cpu {
                     conv.stride,
                     conv.padding,
                     conv.uid,
+                    self.precision,
                 ) {
                     return y.map_err(|e| crate::nn::in_layer(&conv.name, e));
                 }
             }
-            conv.try_forward(x, lc)
+            conv.try_forward_in(x, lc, self.precision)
         })?;
         profile::time(Op::Add, || apply_epilogue(&mut y, epi))
             .map_err(|e| crate::nn::in_layer(&conv.name, e))?;
@@ -387,7 +422,7 @@ impl Backend for Cpu {
         lc: LayerCtx,
         epi: Epilogue<Tensor>,
     ) -> Result<Tensor> {
-        let mut y = profile::time(Op::Linear, || lin.try_forward(x, lc))?;
+        let mut y = profile::time(Op::Linear, || lin.try_forward_in(x, lc, self.precision))?;
         profile::time(Op::Add, || apply_epilogue(&mut y, epi))
             .map_err(|e| crate::nn::in_layer(&lin.name, e))?;
         Ok(y)

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::masks::{MaskSet, WeightMask};
-use crate::backend::cpu::gemm::{sgemm, Mat, Threads};
+use crate::backend::cpu::gemm::{sgemm, Mat, Precision, Threads};
 use crate::error::{Error, Result};
 use crate::models::unet_2d::UNet;
 use crate::nn::{LayerCtx, Linear};
@@ -254,6 +254,7 @@ impl MaskGenerator {
                     false,
                     1.0,
                     Threads::Pool,
+                    Precision::F32,
                 );
                 let b_in = a.conv_in.bias.as_ref().expect("loaded with bias").data();
                 for (row, &bv) in l1.chunks_mut(i4).zip(b_in) {
@@ -274,6 +275,7 @@ impl MaskGenerator {
                     true,
                     1.0,
                     Threads::Pool,
+                    Precision::F32,
                 );
                 finite(
                     format!("adapters.{i} (logits of `{}`)", a.weight_name),

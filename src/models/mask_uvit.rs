@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::backend::{Activation, Backend, Cpu, Epilogue};
+use crate::backend::{Activation, Backend, Epilogue};
 use crate::boosters::Boosters;
 use crate::device::Exec;
 use crate::error::{Error, Result};
@@ -724,7 +724,7 @@ impl MaskedUViT {
         boosters: &Boosters,
     ) -> Result<Tensor> {
         let tokens = match &self.placement.exec {
-            Exec::Cpu => self.tokens_on(&Cpu, inputs, mask, boosters)?,
+            Exec::Cpu(cpu) => self.tokens_on(cpu, inputs, mask, boosters)?,
             Exec::Cuda(gpu) => {
                 let y = self.tokens_on(gpu.as_ref(), inputs, mask, boosters)?;
                 gpu.download(&y)?

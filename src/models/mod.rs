@@ -94,7 +94,7 @@ impl PlacedOn {
         for gpu in gpus.iter().filter_map(std::sync::Weak::upgrade) {
             gpu.cache.evict(uids);
         }
-        crate::backend::cpu::conv_direct::evict(uids);
+        crate::backend::cpu::pack_cache::evict(uids);
     }
 }
 
@@ -113,7 +113,7 @@ pub struct Placement {
 impl Default for Placement {
     fn default() -> Self {
         Placement {
-            exec: Exec::Cpu,
+            exec: Exec::cpu(),
             pool: None,
             workspace: None,
         }
@@ -183,7 +183,9 @@ impl Placement {
             // loop then queues its tasks there, rather than handing every op to the pool from
             // outside (which allocates the pool's queue blocks as it goes, and wakes a thread
             // per op). GPU calls stay on the caller's thread, where its CUDA context is current.
-            None if matches!(self.exec, Exec::Cpu) && rayon::current_thread_index().is_none() => {
+            None if matches!(self.exec, Exec::Cpu(_))
+                && rayon::current_thread_index().is_none() =>
+            {
                 rayon::scope(|_| run())
             }
             None => run(),

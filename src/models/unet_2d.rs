@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{BlockInputs, DownBlock2D, Skips, UNetMidBlock2D, UpBlock2D};
 use super::{Denoiser, Placement};
-use crate::backend::{Backend, Cpu, Epilogue};
+use crate::backend::{Backend, Epilogue};
 use crate::boosters::Boosters;
 use crate::config::{BlockKind, MidBlockKind, ModelClass, UNetConfig};
 use crate::device::Exec;
@@ -770,7 +770,7 @@ impl Denoiser for UNet2DConditionModel {
 impl UNet2DConditionModel {
     /// This model (sharing its weights with `self`) placed on `device`, storing weights and
     /// activations there in `dtype`: opens the device, uploads nothing yet ([`warm_up`] does,
-    /// else the first call). The CPU computes in f32 only.
+    /// else the first call). The CPU computes in f32, or in bf16 (convolutions and linear layers) where it has AMX.
     ///
     /// [`warm_up`]: Denoiser::warm_up
     ///
@@ -904,7 +904,7 @@ impl UNet2DConditionModel {
         boosters: &Boosters,
     ) -> Result<Tensor> {
         match exec {
-            Exec::Cpu => self.forward_on(&Cpu, inputs, boosters),
+            Exec::Cpu(cpu) => self.forward_on(cpu, inputs, boosters),
             Exec::Cuda(gpu) => {
                 let y = self.forward_on(gpu.as_ref(), inputs, boosters)?;
                 let y = gpu.download(&y)?;

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use super::pipeline_utils::{add_time_ids, image_size, ModelIndex, PipelineKind};
-use crate::backend::{Backend, Cpu};
+use crate::backend::Backend;
 use crate::boosters::Boosters;
 use crate::device::{DType, Device, Exec};
 use crate::error::{Error, Result};
@@ -231,7 +231,7 @@ impl StableDiffusionPipeline {
         clip_skip: Option<usize>,
     ) -> Result<PromptEmbeds> {
         match &self.exec {
-            Exec::Cpu => self.encode_prompt_on(&Cpu, prompt, guidance, clip_skip),
+            Exec::Cpu(cpu) => self.encode_prompt_on(cpu, prompt, guidance, clip_skip),
             Exec::Cuda(gpu) => self.encode_prompt_on(gpu.as_ref(), prompt, guidance, clip_skip),
         }
     }

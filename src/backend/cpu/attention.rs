@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Mat, Threads};
+use super::gemm::{sgemm, Mat, Precision, Threads};
 use super::SendPtr;
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
@@ -126,6 +126,7 @@ pub(super) fn attention_on(
                 false,
                 scale,
                 Threads::Single,
+                Precision::F32,
             );
             scores.chunks_mut(m).for_each(super::vector::softmax_row);
             let mut o = Scratch::zeroed(rows * dh, "attention output")?;
@@ -142,6 +143,7 @@ pub(super) fn attention_on(
                 false,
                 1.0,
                 Threads::Single,
+                Precision::F32,
             );
             let base = (bi * n + r0) * inner + h * dh;
             for (r, src) in o.chunks(dh).enumerate() {
@@ -239,6 +241,7 @@ pub(super) fn causal_attention_on(
             false,
             scale,
             Threads::Single,
+            Precision::F32,
         );
         for (r, row) in scores.chunks_mut(n).enumerate() {
             // Key 0 is never masked, so every row keeps a finite maximum.
@@ -259,6 +262,7 @@ pub(super) fn causal_attention_on(
             false,
             1.0,
             Threads::Single,
+            Precision::F32,
         );
         for (r, src) in o.chunks(dh).enumerate() {
             let start = base + r * inner;

@@ -26,7 +26,7 @@
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, sgemm_taps, Mat, Taps, Threads};
+use super::gemm::{sgemm, sgemm_taps, Mat, Precision, Taps, Threads};
 use super::masked::MaskFn;
 use super::SendPtr;
 use crate::error::{Error, Result};
@@ -97,10 +97,11 @@ pub fn conv2d_masked(
     try_conv2d_masked(x, weight, bias, stride, pad, mask).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A dense layer's convolution on the direct path with its packed weights cached under `uid`
-/// (the layer's, see `nn::fresh_uid`), or None where that path does not take it (no AVX-512,
-/// turned off, not stride-1 "same", or shapes `try_conv2d` would refuse): then the caller runs
-/// `try_conv2d`.
+/// A dense layer's convolution with its packed weights cached under `uid` (the layer's, see
+/// `nn::fresh_uid`): in f32 on the direct path, in bf16 on the AMX tile convolution. None where
+/// that path does not take it (no AVX-512 or AMX, turned off, not stride-1 "same", channel
+/// counts the tiles do not fit, or shapes `try_conv2d` would refuse): then the caller runs
+/// `try_conv2d_in`.
 pub fn try_conv2d_layer(
     x: &Tensor,
     weight: &Tensor,
@@ -108,29 +109,26 @@ pub fn try_conv2d_layer(
     stride: usize,
     pad: Padding,
     uid: u64,
+    precision: Precision,
 ) -> Option<Result<Tensor>> {
     let ([b, cin, h, w], [cout, wcin, kh, kw]) = (x.shape(), weight.shape()) else {
         return None;
     };
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
     let fits = cin == wcin && bias.is_none_or(|b| b.len() == *cout) && *h > 0 && *w > 0;
-    if !(same
-        && *kh > 1
-        && fits
-        && *b > 0
-        && *cout > 0
-        && *cin > 0
-        && super::conv_direct::takes(*h, *w))
-    {
+    if !(same && fits && *b > 0 && *cout > 0 && *cin > 0) {
         return None;
     }
-    Some(super::conv_direct::conv2d_same_keyed(
-        x,
-        weight,
-        bias,
-        None,
-        Some(uid),
-    ))
+    match precision {
+        Precision::F32 if *kh > 1 && super::conv_direct::takes(*h, *w) => Some(
+            super::conv_direct::conv2d_same_keyed(x, weight, bias, None, Some(uid)),
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Precision::Bf16 if super::conv_amx::takes(*cin, *cout, *kh) => {
+            Some(super::conv_amx::conv2d_same(x, weight, bias, Some(uid)))
+        }
+        _ => None,
+    }
 }
 
 fn conv_error(msg: String) -> Error {
@@ -176,6 +174,20 @@ pub fn try_conv2d_masked(
     pad: Padding,
     mask: Option<MaskFn>,
 ) -> Result<Tensor> {
+    try_conv2d_in(x, weight, bias, stride, pad, mask, Precision::F32)
+}
+
+/// As `try_conv2d_masked`, its products in `precision`. In bf16 every shape runs on the GEMM
+/// paths or the AMX tile convolution (`conv_amx`), never the f32 direct kernel.
+pub fn try_conv2d_in(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    stride: usize,
+    pad: Padding,
+    mask: Option<MaskFn>,
+    precision: Precision,
+) -> Result<Tensor> {
     let [b, cin, h, w] = x.shape()[..] else {
         return Err(conv_error(format!(
             "input must be a rank-4 [B, C, H, W] tensor, got shape {:?}",
@@ -219,8 +231,16 @@ pub fn try_conv2d_masked(
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
     // 1×1 stays on the GEMM, which reads NCHW in place: at one tap the direct path's two
     // transposes cost more than its kernel saves (2.7× slower across ddpm-cifar10's 1×1s).
-    if same && kh > 1 && super::conv_direct::takes(h, w) {
+    if precision == Precision::F32 && same && kh > 1 && super::conv_direct::takes(h, w) {
         return super::conv_direct::conv2d_same(x, weight, bias, mask);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16
+        && mask.is_none()
+        && same
+        && super::conv_amx::takes(cin, cout, kh)
+    {
+        return super::conv_amx::conv2d_same(x, weight, bias, None);
     }
     let layout = if same && kh > 1 {
         Layout::Shifted(ShiftedInput::new(x, kh)?)
@@ -229,9 +249,27 @@ pub fn try_conv2d_masked(
     } else {
         Layout::Patches
     };
-    let tiles = cout.div_ceil(TILE);
+    // Dense bf16 layers run one product per sample over every output channel and position,
+    // split by the product itself: the tile kernel's packing then serves the most work.
+    let whole = precision == Precision::Bf16 && mask.is_none();
+    let (tiles, chunks, threads) = if whole {
+        let positions = match &layout {
+            Layout::Shifted(s) => s.sample_positions,
+            _ => ho * wo,
+        };
+        let one = Chunks {
+            per_sample: 1,
+            size: positions,
+        };
+        (1, one, Threads::Pool)
+    } else {
+        (
+            cout.div_ceil(TILE),
+            layout.chunks(b, ho * wo),
+            Threads::Single,
+        )
+    };
     let tile_rows = cout.div_ceil(tiles);
-    let chunks = layout.chunks(b, ho * wo);
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
     let acc_len = layout.acc_len(b, cout)?;
     let mut acc = Scratch::zeroed(acc_len, "conv2d accumulator")?;
@@ -259,6 +297,25 @@ pub fn try_conv2d_masked(
         }
         _ => smallvec::SmallVec::new(),
     };
+    if let (true, Layout::Shifted(s)) = (whole, &layout) {
+        // One product over the whole tall image: the rows between samples are computed and
+        // dropped, and B's panel is packed once per task of many rows.
+        let positions = (b - 1) * s.sample_stride + s.sample_positions;
+        s.taps(
+            weight.data(),
+            0,
+            row_len,
+            bias,
+            &mut acc,
+            cout,
+            (0, cout),
+            (0, positions),
+            threads,
+            precision,
+        );
+        s.copy_out(&acc, &mut out, b, cout);
+        return Ok(Tensor::from_parts([b, cout, ho, wo], out));
+    }
     (0..b * tiles * chunks.per_sample)
         .into_par_iter()
         .for_each(|task| {
@@ -298,6 +355,8 @@ pub fn try_conv2d_masked(
                         cout,
                         (r0, r1),
                         (base + q0, base + q1),
+                        threads,
+                        precision,
                     );
                 }
                 Layout::Pointwise | Layout::Patches => {
@@ -327,7 +386,8 @@ pub fn try_conv2d_masked(
                         Mat::row_major(o + r0 * ho * wo + p0, ho * wo),
                         bias.is_some(),
                         1.0,
-                        Threads::Single,
+                        threads,
+                        precision,
                     );
                 }
             }
@@ -462,6 +522,8 @@ impl ShiftedInput {
         cout: usize,
         (r0, r1): (usize, usize),
         (q0, q1): (usize, usize),
+        threads: Threads,
+        precision: Precision,
     ) {
         let k = self.k;
         let cin = row_len / (k * k);
@@ -496,7 +558,8 @@ impl ShiftedInput {
             acc_at,
             bias.is_some(),
             1.0,
-            Threads::Single,
+            threads,
+            precision,
         ) {
             return;
         }
@@ -526,7 +589,8 @@ impl ShiftedInput {
                     },
                     bias.is_some() || ki + kj > 0,
                     1.0,
-                    Threads::Single,
+                    threads,
+                    precision,
                 );
             }
         }

@@ -24,7 +24,7 @@
 //! - Tasks are (sample, tile of 64 output channels, chunk of positions), as in `conv.rs`. A
 //!   masked layer packs `W ⊙ M_b` for its tile inside each task (masks applied while packing);
 //!   a dense layer packs once per call, or once per layer when the backend passes its uid
-//!   (`conv::try_conv2d_layer`: a process-wide cache of packed weights, capped at
+//!   (`conv::try_conv2d_layer`: the process-wide `cpu::pack_cache`, capped at
 //!   FREELUNCH_PACK_CACHE_MB, default 2048). Both run the same kernel on the same values, so an
 //!   all-ones mask gives the dense output bit for bit.
 //!
@@ -37,9 +37,7 @@
 //! `benches/cpu_ops.rs` (GFLOP/s per shape, `FREELUNCH_CPU_CONV=gemm` for the old path) and
 //! `benches/cpu_forward.rs`.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -226,47 +224,8 @@ fn pack_into(
     Ok(())
 }
 
-/// Packed weights of dense layers by layer uid, with the weight and bias they were packed from
-/// (their addresses: a uid names one layer's parameters for the process's life, so this only
-/// guards against a caller reusing a uid), and the bytes the cache holds.
-type Cache = HashMap<u64, (usize, usize, Arc<Packed>)>;
-static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-static CACHED_BYTES: AtomicUsize = AtomicUsize::new(0);
-
-/// The most bytes of packed weights kept: FREELUNCH_PACK_CACHE_MB (default 2048); layers past it
-/// are packed on every call.
-fn cache_cap() -> usize {
-    use std::sync::OnceLock;
-    static CAP: OnceLock<usize> = OnceLock::new();
-    *CAP.get_or_init(|| {
-        std::env::var("FREELUNCH_PACK_CACHE_MB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(2048)
-            .saturating_mul(1 << 20)
-    })
-}
-
-/// Drops the packed weights of the layers `uids` (a model's, when its last handle goes), so a
-/// dropped model's packing does not hold memory or count against the cap.
-pub(crate) fn evict(uids: &[u64]) {
-    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(cache) = guard.as_mut() {
-        for uid in uids {
-            if let Some((_, _, old)) = cache.remove(uid) {
-                CACHED_BYTES.fetch_sub(old.data.len() * 4, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// The packed bytes held now (tests: a dropped model's are given back).
-pub fn cached_bytes() -> usize {
-    CACHED_BYTES.load(Ordering::Relaxed)
-}
-
 /// The dense layer `key`'s packed weights: packed once, then shared by every later call (a
-/// layer's weights are immutable tensors), while the cache is under its cap.
+/// layer's weights are immutable tensors), while `pack_cache` is under its cap.
 fn cached_pack(
     key: u64,
     weight: &Tensor,
@@ -278,24 +237,11 @@ fn cached_pack(
         weight.data().as_ptr() as usize,
         bias.map_or(0, |b| b.as_ptr() as usize),
     );
-    let lock = || CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((w, b, p)) = lock().as_ref().and_then(|c| c.get(&key)) {
-        if (*w, *b) == id {
-            return Ok(p.clone());
-        }
-    }
-    let cout = weight.shape()[0];
-    let packed = Arc::new(pack(weight.data(), cout, cin, taps, bias)?);
-    let bytes = packed.data.len() * 4;
-    if CACHED_BYTES.load(Ordering::Relaxed) + bytes <= cache_cap() {
-        let mut guard = lock();
-        let cache = guard.get_or_insert_with(HashMap::new);
-        if let Some((_, _, old)) = cache.insert(key, (id.0, id.1, packed.clone())) {
-            CACHED_BYTES.fetch_sub(old.data.len() * 4, Ordering::Relaxed);
-        }
-        CACHED_BYTES.fetch_add(bytes, Ordering::Relaxed);
-    }
-    Ok(packed)
+    super::pack_cache::get_or_pack(key, super::pack_cache::Kernel::Direct, id, || {
+        let packed = pack(weight.data(), weight.shape()[0], cin, taps, bias)?;
+        let bytes = packed.data.len() * 4;
+        Ok((packed, bytes))
+    })
 }
 
 /// The padded channels-last tall image of the batch (see the module doc).
@@ -675,17 +621,15 @@ mod tests {
         let uid = crate::nn::fresh_uid();
         let x = Tensor::randn([1, 16, 8, 8], 1);
         let w = Tensor::randn([32, 16, 3, 3], 2);
-        let cached = |uid| {
-            let guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().is_some_and(|c| c.contains_key(&uid))
-        };
+        let cached =
+            |uid| super::super::pack_cache::holds(uid, super::super::pack_cache::Kernel::Direct);
         let first = conv2d_same_keyed(&x, &w, None, None, Some(uid)).unwrap();
         assert!(cached(uid));
         assert_eq!(
             conv2d_same_keyed(&x, &w, None, None, Some(uid)).unwrap(),
             first
         );
-        evict(&[uid]);
+        super::super::pack_cache::evict(&[uid]);
         assert!(!cached(uid));
     }
 }

@@ -3,7 +3,7 @@
 //! crate's packed SIMD kernels elsewhere (and when [`set_own_enabled`] or
 //! `FREELUNCH_CPU_GEMM=crate` turns the own kernel off).
 
-pub use super::matrix::{Mat, Taps, Threads};
+pub use super::matrix::{Mat, Precision, Taps, Threads};
 
 /// `c = (accumulate ? c : 0) + scale · a · b` with `a` the `m × channels·k²` implicit matrix of
 /// `taps`, `b` `channels·k² × n` and `c` `m × n` with column stride 1: a whole convolution in one
@@ -24,10 +24,12 @@ pub fn sgemm_taps(
     accumulate: bool,
     scale: f32,
     threads: Threads,
+    precision: Precision,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if !own_enabled() || cm.cs != 1 || taps.k == 0 {
+        let bf16 = precision == Precision::Bf16 && bf16_available();
+        if !(own_enabled() || bf16) || cm.cs != 1 || taps.k == 0 {
             return false;
         }
         let Some(k) = taps
@@ -57,6 +59,27 @@ pub fn sgemm_taps(
         if !cm.distinct(m, n) {
             return false;
         }
+        if bf16 {
+            // SAFETY: AMX was detected and granted; every element was bounds-checked above, and
+            // C's are distinct.
+            unsafe {
+                super::gemm_bf16::sgemm(
+                    m,
+                    n,
+                    k,
+                    a,
+                    super::gemm_avx512::AView::Taps(taps),
+                    b,
+                    bm,
+                    c,
+                    cm,
+                    accumulate,
+                    scale,
+                    threads,
+                )
+            };
+            return true;
+        }
         // SAFETY: AVX-512F was detected; every element was bounds-checked above, and C's are
         // distinct.
         unsafe {
@@ -80,13 +103,13 @@ pub fn sgemm_taps(
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (
-            m, n, channels, a, taps, b, bm, c, cm, accumulate, scale, threads,
+            m, n, channels, a, taps, b, bm, c, cm, accumulate, scale, threads, precision,
         );
         false
     }
 }
 
-/// `c = (accumulate ? c : 0) + scale * a · b`, with `a` m×k, `b` k×n, `c` m×n.
+/// `c = (accumulate ? c : 0) + scale * a · b`, with `a` m×k, `b` k×n, `c` m×n, in `precision`.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
@@ -101,6 +124,7 @@ pub fn sgemm(
     accumulate: bool,
     scale: f32,
     threads: Threads,
+    precision: Precision,
 ) {
     am.check(m, k, a.len(), "lhs");
     bm.check(k, n, b.len(), "rhs");
@@ -116,6 +140,28 @@ pub fn sgemm(
                 }
             }
         }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && bf16_available() && cm.distinct(m, n) {
+        // SAFETY: AMX was detected and granted; every index was bounds-checked above, `c` cannot
+        // alias `a` or `b`, and C's elements are distinct.
+        unsafe {
+            super::gemm_bf16::sgemm(
+                m,
+                n,
+                k,
+                a,
+                super::gemm_avx512::AView::Strided(am),
+                b,
+                bm,
+                c,
+                cm,
+                accumulate,
+                scale,
+                threads,
+            )
+        };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -176,6 +222,19 @@ pub fn sgemm(
     }
 }
 
+/// Whether `Precision::Bf16` products run in bf16: the CPU has AMX-BF16 and Linux granted the
+/// tile state (asked once per process).
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 static OWN: super::switch::Switch = super::switch::Switch::new("FREELUNCH_CPU_GEMM", "crate");
 
 /// Whether products run on the own AVX-512 kernel: AVX-512F detected, and neither turned off with
@@ -194,7 +253,7 @@ pub fn set_own_enabled(on: bool) -> bool {
 /// The own kernel through the dispatch, where the CPU has AVX-512F.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod own_kernel_tests {
-    use super::{sgemm, Mat, Threads};
+    use super::{sgemm, Mat, Precision, Threads};
 
     /// Deterministic values in [-1, 1), never all zero.
     fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -209,6 +268,16 @@ mod own_kernel_tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// f32, and bf16 where the CPU runs it (AMX-BF16, granted by the OS).
+    fn precisions() -> Vec<Precision> {
+        if super::bf16_available() {
+            vec![Precision::F32, Precision::Bf16]
+        } else {
+            eprintln!("no AMX-BF16 here: the bf16 product is not tested");
+            vec![Precision::F32]
+        }
     }
 
     /// A matrix of `rows × cols` inside a buffer with a lead-in and padding, row- or column-major.
@@ -244,6 +313,7 @@ mod own_kernel_tests {
         accumulate: bool,
         scale: f32,
         threads: Threads,
+        precision: Precision,
     ) {
         let (am, al) = layout(m, k, layouts[0], 1);
         let (bm, bl) = layout(k, n, layouts[1], 2);
@@ -254,14 +324,19 @@ mod own_kernel_tests {
         let mut c = c0.clone();
         assert!(super::own_enabled());
         sgemm(
-            m, n, k, &a, am, &b, bm, &mut c, cm, accumulate, scale, threads,
+            m, n, k, &a, am, &b, bm, &mut c, cm, accumulate, scale, threads, precision,
         );
+        // The bf16 product is compared with the exact product of its rounded operands.
+        let op = |v: f32| match precision {
+            Precision::F32 => v as f64,
+            Precision::Bf16 => half::bf16::from_f32(v).to_f64(),
+        };
         let mut touched = vec![false; cl];
         let mut worst = 0f64;
         for i in 0..m {
             for j in 0..n {
                 let mut want: f64 = (0..k)
-                    .map(|p| a[at(am, i, p)] as f64 * b[at(bm, p, j)] as f64)
+                    .map(|p| op(a[at(am, i, p)]) * op(b[at(bm, p, j)]))
                     .sum();
                 want *= scale as f64;
                 if accumulate {
@@ -305,7 +380,18 @@ mod own_kernel_tests {
             for l in 0..8 {
                 let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
                 for accumulate in [false, true] {
-                    check(m, n, k, layouts, accumulate, 0.75, Threads::Single);
+                    for precision in precisions() {
+                        check(
+                            m,
+                            n,
+                            k,
+                            layouts,
+                            accumulate,
+                            0.75,
+                            Threads::Single,
+                            precision,
+                        );
+                    }
                 }
             }
         }
@@ -317,31 +403,17 @@ mod own_kernel_tests {
             .num_threads(3)
             .build()
             .unwrap();
-        for &(m, n, k) in &[(2, 1280, 320), (300, 700, 270), (1030, 40, 96)] {
-            for l in [0b111, 0b011, 0b100] {
-                let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
-                pool.install(|| check(m, n, k, layouts, true, 1.0, Threads::Pool));
-                let (am, al) = layout(m, k, layouts[0], 0);
-                let (bm, bl) = layout(k, n, layouts[1], 0);
-                let (cm, cl) = layout(m, n, layouts[2], 0);
-                let (a, b) = (values(al, 9), values(bl, 10));
-                let mut single = vec![0.5; cl];
-                let mut pooled = single.clone();
-                sgemm(
-                    m,
-                    n,
-                    k,
-                    &a,
-                    am,
-                    &b,
-                    bm,
-                    &mut single,
-                    cm,
-                    false,
-                    1.0,
-                    Threads::Single,
-                );
-                pool.install(|| {
+        for precision in precisions() {
+            for &(m, n, k) in &[(2, 1280, 320), (300, 700, 270), (1030, 40, 96)] {
+                for l in [0b111, 0b011, 0b100] {
+                    let layouts = [l & 1 != 0, l & 2 != 0, l & 4 != 0];
+                    pool.install(|| check(m, n, k, layouts, true, 1.0, Threads::Pool, precision));
+                    let (am, al) = layout(m, k, layouts[0], 0);
+                    let (bm, bl) = layout(k, n, layouts[1], 0);
+                    let (cm, cl) = layout(m, n, layouts[2], 0);
+                    let (a, b) = (values(al, 9), values(bl, 10));
+                    let mut single = vec![0.5; cl];
+                    let mut pooled = single.clone();
                     sgemm(
                         m,
                         n,
@@ -350,15 +422,33 @@ mod own_kernel_tests {
                         am,
                         &b,
                         bm,
-                        &mut pooled,
+                        &mut single,
                         cm,
                         false,
                         1.0,
-                        Threads::Pool,
-                    )
-                });
-                // Each element's depth sum is split and ordered the same way whatever the tasks.
-                assert_eq!(single, pooled, "{m}×{n}×{k} {layouts:?}");
+                        Threads::Single,
+                        precision,
+                    );
+                    pool.install(|| {
+                        sgemm(
+                            m,
+                            n,
+                            k,
+                            &a,
+                            am,
+                            &b,
+                            bm,
+                            &mut pooled,
+                            cm,
+                            false,
+                            1.0,
+                            Threads::Pool,
+                            precision,
+                        )
+                    });
+                    // Each element's depth sum is split and ordered the same way whatever the tasks.
+                    assert_eq!(single, pooled, "{m}×{n}×{k} {layouts:?} {precision:?}");
+                }
             }
         }
     }
@@ -382,6 +472,7 @@ mod own_kernel_tests {
                 false,
                 1.0,
                 Threads::Single,
+                Precision::F32,
             )
         };
         run(&mut c);
@@ -389,6 +480,70 @@ mod own_kernel_tests {
         assert!(held > 0);
         run(&mut c);
         assert_eq!(super::super::gemm_avx512::thread_buffer_bytes(), held);
+    }
+
+    /// The convolution form: A is the implicit matrix of 3×3 taps over a padded image, in
+    /// both precisions, against the exact product of the (rounded) operands.
+    #[test]
+    fn tap_products_match_an_f64_product() {
+        use super::{sgemm_taps, Taps};
+        for precision in precisions() {
+            for &(channels, rows_img, row, n) in &[(3, 7, 9, 5), (20, 12, 14, 70), (64, 5, 40, 33)]
+            {
+                let k = 3;
+                let taps = Taps {
+                    base: 2,
+                    plane: rows_img * row + 1,
+                    row,
+                    k,
+                };
+                let m = (rows_img - k + 1) * row - (k - 1);
+                let depth = channels * k * k;
+                let a = values(taps.base + channels * taps.plane + 8, 11);
+                let b = values(depth * n, 12);
+                let bm = Mat::transposed(0, depth);
+                let c0 = values(m * n, 13);
+                let mut c = c0.clone();
+                let ran = sgemm_taps(
+                    m,
+                    n,
+                    channels,
+                    &a,
+                    taps,
+                    &b,
+                    bm,
+                    &mut c,
+                    Mat::row_major(0, n),
+                    true,
+                    0.5,
+                    Threads::Single,
+                    precision,
+                );
+                assert!(ran, "the own kernels take every tap product");
+                let op = |v: f32| match precision {
+                    Precision::F32 => v as f64,
+                    Precision::Bf16 => half::bf16::from_f32(v).to_f64(),
+                };
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want = 0f64;
+                        for ch in 0..channels {
+                            for t in 0..k * k {
+                                let p = ch * k * k + t;
+                                let ai = taps.base + i + ch * taps.plane + (t / k) * row + t % k;
+                                want += op(a[ai]) * op(b[j * depth + p]);
+                            }
+                        }
+                        let want = c0[i * n + j] as f64 + 0.5 * want;
+                        let got = c[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() < 2e-5 * (depth as f64).sqrt(),
+                            "{precision:?} {channels} channels: ({i}, {j}) {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -412,6 +567,7 @@ mod own_kernel_tests {
             false,
             1.0,
             Threads::Single,
+            Precision::F32,
         );
         for i in 0..m {
             for j in 0..n {

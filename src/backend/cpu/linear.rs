@@ -1,6 +1,6 @@
 //! `y = x · Wᵀ + b` over the last dimension, as torch.nn.Linear.
 
-use super::gemm::{sgemm, Mat, Threads};
+use super::gemm::{sgemm, Mat, Precision, Threads};
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_repeat, try_zeroed_vec, Tensor};
 
@@ -71,6 +71,7 @@ pub fn try_linear(x: &Tensor, weight: &Tensor, bias: Option<&[f32]>) -> Result<T
         bias.is_some(),
         1.0,
         Threads::Pool,
+        Precision::F32,
     );
     let mut shape = crate::Shape::from(x.shape());
     *shape.last_mut().expect("rank ≥ 1") = out_f;

@@ -11,7 +11,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use super::gemm::{sgemm, Mat, Threads};
+use super::gemm::{sgemm, Mat, Precision, Threads};
 use super::SendPtr;
 use crate::boosters::masks::MaskView;
 use crate::error::{Error, Result};
@@ -81,6 +81,17 @@ pub fn try_masked_linear(
     bias: Option<&[f32]>,
     mask: Option<MaskFn>,
 ) -> Result<Tensor> {
+    try_masked_linear_in(x, weight, bias, mask, Precision::F32)
+}
+
+/// As `try_masked_linear`, its products in `precision`.
+pub fn try_masked_linear_in(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+    precision: Precision,
+) -> Result<Tensor> {
     if x.rank() < 2 {
         return Err(Error::shape(
             "linear",
@@ -99,13 +110,20 @@ pub fn try_masked_linear(
         *shape.last_mut().expect("rank ≥ 2") = out_f;
         return Ok(Tensor::from_parts(shape, out));
     }
-    let tiles = out_f.div_ceil(TILE);
+    // A dense bf16 layer is one product over every sample's rows, split by the product itself.
+    let whole = precision == Precision::Bf16 && mask.is_none();
+    let (b, rows, tile_rows, threads) = if whole {
+        (1, all_rows, out_f, Threads::Pool)
+    } else {
+        (b, rows, TILE, Threads::Single)
+    };
+    let tiles = out_f.div_ceil(tile_rows);
     // Tasks own disjoint column strips [r0, r1) of one sample's output rows.
     let out_ptr = SendPtr(out.as_mut_ptr());
     let out_len = out.len();
     (0..b * tiles).into_par_iter().for_each(|task| {
         let (bi, t) = (task / tiles, task % tiles);
-        let (r0, r1) = (t * TILE, ((t + 1) * TILE).min(out_f));
+        let (r0, r1) = (t * tile_rows, ((t + 1) * tile_rows).min(out_f));
         let staged;
         let (tile, tile_offset) = match mask {
             Some(mask) => {
@@ -133,7 +151,8 @@ pub fn try_masked_linear(
             },
             bias.is_some(),
             1.0,
-            Threads::Single,
+            threads,
+            precision,
         );
     });
     let mut shape = crate::Shape::from(x.shape());

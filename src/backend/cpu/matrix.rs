@@ -87,3 +87,15 @@ pub enum Threads {
     /// Split over rayon's current pool when the product is large enough (m·n·k ≥ 2^15).
     Pool,
 }
+
+/// The arithmetic of a product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands, f32 accumulation.
+    #[default]
+    F32,
+    /// Operands rounded to bf16 (nearest even) as they are packed, f32 accumulation, on AMX tiles
+    /// (`cpu::gemm_bf16`); where the CPU has no AMX-BF16 the product runs in f32 (the CPU
+    /// device refuses `--dtype bf16` there, see `gemm::bf16_available`).
+    Bf16,
+}

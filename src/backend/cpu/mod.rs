@@ -3,20 +3,27 @@
 //! it); matrix products go through `gemm` (the crate's own AVX-512 kernel, or the `gemm` crate's).
 
 pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 pub mod attention;
 pub mod attention_flash;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_amx;
 pub mod conv_direct;
 pub mod fourier;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_avx512;
+#[cfg(target_arch = "x86_64")]
+mod gemm_bf16;
 pub mod linear;
 pub mod masked;
 pub mod matrix;
 pub mod norm;
+pub(crate) mod pack_cache;
 pub mod profile;
 pub mod resample;
 mod switch;

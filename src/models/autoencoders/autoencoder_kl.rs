@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use super::configuration_autoencoder_kl::{AutoencoderKLConfig, TILE_OVERLAP_FACTOR};
 use super::vae::{Decoder, DiagonalGaussianDistribution, Encoder};
-use crate::backend::{Backend, Cpu, Epilogue};
+use crate::backend::{Backend, Epilogue};
 use crate::device::Exec;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, LayerCtx};
@@ -239,10 +239,10 @@ impl AutoencoderKL {
     ///
     /// let vae = AutoencoderKL::from_dir("tests/fixtures/vae_sd_like".as_ref())?;
     /// let latents = Tensor::randn([1, 4, 6, 5], 0);
-    /// let image = vae.decode_latents(&Exec::Cpu, &latents, Tiling::Auto)?;
+    /// let image = vae.decode_latents(&Exec::cpu(), &latents, Tiling::Auto)?;
     /// assert_eq!(image.shape(), &[1, 3, 12, 10]);
     /// // A latent of the wrong channel count is an input error naming it.
-    /// assert!(vae.decode_latents(&Exec::Cpu, &Tensor::randn([1, 3, 6, 5], 0), Tiling::Auto).is_err());
+    /// assert!(vae.decode_latents(&Exec::cpu(), &Tensor::randn([1, 3, 6, 5], 0), Tiling::Auto).is_err());
     /// # Ok::<(), freelunch::Error>(())
     /// ```
     pub fn decode_latents(&self, exec: &Exec, latents: &Tensor, tiling: Tiling) -> Result<Tensor> {
@@ -291,7 +291,7 @@ impl AutoencoderKL {
     pub fn decode(&self, exec: &Exec, z: &Tensor, tiling: Tiling) -> Result<Tensor> {
         Self::check_image_like("latents", z, self.config.latent_channels)?;
         let available = match exec {
-            Exec::Cpu => Cpu.available_memory(),
+            Exec::Cpu(cpu) => cpu.available_memory(),
             Exec::Cuda(gpu) => gpu.available_memory(),
         };
         if self.decode_is_tiled(z.shape(), tiling, available)? {
@@ -323,7 +323,7 @@ impl AutoencoderKL {
     /// One whole (untiled) decode on `exec`, downloaded and checked finite.
     fn decode_tile(&self, exec: &Exec, z: &Tensor) -> Result<Tensor> {
         let y = match exec {
-            Exec::Cpu => self.decode_on(&Cpu, z)?,
+            Exec::Cpu(cpu) => self.decode_on(cpu, z)?,
             Exec::Cuda(gpu) => {
                 let y = self.decode_on(gpu.as_ref(), z)?;
                 gpu.download(&y)?
@@ -339,7 +339,7 @@ impl AutoencoderKL {
                      trained on, or 16-bit overflow (--dtype f32 avoids it), cause this",
                     safetensors_io::non_finite_words(y.shape(), bad),
                     match exec {
-                        Exec::Cpu => "on the CPU".to_string(),
+                        Exec::Cpu(_) => "on the CPU".to_string(),
                         Exec::Cuda(gpu) => format!("on the GPU in {}", gpu.dtype().suffix()),
                     }
                 ),
@@ -410,7 +410,7 @@ impl AutoencoderKL {
         let blend_extent = (sample as f64 * TILE_OVERLAP_FACTOR) as usize;
         let row_limit = sample - blend_extent;
         let available = match exec {
-            Exec::Cpu => Cpu.available_memory(),
+            Exec::Cpu(cpu) => cpu.available_memory(),
             Exec::Cuda(gpu) => gpu.available_memory(),
         };
         self.ensure_decode_fits(
@@ -466,7 +466,7 @@ impl AutoencoderKL {
     pub fn encode(&self, exec: &Exec, x: &Tensor) -> Result<DiagonalGaussianDistribution> {
         Self::check_image_like("image", x, self.config.in_channels)?;
         let params = match exec {
-            Exec::Cpu => self.encode_on(&Cpu, x)?,
+            Exec::Cpu(cpu) => self.encode_on(cpu, x)?,
             Exec::Cuda(gpu) => {
                 let y = self.encode_on(gpu.as_ref(), x)?;
                 gpu.download(&y)?

@@ -1,0 +1,383 @@
+//! The bf16 convolution on AMX tiles for stride-1 "same" k×k layers (3×3 and 1×1) whose input
+//! channels are a multiple of 32 and output channels a multiple of 16: every such layer of the
+//! SD and DDPM U-Nets but the first and the last. The image is converted once to a bf16
+//! channels-last "tall image", and the tiles load their A operands straight from it: nothing is
+//! packed per product.
+//!
+//! Algorithm:
+//! - Tall image: the samples stacked vertically with p = (k−1)/2 zero rows between them and p
+//!   zero columns closing each row (as `cpu::conv`'s f32 tall image), each position holding its
+//!   `cin` channels in bf16 (nearest even). Output pixel (b, y, x) is position
+//!   q = (b·(H+p) + y)·Wp + x, and tap (ki, kj) reads position q + ki·Wp + kj. So for a tap and
+//!   32 channels, 16 consecutive output positions are 16 rows of 64 bytes, `cin·2` bytes apart:
+//!   one tile load.
+//! - Weights: packed once per call as VNNI B tiles, depth ordered (tap, channel): per strip of
+//!   16 output channels and per (tap, 32 channels), 16 rows of 16 channel pairs.
+//! - Tasks: blocks of `POSITIONS` positions × `COUTS` output channels. Per 32 × 32 micro block,
+//!   four accumulator tiles run over the whole depth (k²·cin/32 steps of two A loads, two B loads
+//!   and four `tdpbf16ps`), then are stored position-major; the copy out transposes 16 × 16 at a
+//!   time into NCHW, adding the bias, and drops the padding positions.
+//!
+//! Limits: needs AMX-BF16; masked layers take the generic bf16 path (`cpu::conv`), as do shapes
+//! outside the channel multiples. Accuracy: the operands are rounded to bf16, f32 accumulation
+//! (`cpu::gemm_bf16`'s contract).
+//!
+//! Tested in `tests/ops_props.rs` (`bf16_convolutions_match_the_f32_product_of_rounded_operands`)
+//! against an f64 convolution of the rounded operands, and through every U-Net golden in
+//! `tests/cpu_bf16.rs`; benched by `benches/gemm_bf16.rs`.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::amx;
+use super::avx512::{lane_mask, transpose16};
+use crate::error::{Error, Result};
+use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
+
+/// Output positions per task (a multiple of 32).
+const POSITIONS: usize = 256;
+/// Output channels per task (a multiple of 32).
+const COUTS: usize = 64;
+/// bf16 values per tile.
+const TILE: usize = 512;
+
+/// Whether the layer runs here: AMX available, `cin` a multiple of 32, `cout` of 16, k odd.
+pub(crate) fn takes(cin: usize, cout: usize, k: usize) -> bool {
+    cin > 0
+        && cin.is_multiple_of(32)
+        && cout > 0
+        && cout.is_multiple_of(16)
+        && k % 2 == 1
+        && amx::available()
+}
+
+/// `x` [B, Cin, H, W] ⊛ `weight` [Cout, Cin, k, k] (+ bias), stride 1, padding (k−1)/2, in bf16.
+/// The caller checked the shapes agree and `takes` holds.
+/// With `key` (the layer's uid) the packed weights are kept in `cpu::pack_cache`.
+pub(crate) fn conv2d_same(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    key: Option<u64>,
+) -> Result<Tensor> {
+    let (&[b, cin, h, w], &[cout, _, k, _]) = (x.shape(), weight.shape()) else {
+        return Err(Error::shape(
+            "conv2d",
+            format!("input shape {:?}", x.shape()),
+        ));
+    };
+    let p = (k - 1) / 2;
+    let big = || Error::shape("conv2d", "the padded input is too large".to_string());
+    let wp = w.checked_add(p).ok_or_else(big)?;
+    let sample_stride = (h + p).checked_mul(wp).ok_or_else(big)?;
+    let sample_positions = (h - 1) * wp + w;
+    let outputs = (b - 1)
+        .checked_mul(sample_stride)
+        .and_then(|v| v.checked_add(sample_positions))
+        .ok_or_else(big)?;
+    let outputs_padded = outputs.next_multiple_of(32);
+    // Every tap of every (padded) output position lies inside the image.
+    let positions = outputs_padded
+        .checked_add((k - 1) * wp + k)
+        .and_then(|v| v.checked_add(p * wp + p))
+        .ok_or_else(big)?;
+    let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
+    let mut image = Scratch::zeroed(image_len, "conv2d bf16 image")?;
+    to_tall_image(x, &mut image, p, wp);
+    let depth_tiles = k * k * cin / 32;
+    let strips = cout / 16;
+    let pack = || {
+        let len = numel_of(&[strips, depth_tiles, TILE / 2], "conv2d bf16 weights")?;
+        let mut packed = try_zeroed_vec(len, "conv2d bf16 weights")?;
+        pack_weights(weight.data(), cin, k, &mut packed);
+        Ok((packed, len * 4))
+    };
+    let (own, cached);
+    let packed: &[f32] = match key {
+        Some(uid) => {
+            let id = (weight.data().as_ptr() as usize, 0);
+            cached = super::pack_cache::get_or_pack(uid, super::pack_cache::Kernel::Amx, id, pack)?;
+            &cached
+        }
+        None => {
+            own = pack()?.0;
+            &own
+        }
+    };
+    let mut acc = Scratch::zeroed(
+        numel_of(&[outputs_padded, cout], "conv2d accumulator")?,
+        "conv2d accumulator",
+    )?;
+    let job = Job {
+        image: image.as_ptr().cast(),
+        weights: packed.as_ptr().cast(),
+        acc: acc.as_mut_ptr(),
+        cin,
+        cout,
+        k,
+        wp,
+        depth_tiles,
+    };
+    let (tp, tc) = (outputs_padded.div_ceil(POSITIONS), cout.div_ceil(COUTS));
+    (0..tp * tc).into_par_iter().for_each(|t| {
+        let (q0, c0) = ((t / tc) * POSITIONS, (t % tc) * COUTS);
+        // SAFETY: AMX is available (`takes`); the block lies inside `acc`, tasks write disjoint
+        // blocks, and every tile load lies inside `image` and `packed` (sized above).
+        unsafe {
+            job.block(
+                q0,
+                POSITIONS.min(outputs_padded - q0),
+                c0,
+                COUTS.min(cout - c0),
+            )
+        };
+    });
+    let out_len = numel_of(&[b, cout, h, w], "conv2d output")?;
+    let mut out = try_zeroed_vec(out_len, "conv2d output")?;
+    copy_out(&acc, &mut out, (cout, h, w), (p, wp), bias);
+    Ok(Tensor::from_parts([b, cout, h, w], out))
+}
+
+/// Writes `x` (NCHW f32) into `image` as the bf16 channels-last tall image (positions of `cin`
+/// values; the padding stays zero).
+fn to_tall_image(x: &Tensor, image: &mut [f32], p: usize, wp: usize) {
+    let [b, cin, h, w] = x.shape()[..] else {
+        unreachable!("checked by the caller")
+    };
+    // One task per image row: it writes only that row's positions.
+    let dst = super::SendPtr(image.as_mut_ptr());
+    (0..b * h).into_par_iter().for_each(|row| {
+        let (bi, y) = (row / h, row % h);
+        let first = (p + bi * (h + p) + y) * wp + p;
+        let src = &x.data()[bi * cin * h * w + y * w..];
+        // SAFETY: AVX-512F comes with AMX; positions first..first+w of the image, which lies
+        // inside it (sized by the caller), are this task's alone.
+        unsafe { row_to_bf16(src, h * w, cin, w, dst.get().cast::<u16>().add(first * cin)) };
+    });
+}
+
+/// One image row: `src[c·plane + x]` for c < cin, x < w, to `dst[x·cin + c]` in bf16, 16 × 16
+/// values at a time through the register transpose.
+///
+/// # Safety
+/// AVX-512F; `dst` holds w·cin values; `src` holds (cin−1)·plane + w values.
+#[target_feature(enable = "avx512f")]
+unsafe fn row_to_bf16(src: &[f32], plane: usize, cin: usize, w: usize, dst: *mut u16) {
+    for x0 in (0..w).step_by(16) {
+        let n = (w - x0).min(16);
+        let mask = lane_mask(n);
+        for c0 in (0..cin).step_by(16) {
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (c, r) in rows.iter_mut().enumerate() {
+                // SAFETY: channel c0+c, columns x0..x0+n of this row.
+                *r =
+                    unsafe { _mm512_maskz_loadu_ps(mask, src.as_ptr().add((c0 + c) * plane + x0)) };
+            }
+            let t = transpose16(&rows);
+            for (x, v) in t.iter().enumerate().take(n) {
+                let half = _mm512_cvtepi32_epi16(super::gemm_bf16::round_bf16(*v));
+                // SAFETY: position x0+x, channels c0..c0+16 of the row.
+                unsafe {
+                    _mm256_storeu_si256(dst.add((x0 + x) * cin + c0).cast(), half);
+                }
+            }
+        }
+    }
+}
+
+/// Packs `w` [cout, cin, k, k] as VNNI B tiles: strip s (output channels 16s..16s+16), depth tile
+/// d = tap·cin/32 + c/32; row r holds, per output channel j, w[16s+j][c+2r][tap] and
+/// w[16s+j][c+2r+1][tap].
+fn pack_weights(w: &[f32], cin: usize, k: usize, packed: &mut [f32]) {
+    let taps = k * k;
+    let depth_tiles = taps * cin / 32;
+    packed
+        .par_chunks_mut(depth_tiles * TILE / 2)
+        .enumerate()
+        .for_each(|(s, strip)| {
+            let strip: &mut [u16] = bytemuck::cast_slice_mut(strip);
+            for tap in 0..taps {
+                for cb in 0..cin / 32 {
+                    let tile = &mut strip[(tap * cin / 32 + cb) * TILE..][..TILE];
+                    for r in 0..16 {
+                        for j in 0..16 {
+                            let co = 16 * s + j;
+                            for e in 0..2 {
+                                let c = 32 * cb + 2 * r + e;
+                                tile[r * 32 + 2 * j + e] =
+                                    amx::bf16_bits(w[(co * cin + c) * taps + tap]);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The operands of one convolution, shared by its tasks.
+struct Job {
+    image: *const u16,
+    weights: *const u16,
+    acc: *mut f32,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    wp: usize,
+    depth_tiles: usize,
+}
+
+// SAFETY: tasks read `image` and `weights` only and write disjoint blocks of `acc`.
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    /// Output positions q0..q0+rows (a multiple of 32), channels c0..c0+cols (a multiple of 16).
+    ///
+    /// # Safety
+    /// AMX is available; the block lies in `acc`, no other thread writes it; the image holds
+    /// every position a tap of these outputs reads.
+    unsafe fn block(&self, q0: usize, rows: usize, c0: usize, cols: usize) {
+        // SAFETY: as this function's contract.
+        unsafe {
+            amx::configure();
+            for cc in (c0..c0 + cols).step_by(32) {
+                let two_b = cc + 16 < c0 + cols;
+                for q in (q0..q0 + rows).step_by(32) {
+                    if two_b {
+                        self.micro::<true>(q, cc);
+                    } else {
+                        self.micro::<false>(q, cc);
+                    }
+                }
+            }
+            amx::release();
+        }
+    }
+
+    /// Positions q..q+32, channels cc..cc+16 (and cc+16..cc+32 with `TWO_B`) over the whole
+    /// depth, stored position-major into `acc`.
+    ///
+    /// # Safety
+    /// As `block`, the tiles configured.
+    #[inline(always)]
+    unsafe fn micro<const TWO_B: bool>(&self, q: usize, cc: usize) {
+        let row = self.cin * 2;
+        let cblocks = self.cin / 32;
+        // SAFETY: as `block`.
+        unsafe {
+            amx::zero::<0>();
+            amx::zero::<1>();
+            amx::zero::<2>();
+            amx::zero::<3>();
+            let b0 = self.weights.add((cc / 16) * self.depth_tiles * TILE);
+            let b1 = b0.add(self.depth_tiles * TILE);
+            let mut d = 0;
+            for ki in 0..self.k {
+                for kj in 0..self.k {
+                    let a = self.image.add((q + ki * self.wp + kj) * self.cin);
+                    for cb in 0..cblocks {
+                        let a0 = a.add(32 * cb);
+                        amx::load::<4>(a0.cast(), row);
+                        amx::load::<5>(a0.add(16 * self.cin).cast(), row);
+                        amx::load::<6>(b0.add(d * TILE).cast(), 64);
+                        amx::dot::<0, 4, 6>();
+                        amx::dot::<2, 5, 6>();
+                        if TWO_B {
+                            amx::load::<7>(b1.add(d * TILE).cast(), 64);
+                            amx::dot::<1, 4, 7>();
+                            amx::dot::<3, 5, 7>();
+                        }
+                        d += 1;
+                    }
+                }
+            }
+            let c = self.acc.add(q * self.cout + cc).cast::<u8>();
+            let stride = self.cout * 4;
+            amx::store::<0>(c, stride);
+            amx::store::<2>(c.add(16 * stride), stride);
+            if TWO_B {
+                amx::store::<1>(c.add(64), stride);
+                amx::store::<3>(c.add(16 * stride + 64), stride);
+            }
+        }
+    }
+}
+
+/// `acc` [positions][cout] to `out` NCHW, plus the bias, dropping the padding positions: per
+/// task 16 output planes, moved 16 positions × 16 channels at a time through the transpose.
+fn copy_out(
+    acc: &[f32],
+    out: &mut [f32],
+    (cout, h, w): (usize, usize, usize),
+    (p, wp): (usize, usize),
+    bias: Option<&[f32]>,
+) {
+    out.par_chunks_mut(16 * h * w)
+        .enumerate()
+        .for_each(|(t, o)| {
+            let (bi, co0) = ((16 * t) / cout, (16 * t) % cout);
+            // SAFETY: AVX-512F comes with AMX (`takes`).
+            unsafe { copy_planes(acc, o, (bi, co0), (cout, h, w), (p, wp), bias) };
+        });
+}
+
+/// Output planes co0..co0+16 of sample bi into `o`.
+///
+/// # Safety
+/// AVX-512F; `acc` holds every position of sample bi (`cout` values each), `o` 16·h·w values.
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_planes(
+    acc: &[f32],
+    o: &mut [f32],
+    (bi, co0): (usize, usize),
+    (cout, h, w): (usize, usize, usize),
+    (p, wp): (usize, usize),
+    bias: Option<&[f32]>,
+) {
+    let add: [f32; 16] = std::array::from_fn(|c| bias.map_or(0.0, |bv| bv[co0 + c]));
+    for y in 0..h {
+        let row0 = (bi * (h + p) + y) * wp;
+        for x0 in (0..w).step_by(16) {
+            let n = (w - x0).min(16);
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (x, r) in rows.iter_mut().enumerate().take(n) {
+                // SAFETY: position row0+x0+x, channels co0..co0+16 lie in `acc`.
+                *r = unsafe { _mm512_loadu_ps(acc.as_ptr().add((row0 + x0 + x) * cout + co0)) };
+            }
+            let mask = lane_mask(n);
+            for (c, v) in transpose16(&rows).iter().enumerate() {
+                let v = _mm512_add_ps(*v, _mm512_set1_ps(add[c]));
+                // SAFETY: plane c, row y, columns x0..x0+n of `o`.
+                unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add((c * h + y) * w + x0), mask, v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer's bf16 packing is kept under its uid, gives the uncached result bit for bit, and
+    /// goes with `evict`.
+    #[test]
+    fn packed_tiles_are_cached_by_uid_until_evicted() {
+        if !amx::available() {
+            eprintln!("no AMX-BF16 here: the tile convolution does not run");
+            return;
+        }
+        let uid = crate::nn::fresh_uid();
+        let x = Tensor::randn([2, 64, 6, 5], 1);
+        let w = Tensor::randn([48, 64, 3, 3], 2);
+        let bias: Vec<f32> = Tensor::randn([48], 3).data().to_vec();
+        let plain = conv2d_same(&x, &w, Some(&bias), None).unwrap();
+        let holds = || super::super::pack_cache::holds(uid, super::super::pack_cache::Kernel::Amx);
+        assert!(!holds());
+        assert_eq!(conv2d_same(&x, &w, Some(&bias), Some(uid)).unwrap(), plain);
+        assert!(holds());
+        assert_eq!(conv2d_same(&x, &w, Some(&bias), Some(uid)).unwrap(), plain);
+        super::super::pack_cache::evict(&[uid]);
+        assert!(!holds());
+    }
+}
