@@ -276,6 +276,25 @@ proptest! {
     }
 }
 
+/// The vectorised exact GELU against the f64 erf form, over the range activations take.
+#[test]
+fn vector_gelu_matches_the_f64_erf_form() {
+    let mut worst = 0f64;
+    for i in -200_000..=200_000 {
+        let x = i as f32 * 1e-4 * (1.0 + (i as f32 * 0.37).sin().abs());
+        let mut v = [x];
+        freelunch::backend::cpu::vector::gelu_slice(&mut v);
+        let xd = x as f64;
+        let want = 0.5 * xd * (1.0 + libm::erf(xd / std::f64::consts::SQRT_2));
+        let err = (v[0] as f64 - want).abs() / (want.abs() + 1e-4);
+        assert!(err < 2e-6, "gelu({x}) = {}, want {want}", v[0]);
+        worst = worst.max(err);
+    }
+    assert!(freelunch::backend::cpu::vector::gelu(-30.0).abs() < 1e-30);
+    assert_eq!(freelunch::backend::cpu::vector::gelu(30.0), 30.0);
+    eprintln!("worst relative error {worst:.2e}");
+}
+
 #[test]
 fn vector_exp_edges() {
     use freelunch::backend::cpu::vector::exp;
@@ -393,5 +412,44 @@ fn bf16_tile_convolutions_match_on_every_edge() {
             cpu::conv::try_conv2d_in(&x, &wt, Some(&bv), 1, pad, None, Precision::Bf16).unwrap();
         let want = naive_conv(&rounded(&x), &rounded(&wt), Some(&bv), 1, pad);
         close(&got, &want, 1e-5).unwrap_or_else(|e| panic!("{b}×{cin}→{cout} {h}×{w} k{k}: {e}"));
+        // Masked: each sample its own W ⊙ M_b, on the same kernel.
+        let n = cout * cin * k * k;
+        let bytes: Vec<u8> = (0..b * n)
+            .map(|i| ((i * 7 + seed) % 5 != 0) as u8)
+            .collect();
+        let set = freelunch::boosters::masks::WeightMask::from_bytes(
+            vec![cout, cin, k, k],
+            None,
+            Some(b),
+            &bytes,
+        )
+        .unwrap();
+        let mask_fn = |bi: usize| set.view(0, bi);
+        let got =
+            cpu::conv::try_conv2d_in(&x, &wt, Some(&bv), 1, pad, Some(&mask_fn), Precision::Bf16)
+                .unwrap();
+        let (rx, rw) = (rounded(&x), rounded(&wt));
+        let plane = cin * h * w;
+        let want: Vec<f64> = (0..b)
+            .flat_map(|bi| {
+                let xb =
+                    Tensor::new([1, cin, h, w], rx.data()[bi * plane..][..plane].to_vec()).unwrap();
+                let wb: Vec<f32> = rw
+                    .data()
+                    .iter()
+                    .zip(&bytes[bi * n..])
+                    .map(|(w, &m)| w * m as f32)
+                    .collect();
+                naive_conv(
+                    &xb,
+                    &Tensor::new(rw.shape(), wb).unwrap(),
+                    Some(&bv),
+                    1,
+                    pad,
+                )
+            })
+            .collect();
+        close(&got, &want, 1e-5)
+            .unwrap_or_else(|e| panic!("masked {b}×{cin}→{cout} {h}×{w} k{k}: {e}"));
     }
 }

@@ -124,9 +124,9 @@ pub fn try_conv2d_layer(
             super::conv_direct::conv2d_same_keyed(x, weight, bias, None, Some(uid)),
         ),
         #[cfg(target_arch = "x86_64")]
-        Precision::Bf16 if super::conv_amx::takes(*cin, *cout, *kh) => {
-            Some(super::conv_amx::conv2d_same(x, weight, bias, Some(uid)))
-        }
+        Precision::Bf16 if super::conv_amx::takes(*cin, *cout, *kh) => Some(
+            super::conv_amx::conv2d_same(x, weight, bias, Some(uid), None),
+        ),
         _ => None,
     }
 }
@@ -235,12 +235,8 @@ pub fn try_conv2d_in(
         return super::conv_direct::conv2d_same(x, weight, bias, mask);
     }
     #[cfg(target_arch = "x86_64")]
-    if precision == Precision::Bf16
-        && mask.is_none()
-        && same
-        && super::conv_amx::takes(cin, cout, kh)
-    {
-        return super::conv_amx::conv2d_same(x, weight, bias, None);
+    if precision == Precision::Bf16 && same && super::conv_amx::takes(cin, cout, kh) {
+        return super::conv_amx::conv2d_same(x, weight, bias, None, mask);
     }
     let layout = if same && kh > 1 {
         Layout::Shifted(ShiftedInput::new(x, kh)?)

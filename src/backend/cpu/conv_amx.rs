@@ -18,8 +18,11 @@
 //!   and four `tdpbf16ps`), then are stored position-major; the copy out transposes 16 × 16 at a
 //!   time into NCHW, adding the bias, and drops the padding positions.
 //!
-//! Limits: needs AMX-BF16; masked layers take the generic bf16 path (`cpu::conv`), as do shapes
-//! outside the channel multiples. Accuracy: the operands are rounded to bf16, f32 accumulation
+//! - MaskUNet masks: each sample's `W ⊙ M_b` is packed for it (masks applied while packing), and
+//!   the samples run one after another on the same kernel.
+//!
+//! Limits: needs AMX-BF16; shapes outside the channel multiples take the generic bf16 path
+//! (`cpu::conv`). Accuracy: the operands are rounded to bf16, f32 accumulation
 //! (`cpu::gemm_bf16`'s contract).
 //!
 //! Tested in `tests/ops_props.rs` (`bf16_convolutions_match_the_f32_product_of_rounded_operands`)
@@ -32,6 +35,8 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::avx512::{lane_mask, transpose16};
+use super::masked::MaskFn;
+use crate::boosters::masks::MaskView;
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
 
@@ -54,12 +59,15 @@ pub(crate) fn takes(cin: usize, cout: usize, k: usize) -> bool {
 
 /// `x` [B, Cin, H, W] ⊛ `weight` [Cout, Cin, k, k] (+ bias), stride 1, padding (k−1)/2, in bf16.
 /// The caller checked the shapes agree and `takes` holds.
-/// With `key` (the layer's uid) the packed weights are kept in `cpu::pack_cache`.
+/// With `key` (the layer's uid) the packed weights are kept in `cpu::pack_cache`; with `mask`,
+/// sample b runs `W ⊙ mask(b)`, packed for it (masks applied while packing: the same kernel,
+/// so an all-ones mask gives the dense output bit for bit).
 pub(crate) fn conv2d_same(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&[f32]>,
     key: Option<u64>,
+    mask: Option<MaskFn>,
 ) -> Result<Tensor> {
     let (&[b, cin, h, w], &[cout, _, k, _]) = (x.shape(), weight.shape()) else {
         return Err(Error::shape(
@@ -76,9 +84,12 @@ pub(crate) fn conv2d_same(
         .checked_mul(sample_stride)
         .and_then(|v| v.checked_add(sample_positions))
         .ok_or_else(big)?;
+    // Rows of the accumulator: whole micro blocks past the last output, and one more block for
+    // a masked call's last sample, whose blocks start at its own first position.
     let outputs_padded = outputs.next_multiple_of(32);
+    let acc_rows = outputs_padded + 32;
     // Every tap of every (padded) output position lies inside the image.
-    let positions = outputs_padded
+    let positions = acc_rows
         .checked_add((k - 1) * wp + k)
         .and_then(|v| v.checked_add(p * wp + p))
         .ok_or_else(big)?;
@@ -87,52 +98,61 @@ pub(crate) fn conv2d_same(
     to_tall_image(x, &mut image, p, wp);
     let depth_tiles = k * k * cin / 32;
     let strips = cout / 16;
-    let pack = || {
-        let len = numel_of(&[strips, depth_tiles, TILE / 2], "conv2d bf16 weights")?;
-        let mut packed = try_zeroed_vec(len, "conv2d bf16 weights")?;
-        pack_weights(weight.data(), cin, k, &mut packed);
-        Ok((packed, len * 4))
-    };
-    let (own, cached);
-    let packed: &[f32] = match key {
-        Some(uid) => {
-            let id = (weight.data().as_ptr() as usize, 0);
-            cached = super::pack_cache::get_or_pack(uid, super::pack_cache::Kernel::Amx, id, pack)?;
-            &cached
-        }
-        None => {
-            own = pack()?.0;
-            &own
-        }
+    let packed_len = numel_of(&[strips, depth_tiles, TILE / 2], "conv2d bf16 weights")?;
+    let pack = |m: Option<MaskView>| {
+        let mut packed = try_zeroed_vec(packed_len, "conv2d bf16 weights")?;
+        pack_weights(weight.data(), cin, k, m, &mut packed);
+        Ok((packed, packed_len * 4))
     };
     let mut acc = Scratch::zeroed(
-        numel_of(&[outputs_padded, cout], "conv2d accumulator")?,
+        numel_of(&[acc_rows, cout], "conv2d accumulator")?,
         "conv2d accumulator",
     )?;
-    let job = Job {
-        image: image.as_ptr().cast(),
-        weights: packed.as_ptr().cast(),
-        acc: acc.as_mut_ptr(),
-        cin,
-        cout,
-        k,
-        wp,
-        depth_tiles,
-    };
-    let (tp, tc) = (outputs_padded.div_ceil(POSITIONS), cout.div_ceil(COUTS));
-    (0..tp * tc).into_par_iter().for_each(|t| {
-        let (q0, c0) = ((t / tc) * POSITIONS, (t % tc) * COUTS);
-        // SAFETY: AMX is available (`takes`); the block lies inside `acc`, tasks write disjoint
-        // blocks, and every tile load lies inside `image` and `packed` (sized above).
-        unsafe {
-            job.block(
-                q0,
-                POSITIONS.min(outputs_padded - q0),
-                c0,
-                COUTS.min(cout - c0),
-            )
+    let run = |packed: &[f32], acc: &mut [f32], (first, count): (usize, usize)| {
+        let job = Job {
+            image: image.as_ptr().cast(),
+            weights: packed.as_ptr().cast(),
+            acc: acc.as_mut_ptr(),
+            cin,
+            cout,
+            k,
+            wp,
+            depth_tiles,
         };
-    });
+        let (tp, tc) = (count.div_ceil(POSITIONS), cout.div_ceil(COUTS));
+        (0..tp * tc).into_par_iter().for_each(|t| {
+            let (q, c0) = ((t / tc) * POSITIONS, (t % tc) * COUTS);
+            // SAFETY: AMX is available (`takes`); the block lies inside `acc` (first + count is
+            // at most acc_rows), tasks write disjoint blocks, and every tile load lies inside
+            // `image` (acc_rows positions and every tap past them) and `packed`.
+            unsafe {
+                job.block(
+                    first + q,
+                    POSITIONS.min(count - q),
+                    c0,
+                    COUTS.min(cout - c0),
+                )
+            };
+        });
+    };
+    match (mask, key) {
+        (Some(mask), _) => {
+            // Sample by sample, in order: a sample's last micro block may run into the next
+            // sample's first rows, which that sample then writes afresh.
+            for bi in 0..b {
+                let first = bi * sample_stride;
+                let count = sample_positions.next_multiple_of(32);
+                run(&pack(Some(mask(bi)))?.0, &mut acc, (first, count));
+            }
+        }
+        (None, Some(uid)) => {
+            let id = (weight.data().as_ptr() as usize, 0);
+            let kernel = super::pack_cache::Kernel::Amx;
+            let cached = super::pack_cache::get_or_pack(uid, kernel, id, || pack(None))?;
+            run(&cached, &mut acc, (0, outputs_padded));
+        }
+        (None, None) => run(&pack(None)?.0, &mut acc, (0, outputs_padded)),
+    }
     let out_len = numel_of(&[b, cout, h, w], "conv2d output")?;
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
     copy_out(&acc, &mut out, (cout, h, w), (p, wp), bias);
@@ -189,7 +209,7 @@ unsafe fn row_to_bf16(src: &[f32], plane: usize, cin: usize, w: usize, dst: *mut
 /// Packs `w` [cout, cin, k, k] as VNNI B tiles: strip s (output channels 16s..16s+16), depth tile
 /// d = tap·cin/32 + c/32; row r holds, per output channel j, w[16s+j][c+2r][tap] and
 /// w[16s+j][c+2r+1][tap].
-fn pack_weights(w: &[f32], cin: usize, k: usize, packed: &mut [f32]) {
+fn pack_weights(w: &[f32], cin: usize, k: usize, mask: Option<MaskView>, packed: &mut [f32]) {
     let taps = k * k;
     let depth_tiles = taps * cin / 32;
     packed
@@ -205,8 +225,10 @@ fn pack_weights(w: &[f32], cin: usize, k: usize, packed: &mut [f32]) {
                             let co = 16 * s + j;
                             for e in 0..2 {
                                 let c = 32 * cb + 2 * r + e;
-                                tile[r * 32 + 2 * j + e] =
-                                    amx::bf16_bits(w[(co * cin + c) * taps + tap]);
+                                let i = c * taps + tap;
+                                let keep = mask.is_none_or(|m| m.bit(co, i));
+                                let v = if keep { w[co * cin * taps + i] } else { 0.0 };
+                                tile[r * 32 + 2 * j + e] = amx::bf16_bits(v);
                             }
                         }
                     }
@@ -371,12 +393,18 @@ mod tests {
         let x = Tensor::randn([2, 64, 6, 5], 1);
         let w = Tensor::randn([48, 64, 3, 3], 2);
         let bias: Vec<f32> = Tensor::randn([48], 3).data().to_vec();
-        let plain = conv2d_same(&x, &w, Some(&bias), None).unwrap();
+        let plain = conv2d_same(&x, &w, Some(&bias), None, None).unwrap();
         let holds = || super::super::pack_cache::holds(uid, super::super::pack_cache::Kernel::Amx);
         assert!(!holds());
-        assert_eq!(conv2d_same(&x, &w, Some(&bias), Some(uid)).unwrap(), plain);
+        assert_eq!(
+            conv2d_same(&x, &w, Some(&bias), Some(uid), None).unwrap(),
+            plain
+        );
         assert!(holds());
-        assert_eq!(conv2d_same(&x, &w, Some(&bias), Some(uid)).unwrap(), plain);
+        assert_eq!(
+            conv2d_same(&x, &w, Some(&bias), Some(uid), None).unwrap(),
+            plain
+        );
         super::super::pack_cache::evict(&[uid]);
         assert!(!holds());
     }

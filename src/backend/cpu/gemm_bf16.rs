@@ -13,8 +13,12 @@
 //!   micro block of C runs 2 × 2 accumulator tiles over the slice: per 32 depths, two A and two
 //!   B tile loads feed four `tdpbf16ps`. Strips are zero-padded to 16 rows/columns and the depth
 //!   to 32, so ragged edges cost padding, not separate code.
-//! - The micro block's tiles are stored to a 4 KiB buffer and added to C (`β` = 1 after the first
-//!   slice), masked along C's contiguous dimension; C is never read outside the matrix.
+//! - Unscaled products (all the backend's) accumulate in the tiles: a micro block's tiles load
+//!   C (after the first slice, or to add to it) and are stored back, so each element's sum runs
+//!   in depth order whatever the task split (masked and dense layers agree bit for bit). Whole
+//!   blocks of a row-major C load and store C itself; ragged or strided ones go through a 4 KiB
+//!   buffer. Scaled products add `s·(tile sum)` to C per slice. C is never read or written
+//!   outside the matrix.
 //! - Packing converts 16 floats at a time with AVX-512F integer arithmetic (`round_bf16`), and
 //!   moves transposed layouts through the in-register 16 × 16 transpose.
 //!
@@ -303,14 +307,52 @@ unsafe fn micro<const TWO_A: bool, const TWO_B: bool>(
     out: &Out,
 ) {
     const S: usize = amx::ROW_BYTES;
+    let cm = out.cm;
+    // Unscaled products accumulate in the tiles: C's values are loaded into them (when added
+    // to) and the sums stored back, so every element is c + a₁b₁ + a₂b₂ + … in depth order,
+    // whatever the blocks. A block that fills its tiles in a row-major C loads and stores C
+    // itself; others go through `block`.
+    let in_tile = out.scale == 1.0;
+    let direct = in_tile
+        && cm.cs == 1
+        && out.rows == T * (1 + TWO_A as usize)
+        && out.cols == T * (1 + TWO_B as usize);
+    let at = |r: usize, j: usize| cm.offset + (out.i0 + r) * cm.rs + (out.j0 + j) * cm.cs;
     let mut block = Block([[0.0; 2 * T]; 2 * T]);
+    if in_tile && !direct && out.load {
+        for (r, vals) in block.0.iter_mut().enumerate().take(out.rows) {
+            for (j, v) in vals.iter_mut().enumerate().take(out.cols) {
+                // SAFETY: element (i0+r, j0+j) of C.
+                *v = unsafe { *out.c.add(at(r, j)) };
+            }
+        }
+    }
+    let (c_tile, c_row) = if direct {
+        (out.c.wrapping_add(at(0, 0)).cast::<u8>(), cm.rs * 4)
+    } else {
+        (block.0.as_mut_ptr().cast::<u8>(), 2 * T * 4)
+    };
     // SAFETY: tile loads read whole packed tiles (1 KiB, rows 64 bytes apart) inside the
-    // buffers; stores write inside `block`.
+    // buffers; C tiles are `block`'s, or with `direct` the block's rows × columns of C (inside
+    // the matrix: its rows and columns were checked to be whole).
     unsafe {
-        amx::zero::<0>();
-        amx::zero::<1>();
-        amx::zero::<2>();
-        amx::zero::<3>();
+        if in_tile && out.load {
+            amx::load::<0>(c_tile, c_row);
+            if TWO_B {
+                amx::load::<1>(c_tile.add(T * 4), c_row);
+            }
+            if TWO_A {
+                amx::load::<2>(c_tile.add(T * c_row), c_row);
+                if TWO_B {
+                    amx::load::<3>(c_tile.add(T * c_row + T * 4), c_row);
+                }
+            }
+        } else {
+            amx::zero::<0>();
+            amx::zero::<1>();
+            amx::zero::<2>();
+            amx::zero::<3>();
+        }
         for q in 0..chunks {
             let (a, b) = (a0.add(q * TILE), b0.add(q * TILE));
             amx::load::<4>(a.cast(), S);
@@ -328,8 +370,7 @@ unsafe fn micro<const TWO_A: bool, const TWO_B: bool>(
                 }
             }
         }
-        let base = block.0.as_mut_ptr().cast::<u8>();
-        let row = 2 * T * 4;
+        let (base, row) = (c_tile, c_row);
         amx::store::<0>(base, row);
         if TWO_B {
             amx::store::<1>(base.add(T * 4), row);
@@ -341,7 +382,18 @@ unsafe fn micro<const TWO_A: bool, const TWO_B: bool>(
             }
         }
     }
-    let cm = out.cm;
+    if direct {
+        return;
+    }
+    if in_tile {
+        for (r, vals) in block.0.iter().enumerate().take(out.rows) {
+            for (j, &v) in vals.iter().enumerate().take(out.cols) {
+                // SAFETY: element (i0+r, j0+j) of C.
+                unsafe { *out.c.add(at(r, j)) = v };
+            }
+        }
+        return;
+    }
     let s = _mm512_set1_ps(out.scale);
     for (r, vals) in block.0.iter().enumerate().take(out.rows) {
         if cm.cs == 1 {

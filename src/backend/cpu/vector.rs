@@ -79,6 +79,44 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
+/// Exact (erf-form) GELU, `x · Φ(x) = ½·x·erfc(−x/√2)`, branch-free so loops vectorise: erfc by
+/// Numerical Recipes' Chebyshev fit `t·e^(−z² + P(t))`, t = 1/(1 + z/2) (fractional error below
+/// 1.2e-7 for every z ≥ 0), with this module's `exp`; erfc(−z) = 2 − erfc(z).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = 0.170_872_77;
+    let p = p * t - 0.822_152_23;
+    let p = p * t + 1.488_515_9;
+    let p = p * t - 1.135_204;
+    let p = p * t + 0.278_868_07;
+    let p = p * t - 0.186_288_06;
+    let p = p * t + 0.096_784_18;
+    let p = p * t + 0.374_091_96;
+    let p = p * t + 1.000_023_7;
+    let p = p * t - 1.265_512_2;
+    let erfc_z = t * exp(p - z * z);
+    let erfc_neg = if x >= 0.0 { 2.0 - erfc_z } else { erfc_z };
+    0.5 * x * erfc_neg
+}
+
+multiversion! {
+    fn gelu_slice(xs: &mut [f32]) {
+        for v in xs.iter_mut() {
+            *v = gelu(*v);
+        }
+    }
+}
+
+multiversion! {
+    fn geglu_row(out: &mut [f32], h: &[f32], gate: &[f32]) {
+        for ((o, &h), &g) in out.iter_mut().zip(h).zip(gate) {
+            *o = h * gelu(g);
+        }
+    }
+}
+
 multiversion! {
     fn silu_slice(xs: &mut [f32]) {
         for v in xs.iter_mut() {
