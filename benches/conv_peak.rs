@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::median;
+
 use std::time::Instant;
 
 use freelunch::backend::cpu::{self, conv_direct, Padding};
@@ -49,11 +51,6 @@ fn peak(pool: &rayon::ThreadPool, threads: usize) -> f64 {
     });
     std::hint::black_box(sink);
     (threads * iters * 24 * 16 * 2) as f64 / t0.elapsed().as_secs_f64() * 1e-9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -9,24 +9,12 @@
 
 mod common;
 
+use common::{median, spec};
+
 use std::time::Instant;
 
 use freelunch::backend::cpu::{self, conv_direct, gemm, Padding};
 use freelunch::Tensor;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn spec(var: &str, default: &str) -> Vec<Vec<usize>> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_string())
-        .split(';')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|v| v.trim().parse().expect(var)).collect())
-        .collect()
-}
 
 /// Median seconds of `f` with the own kernel and with the crate's, interleaved.
 fn compare(reps: usize, mut f: impl FnMut()) -> (f64, f64) {

@@ -10,25 +10,13 @@
 
 mod common;
 
+use common::{median, spec};
+
 use std::time::Instant;
 
 use freelunch::backend::cpu::gemm::{bf16_available, Precision};
 use freelunch::backend::cpu::{conv, masked, Padding};
 use freelunch::Tensor;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn spec(var: &str, default: &str) -> Vec<Vec<usize>> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_string())
-        .split(';')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| s.split(',').map(|v| v.trim().parse().expect(var)).collect())
-        .collect()
-}
 
 /// Median seconds of `f(F32)` and `f(Bf16)`, interleaved.
 fn compare(reps: usize, f: impl Fn(Precision)) -> (f64, f64) {

@@ -1,5 +1,6 @@
 //! Shared by the benches: the thread pool they run in (FREELUNCH_THREADS, default all cores),
-//! the repo root they read configs from, the GPU they run on, and MaskUNet masks for a model.
+//! the repo root they read configs from, the GPU they run on, MaskUNet masks for a model, and
+//! the timing benches' medians and shape lists.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -77,4 +78,20 @@ pub fn official_masks(
         set.insert(name, mask).unwrap();
     }
     set
+}
+
+/// The median of `v` (non-empty).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Shapes from the environment variable `var` (else `default`): `a,b,c;d,e,f;...`.
+pub fn spec(var: &str, default: &str) -> Vec<Vec<usize>> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.to_string())
+        .split(';')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.split(',').map(|v| v.trim().parse().expect(var)).collect())
+        .collect()
 }

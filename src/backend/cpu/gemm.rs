@@ -28,8 +28,10 @@ pub fn sgemm_taps(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let bf16 = precision == Precision::Bf16 && bf16_available();
-        if !(own_enabled() || bf16) || cm.cs != 1 || taps.k == 0 {
+        let Some(kernel) = own_kernel(precision) else {
+            return false;
+        };
+        if cm.cs != 1 || taps.k == 0 {
             return false;
         }
         let Some(k) = taps
@@ -59,36 +61,15 @@ pub fn sgemm_taps(
         if !cm.distinct(m, n) {
             return false;
         }
-        if bf16 {
-            // SAFETY: AMX was detected and granted; every element was bounds-checked above, and
-            // C's are distinct.
-            unsafe {
-                super::gemm_bf16::sgemm(
-                    m,
-                    n,
-                    k,
-                    a,
-                    super::gemm_avx512::AView::Taps(taps),
-                    b,
-                    bm,
-                    c,
-                    cm,
-                    accumulate,
-                    scale,
-                    threads,
-                )
-            };
-            return true;
-        }
-        // SAFETY: AVX-512F was detected; every element was bounds-checked above, and C's are
-        // distinct.
+        // SAFETY: the kernel's CPU features were detected; every element was bounds-checked
+        // above, and C's are distinct.
         unsafe {
-            super::gemm_avx512::sgemm(
+            kernel(
                 m,
                 n,
                 k,
                 a,
-                super::gemm_avx512::AView::Taps(taps),
+                super::matrix::AView::Taps(taps),
                 b,
                 bm,
                 c,
@@ -143,16 +124,17 @@ pub fn sgemm(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if precision == Precision::Bf16 && bf16_available() && cm.distinct(m, n) {
-        // SAFETY: AMX was detected and granted; every index was bounds-checked above, `c` cannot
-        // alias `a` or `b`, and C's elements are distinct.
+    if let Some(kernel) = own_kernel(precision).filter(|_| cm.distinct(m, n)) {
+        // SAFETY: the kernel's CPU features were detected; every index was bounds-checked above,
+        // `c` is borrowed mutably, so it cannot alias `a` or `b`, and C's elements are distinct
+        // (`distinct`), so the kernel's tasks write disjoint blocks.
         unsafe {
-            super::gemm_bf16::sgemm(
+            kernel(
                 m,
                 n,
                 k,
                 a,
-                super::gemm_avx512::AView::Strided(am),
+                super::matrix::AView::Strided(am),
                 b,
                 bm,
                 c,
@@ -163,31 +145,6 @@ pub fn sgemm(
             )
         };
         return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if own_enabled() {
-        // SAFETY: AVX-512F was detected; every index was bounds-checked above, and `c` is
-        // borrowed mutably, so it cannot alias `a` or `b`. C's elements are distinct (`distinct`), so the
-        // kernel's tasks write disjoint blocks.
-        if cm.distinct(m, n) {
-            unsafe {
-                super::gemm_avx512::sgemm(
-                    m,
-                    n,
-                    k,
-                    a,
-                    super::gemm_avx512::AView::Strided(am),
-                    b,
-                    bm,
-                    c,
-                    cm,
-                    accumulate,
-                    scale,
-                    threads,
-                )
-            };
-            return;
-        }
     }
     let nthreads = rayon::current_num_threads();
     let parallelism = if threads == Threads::Pool && nthreads > 1 && m * n * k >= 1 << 15 {
@@ -219,6 +176,36 @@ pub fn sgemm(
             false,
             parallelism,
         );
+    }
+}
+
+/// The crate's own kernels, one signature (`gemm_avx512::sgemm`'s contract).
+#[cfg(target_arch = "x86_64")]
+type OwnKernel = unsafe fn(
+    usize,
+    usize,
+    usize,
+    &[f32],
+    super::matrix::AView,
+    &[f32],
+    Mat,
+    &mut [f32],
+    Mat,
+    bool,
+    f32,
+    Threads,
+);
+
+/// The own kernel a product in `precision` runs on: the bf16 tiles where AMX runs, else the
+/// f32 AVX-512 kernel where it is on; None: the `gemm` crate.
+#[cfg(target_arch = "x86_64")]
+fn own_kernel(precision: Precision) -> Option<OwnKernel> {
+    if precision == Precision::Bf16 && bf16_available() {
+        Some(super::gemm_bf16::sgemm)
+    } else if own_enabled() {
+        Some(super::gemm_avx512::sgemm)
+    } else {
+        None
     }
 }
 

@@ -37,10 +37,8 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::avx512::{lane_mask, transpose16};
-use super::matrix::{Mat, Taps, Threads};
+use super::matrix::{run_tasks, AView, Mat, Operands, Threads};
 
 /// Rows of the register tile.
 pub const MR: usize = 12;
@@ -105,66 +103,44 @@ pub(super) unsafe fn sgemm(
     b: &[f32],
     bm: Mat,
     c: &mut [f32],
-    cm: Mat,
+    cm_in: Mat,
     accumulate: bool,
     scale: f32,
     threads: Threads,
 ) {
-    // Stores go along C's contiguous dimension: a column-major C is the row-major C of bᵀ·aᵀ.
-    let (m, n, a, av, b, bm, cm) = match av {
-        AView::Strided(am) if cm.cs != 1 && cm.rs == 1 => (
-            n,
-            m,
-            b,
-            AView::Strided(transpose(bm)),
-            a,
-            transpose(am),
-            transpose(cm),
-        ),
-        _ => (m, n, a, av, b, bm, cm),
-    };
+    let o = Operands {
+        m,
+        n,
+        a,
+        av,
+        b,
+        bm,
+        cm: cm_in,
+    }
+    .stores_along_rows();
     let parallel = threads == Threads::Pool
         && rayon::current_num_threads() > 1
-        && m.saturating_mul(n).saturating_mul(k) >= 1 << 15;
-    let (rows_per_task, nc) = if parallel {
-        task_shape(m, n, rayon::current_num_threads())
+        && o.m.saturating_mul(o.n).saturating_mul(k) >= 1 << 15;
+    let shape = if parallel {
+        task_shape(o.m, o.n, rayon::current_num_threads())
     } else {
-        (m, NC)
+        (o.m, NC)
     };
-    let (tm, tn) = (m.div_ceil(rows_per_task), n.div_ceil(nc));
     let job = Job {
         k,
-        a: a.as_ptr(),
-        av,
-        b: b.as_ptr(),
-        bm,
+        a: o.a.as_ptr(),
+        av: o.av,
+        b: o.b.as_ptr(),
+        bm: o.bm,
         c: c.as_mut_ptr(),
-        cm,
+        cm: o.cm,
         accumulate,
         scale,
     };
-    // One task per column block on the calling thread (its packed B panel serves every row);
-    // on the pool, tasks of one column block are neighbours, so they read B from L3 together.
-    let run = |t: usize| {
-        let (j0, i0) = ((t / tm) * nc, (t % tm) * rows_per_task);
-        let rows = rows_per_task.min(m - i0);
-        let cols = nc.min(n - j0);
-        // SAFETY: the block lies inside the checked matrices, and tasks write disjoint blocks.
-        unsafe { job.block(i0, rows, j0, cols) };
-    };
-    if parallel {
-        (0..tm * tn).into_par_iter().for_each(run);
-    } else {
-        (0..tm * tn).for_each(run);
-    }
-}
-
-fn transpose(x: Mat) -> Mat {
-    Mat {
-        offset: x.offset,
-        rs: x.cs,
-        cs: x.rs,
-    }
+    // SAFETY (each block): it lies inside the checked matrices, and tasks write disjoint blocks.
+    run_tasks((o.m, o.n), shape, parallel, |i0, rows, j0, cols| unsafe {
+        job.block(i0, rows, j0, cols)
+    });
 }
 
 /// Rows and columns of C per task for `threads` workers: blocks of `NC` columns, cut by rows
@@ -281,13 +257,6 @@ impl Job {
             }
         });
     }
-}
-
-/// Where A's elements are: a strided matrix, or the implicit matrix of a convolution's taps.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum AView {
-    Strided(Mat),
-    Taps(Taps),
 }
 
 /// Packs A's rows r0..r0+rows, depths p0..p0+kc as `[p][r]` with MR values per step (rows past

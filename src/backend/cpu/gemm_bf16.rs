@@ -33,12 +33,9 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use rayon::prelude::*;
-
 use super::amx;
 use super::avx512::{lane_mask, transpose16};
-use super::gemm_avx512::AView;
-use super::matrix::{Mat, Threads};
+use super::matrix::{run_tasks, AView, Mat, Operands, Threads};
 
 /// Depth of one packed slice (a multiple of the 32 depths of a tile).
 pub const KC: usize = 512;
@@ -83,58 +80,41 @@ pub(super) unsafe fn sgemm(
     b: &[f32],
     bm: Mat,
     c: &mut [f32],
-    cm: Mat,
+    cm_in: Mat,
     accumulate: bool,
     scale: f32,
     threads: Threads,
 ) {
-    // Stores go along C's contiguous dimension: a column-major C is the row-major C of bᵀ·aᵀ.
-    let (m, n, a, av, b, bm, cm) = match av {
-        AView::Strided(am) if cm.cs != 1 && cm.rs == 1 => (
-            n,
-            m,
-            b,
-            AView::Strided(transpose(bm)),
-            a,
-            transpose(am),
-            transpose(cm),
-        ),
-        _ => (m, n, a, av, b, bm, cm),
-    };
+    let o = Operands {
+        m,
+        n,
+        a,
+        av,
+        b,
+        bm,
+        cm: cm_in,
+    }
+    .stores_along_rows();
     let workers = rayon::current_num_threads();
-    let parallel =
-        threads == Threads::Pool && workers > 1 && m.saturating_mul(n).saturating_mul(k) >= 1 << 17;
-    let (rows_per_task, nc) = task_shape(m, n, if parallel { workers } else { 1 });
-    let (tm, tn) = (m.div_ceil(rows_per_task), n.div_ceil(nc));
+    let parallel = threads == Threads::Pool
+        && workers > 1
+        && o.m.saturating_mul(o.n).saturating_mul(k) >= 1 << 17;
+    let shape = task_shape(o.m, o.n, if parallel { workers } else { 1 });
     let job = Job {
         k,
-        a: a.as_ptr(),
-        av,
-        b: b.as_ptr(),
-        bm,
+        a: o.a.as_ptr(),
+        av: o.av,
+        b: o.b.as_ptr(),
+        bm: o.bm,
         c: c.as_mut_ptr(),
-        cm,
+        cm: o.cm,
         accumulate,
         scale,
     };
-    let run = |t: usize| {
-        let (j0, i0) = ((t / tm) * nc, (t % tm) * rows_per_task);
-        // SAFETY: the block lies inside the checked matrices, and tasks write disjoint blocks.
-        unsafe { job.block(i0, rows_per_task.min(m - i0), j0, nc.min(n - j0)) };
-    };
-    if parallel {
-        (0..tm * tn).into_par_iter().for_each(run);
-    } else {
-        (0..tm * tn).for_each(run);
-    }
-}
-
-fn transpose(x: Mat) -> Mat {
-    Mat {
-        offset: x.offset,
-        rs: x.cs,
-        cs: x.rs,
-    }
+    // SAFETY (each block): it lies inside the checked matrices, and tasks write disjoint blocks.
+    run_tasks((o.m, o.n), shape, parallel, |i0, rows, j0, cols| unsafe {
+        job.block(i0, rows, j0, cols)
+    });
 }
 
 /// Rows and columns of C per task: column blocks of `NC` (narrowed to whole micro blocks) cut by

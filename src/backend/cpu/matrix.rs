@@ -43,6 +43,15 @@ impl Mat {
         spans(self.rs, rows, self.cs, cols) || spans(self.cs, cols, self.rs, rows)
     }
 
+    /// The same elements seen transposed.
+    pub(crate) fn t(self) -> Mat {
+        Mat {
+            offset: self.offset,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
     pub(crate) fn check(&self, rows: usize, cols: usize, len: usize, what: &str) {
         if rows == 0 || cols == 0 {
             return;
@@ -76,6 +85,67 @@ pub struct Taps {
     pub row: usize,
     /// Kernel size.
     pub k: usize,
+}
+
+/// Where A's elements are, for the own kernels: a strided matrix, or the implicit matrix of a
+/// convolution's taps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AView {
+    Strided(Mat),
+    Taps(Taps),
+}
+
+/// One product's operands as the own kernels take them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Operands<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub a: &'a [f32],
+    pub av: AView,
+    pub b: &'a [f32],
+    pub bm: Mat,
+    pub cm: Mat,
+}
+
+impl Operands<'_> {
+    /// The same product with C's stores along its contiguous dimension: a column-major C (with
+    /// a strided A) is the row-major C of bᵀ·aᵀ.
+    pub(crate) fn stores_along_rows(self) -> Self {
+        match self.av {
+            AView::Strided(am) if self.cm.cs != 1 && self.cm.rs == 1 => Operands {
+                m: self.n,
+                n: self.m,
+                a: self.b,
+                av: AView::Strided(self.bm.t()),
+                b: self.a,
+                bm: am.t(),
+                cm: self.cm.t(),
+            },
+            _ => self,
+        }
+    }
+}
+
+/// Runs `block(i0, rows, j0, cols)` over C (`m × n`) cut into blocks of `rows_per_task` rows
+/// and `nc` columns, on rayon's pool when `parallel`. Tasks of one column block are neighbours
+/// (on the pool they read B from L3 together; on one thread one packed B panel serves them).
+pub(crate) fn run_tasks(
+    (m, n): (usize, usize),
+    (rows_per_task, nc): (usize, usize),
+    parallel: bool,
+    block: impl Fn(usize, usize, usize, usize) + Sync,
+) {
+    use rayon::prelude::*;
+    let (tm, tn) = (m.div_ceil(rows_per_task), n.div_ceil(nc));
+    let run = |t: usize| {
+        let (j0, i0) = ((t / tm) * nc, (t % tm) * rows_per_task);
+        block(i0, rows_per_task.min(m - i0), j0, nc.min(n - j0));
+    };
+    if parallel {
+        (0..tm * tn).into_par_iter().for_each(run);
+    } else {
+        (0..tm * tn).for_each(run);
+    }
 }
 
 /// Whether a product should use the thread pool itself: not when the caller already runs
