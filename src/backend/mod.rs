@@ -478,7 +478,9 @@ impl Backend for Cpu {
         } else {
             Op::AttentionCross
         };
-        profile::time(kind, || cpu::try_attention(q, k, v, heads, scale))
+        profile::time(kind, || {
+            cpu::try_attention_in(q, k, v, heads, scale, self.precision)
+        })
     }
 
     fn causal_attention(

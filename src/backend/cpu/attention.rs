@@ -6,6 +6,8 @@
 //! On CPUs with AVX-512F both entry points run the flash kernel of `attention_flash.rs`
 //! (online softmax over key blocks, nothing larger than L2-sized blocks); the `gemm`-crate
 //! path here is the fallback elsewhere, or everywhere with `FREELUNCH_CPU_ATTENTION=gemm`.
+//! With `--dtype bf16`, `FREELUNCH_ATTN_AMX=on` runs the bf16 flash kernel on AMX tiles
+//! (`attention_amx.rs`, opt-in until it has run on an AMX machine).
 
 use rayon::prelude::*;
 
@@ -35,18 +37,58 @@ pub fn try_attention(
     heads: usize,
     scale: f32,
 ) -> Result<Tensor> {
-    attention_on(q, k, v, heads, scale, super::attention_flash::available())
+    try_attention_in(q, k, v, heads, scale, Precision::F32)
 }
 
-/// `try_attention` on the flash kernel (`flash`, which must be available) or the `gemm` path,
-/// whatever the process-wide switch says: tests set the two side by side with it.
+/// As `try_attention`, in `precision`: `Bf16` runs q·kᵀ and P·v on AMX tiles with bf16
+/// operands (`attention_amx`) where the CPU has them, the flash path is on and
+/// `FREELUNCH_ATTN_AMX=on` asks for it; f32 elsewhere.
+pub fn try_attention_in(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f32,
+    precision: Precision,
+) -> Result<Tensor> {
+    attention_on(q, k, v, heads, scale, Kernel::pick(precision))
+}
+
+/// The kernel an attention call runs on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Kernel {
+    /// Two `gemm` products around a softmax per block of query rows (the portable path).
+    Gemm,
+    /// The f32 flash kernel (`attention_flash`); needs AVX-512F.
+    Flash,
+    /// The bf16 flash kernel on AMX tiles (`attention_amx`); needs it available, and opt-in.
+    FlashBf16,
+}
+
+impl Kernel {
+    /// The fastest kernel for `precision` here, with the flash path's switch respected.
+    fn pick(precision: Precision) -> Kernel {
+        if !super::attention_flash::available() {
+            return Kernel::Gemm;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if precision == Precision::Bf16 && super::attention_amx::enabled() {
+            return Kernel::FlashBf16;
+        }
+        let _ = precision;
+        Kernel::Flash
+    }
+}
+
+/// `try_attention` on `kernel` (which must be available here), whatever the process-wide
+/// switch says: tests set the kernels side by side with it.
 pub(super) fn attention_on(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
     scale: f32,
-    flash: bool,
+    kernel: Kernel,
 ) -> Result<Tensor> {
     let bad = |msg: String| Err(Error::shape("attention", msg));
     let [b, n, inner] = q.shape()[..] else {
@@ -84,7 +126,7 @@ pub(super) fn attention_on(
     if out_len == 0 {
         return Ok(Tensor::from_parts([b, n, inner], out));
     }
-    if m > 0 && flash {
+    if m > 0 && kernel != Kernel::Gemm {
         let p = super::attention_flash::Problem {
             q: q.data(),
             k: k.data(),
@@ -97,7 +139,11 @@ pub(super) fn attention_on(
             scale,
             causal: false,
         };
-        super::attention_flash::run(&p, &mut out)?;
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::FlashBf16 => super::attention_amx::run(&p, &mut out)?,
+            _ => super::attention_flash::run(&p, &mut out)?,
+        }
         return Ok(Tensor::from_parts([b, n, inner], out));
     }
     // Each task owns the rows [r0, r1) of one head of one sample: disjoint column strips of

@@ -183,7 +183,7 @@ thread_local! {
 
 /// Runs `f` on `len` floats of this thread's scratch, 64-byte aligned (values left over from
 /// earlier tasks: `f` must write before it reads).
-fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) -> Result<()> {
+pub(super) fn with_scratch(len: usize, f: impl FnOnce(&mut [f32])) -> Result<()> {
     let grow = |v: &mut Vec<f32>| -> Result<()> {
         let need = len.checked_add(16).ok_or_else(|| too_large(len))?;
         if v.len() < need {
@@ -225,46 +225,7 @@ mod kernel {
     use std::arch::x86_64::*;
 
     use super::{Layout, Problem, R};
-    use crate::backend::cpu::avx512::transpose16;
-
-    /// e^x on 16 lanes: `vector::exp`'s Cephes polynomial (clamp to [−87.34, 88.72], range
-    /// reduction by ln 2 in two parts, degree-6 polynomial, then 2^n), with FMAs where the
-    /// scalar code rounds twice. NaN stays NaN.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn exp16(x: __m512) -> __m512 {
-        // The clamp's operand order keeps NaN: max/min return their second operand when
-        // either is NaN.
-        let x = _mm512_min_ps(
-            _mm512_set1_ps(88.722_83),
-            _mm512_max_ps(_mm512_set1_ps(-87.336_55), x),
-        );
-        // As the scalar code, x·log2(e) + 0.5 rounded twice, so n is the same integer.
-        let n = _mm512_add_ps(
-            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
-            _mm512_set1_ps(0.5),
-        );
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            1.666_666_5e-1,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-        }
-        let y = _mm512_add_ps(
-            _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
-            _mm512_set1_ps(1.0),
-        );
-        // y·2^n in one instruction: the scalar code's two exact power-of-two factors give the
-        // same single rounding (only where the result is subnormal).
-        _mm512_scalef_ps(y, n)
-    }
+    use crate::backend::cpu::avx512::{exp16, transpose16};
 
     /// The first `n` (≤ 16) lanes.
     #[inline]
@@ -721,7 +682,7 @@ mod kernel {
 // The kernel's own entry points (exp16) exist on x86-64 only.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
-    use super::super::attention::{attention_on, causal_attention_on};
+    use super::super::attention::{attention_on, causal_attention_on, Kernel};
     use crate::tensor::Tensor;
 
     /// softmax(q·kᵀ·scale)·v in f64, heads side by side, optionally causal.
@@ -820,8 +781,8 @@ mod tests {
                     let k = Tensor::randn([b, m, heads * dh], seed + 1);
                     let v = Tensor::randn([b, m, heads * dh], seed + 2);
                     let scale = 0.7 / (dh as f32).sqrt();
-                    let got = attention_on(&q, &k, &v, heads, scale, true).unwrap();
-                    let fb = attention_on(&q, &k, &v, heads, scale, false).unwrap();
+                    let got = attention_on(&q, &k, &v, heads, scale, Kernel::Flash).unwrap();
+                    let fb = attention_on(&q, &k, &v, heads, scale, Kernel::Gemm).unwrap();
                     let want = reference(&q, &k, &v, heads, scale, false);
                     let (er, ef) = (worst(got.data(), &want), worst(fb.data(), &want));
                     let tag = format!("dh {dh} n {n} m {m} peaked {peaked}");
@@ -925,8 +886,8 @@ mod tests {
         for (what, edit) in edits {
             let (mut q, mut k, mut v) = fresh(7);
             edit(&mut q, &mut k, &mut v);
-            let got = attention_on(&q, &k, &v, heads, 0.2, true).unwrap();
-            let fb = attention_on(&q, &k, &v, heads, 0.2, false).unwrap();
+            let got = attention_on(&q, &k, &v, heads, 0.2, Kernel::Flash).unwrap();
+            let fb = attention_on(&q, &k, &v, heads, 0.2, Kernel::Gemm).unwrap();
             let mut odd = 0;
             for (i, (&a, &f)) in got.data().iter().zip(fb.data()).enumerate() {
                 assert_eq!(a.is_nan(), f.is_nan(), "{what}: element {i}: {a} vs {f}");
@@ -1003,11 +964,11 @@ mod tests {
                 (c.as_ptr() as usize, c.capacity())
             })
         };
-        pool.install(|| attention_on(&q, &k, &v, 2, 0.3, true).unwrap());
+        pool.install(|| attention_on(&q, &k, &v, 2, 0.3, Kernel::Flash).unwrap());
         let before = pool.install(buf);
         assert!(before.1 > 0);
         for _ in 0..3 {
-            pool.install(|| attention_on(&q, &k, &v, 2, 0.3, true).unwrap());
+            pool.install(|| attention_on(&q, &k, &v, 2, 0.3, Kernel::Flash).unwrap());
         }
         assert_eq!(pool.install(buf), before);
     }
@@ -1021,7 +982,7 @@ mod tests {
 /// count the time other processes hold the core.
 #[cfg(all(test, target_arch = "x86_64"))]
 mod timing {
-    use super::super::attention::attention_on;
+    use super::super::attention::{attention_on, Kernel};
     use crate::tensor::Tensor;
 
     fn thread_ms() -> f64 {
@@ -1055,6 +1016,18 @@ mod timing {
             .num_threads(threads)
             .build()
             .unwrap();
+        // FREELUNCH_ATTN_PRECISION=bf16 sets the f32 flash kernel beside the bf16 one on AMX
+        // tiles instead of beside the `gemm` path.
+        let bf16 = std::env::var("FREELUNCH_ATTN_PRECISION").is_ok_and(|v| v == "bf16");
+        if bf16 && !super::super::attention_amx::available() {
+            eprintln!("no AMX-BF16 here: the bf16 attention cannot be timed");
+            return;
+        }
+        let (other, name) = if bf16 {
+            (Kernel::FlashBf16, "bf16")
+        } else {
+            (Kernel::Gemm, "gemm")
+        };
         for s in spec.split(';').filter(|s| !s.is_empty()) {
             let d: Vec<usize> = s.split(',').map(|x| x.trim().parse().unwrap()).collect();
             let (b, n, m, c, heads) = (d[0], d[1], d[2], d[3], d[4]);
@@ -1062,13 +1035,13 @@ mod timing {
             let k = Tensor::randn([b, m, c], 1);
             let v = Tensor::randn([b, m, c], 2);
             let scale = 1.0 / ((c / heads) as f32).sqrt();
-            // [flash, gemm] × [wall, thread CPU].
+            // [flash, other] × [wall, thread CPU].
             let mut best = [[f64::INFINITY; 2]; 2];
             for it in 0..iters + 1 {
-                for (i, flash) in [true, false].into_iter().enumerate() {
+                for (i, kernel) in [Kernel::Flash, other].into_iter().enumerate() {
                     let t = pool.install(|| {
                         let (w0, t0) = (std::time::Instant::now(), thread_ms());
-                        let o = attention_on(&q, &k, &v, heads, scale, flash).unwrap();
+                        let o = attention_on(&q, &k, &v, heads, scale, kernel).unwrap();
                         let t = [w0.elapsed().as_secs_f64() * 1e3, thread_ms() - t0];
                         drop(o);
                         t
@@ -1083,12 +1056,12 @@ mod timing {
             let [[fw, fc], [gw, gc]] = best;
             if threads == 1 {
                 println!(
-                    "attention {s} t1: flash {fw:.2} ms wall {fc:.2} ms cpu, gemm {gw:.2} ms \
+                    "attention {s} t1: flash {fw:.2} ms wall {fc:.2} ms cpu, {name} {gw:.2} ms \
                      wall {gc:.2} ms cpu (least of {iters})"
                 );
             } else {
                 println!(
-                    "attention {s} t{threads}: flash {fw:.2} ms wall, gemm {gw:.2} ms wall \
+                    "attention {s} t{threads}: flash {fw:.2} ms wall, {name} {gw:.2} ms wall \
                      (least of {iters})"
                 );
             }

@@ -1,5 +1,6 @@
 //! AVX-512 building blocks shared by the CPU's hand-written kernels (`gemm_avx512`,
-//! `attention_flash`): lane masks and the 16 × 16 register transpose both use to pack operands.
+//! `attention_flash`, `attention_amx`): lane masks and the 16 × 16 register transpose they pack
+//! operands with, and the exponential of the attention kernels' softmax.
 
 use std::arch::x86_64::*;
 
@@ -43,6 +44,45 @@ pub(crate) fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
         out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(y, w);
     }
     out
+}
+
+/// e^x on 16 lanes: `vector::exp`'s Cephes polynomial (clamp to [−87.34, 88.72], range
+/// reduction by ln 2 in two parts, degree-6 polynomial, then 2^n), with FMAs where the
+/// scalar code rounds twice. NaN stays NaN.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn exp16(x: __m512) -> __m512 {
+    // The clamp's operand order keeps NaN: max/min return their second operand when
+    // either is NaN.
+    let x = _mm512_min_ps(
+        _mm512_set1_ps(88.722_83),
+        _mm512_max_ps(_mm512_set1_ps(-87.336_55), x),
+    );
+    // As the scalar code, x·log2(e) + 0.5 rounded twice, so n is the same integer.
+    let n = _mm512_add_ps(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        _mm512_set1_ps(0.5),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(n);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r),
+        _mm512_set1_ps(1.0),
+    );
+    // y·2^n in one instruction: the scalar code's two exact power-of-two factors give the
+    // same single rounding (only where the result is subnormal).
+    _mm512_scalef_ps(y, n)
 }
 
 #[cfg(test)]

@@ -446,7 +446,7 @@ fn pairs_in_order(v0: __m512, v1: __m512) -> __m512i {
 /// The 16 × 16 transpose of 32-bit lanes.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn transpose_pairs(w: &[__m512i; 16]) -> [__m512i; 16] {
+pub(super) fn transpose_pairs(w: &[__m512i; 16]) -> [__m512i; 16] {
     let mut f = [_mm512_setzero_ps(); 16];
     for (f, w) in f.iter_mut().zip(w) {
         *f = _mm512_castsi512_ps(*w);

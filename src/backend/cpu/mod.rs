@@ -6,6 +6,8 @@ pub mod activation;
 #[cfg(target_arch = "x86_64")]
 mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention_amx;
 pub mod attention_flash;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -34,7 +36,7 @@ pub mod vector;
 // backend runs, so no input reaches a panic or an abort), and the plain name panics with that
 // error's message (for tests and benches on shapes they built).
 pub use activation::{geglu, gelu, silu, silu_inplace, try_activation, try_geglu, try_silu};
-pub use attention::{attention, try_attention, try_causal_attention};
+pub use attention::{attention, try_attention, try_attention_in, try_causal_attention};
 pub use conv::{conv2d, try_conv2d, Padding};
 pub use linear::{linear, try_linear};
 pub use norm::{group_norm, layer_norm, try_group_norm, try_layer_norm};
