@@ -115,13 +115,14 @@ fn gemm(c: &mut Criterion) {
         ));
         g.bench_function(format!("{name}/dense"), |b| {
             b.iter(timed(&gpu, || {
-                gpu.linear(&lin, &x, LayerCtx::default(), Epilogue::default())
+                gpu.linear(lin.params(LayerCtx::default()), &x, Epilogue::default())
                     .unwrap()
             }))
         });
         g.bench_function(format!("{name}/masked_per_sample"), |b| {
             b.iter(timed(&gpu, || {
-                gpu.linear(&lin, &x, masked, Epilogue::default()).unwrap()
+                gpu.linear(lin.params(masked), &x, Epilogue::default())
+                    .unwrap()
             }))
         });
         if let Some(blas) = &blas {
@@ -162,7 +163,7 @@ fn conv(c: &mut Criterion) {
         ));
         g.bench_function(format!("{hw}x{hw}x{cin}->{cout}"), |b| {
             b.iter(timed(&gpu, || {
-                gpu.conv2d(&conv, &x, LayerCtx::default(), Epilogue::default())
+                gpu.conv2d(conv.params(LayerCtx::default()), &x, Epilogue::default())
                     .unwrap()
             }))
         });

@@ -1,10 +1,12 @@
 //! The torch.nn layers diffusers builds on, each holding its parameters and loading them by
-//! name from a `WeightSource`; forward passes run on the CPU backend.
+//! name from a `WeightSource`. A layer hands a backend its parameters as the backend's plain
+//! structs (`params`), with the call's mask resolved here, once; `forward` runs it on the CPU.
 
-use crate::backend::cpu;
 use crate::backend::cpu::gemm::Precision;
+use crate::backend::Padding;
+use crate::backend::{Backend, ConvParams, Cpu, Epilogue, LayerMask, LinearParams, NormParams};
 use crate::boosters::masks::MaskSet;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::tensor::Tensor;
 pub use crate::uid::fresh_uid;
 pub(crate) use crate::uid::taking_uids;
@@ -19,17 +21,6 @@ pub fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// `e` with the layer's weight name in front (shape errors inside a kernel say which layer).
-pub(crate) fn in_layer(name: &str, e: Error) -> Error {
-    match e {
-        Error::Shape { op, msg } => Error::Shape {
-            op: format!("layer `{name}` ({op})"),
-            msg,
-        },
-        other => other,
-    }
-}
-
 /// What every layer's forward receives for this call: MaskUNet masks (by weight name) and the
 /// sampler step that selects per-step masks. Any linear or convolution named in the masks runs
 /// the masked path; the rest run dense.
@@ -39,6 +30,17 @@ pub struct LayerCtx<'a> {
     pub masks: Option<&'a MaskSet>,
     /// The sampler step, which selects per-step masks.
     pub step: usize,
+}
+
+impl<'a> LayerCtx<'a> {
+    /// The mask of the weight `name` for this call, if the call masks it: the one lookup by name.
+    pub fn mask_of(&self, name: &str) -> Option<LayerMask<'a>> {
+        let weights = self.masks?.get(name)?;
+        Some(LayerMask {
+            weights,
+            step: self.step,
+        })
+    }
 }
 
 /// torch.nn.Linear: `y = x·Wᵀ + b` over the last dimension.
@@ -83,28 +85,32 @@ impl Linear {
         self.weight.shape().get(1).copied().unwrap_or(0)
     }
 
+    /// The layer for one call on a backend, masked as `lc` says.
+    pub fn params<'a>(&'a self, lc: LayerCtx<'a>) -> LinearParams<'a> {
+        LinearParams {
+            uid: self.uid,
+            name: &self.name,
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            mask: lc.mask_of(&self.name),
+        }
+    }
+
     /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
         self.try_forward(x, lc)
             .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
-    /// `x`: [B, ..., in]; shapes that do not agree and memory that cannot be had are errors
-    /// naming the layer.
+    /// `x`: [B, ..., in] on the CPU; shapes that do not agree and memory that cannot be had are
+    /// errors naming the layer.
     pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
         self.try_forward_in(x, lc, Precision::F32)
     }
 
     /// As `try_forward`, the product in `precision`.
     pub fn try_forward_in(&self, x: &Tensor, lc: LayerCtx, precision: Precision) -> Result<Tensor> {
-        let bias = self.bias.as_ref().map(Tensor::data);
-        let linear =
-            |mask| cpu::masked::try_masked_linear_in(x, &self.weight, bias, mask, precision);
-        match lc.masks.and_then(|m| m.get(&self.name)) {
-            Some(m) => linear(Some(&|b| m.view(lc.step, b))),
-            None => linear(None),
-        }
-        .map_err(|e| in_layer(&self.name, e))
+        Cpu::of(precision).linear(self.params(lc), x, Epilogue::default())
     }
 }
 
@@ -121,7 +127,7 @@ pub struct Conv2d {
     /// The stride along H and W.
     pub stride: usize,
     /// Zero padding per side (symmetric but for `Downsample2D` with `padding = 0`).
-    pub padding: cpu::Padding,
+    pub padding: Padding,
 }
 
 impl Conv2d {
@@ -151,7 +157,7 @@ impl Conv2d {
             weight,
             bias,
             stride,
-            padding: cpu::Padding::same(padding),
+            padding: Padding::same(padding),
         })
     }
 
@@ -160,27 +166,34 @@ impl Conv2d {
         self.weight.shape().get(1).copied().unwrap_or(0)
     }
 
+    /// The layer for one call on a backend, masked as `lc` says.
+    pub fn params<'a>(&'a self, lc: LayerCtx<'a>) -> ConvParams<'a> {
+        ConvParams {
+            uid: self.uid,
+            name: &self.name,
+            weight: &self.weight,
+            bias: self.bias.as_ref(),
+            stride: self.stride,
+            padding: self.padding,
+            mask: lc.mask_of(&self.name),
+        }
+    }
+
     /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, lc: LayerCtx) -> Tensor {
         self.try_forward(x, lc)
             .unwrap_or_else(|e| panic!("{}: {e}", self.name))
     }
 
-    /// `x`: [B, Cin, H, W]; shapes that do not agree and memory that cannot be had are errors
-    /// naming the layer.
+    /// `x`: [B, Cin, H, W] on the CPU; shapes that do not agree and memory that cannot be had
+    /// are errors naming the layer.
     pub fn try_forward(&self, x: &Tensor, lc: LayerCtx) -> Result<Tensor> {
         self.try_forward_in(x, lc, Precision::F32)
     }
 
     /// As `try_forward`, the products in `precision`.
     pub fn try_forward_in(&self, x: &Tensor, lc: LayerCtx, precision: Precision) -> Result<Tensor> {
-        let bias = self.bias.as_ref().map(Tensor::data);
-        let mask = lc.masks.and_then(|m| m.get(&self.name));
-        let view = mask.map(|m| move |b| m.view(lc.step, b));
-        let mask_fn: Option<cpu::masked::MaskFn> = view.as_ref().map(|f| f as cpu::masked::MaskFn);
-        let (stride, pad) = (self.stride, self.padding);
-        cpu::conv::try_conv2d_in(x, &self.weight, bias, stride, pad, mask_fn, precision)
-            .map_err(|e| in_layer(&self.name, e))
+        Cpu::of(precision).conv2d(self.params(lc), x, Epilogue::default())
     }
 }
 
@@ -223,6 +236,17 @@ impl GroupNorm {
         })
     }
 
+    /// The layer's parameters for a backend.
+    pub fn params(&self) -> NormParams<'_> {
+        NormParams {
+            uid: self.uid,
+            groups: self.groups,
+            eps: self.eps,
+            weight: &self.weight,
+            bias: &self.bias,
+        }
+    }
+
     /// GroupNorm, then SiLU when `silu` (fused: one pass). Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor, silu: bool) -> Tensor {
         self.try_forward(x, silu).unwrap_or_else(|e| panic!("{e}"))
@@ -230,14 +254,7 @@ impl GroupNorm {
 
     /// As `forward`; shapes that do not agree and memory that cannot be had are errors.
     pub fn try_forward(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        cpu::try_group_norm(
-            x,
-            self.groups,
-            self.weight.data(),
-            self.bias.data(),
-            self.eps,
-            silu,
-        )
+        Cpu.group_norm(self.params(), x, None, silu)
     }
 }
 
@@ -264,6 +281,17 @@ impl LayerNorm {
         })
     }
 
+    /// The layer's parameters for a backend (`groups` 1).
+    pub fn params(&self) -> NormParams<'_> {
+        NormParams {
+            uid: self.uid,
+            groups: 1,
+            eps: self.eps,
+            weight: &self.weight,
+            bias: &self.bias,
+        }
+    }
+
     /// Panics where `try_forward` errs.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.try_forward(x).unwrap_or_else(|e| panic!("{e}"))
@@ -271,7 +299,7 @@ impl LayerNorm {
 
     /// As `forward`; shapes that do not agree and memory that cannot be had are errors.
     pub fn try_forward(&self, x: &Tensor) -> Result<Tensor> {
-        cpu::try_layer_norm(x, self.weight.data(), self.bias.data(), self.eps)
+        Cpu.layer_norm(self.params(), x)
     }
 }
 

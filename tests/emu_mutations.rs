@@ -67,10 +67,12 @@ fn conv(gpu: &Gpu) -> Result<(), String> {
         masks: None,
         step: 0,
     };
-    let want = Cpu.conv2d(&conv, &x, lc, Epilogue::default()).unwrap();
+    let want = Cpu
+        .conv2d(conv.params(lc), &x, Epilogue::default())
+        .unwrap();
     let gx = gpu.upload(&x).map_err(|e| e.to_string())?;
     let got = gpu
-        .conv2d(&conv, &gx, lc, Epilogue::default())
+        .conv2d(conv.params(lc), &gx, Epilogue::default())
         .map_err(|e| e.to_string())?;
     compare(gpu, "conv2d", &got, &want).map(drop)
 }

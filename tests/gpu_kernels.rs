@@ -67,15 +67,15 @@ proptest! {
             _ => {}
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };
-        let plain = Cpu.conv2d(&conv, &x, lc, Epilogue::default()).unwrap();
+        let plain = Cpu.conv2d(conv.params(lc), &x, Epilogue::default()).unwrap();
         let t = Tensor::randn([b, cout], seed + 4);
         let r = Tensor::randn(plain.shape().to_vec(), seed + 5);
         let epi = Epilogue { add_bc: add_bc.then_some(&t), residual: residual.then_some(&r), scale: if residual { 0.7 } else { 1.0 } };
-        let want = Cpu.conv2d(&conv, &x, lc, epi).unwrap();
+        let want = Cpu.conv2d(conv.params(lc), &x, epi).unwrap();
         on_gpus("conv2d", |gpu| {
             let (gt, gr) = (up(gpu, &t), up(gpu, &r));
             let epi = Epilogue { add_bc: add_bc.then_some(&gt), residual: residual.then_some(&gr), scale: epi.scale };
-            let got = gpu.conv2d(&conv, &up(gpu, &x), lc, epi).map_err(|e| e.to_string())?;
+            let got = gpu.conv2d(conv.params(lc), &up(gpu, &x), epi).map_err(|e| e.to_string())?;
             compare(gpu, "conv2d", &got, &want).map(drop)
         })?;
     }
@@ -100,11 +100,11 @@ proptest! {
         }
         let lc = LayerCtx { masks: (mask > 0).then_some(&set), step: 0 };
         let r = Tensor::randn([b, n, out], seed + 4);
-        let want = Cpu.linear(&lin, &x, lc, Epilogue { residual: residual.then_some(&r), ..Epilogue::default() }).unwrap();
+        let want = Cpu.linear(lin.params(lc), &x, Epilogue { residual: residual.then_some(&r), ..Epilogue::default() }).unwrap();
         on_gpus("linear", |gpu| {
             let gr = up(gpu, &r);
             let epi = Epilogue { residual: residual.then_some(&gr), ..Epilogue::default() };
-            let got = gpu.linear(&lin, &up(gpu, &x), lc, epi).map_err(|e| e.to_string())?;
+            let got = gpu.linear(lin.params(lc), &up(gpu, &x), epi).map_err(|e| e.to_string())?;
             compare(gpu, "linear", &got, &want).map(drop)
         })?;
     }
@@ -118,10 +118,10 @@ proptest! {
         let gn = GroupNorm { uid: fresh_uid(), groups, eps: 1e-5, weight: Tensor::randn([c], seed), bias: Tensor::randn([c], seed + 1) };
         let x = Tensor::randn([b, c, h, w], seed + 2);
         let ss = Tensor::randn([b, 2 * c], seed + 3);
-        let want = Cpu.group_norm(&gn, &x, scale_shift.then_some(&ss), silu).unwrap();
+        let want = Cpu.group_norm(gn.params(), &x, scale_shift.then_some(&ss), silu).unwrap();
         on_gpus("group_norm", |gpu| {
             let gss = up(gpu, &ss);
-            let got = gpu.group_norm(&gn, &up(gpu, &x), scale_shift.then_some(&gss), silu).map_err(|e| e.to_string())?;
+            let got = gpu.group_norm(gn.params(), &up(gpu, &x), scale_shift.then_some(&gss), silu).map_err(|e| e.to_string())?;
             compare(gpu, "group_norm", &got, &want).map(drop)
         })?;
     }
@@ -130,9 +130,9 @@ proptest! {
     fn layer_norm_rows(rows in 1usize..=40, d in 1usize..=1300, seed in any::<u64>()) {
         let ln = LayerNorm { uid: fresh_uid(), eps: 1e-5, weight: Tensor::randn([d], seed), bias: Tensor::randn([d], seed + 1) };
         let x = Tensor::randn([2, rows, d], seed + 2);
-        let want = Cpu.layer_norm(&ln, &x).unwrap();
+        let want = Cpu.layer_norm(ln.params(), &x).unwrap();
         on_gpus("layer_norm", |gpu| {
-            let got = gpu.layer_norm(&ln, &up(gpu, &x)).map_err(|e| e.to_string())?;
+            let got = gpu.layer_norm(ln.params(), &up(gpu, &x)).map_err(|e| e.to_string())?;
             compare(gpu, "layer_norm", &got, &want).map(drop)
         })?;
     }
@@ -234,13 +234,15 @@ fn all_ones_mask_is_the_dense_gemm_exactly() {
     for (_, gpu) in gpus("all_ones_mask") {
         let gx = gpu.upload(&x).unwrap();
         let dense = gpu
-            .linear(&lin, &gx, LayerCtx::default(), Epilogue::default())
+            .linear(lin.params(LayerCtx::default()), &gx, Epilogue::default())
             .unwrap();
         let lc = LayerCtx {
             masks: Some(&set),
             step: 0,
         };
-        let masked = gpu.linear(&lin, &gx, lc, Epilogue::default()).unwrap();
+        let masked = gpu
+            .linear(lin.params(lc), &gx, Epilogue::default())
+            .unwrap();
         assert_eq!(
             gpu.download(&dense).unwrap(),
             gpu.download(&masked).unwrap()

@@ -5,7 +5,6 @@
 use crate::backend::cpu::fourier::FilterForm;
 use crate::boosters::SkipSite;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
 
 /// Which decoder resnets FreeU acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +43,7 @@ pub struct FreeU {
     /// Which decoder resnets count as the two stages.
     pub blocks: FreeUBlocks,
     /// FreeU v2: the backbone factor is `(b − 1)·m̂ + 1` per pixel, m̂ the mean over channels
-    /// min-max normalised over the sample's pixels (`scale_backbone`).
+    /// min-max normalised over the sample's pixels (`backend::cpu::freeu`).
     pub v2: bool,
     /// Half-width of the low-frequency window of the skip filter, in frequencies (diffusers: 1).
     pub threshold: usize,
@@ -131,37 +130,6 @@ impl FreeU {
     }
 }
 
-/// Multiplies the first C/2 channels of `h` ([B, C, H, W]) by `b` (v1) or by
-/// `(b − 1)·m̂ + 1` (v2), m̂ the per-sample min-max normalised mean over channels.
-pub fn scale_backbone(h: &mut Tensor, b: f32, v2: bool) {
-    let [_, c, hh, ww] = h.shape()[..] else {
-        unreachable!("decoder features are rank 4")
-    };
-    let (half, plane) = (c / 2, hh * ww);
-    for sample in h.data_mut().chunks_mut(c * plane) {
-        let factors: Vec<f32> = if v2 {
-            let mut mean = vec![0f32; plane];
-            for ch in sample.chunks(plane) {
-                mean.iter_mut().zip(ch).for_each(|(m, &v)| *m += v);
-            }
-            mean.iter_mut().for_each(|m| *m /= c as f32);
-            let lo = mean.iter().copied().fold(f32::INFINITY, f32::min);
-            let hi = mean.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            mean.iter()
-                .map(|&m| {
-                    let m_hat = if hi > lo { (m - lo) / (hi - lo) } else { 1.0 };
-                    (b - 1.0) * m_hat + 1.0
-                })
-                .collect()
-        } else {
-            vec![b; plane]
-        };
-        for ch in sample[..half * plane].chunks_mut(plane) {
-            ch.iter_mut().zip(&factors).for_each(|(v, f)| *v *= f);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,17 +155,5 @@ mod tests {
         assert_eq!(f.select(&site(0), 48), Some((1.1, 0.3)));
         assert_eq!(f.select(&site(1), 16), Some((1.2, 0.4)));
         assert_eq!(f.select(&site(2), 64), None);
-    }
-
-    #[test]
-    fn v2_backbone_factor_follows_the_normalised_mean() {
-        // One sample, 2 channels, 3 pixels: channel means 0, 1, 2 → m̂ = 0, 0.5, 1.
-        let mut h = Tensor::new([1, 2, 1, 3], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0]).unwrap();
-        scale_backbone(&mut h, 3.0, true);
-        assert_eq!(h.data(), &[0.0, 2.0, 6.0, 0.0, 1.0, 2.0]);
-        // Constant mean: m̂ = 1 everywhere, the factor is b.
-        let mut h = Tensor::new([1, 2, 1, 2], vec![1.0, 1.0, 5.0, 5.0]).unwrap();
-        scale_backbone(&mut h, 2.0, true);
-        assert_eq!(h.data(), &[2.0, 2.0, 5.0, 5.0]);
     }
 }

@@ -33,8 +33,8 @@ impl FeedForward {
         lc: LayerCtx,
         epi: Epilogue<B::Tensor>,
     ) -> Result<B::Tensor> {
-        let h = be.linear(&self.proj_in, x, lc, Epilogue::default())?;
-        be.linear(&self.proj_out, &be.geglu(&h)?, lc, epi)
+        let h = be.linear(self.proj_in.params(lc), x, Epilogue::default())?;
+        be.linear(self.proj_out.params(lc), &be.geglu(&h)?, epi)
     }
 }
 
@@ -104,15 +104,15 @@ impl BasicTransformerBlock {
         lc: LayerCtx,
     ) -> Result<B::Tensor> {
         let ctx1 = self.only_cross_attention.then_some(context);
-        let n1 = be.layer_norm(&self.norm1, x)?;
+        let n1 = be.layer_norm(self.norm1.params(), x)?;
         let h = self
             .attn1
             .forward(be, &n1, ctx1, lc, Epilogue::residual(x, 1.0))?;
-        let n2 = be.layer_norm(&self.norm2, &h)?;
+        let n2 = be.layer_norm(self.norm2.params(), &h)?;
         let h2 = self
             .attn2
             .forward(be, &n2, Some(context), lc, Epilogue::residual(&h, 1.0))?;
-        let n3 = be.layer_norm(&self.norm3, &h2)?;
+        let n3 = be.layer_norm(self.norm3.params(), &h2)?;
         self.ff.forward(be, &n3, lc, Epilogue::residual(&h2, 1.0))
     }
 }

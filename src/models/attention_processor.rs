@@ -80,12 +80,12 @@ impl Attention {
         epi: Epilogue<B::Tensor>,
     ) -> Result<B::Tensor> {
         let ctx = context.unwrap_or(x);
-        let q = be.linear(&self.to_q, x, lc, Epilogue::default())?;
-        let k = be.linear(&self.to_k, ctx, lc, Epilogue::default())?;
-        let v = be.linear(&self.to_v, ctx, lc, Epilogue::default())?;
+        let q = be.linear(self.to_q.params(lc), x, Epilogue::default())?;
+        let k = be.linear(self.to_k.params(lc), ctx, Epilogue::default())?;
+        let v = be.linear(self.to_v.params(lc), ctx, Epilogue::default())?;
         let dim_head = self.to_q.weight.shape()[0] / self.heads;
         let o = be.attention(&q, &k, &v, self.heads, 1.0 / (dim_head as f32).sqrt())?;
-        be.linear(&self.to_out, &o, lc, epi)
+        be.linear(self.to_out.params(lc), &o, epi)
     }
 
     /// Image-space self-attention with residual: `x`: [B, C, H, W].
@@ -98,7 +98,7 @@ impl Attention {
         let s = be.shape(x);
         let (h, w) = (s[2], s[3]);
         let seq = match &self.group_norm {
-            Some(gn) => be.to_tokens(&be.group_norm(gn, x, None, false)?)?,
+            Some(gn) => be.to_tokens(&be.group_norm(gn.params(), x, None, false)?)?,
             None => be.to_tokens(x)?,
         };
         let residual = be.to_tokens(x)?;

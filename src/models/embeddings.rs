@@ -47,7 +47,7 @@ impl TimestepEmbedding {
 
     /// `x`: [B, in_channels] → [B, time_embed_dim].
     pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
-        let h = be.linear(&self.linear_1, x, lc, Epilogue::default())?;
-        be.linear(&self.linear_2, &be.silu(&h)?, lc, Epilogue::default())
+        let h = be.linear(self.linear_1.params(lc), x, Epilogue::default())?;
+        be.linear(self.linear_2.params(lc), &be.silu(&h)?, Epilogue::default())
     }
 }

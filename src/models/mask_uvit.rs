@@ -860,7 +860,11 @@ impl MaskedUViT {
         let d = c.encoder_embed_dim;
 
         let sample = be.upload(&inputs.sample)?;
-        let patches = be.conv2d(&enc.patch_embed.proj, &sample, lc, Epilogue::default())?;
+        let patches = be.conv2d(
+            enc.patch_embed.proj.params(lc),
+            &sample,
+            Epilogue::default(),
+        )?;
         let patches = be.to_tokens(&patches)?;
 
         // The time token: sinusoids on the host (cos first, no shift: mask_uvit.py's
@@ -878,9 +882,9 @@ impl MaskedUViT {
         let t = crate::backend::cpu::timestep_embedding(&ts, &timesteps)?;
         let mut time_token = be.upload(&Tensor::new(vec![b, 1, d], t.data().to_vec())?)?;
         if let Some(te) = &enc.time_embed {
-            let h = be.linear(&te.linear_0, &time_token, lc, Epilogue::default())?;
+            let h = be.linear(te.linear_0.params(lc), &time_token, Epilogue::default())?;
             let h = be.silu(&h)?;
-            time_token = be.linear(&te.linear_2, &h, lc, Epilogue::default())?;
+            time_token = be.linear(te.linear_2.params(lc), &h, Epilogue::default())?;
         }
         let extras = match (&enc.label_emb, &enc.uncond_embed) {
             (Some(table), Some(uncond)) => {
@@ -933,8 +937,12 @@ impl MaskedUViT {
             }
             x = blk.forward(be, &x, Some((&skip, rho)), lc)?;
         }
-        let x = be.layer_norm(&enc.norm, &x)?;
-        be.linear(&self.modules.encoder_to_output, &x, lc, Epilogue::default())
+        let x = be.layer_norm(enc.norm.params(), &x)?;
+        be.linear(
+            self.modules.encoder_to_output.params(lc),
+            &x,
+            Epilogue::default(),
+        )
     }
 }
 
@@ -984,7 +992,7 @@ impl Block {
         let x = match (&self.skip_linear, skip) {
             (Some(lin), Some((s, rho))) => {
                 let cat = be.cat_channels(x, s, rho)?;
-                joined = be.linear(lin, &cat, lc, Epilogue::default())?;
+                joined = be.linear(lin.params(lc), &cat, Epilogue::default())?;
                 &joined
             }
             (None, None) => x,
@@ -994,12 +1002,12 @@ impl Block {
                 ))
             }
         };
-        let h = be.layer_norm(&self.norm1, x)?;
+        let h = be.layer_norm(self.norm1.params(), x)?;
         let x = self.attn.forward(be, &h, x, lc)?;
-        let h = be.layer_norm(&self.norm2, &x)?;
-        let h = be.linear(&self.mlp.fc1, &h, lc, Epilogue::default())?;
+        let h = be.layer_norm(self.norm2.params(), &x)?;
+        let h = be.linear(self.mlp.fc1.params(lc), &h, Epilogue::default())?;
         let h = be.activation(&h, Activation::Gelu)?;
-        be.linear(&self.mlp.fc2, &h, lc, Epilogue::residual(&x, 1.0))
+        be.linear(self.mlp.fc2.params(lc), &h, Epilogue::residual(&x, 1.0))
     }
 }
 
@@ -1012,13 +1020,13 @@ impl Attention {
         residual: &B::Tensor,
         lc: LayerCtx,
     ) -> Result<B::Tensor> {
-        let qkv = be.linear(&self.qkv, h, lc, Epilogue::default())?;
+        let qkv = be.linear(self.qkv.params(lc), h, Epilogue::default())?;
         let inner = self.all_head_dim;
         let q = be.slice_channels(&qkv, 0, inner)?;
         let k = be.slice_channels(&qkv, inner, inner)?;
         let v = be.slice_channels(&qkv, 2 * inner, inner)?;
         let a = be.attention(&q, &k, &v, self.num_heads, self.scale)?;
-        be.linear(&self.proj, &a, lc, Epilogue::residual(residual, 1.0))
+        be.linear(self.proj.params(lc), &a, Epilogue::residual(residual, 1.0))
     }
 }
 

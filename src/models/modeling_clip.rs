@@ -226,16 +226,19 @@ impl CLIPEncoderLayer {
         let lc = LayerCtx::default();
         let none = Epilogue::default;
         let a = &self.self_attn;
-        let n1 = be.layer_norm(&self.layer_norm1, x)?;
-        let q = be.linear(&a.q_proj, &n1, lc, none())?;
-        let k = be.linear(&a.k_proj, &n1, lc, none())?;
-        let v = be.linear(&a.v_proj, &n1, lc, none())?;
+        let n1 = be.layer_norm(self.layer_norm1.params(), x)?;
+        let q = be.linear(a.q_proj.params(lc), &n1, none())?;
+        let k = be.linear(a.k_proj.params(lc), &n1, none())?;
+        let v = be.linear(a.v_proj.params(lc), &n1, none())?;
         let head_dim = a.q_proj.weight.shape()[0] / a.heads;
         let o = be.causal_attention(&q, &k, &v, a.heads, 1.0 / (head_dim as f32).sqrt())?;
-        let h = be.linear(&a.out_proj, &o, lc, Epilogue::residual(x, 1.0))?;
-        let n2 = be.layer_norm(&self.layer_norm2, &h)?;
-        let f = be.activation(&be.linear(&self.mlp.fc1, &n2, lc, none())?, self.mlp.act)?;
-        be.linear(&self.mlp.fc2, &f, lc, Epilogue::residual(&h, 1.0))
+        let h = be.linear(a.out_proj.params(lc), &o, Epilogue::residual(x, 1.0))?;
+        let n2 = be.layer_norm(self.layer_norm2.params(), &h)?;
+        let f = be.activation(
+            &be.linear(self.mlp.fc1.params(lc), &n2, none())?,
+            self.mlp.act,
+        )?;
+        be.linear(self.mlp.fc2.params(lc), &f, Epilogue::residual(&h, 1.0))
     }
 }
 
@@ -469,7 +472,7 @@ impl CLIPTextModel {
             h = layer.forward(be, &h)?;
             hidden_states.push(be.download(&h)?);
         }
-        let last = be.download(&be.layer_norm(&self.final_layer_norm, &h)?)?;
+        let last = be.download(&be.layer_norm(self.final_layer_norm.params(), &h)?)?;
         let d = self.config.hidden_size;
         let n = last.shape()[1];
         let mut pooled = Vec::with_capacity(input_ids.len() * d);
@@ -480,7 +483,11 @@ impl CLIPTextModel {
         let text_embeds = match &self.text_projection {
             Some(p) => {
                 let x = be.upload(&pooler_output)?;
-                Some(be.download(&be.linear(p, &x, LayerCtx::default(), Epilogue::default())?)?)
+                Some(be.download(&be.linear(
+                    p.params(LayerCtx::default()),
+                    &x,
+                    Epilogue::default(),
+                )?)?)
             }
             None => None,
         };

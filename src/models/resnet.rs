@@ -103,9 +103,11 @@ impl ResnetBlock2D {
         temb_act: Option<&B::Tensor>,
         lc: LayerCtx,
     ) -> Result<B::Tensor> {
-        let h = be.group_norm(&self.norm1, x, None, true)?;
+        let h = be.group_norm(self.norm1.params(), x, None, true)?;
         let t = match (&self.time_emb_proj, temb_act) {
-            (Some(proj), Some(temb)) => Some(be.linear(proj, temb, lc, Epilogue::default())?),
+            (Some(proj), Some(temb)) => {
+                Some(be.linear(proj.params(lc), temb, Epilogue::default())?)
+            }
             (Some(_), None) => {
                 return Err(crate::Error::input(
                     "temb",
@@ -120,21 +122,21 @@ impl ResnetBlock2D {
                     add_bc: t.as_ref(),
                     ..Epilogue::default()
                 };
-                let h = be.conv2d(&self.conv1, &h, lc, epi)?;
-                be.group_norm(&self.norm2, &h, None, true)?
+                let h = be.conv2d(self.conv1.params(lc), &h, epi)?;
+                be.group_norm(self.norm2.params(), &h, None, true)?
             }
             (TimeScaleShift::ScaleShift, Some(t)) => {
-                let h = be.conv2d(&self.conv1, &h, lc, Epilogue::default())?;
-                be.group_norm(&self.norm2, &h, Some(t), true)?
+                let h = be.conv2d(self.conv1.params(lc), &h, Epilogue::default())?;
+                be.group_norm(self.norm2.params(), &h, Some(t), true)?
             }
         };
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => Some(be.conv2d(conv, x, lc, Epilogue::default())?),
+            Some(conv) => Some(be.conv2d(conv.params(lc), x, Epilogue::default())?),
             None => None,
         };
         let residual = shortcut.as_ref().unwrap_or(x);
         let epi = Epilogue::residual(residual, 1.0 / self.output_scale_factor);
-        be.conv2d(&self.conv2, &h, lc, epi)
+        be.conv2d(self.conv2.params(lc), &h, epi)
     }
 }
 
@@ -175,7 +177,7 @@ impl Downsample2D {
 
     /// `x`: [B, C, H, W] → [B, C, ⌊(H + pads − 3)/2⌋ + 1, ⌊(W + pads − 3)/2⌋ + 1].
     pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor, lc: LayerCtx) -> Result<B::Tensor> {
-        be.conv2d(&self.conv, x, lc, Epilogue::default())
+        be.conv2d(self.conv.params(lc), x, Epilogue::default())
     }
 }
 
@@ -205,6 +207,6 @@ impl Upsample2D {
         let s = be.shape(x);
         let (oh, ow) = size.unwrap_or((2 * s[2], 2 * s[3]));
         let up = be.upsample_nearest(x, oh, ow)?;
-        be.conv2d(&self.conv, &up, lc, Epilogue::default())
+        be.conv2d(self.conv.params(lc), &up, Epilogue::default())
     }
 }

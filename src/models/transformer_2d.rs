@@ -89,21 +89,27 @@ impl Transformer2DModel {
     ) -> Result<B::Tensor> {
         let s = be.shape(x);
         let (h, w) = (s[2], s[3]);
-        let normed = be.group_norm(&self.norm, x, None, false)?;
+        let normed = be.group_norm(self.norm.params(), x, None, false)?;
         let mut seq = match &self.proj_in {
-            Proj::Conv(c) => be.to_tokens(&be.conv2d(c, &normed, lc, Epilogue::default())?)?,
-            Proj::Linear(l) => be.linear(l, &be.to_tokens(&normed)?, lc, Epilogue::default())?,
+            Proj::Conv(c) => {
+                be.to_tokens(&be.conv2d(c.params(lc), &normed, Epilogue::default())?)?
+            }
+            Proj::Linear(l) => {
+                be.linear(l.params(lc), &be.to_tokens(&normed)?, Epilogue::default())?
+            }
         };
         for block in &self.transformer_blocks {
             seq = block.forward(be, &seq, context, lc)?;
         }
         match &self.proj_out {
-            Proj::Conv(c) => {
-                be.conv2d(c, &be.to_image(&seq, h, w)?, lc, Epilogue::residual(x, 1.0))
-            }
+            Proj::Conv(c) => be.conv2d(
+                c.params(lc),
+                &be.to_image(&seq, h, w)?,
+                Epilogue::residual(x, 1.0),
+            ),
             Proj::Linear(l) => {
                 let residual = be.to_tokens(x)?;
-                let out = be.linear(l, &seq, lc, Epilogue::residual(&residual, 1.0))?;
+                let out = be.linear(l.params(lc), &seq, Epilogue::residual(&residual, 1.0))?;
                 be.to_image(&out, h, w)
             }
         }

@@ -1050,11 +1050,11 @@ impl UNet2DConditionModel {
         };
 
         let adapters = self.modules.adapters.as_ref();
-        let project = |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv, x, lc, Epilogue::default());
+        let project =
+            |conv: &Conv2d, x: &B::Tensor| be.conv2d(conv.params(lc), x, Epilogue::default());
         let mut skips: Skips<B::Tensor> = smallvec::smallvec![be.conv2d(
-            &self.modules.conv_in,
+            self.modules.conv_in.params(lc),
             &sample,
-            lc,
             Epilogue::default()
         )?];
         check(Site::Named("conv_in"), &skips[0])?;
@@ -1144,9 +1144,9 @@ impl UNet2DConditionModel {
             }
         }
         debug_assert!(skips.is_empty());
-        let h = be.group_norm(&self.modules.conv_norm_out, &h, None, true)?;
+        let h = be.group_norm(self.modules.conv_norm_out.params(), &h, None, true)?;
         check(Site::Named("conv_norm_out"), &h)?;
-        let out = be.conv2d(&self.modules.conv_out, &h, lc, Epilogue::default())?;
+        let out = be.conv2d(self.modules.conv_out.params(lc), &h, Epilogue::default())?;
         check(Site::Named("conv_out"), &out)?;
         let (w, sites) = watch.into_inner();
         if let Some((k, i, v)) = be.first_watched(w)? {

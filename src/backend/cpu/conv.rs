@@ -29,36 +29,12 @@ use rayon::prelude::*;
 use super::gemm::{sgemm, sgemm_taps, Mat, Precision, Taps, Threads};
 use super::masked::MaskFn;
 use super::SendPtr;
+pub use crate::backend::layer::Padding;
 use crate::error::{Error, Result};
 use crate::tensor::{numel_of, try_zeroed_vec, Scratch, Tensor};
 
 /// Most output channels per task (one weight tile); tiles are split evenly below this.
 pub const TILE: usize = 64;
-
-/// Zero padding on each side, as (top, bottom, left, right).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Padding {
-    /// Zero rows above the image.
-    pub top: usize,
-    /// Zero rows below the image.
-    pub bottom: usize,
-    /// Zero columns left of the image.
-    pub left: usize,
-    /// Zero columns right of the image.
-    pub right: usize,
-}
-
-impl Padding {
-    /// `p` on every side (PyTorch's `padding=p`).
-    pub fn same(p: usize) -> Self {
-        Padding {
-            top: p,
-            bottom: p,
-            left: p,
-            right: p,
-        }
-    }
-}
 
 /// `x`: [B, Cin, H, W]; `weight`: [Cout, Cin, kh, kw]; returns [B, Cout, Ho, Wo]. Panics
 /// where `try_conv2d` errs.

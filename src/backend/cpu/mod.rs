@@ -11,11 +11,13 @@ mod attention_amx;
 pub mod attention_flash;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod backend;
 pub mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_amx;
 pub mod conv_direct;
 pub mod fourier;
+pub mod freeu;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm_avx512;
@@ -37,6 +39,7 @@ pub mod vector;
 // error's message (for tests and benches on shapes they built).
 pub use activation::{geglu, gelu, silu, silu_inplace, try_activation, try_geglu, try_silu};
 pub use attention::{attention, try_attention, try_attention_in, try_causal_attention};
+pub use backend::Cpu;
 pub use conv::{conv2d, try_conv2d, Padding};
 pub use linear::{linear, try_linear};
 pub use norm::{group_norm, layer_norm, try_group_norm, try_layer_norm};

@@ -12,11 +12,11 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use super::params::{AttentionParams, ConvGemmParams};
 use super::{driver, Gpu, GpuTensor};
 use crate::backend::cpu::fourier::{window, FilterForm};
+use crate::backend::layer::{self, ConvParams, LayerMask, LinearParams};
 use crate::backend::{Activation, Backend, Epilogue, TimestepParams};
 use crate::boosters::masks::WeightMask;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::nn::{Conv2d, GroupNorm, LayerCtx, LayerNorm, Linear};
 use crate::tensor::{HalfType, Tensor};
 
 /// Device copies of layer parameters, masks and cuFFT plans, made on first use.
@@ -282,21 +282,20 @@ impl Gpu {
         Ok(params)
     }
 
-    /// The device masks of `weight`'s layer at `lc.step`, if it is masked.
-    fn layer_mask(
-        &self,
-        name: &str,
-        weight: &Tensor,
-        lc: LayerCtx,
-    ) -> Result<Option<Arc<GpuMask>>> {
-        let Some(mask) = lc.masks.and_then(|m| m.get(name)) else {
+    /// The device masks of a layer (its weight `weight`) at the mask's step, if it is masked.
+    fn layer_mask(&self, mask: Option<LayerMask>, weight: &Tensor) -> Result<Option<Arc<GpuMask>>> {
+        let Some(LayerMask {
+            weights: mask,
+            step,
+        }) = mask
+        else {
             return Ok(None);
         };
-        let key = (mask.uid(), if mask.steps.is_some() { lc.step } else { 0 });
+        let key = (mask.uid(), if mask.steps.is_some() { step } else { 0 });
         if let Some(m) = self.cache.masks.lock().expect("cache").get(&key) {
             return Ok(Some(m.clone()));
         }
-        let m = Arc::new(self.pack_mask(mask, weight, lc.step)?);
+        let m = Arc::new(self.pack_mask(mask, weight, step)?);
         let mut cache = self.cache.masks.lock().expect("cache");
         if cache.len() >= MASK_CACHE_LIMIT {
             cache.clear();
@@ -604,18 +603,23 @@ impl Backend for Gpu {
 
     fn conv2d(
         &self,
-        conv: &Conv2d,
+        conv: ConvParams,
         x: &GpuTensor,
-        lc: LayerCtx,
         epi: Epilogue<GpuTensor>,
     ) -> Result<GpuTensor> {
-        let [b, c, h, w] = self.image_dims(x, &conv.name)?;
+        let [b, c, h, w] = self.image_dims(x, conv.name)?;
         let [cout, cin, kh, kw] = conv.weight.shape()[..] else {
-            unreachable!("convolution weights are rank 4")
+            return Err(shape_err(
+                conv.name,
+                format!(
+                    "weight {:?} is not [Cout, Cin, KH, KW]",
+                    conv.weight.shape()
+                ),
+            ));
         };
         if c != cin {
             return Err(shape_err(
-                &conv.name,
+                conv.name,
                 format!("input has {c} channels, the layer takes {cin}"),
             ));
         }
@@ -623,13 +627,13 @@ impl Backend for Gpu {
         let (hp, wp) = (h + p.top + p.bottom, w + p.left + p.right);
         if hp < kh || wp < kw {
             return Err(shape_err(
-                &conv.name,
+                conv.name,
                 format!("input {h}×{w} is smaller than the kernel"),
             ));
         }
         let (ho, wo) = ((hp - kh) / conv.stride + 1, (wp - kw) / conv.stride + 1);
-        let params = self.layer_params(conv.uid, &conv.weight, conv.bias.as_ref())?;
-        let mask = self.layer_mask(&conv.name, &conv.weight, lc)?;
+        let params = self.layer_params(conv.uid, conv.weight, conv.bias)?;
+        let mask = self.layer_mask(conv.mask, conv.weight)?;
         let g = Geometry {
             samples: b,
             h,
@@ -655,23 +659,25 @@ impl Backend for Gpu {
 
     fn linear(
         &self,
-        lin: &Linear,
+        lin: LinearParams,
         x: &GpuTensor,
-        lc: LayerCtx,
         epi: Epilogue<GpuTensor>,
     ) -> Result<GpuTensor> {
         let [n, k] = lin.weight.shape()[..] else {
-            unreachable!("linear weights are rank 2")
+            return Err(shape_err(
+                lin.name,
+                format!("weight {:?} is not [out, in]", lin.weight.shape()),
+            ));
         };
         let last = *x.shape.last().unwrap_or(&0);
         if x.shape.len() < 2 || last != k {
             return Err(shape_err(
-                &lin.name,
+                lin.name,
                 format!("input {:?} does not end in {k}", x.shape),
             ));
         }
-        let params = self.layer_params(lin.uid, &lin.weight, lin.bias.as_ref())?;
-        let mask = self.layer_mask(&lin.name, &lin.weight, lc)?;
+        let params = self.layer_params(lin.uid, lin.weight, lin.bias)?;
+        let mask = self.layer_mask(lin.mask, lin.weight)?;
         let rows = x.numel() / k;
         // One GEMM over all rows unless something differs per sample.
         let per_sample = mask.as_ref().is_some_and(|m| m.samples > 1) || epi.add_bc.is_some();
@@ -696,7 +702,7 @@ impl Backend for Gpu {
 
     fn group_norm(
         &self,
-        gn: &GroupNorm,
+        gn: layer::NormParams,
         x: &GpuTensor,
         scale_shift: Option<&GpuTensor>,
         silu: bool,
@@ -708,7 +714,7 @@ impl Backend for Gpu {
                 format!("{c} channels, the layer has {}", gn.weight.numel()),
             ));
         }
-        let params = self.norm_params(gn.uid, &gn.weight, &gn.bias)?;
+        let params = self.norm_params(gn.uid, gn.weight, gn.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
         if y.numel() == 0 {
             return Ok(y);
@@ -739,7 +745,7 @@ impl Backend for Gpu {
         Ok(y)
     }
 
-    fn layer_norm(&self, ln: &LayerNorm, x: &GpuTensor) -> Result<GpuTensor> {
+    fn layer_norm(&self, ln: layer::NormParams, x: &GpuTensor) -> Result<GpuTensor> {
         let d = ln.weight.numel();
         if d == 0 || x.shape.last() != Some(&d) {
             return Err(shape_err(
@@ -747,7 +753,7 @@ impl Backend for Gpu {
                 format!("{:?} does not end in {d}", x.shape),
             ));
         }
-        let params = self.norm_params(ln.uid, &ln.weight, &ln.bias)?;
+        let params = self.norm_params(ln.uid, ln.weight, ln.bias)?;
         let y = self.new_tensor(x.shape.clone())?;
         if y.numel() == 0 {
             return Ok(y);
@@ -1267,9 +1273,7 @@ impl Gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::Padding;
-    use crate::backend::Cpu;
-    use crate::boosters::MaskSet;
+    use crate::backend::{Cpu, Padding};
     use crate::nn::fresh_uid;
 
     /// The kernel's addressing (`a_offset`, the mask-bit test and the row layout of
@@ -1350,21 +1354,19 @@ mod tests {
                 WeightMask::from_bytes(vec![cout, cin, k, k], None, Some(b), &bytes).unwrap();
             let (words, samples, kwords) = gemm_mask_words(&mask, weight.shape(), 0);
             assert_eq!(samples, b);
-            let conv = Conv2d {
+            let conv = ConvParams {
                 uid: fresh_uid(),
-                name: "c.weight".into(),
-                weight: weight.clone(),
+                name: "c.weight",
+                weight: &weight,
                 bias: None,
                 stride,
                 padding: pad,
+                mask: Some(LayerMask {
+                    weights: &mask,
+                    step: 0,
+                }),
             };
-            let mut set = MaskSet::new();
-            set.insert("c.weight".into(), mask).unwrap();
-            let lc = LayerCtx {
-                masks: Some(&set),
-                step: 0,
-            };
-            let want = Cpu.conv2d(&conv, &x, lc, Epilogue::default()).unwrap();
+            let want = Cpu.conv2d(conv, &x, Epilogue::default()).unwrap();
             let x_nhwc = crate::backend::cpu::nchw_to_nlc(&x);
             let (ho, wo) = (want.shape()[2], want.shape()[3]);
             let got = mirror(

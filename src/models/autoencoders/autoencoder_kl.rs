@@ -364,11 +364,11 @@ impl AutoencoderKL {
         };
         let mut h = be.upload(z)?;
         if let Some(pq) = &self.post_quant_conv {
-            h = be.conv2d(pq, &h, lc, Epilogue::default())?;
+            h = be.conv2d(pq.params(lc), &h, Epilogue::default())?;
             check("post_quant_conv", &h)?;
         }
         let d = &self.decoder;
-        h = be.conv2d(&d.conv_in, &h, lc, Epilogue::default())?;
+        h = be.conv2d(d.conv_in.params(lc), &h, Epilogue::default())?;
         check("decoder.conv_in", &h)?;
         h = d.mid_block.forward(be, &h)?;
         check("decoder.mid_block", &h)?;
@@ -376,9 +376,9 @@ impl AutoencoderKL {
             h = block.forward(be, &h)?;
             check(&format!("decoder.up_blocks.{i}"), &h)?;
         }
-        h = be.group_norm(&d.conv_norm_out, &h, None, true)?;
+        h = be.group_norm(d.conv_norm_out.params(), &h, None, true)?;
         check("decoder.conv_norm_out", &h)?;
-        h = be.conv2d(&d.conv_out, &h, lc, Epilogue::default())?;
+        h = be.conv2d(d.conv_out.params(lc), &h, Epilogue::default())?;
         check("decoder.conv_out", &h)?;
         if let Some((k, i, v)) = be.first_watched(watch)? {
             let (name, shape) = &watched[k];
@@ -490,7 +490,7 @@ impl AutoencoderKL {
         let x = be.upload(x)?;
         let h = self.encoder.forward(be, &x)?;
         match &self.quant_conv {
-            Some(q) => be.conv2d(q, &h, LayerCtx::default(), Epilogue::default()),
+            Some(q) => be.conv2d(q.params(LayerCtx::default()), &h, Epilogue::default()),
             None => Ok(h),
         }
     }

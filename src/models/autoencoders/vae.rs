@@ -240,8 +240,8 @@ fn norm_act_conv<B: Backend>(
     conv: &Conv2d,
     x: &B::Tensor,
 ) -> Result<B::Tensor> {
-    let h = be.group_norm(norm, x, None, true)?;
-    be.conv2d(conv, &h, LayerCtx::default(), Epilogue::default())
+    let h = be.group_norm(norm.params(), x, None, true)?;
+    be.conv2d(conv.params(LayerCtx::default()), &h, Epilogue::default())
 }
 
 /// diffusers' `Encoder` with `double_z=True`: image [B, in_channels, H, W] → the posterior's
@@ -311,7 +311,11 @@ impl Encoder {
     /// `x`: [B, in_channels, H, W] → [B, 2·latent_channels, H/f, W/f] (f the downsampling
     /// factor; each downsampler rounds up).
     pub fn forward<B: Backend>(&self, be: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let mut h = be.conv2d(&self.conv_in, x, LayerCtx::default(), Epilogue::default())?;
+        let mut h = be.conv2d(
+            self.conv_in.params(LayerCtx::default()),
+            x,
+            Epilogue::default(),
+        )?;
         for block in &self.down_blocks {
             h = block.forward(be, &h)?;
         }
@@ -378,7 +382,11 @@ impl Decoder {
 
     /// `z`: [B, latent_channels, h, w] → [B, out_channels, h·f, w·f].
     pub fn forward<B: Backend>(&self, be: &B, z: &B::Tensor) -> Result<B::Tensor> {
-        let h = be.conv2d(&self.conv_in, z, LayerCtx::default(), Epilogue::default())?;
+        let h = be.conv2d(
+            self.conv_in.params(LayerCtx::default()),
+            z,
+            Epilogue::default(),
+        )?;
         let mut h = self.mid_block.forward(be, &h)?;
         for block in &self.up_blocks {
             h = block.forward(be, &h)?;
