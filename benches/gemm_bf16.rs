@@ -2,7 +2,7 @@
 //! operands, interleaved (f32, bf16, f32, …) so machine drift hits both alike: linear layers of
 //! the SD1.5 U-Net and the 3×3 / 1×1 convolutions of DDPM-CIFAR10 and SD1.5 through the layer
 //! functions the backend calls (`try_conv2d_layer` with packed weights kept, else `try_conv2d_in`;
-//! `try_masked_linear_in`), so each side takes the kernel the backend would. A bench binary (no
+//! `try_linear_layer`), so each side takes the kernel the backend would. A bench binary (no
 //! criterion); medians of FREELUNCH_REPS (default 7).
 //!
 //! `FREELUNCH_THREADS=2 cargo bench --bench gemm_bf16`; shapes: FREELUNCH_BENCH_LINEAR as
@@ -16,13 +16,16 @@ use std::time::Instant;
 
 use freelunch::backend::cpu::gemm::{bf16_available, Precision};
 use freelunch::backend::cpu::{conv, masked, Padding};
+use freelunch::workspace::Workspace;
 use freelunch::Tensor;
 
-/// Median seconds of `f(F32)` and `f(Bf16)`, interleaved.
-fn compare(reps: usize, f: impl Fn(Precision)) -> (f64, f64) {
+/// Median seconds of `f(F32)` and `f(Bf16)`, interleaved, each side in a workspace of its own
+/// (as a forward runs, so outputs reuse memory rather than fault in fresh pages every call).
+fn compare(pool: &rayon::ThreadPool, reps: usize, f: impl Fn(Precision) + Sync) -> (f64, f64) {
+    let spaces = [Workspace::new(), Workspace::new()];
     let time = |p: Precision| {
         let t0 = Instant::now();
-        f(p);
+        pool.install(|| spaces[(p == Precision::Bf16) as usize].scope(|| f(p)));
         t0.elapsed().as_secs_f64()
     };
     time(Precision::F32);
@@ -68,8 +71,10 @@ fn main() {
         let x = Tensor::randn([1, rows, fin], 0);
         let w = Tensor::randn([fout, fin], 1);
         let flop = 2.0 * (rows * fin * fout) as f64;
-        let t = compare(reps, |p| {
-            pool.install(|| masked::try_masked_linear_in(&x, &w, None, None, p).unwrap());
+        // As the backend runs a dense layer: packed weights kept under the layer's uid.
+        let uid = u64::MAX / 2 - (rows * fin * fout) as u64;
+        let t = compare(&pool, reps, |p| {
+            masked::try_linear_layer(&x, &w, None, None, p, uid).unwrap();
         });
         row(format!("linear {rows}×{fin}→{fout}"), flop, t);
     }
@@ -82,12 +87,10 @@ fn main() {
         let flop = 2.0 * (b * cout * hw * hw * cin * k * k) as f64;
         // As the backend runs a dense layer: packed weights kept under the layer's uid.
         let uid = u64::MAX - (b * cin * cout * hw * k) as u64;
-        let t = compare(reps, |p| {
-            pool.install(|| {
-                conv::try_conv2d_layer(&x, &w, None, 1, pad, uid, p)
-                    .unwrap_or_else(|| conv::try_conv2d_in(&x, &w, None, 1, pad, None, p))
-                    .unwrap()
-            });
+        let t = compare(&pool, reps, |p| {
+            conv::try_conv2d_layer(&x, &w, None, 1, pad, uid, p)
+                .unwrap_or_else(|| conv::try_conv2d_in(&x, &w, None, 1, pad, None, p))
+                .unwrap();
         });
         row(format!("conv {k}×{k} {cin}→{cout} @{hw}² ×{b}"), flop, t);
     }

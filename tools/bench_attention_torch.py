@@ -10,7 +10,8 @@ A shape is B,N,M,C,heads: q [B, N, C], k and v [B, M, C], as diffusers' projecti
 them. What is timed is diffusers' AttnProcessor2_0 around `F.scaled_dot_product_attention`:
 the heads split off by view + transpose (no copy), SDPA (PyTorch's CPU flash kernel), and the
 result transposed back into [B, N, C] (one copy): what freelunch's kernel does in one call.
-float32, no_grad, `torch.set_num_threads(threads)`. Prints one JSON line per shape (median and
+float32 (or with `--dtype bf16`, q, k and v in bf16 under CPU autocast, as the bf16 model's
+projections hand them over), no_grad, `torch.set_num_threads(threads)`. Prints one JSON line per shape (median and
 minimum of `iters` timed calls, in ms, and the least CPU time of the calling thread: at
 one thread, a figure a busy machine perturbs less).
 """
@@ -32,15 +33,17 @@ def main():
     ap.add_argument("--shapes", default=SD15)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     for spec in filter(None, a.shapes.split(";")):
         b, n, m, c, heads = (int(x) for x in spec.split(","))
         dh = c // heads
-        q = torch.randn(b, n, c)
-        k = torch.randn(b, m, c)
-        v = torch.randn(b, m, c)
+        dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+        q = torch.randn(b, n, c).to(dtype)
+        k = torch.randn(b, m, c).to(dtype)
+        v = torch.randn(b, m, c).to(dtype)
 
         def call():
             split = lambda t: t.view(b, -1, heads, dh).transpose(1, 2)  # noqa: E731
@@ -48,7 +51,8 @@ def main():
             return o.transpose(1, 2).reshape(b, -1, c)
 
         times, cpu = [], []
-        with torch.no_grad():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.dtype == "bf16")
+        with torch.no_grad(), autocast:
             for _ in range(a.warmup):
                 call()
             for _ in range(a.iters):
@@ -61,6 +65,7 @@ def main():
                 {
                     "shape": spec,
                     "threads": a.threads,
+                    "dtype": a.dtype,
                     "torch": torch.__version__,
                     "median_ms": round(statistics.median(times), 3),
                     "min_ms": round(min(times), 3),

@@ -145,6 +145,11 @@ pub trait Backend {
     fn activation(&self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor>;
     /// diffusers' GEGLU after its projection: `[.., 2d]` → `x[.., :d] · gelu(x[.., d:])`.
     fn geglu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// diffusers' `GEGLU` module: its projection `lin`, then [`geglu`](Self::geglu). A backend
+    /// may gate inside the product rather than store the wide projection.
+    fn linear_geglu(&self, lin: LinearParams, x: &Self::Tensor) -> Result<Self::Tensor> {
+        self.geglu(&self.linear(lin, x, Epilogue::default())?)
+    }
     /// SiLU, `x · sigmoid(x)`, elementwise.
     fn silu(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// `(a + b) · scale`.

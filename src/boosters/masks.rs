@@ -35,6 +35,9 @@ impl PartialEq for WeightMask {
     }
 }
 
+/// Gives sample b's mask (a kernel's view of a call's masks, one per sample).
+pub type MaskFn<'a, 'm> = &'a (dyn Fn(usize) -> MaskView<'m> + Sync);
+
 /// One (step, sample)'s mask of a weight.
 #[derive(Clone, Copy, Debug)]
 pub struct MaskView<'a> {

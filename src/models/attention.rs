@@ -33,8 +33,8 @@ impl FeedForward {
         lc: LayerCtx,
         epi: Epilogue<B::Tensor>,
     ) -> Result<B::Tensor> {
-        let h = be.linear(self.proj_in.params(lc), x, Epilogue::default())?;
-        be.linear(self.proj_out.params(lc), &be.geglu(&h)?, epi)
+        let h = be.linear_geglu(self.proj_in.params(lc), x)?;
+        be.linear(self.proj_out.params(lc), &h, epi)
     }
 }
 

@@ -6,8 +6,8 @@
 //! On CPUs with AVX-512F both entry points run the flash kernel of `attention_flash.rs`
 //! (online softmax over key blocks, nothing larger than L2-sized blocks); the `gemm`-crate
 //! path here is the fallback elsewhere, or everywhere with `FREELUNCH_CPU_ATTENTION=gemm`.
-//! With `--dtype bf16`, `FREELUNCH_ATTN_AMX=on` runs the bf16 flash kernel on AMX tiles
-//! (`attention_amx.rs`, opt-in until it has run on an AMX machine).
+//! With `--dtype bf16`, where the CPU has AMX tiles, non-causal attention runs the bf16 flash
+//! kernel of `attention_amx.rs` (`FREELUNCH_ATTN_AMX=off` keeps it on the f32 one).
 
 use rayon::prelude::*;
 
@@ -41,8 +41,8 @@ pub fn try_attention(
 }
 
 /// As `try_attention`, in `precision`: `Bf16` runs q·kᵀ and P·v on AMX tiles with bf16
-/// operands (`attention_amx`) where the CPU has them, the flash path is on and
-/// `FREELUNCH_ATTN_AMX=on` asks for it; f32 elsewhere.
+/// operands (`attention_amx`) where the CPU has them and the flash path is on (unless
+/// `FREELUNCH_ATTN_AMX=off`); f32 elsewhere.
 pub fn try_attention_in(
     q: &Tensor,
     k: &Tensor,
@@ -61,7 +61,7 @@ pub(super) enum Kernel {
     Gemm,
     /// The f32 flash kernel (`attention_flash`); needs AVX-512F.
     Flash,
-    /// The bf16 flash kernel on AMX tiles (`attention_amx`); needs it available, and opt-in.
+    /// The bf16 flash kernel on AMX tiles (`attention_amx`); needs it available.
     FlashBf16,
 }
 

@@ -24,9 +24,8 @@
 //! tests assert. Denormal operands are flushed to zero (tiles and conversion alike).
 //!
 //! Limits: not causal (the text encoder's causal attention stays on the f32 kernel); needs
-//! AMX-BF16 and AVX512-BF16 (`available`); M ≥ 1. Opt-in (`FREELUNCH_ATTN_AMX=on`, see
-//! [`enabled`]) until its tests have run on a CPU with AMX: it was written on one, but none of
-//! the machines since had the tiles, so `--dtype bf16` keeps the f32 flash attention by default.
+//! AMX-BF16 and AVX512-BF16 (`available`); M ≥ 1. On by default for `--dtype bf16` where
+//! available; `FREELUNCH_ATTN_AMX=off` keeps the f32 flash kernel (see [`enabled`]).
 //! Tested: this module's tests (against an f64 attention of the rounded operands over dh 1–160,
 //! ragged N and M, several key blocks with the maximum moving, NaN inputs), the bf16 model
 //! goldens (`tests/cpu_bf16.rs`). Benched: `attention_cpu_time` in `attention_flash` with
@@ -40,11 +39,12 @@ use super::avx512::{exp16, lane_mask};
 use super::gemm_bf16::transpose_pairs;
 use crate::error::{Error, Result};
 
-/// Whether `--dtype bf16` attention runs here: [`available`], and asked for with
-/// `FREELUNCH_ATTN_AMX=on` (read once). Opt-in until the kernel's tests have run on AMX.
+/// Whether `--dtype bf16` attention runs here: [`available`], and not turned off with
+/// `FREELUNCH_ATTN_AMX=off` (read once).
 pub(super) fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("FREELUNCH_ATTN_AMX").is_ok_and(|v| v == "on")) && available()
+    *ON.get_or_init(|| std::env::var("FREELUNCH_ATTN_AMX").map_or(true, |v| v != "off"))
+        && available()
 }
 
 /// Rows and columns of one tile.

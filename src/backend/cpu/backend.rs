@@ -162,12 +162,28 @@ impl Backend for Cpu {
         let mask_fn: Option<super::masked::MaskFn> =
             view.as_ref().map(|f| f as super::masked::MaskFn);
         let mut y = profile::time(Op::Linear, || {
-            super::masked::try_masked_linear_in(x, lin.weight, bias, mask_fn, self.precision)
+            super::masked::try_linear_layer(x, lin.weight, bias, mask_fn, self.precision, lin.uid)
         })
         .map_err(|e| in_layer(lin.name, e))?;
         profile::time(Op::Add, || apply_epilogue(&mut y, epi))
             .map_err(|e| in_layer(lin.name, e))?;
         Ok(y)
+    }
+
+    fn linear_geglu(&self, lin: LinearParams, x: &Tensor) -> Result<Tensor> {
+        if self.precision == Precision::F32 {
+            return self.geglu(&self.linear(lin, x, Epilogue::default())?);
+        }
+        let bias = lin.bias.map(Tensor::data);
+        let view = lin.mask.map(|m| move |b| m.view(b));
+        let mask_fn: Option<super::masked::MaskFn> =
+            view.as_ref().map(|f| f as super::masked::MaskFn);
+        // Timed as GEGLU: the gate and its projection are one op here.
+        profile::time(Op::Geglu, || {
+            let (w, p) = (lin.weight, self.precision);
+            super::masked::try_linear_geglu_layer(x, w, bias, mask_fn, p, lin.uid)
+        })
+        .map_err(|e| in_layer(lin.name, e))
     }
 
     fn group_norm(

@@ -59,8 +59,7 @@ pub fn stage_masked_rows(
     StagedRows(tile)
 }
 
-/// Gives sample b's mask.
-pub type MaskFn<'a, 'm> = &'a (dyn Fn(usize) -> MaskView<'m> + Sync);
+pub use crate::boosters::masks::MaskFn;
 
 /// `x`: [B, ..., in]; `y_b = x_b · (W ⊙ M_b)ᵀ + bias` with `mask(b)` the mask of sample b, or
 /// `x_b · Wᵀ + bias` without a mask.
@@ -92,6 +91,52 @@ pub fn try_masked_linear_in(
     mask: Option<MaskFn>,
     precision: Precision,
 ) -> Result<Tensor> {
+    linear_keyed(x, weight, bias, mask, precision, None)
+}
+
+/// As `try_masked_linear_in` for the layer `uid`, as the backend runs it: a dense bf16 layer
+/// keeps its packed tiles under `uid` (`cpu::pack_cache`).
+pub fn try_linear_layer(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+    precision: Precision,
+    uid: u64,
+) -> Result<Tensor> {
+    linear_keyed(x, weight, bias, mask, precision, Some(uid))
+}
+
+/// GEGLU of the layer `uid`'s output (`h · gelu(gate)` of its two halves, diffusers' `GEGLU`),
+/// as the backend runs it. A bf16 layer of whole tiles gates inside the tile kernel, so the
+/// wide product is never stored; elsewhere the product, then `activation::try_geglu`.
+pub fn try_linear_geglu_layer(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+    precision: Precision,
+    uid: u64,
+) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && x.rank() >= 2 {
+        let (_, in_f, out_f) = super::linear::check_linear(x, weight, bias)?;
+        if super::linear_amx::takes(in_f, out_f, true) {
+            let key = mask.is_none().then_some(uid);
+            return super::linear_amx::linear(x, weight, bias, key, mask, true);
+        }
+    }
+    super::activation::try_geglu(&linear_keyed(x, weight, bias, mask, precision, Some(uid))?)
+}
+
+fn linear_keyed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    mask: Option<MaskFn>,
+    precision: Precision,
+    key: Option<u64>,
+) -> Result<Tensor> {
     if x.rank() < 2 {
         return Err(Error::shape(
             "linear",
@@ -99,6 +144,14 @@ pub fn try_masked_linear_in(
         ));
     }
     let (all_rows, in_f, out_f) = super::linear::check_linear(x, weight, bias)?;
+    // bf16 layers of whole tiles run on the tile kernel; with a mask, its packing is per
+    // sample and not kept.
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && super::linear_amx::takes(in_f, out_f, false) {
+        let key = key.filter(|_| mask.is_none());
+        return super::linear_amx::linear(x, weight, bias, key, mask, false);
+    }
+    let _ = key;
     let b = x.shape()[0];
     let rows = all_rows.checked_div(b).unwrap_or(0);
     let mut out = match bias {

@@ -24,6 +24,8 @@ pub mod gemm_avx512;
 #[cfg(target_arch = "x86_64")]
 mod gemm_bf16;
 pub mod linear;
+#[cfg(target_arch = "x86_64")]
+mod linear_amx;
 pub mod masked;
 pub mod matrix;
 pub mod norm;

@@ -65,11 +65,14 @@ pub fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2^n by building the exponent bits; n is in [-126, 128] after the clamp, and 2^128 is
-    // reached only together with a mantissa below 1, so split it into two factors.
-    let ni = n as i32;
+    // reached only together with a mantissa below 1, so split it into two factors. n to an
+    // integer by adding 1.5·2^23, which leaves n in the low mantissa bits: `n as i32` would be
+    // the same numbers, but its saturating cast is scalarised (16 conversions per vector).
+    // NaN gives some exponent, and y stays NaN.
+    let ni = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000) as i32;
     let half = ni / 2;
-    let a = f32::from_bits(((half + 127) as u32) << 23);
-    let b = f32::from_bits(((ni - half + 127) as u32) << 23);
+    let a = f32::from_bits((half.wrapping_add(127) as u32) << 23);
+    let b = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) as u32) << 23);
     y * a * b
 }
 
