@@ -1,6 +1,7 @@
 //! The 3×3 convolutions of the DDPM-CIFAR10 and SD1.5 U-Nets in GFLOP/s against the
 //! machine's measured FMA peak: a register-only AVX-512 FMA loop (the upper bound of any f32
-//! kernel here) on one thread and on the pool, then each convolution shape on the direct
+//! kernel here) on one thread and on the pool (and, where the CPU has AMX, the tile unit's bf16
+//! peak the same way: `tdpbf16ps` on registers), then each convolution shape on the direct
 //! AVX-512 path (`cpu::conv_direct`) and on the GEMM path, interleaved (direct, GEMM, direct, …)
 //! so machine drift hits both alike. A bench binary (no criterion); medians of
 //! FREELUNCH_REPS (default 7).
@@ -74,6 +75,21 @@ fn main() {
     let p1 = median((0..3).map(|_| peak(&one, 1)).collect());
     let pn = median((0..3).map(|_| peak(&pool, threads)).collect());
     println!("FMA peak: {p1:.1} GFLOP/s on 1 thread, {pn:.1} GFLOP/s on {threads}");
+    if freelunch::backend::cpu::gemm::bf16_available() {
+        let tiles = |pool: &rayon::ThreadPool, threads: usize| {
+            let t0 = Instant::now();
+            let flop: f64 = pool.install(|| {
+                (0..threads)
+                    .into_par_iter()
+                    .map(|_| freelunch::backend::cpu::gemm::bf16_peak_loop(2_000_000).unwrap())
+                    .sum()
+            });
+            flop / t0.elapsed().as_secs_f64() * 1e-9
+        };
+        let t1 = median((0..3).map(|_| tiles(&one, 1)).collect());
+        let tn = median((0..3).map(|_| tiles(&pool, threads)).collect());
+        println!("AMX bf16 peak: {t1:.0} GFLOP/s on 1 thread, {tn:.0} GFLOP/s on {threads}");
+    }
     let default = "8,128,128,32,3;8,256,256,16,3;8,256,256,8,3;8,256,256,4,3;8,384,128,32,3;\
                    2,320,320,64,3;2,640,640,32,3;2,1280,1280,16,3;2,1280,1280,8,3;";
     let spec = std::env::var("FREELUNCH_BENCH_CONV").unwrap_or_else(|_| default.to_string());

@@ -9,6 +9,8 @@
 //!   77 random text tokens of `cross_attention_dim`
 //! - FREELUNCH_THREADS: threads (default all cores)
 //! - FREELUNCH_PROFILE_DTYPE: `f32` (default) or `bf16` (the CPU device in bf16, AMX)
+//! - FREELUNCH_PROFILE_WORKSPACE: `1` (default: the forwards reuse one workspace, as
+//!   `freelunch sample` and the pipelines run them) or `0` (every output allocated afresh)
 
 mod common;
 
@@ -43,6 +45,13 @@ fn main() {
     let unet = UNet::load(config, &mut RandomWeights::new(0)).unwrap();
     let dtype: DType = env("FREELUNCH_PROFILE_DTYPE", "f32").parse().unwrap();
     let unet = unet.on(Device::Cpu.open(dtype).unwrap());
+    // As `freelunch sample` and the pipelines run it: repeated calls reuse one workspace's
+    // buffers. FREELUNCH_PROFILE_WORKSPACE=0 allocates every output afresh instead.
+    let unet = if env("FREELUNCH_PROFILE_WORKSPACE", "1") == "0" {
+        unet
+    } else {
+        unet.with_workspace(freelunch::workspace::Workspace::new())
+    };
     let b = shape[0];
     let mut inputs = UNetInputs::new(Tensor::randn(shape.clone(), 1), 0.0);
     inputs.timesteps = (0..b).map(|i| (i * 117 % 1000) as f32).collect();

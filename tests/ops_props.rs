@@ -232,7 +232,9 @@ proptest! {
     fn layout_round_trips(b in 1usize..3, c in 1usize..40, h in 1usize..20, w in 1usize..20, seed in any::<u64>()) {
         let x = Tensor::randn([b, c, h, w], seed);
         let seq = cpu::nchw_to_nlc(&x);
-        prop_assert_eq!(seq.data()[(h * w - 1) * c + c - 1], x.data()[c * h * w - 1]);
+        for bi in 0..b { for ch in 0..c { for p in 0..h * w {
+            prop_assert_eq!(seq.data()[(bi * h * w + p) * c + ch], x.data()[(bi * c + ch) * h * w + p]);
+        }}}
         prop_assert_eq!(cpu::nlc_to_nchw(&seq, h, w), x);
     }
 

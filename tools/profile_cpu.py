@@ -8,6 +8,8 @@ thread count, rounds interleaved (freelunch, PyTorch, freelunch, ...) because th
         --threads 2 [--rounds 3] [--iters 2]
 
 Both sides use random weights (the same architecture; timing does not depend on the values).
+freelunch's forwards reuse one workspace, as `freelunch sample` and its pipelines run them
+(`FREELUNCH_PROFILE_WORKSPACE=0` in the environment allocates every output afresh instead).
 PyTorch: float32, eval, no_grad, diffusers' default attention processor (SDPA). Each
 `nn.Conv2d` / `nn.Linear` / norm / GEGLU / SiLU module is wrapped in a `record_function` label
 so that its time is counted as one op kind, named as freelunch names them (conv3x3, conv1x1,

@@ -174,6 +174,27 @@ pub(crate) unsafe fn dot<const C: u8, const A: u8, const B: u8>() {
     };
 }
 
+/// Runs `iters` rounds of four `tdpbf16ps` on tiles already in the registers (no memory
+/// operands): the tile unit's peak, the upper bound of every bf16 kernel here, for benches.
+/// Returns the flops done.
+///
+/// # Safety
+/// `available()` must be true.
+pub(crate) unsafe fn peak_loop(iters: usize) -> f64 {
+    // SAFETY: the caller checked AMX; the tiles are configured before use and released.
+    unsafe {
+        configure();
+        for _ in 0..iters {
+            dot::<0, 4, 6>();
+            dot::<1, 4, 7>();
+            dot::<2, 5, 6>();
+            dot::<3, 5, 7>();
+        }
+        release();
+    }
+    (iters * 4 * ROWS * ROWS * 32 * 2) as f64
+}
+
 /// f32 → bf16 bits, rounding to nearest even; NaN stays NaN (quieted), as PyTorch converts.
 pub(crate) fn bf16_bits(x: f32) -> u16 {
     let u = x.to_bits();

@@ -222,6 +222,19 @@ pub fn bf16_available() -> bool {
     }
 }
 
+/// The flops of `iters` rounds of four tile products on registers (`tdpbf16ps`, no memory
+/// operands) on the calling thread: timed by `benches/conv_peak.rs` as the machine's bf16 peak.
+/// None without AMX.
+pub fn bf16_peak_loop(iters: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if super::amx::available() {
+        // SAFETY: AMX is available.
+        return Some(unsafe { super::amx::peak_loop(iters) });
+    }
+    let _ = iters;
+    None
+}
+
 static OWN: super::switch::Switch = super::switch::Switch::new("FREELUNCH_CPU_GEMM", "crate");
 
 /// Whether products run on the own AVX-512 kernel: AVX-512F detected, and neither turned off with

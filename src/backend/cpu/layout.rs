@@ -70,16 +70,51 @@ pub fn try_nlc_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
     Ok(Tensor::from_parts([b, c, h, w], out))
 }
 
-/// `dst` (cols × rows) = transpose of `src` (rows × cols), in cache-sized tiles.
+/// `dst` (cols × rows) = transpose of `src` (rows × cols): in parallel bands of 16 rows of
+/// `dst`, each moved 16 × 16 at a time through the register transpose where the CPU has
+/// AVX-512F.
 fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    const T: usize = 32;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for c in c0..(c0 + T).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+    dst.par_chunks_mut(16 * rows)
+        .enumerate()
+        .for_each(|(band, d)| {
+            let c0 = 16 * band;
+            #[cfg(target_arch = "x86_64")]
+            if super::switch::avx512f() {
+                // SAFETY: AVX-512F is available; `d` holds dst rows c0.. (16, or fewer at the
+                // end), and `src` is rows × cols.
+                unsafe { transpose_band(src, d, rows, cols, c0) };
+                return;
+            }
+            for (j, row) in d.chunks_mut(rows).enumerate() {
+                for (r, v) in row.iter_mut().enumerate() {
+                    *v = src[r * cols + c0 + j];
                 }
             }
+        });
+}
+
+/// Rows c0..c0+16 (at most) of the transpose, into `d`.
+///
+/// # Safety
+/// AVX-512F; `src` holds rows × cols values and `d` min(16, cols − c0) · rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_band(src: &[f32], d: &mut [f32], rows: usize, cols: usize, c0: usize) {
+    use super::avx512::{lane_mask, transpose16};
+    use std::arch::x86_64::*;
+    let nc = (cols - c0).min(16);
+    let (cmask, s, dp) = (lane_mask(nc), src.as_ptr(), d.as_mut_ptr());
+    for r0 in (0..rows).step_by(16) {
+        let nr = (rows - r0).min(16);
+        let mut t = [_mm512_setzero_ps(); 16];
+        for (i, t) in t.iter_mut().enumerate().take(nr) {
+            // SAFETY: row r0+i, columns c0..c0+nc of `src`.
+            *t = unsafe { _mm512_maskz_loadu_ps(cmask, s.add((r0 + i) * cols + c0)) };
+        }
+        let rmask = lane_mask(nr);
+        for (j, v) in transpose16(&t).iter().enumerate().take(nc) {
+            // SAFETY: row j, columns r0..r0+nr of `d`.
+            unsafe { _mm512_mask_storeu_ps(dp.add(j * rows + r0), rmask, *v) };
         }
     }
 }
