@@ -339,6 +339,7 @@ proptest! {
         cout_strips in 1usize..5, ragged_cout in any::<bool>(), hw in 1usize..14,
         k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
         masked in any::<bool>(), bias in any::<bool>(), seed in any::<u64>(),
+        downsample_pad in any::<bool>(),
     ) {
         use cpu::gemm::{bf16_available, Precision};
         if !bf16_available() {
@@ -351,7 +352,12 @@ proptest! {
         let wt = Tensor::randn([cout, cin, k, k], seed ^ 1);
         let bv: Vec<f32> = Tensor::randn([cout], seed ^ 2).data().to_vec();
         let bias = bias.then_some(&bv[..]);
-        let pad = Padding::same(k / 2);
+        // diffusers' Downsample2D with padding 0 pads (0, 1) on each axis.
+        let pad = if downsample_pad && stride == 2 && hw >= 2 {
+            Padding { top: 0, bottom: 1, left: 0, right: 1 }
+        } else {
+            Padding::same(k / 2)
+        };
         let keep: Vec<Vec<f32>> = (0..b)
             .map(|bi| {
                 Tensor::randn([cout * cin * k * k], seed ^ (3 + bi as u64))

@@ -98,11 +98,11 @@ impl Cpu {
         Cpu { precision }
     }
 
-    /// The convolution without its epilogue: dense stride-1 layers on the direct or tile path
-    /// keep their packed weights (by `uid`); masked and strided ones pack per call.
+    /// The convolution without its epilogue: dense layers on the direct or tile path keep their
+    /// packed weights (by `uid`); masked ones pack per call.
     fn conv2d_only(&self, conv: &ConvParams, x: &Tensor) -> Result<Tensor> {
         let bias = conv.bias.map(Tensor::data);
-        if conv.mask.is_none() && conv.stride == 1 {
+        if conv.mask.is_none() {
             if let Some(y) = super::conv::try_conv2d_layer(
                 x,
                 conv.weight,

@@ -92,7 +92,26 @@ pub fn try_conv2d_layer(
     };
     let same = stride == 1 && kh == kw && kh % 2 == 1 && pad == Padding::same((kh - 1) / 2);
     let fits = cin == wcin && bias.is_none_or(|b| b.len() == *cout) && *h > 0 && *w > 0;
-    if !(same && fits && *b > 0 && *cout > 0 && *cin > 0) {
+    if !(fits && *b > 0 && *cout > 0 && *cin > 0) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16
+        && kh == kw
+        && h + pad.top + pad.bottom >= *kh
+        && w + pad.left + pad.right >= *kw
+        && super::conv_amx::takes_strided(*cin, *cout, *kh, stride, pad)
+    {
+        return Some(super::conv_amx::conv2d_strided(
+            x,
+            weight,
+            bias,
+            pad,
+            Some(uid),
+            None,
+        ));
+    }
+    if !same {
         return None;
     }
     match precision {
@@ -213,6 +232,13 @@ pub fn try_conv2d_in(
     #[cfg(target_arch = "x86_64")]
     if precision == Precision::Bf16 && same && super::conv_amx::takes(cin, cout, kh) {
         return super::conv_amx::conv2d_same(x, weight, bias, None, mask);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16
+        && kh == kw
+        && super::conv_amx::takes_strided(cin, cout, kh, stride, pad)
+    {
+        return super::conv_amx::conv2d_strided(x, weight, bias, pad, None, mask);
     }
     let layout = if same && kh > 1 {
         Layout::Shifted(ShiftedInput::new(x, kh)?)

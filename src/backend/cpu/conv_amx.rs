@@ -43,6 +43,7 @@ use rayon::prelude::*;
 
 use super::amx;
 use super::avx512::{lane_mask, transpose16};
+use crate::backend::layer::Padding;
 use crate::boosters::masks::MaskFn;
 use crate::boosters::masks::MaskView;
 use crate::error::{Error, Result};
@@ -104,7 +105,15 @@ pub(crate) fn conv2d_same(
     let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
     let mut image = Scratch::zeroed(image_len + ALIGN_PAD, "conv2d bf16 image")?;
     let image = aligned_mut(&mut image, image_len);
-    to_tall_image(x, image, p, wp);
+    let geo = Geometry {
+        wp,
+        sample_rows: h + p,
+        top: p,
+        left: p,
+        out_stride: sample_stride,
+        out_pitch: wp,
+    };
+    to_tall_image(x, image, &geo);
     let depth_tiles = k * k * cin / 32;
     let acc_len = numel_of(&[acc_rows, cout], "conv2d accumulator")?;
     let mut acc = Scratch::zeroed(acc_len + ALIGN_PAD, "conv2d accumulator")?;
@@ -119,6 +128,7 @@ pub(crate) fn conv2d_same(
         cout,
         k,
         wp,
+        stride: 1,
         depth_tiles,
         gate: 0,
     };
@@ -133,13 +143,121 @@ pub(crate) fn conv2d_same(
     unsafe { samples.run(weight, (cin, k), key, mask, job)? };
     let out_len = numel_of(&[b, cout, h, w], "conv2d output")?;
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
-    copy_out(acc, &mut out, (cout, h, w), (p, wp), bias);
+    copy_out(acc, &mut out, (cout, h, w), &geo, bias);
     Ok(Tensor::from_parts([b, cout, h, w], out))
+}
+
+/// Whether a stride-2 k×k layer runs on the tiles: `takes`, k ≥ 3, each side's padding below
+/// k (so every output reads a data pixel).
+pub(crate) fn takes_strided(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: Padding,
+) -> bool {
+    let pads = [pad.top, pad.bottom, pad.left, pad.right];
+    stride == 2 && k >= 3 && pads.iter().all(|&p| p < k) && takes(cin, cout, k)
+}
+
+/// `x` [B, Cin, H, W] ⊛ `weight` [Cout, Cin, k, k] (+ bias), stride 2, padding `pad`, in bf16
+/// (a U-Net's downsampling convolution). The tall image has an even padded width Wp, so that
+/// output (y, x) at accumulator position q = y·Wp + x reads image position 2q + ki·Wp + kj: a
+/// tap's 16 consecutive outputs are 16 rows `2·cin·2` bytes apart, one tile load. The columns
+/// x ≥ Wo of each output row are computed and dropped (about half the work: the price of a
+/// layout with no copy per tap). The caller checked the shapes agree, that the padded input
+/// holds the kernel, and that `takes_strided` holds; `key` and `mask` as `conv2d_same`'s.
+pub(crate) fn conv2d_strided(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&[f32]>,
+    pad: Padding,
+    key: Option<u64>,
+    mask: Option<MaskFn>,
+) -> Result<Tensor> {
+    let (&[b, cin, h, w], &[cout, _, k, _]) = (x.shape(), weight.shape()) else {
+        return Err(Error::shape(
+            "conv2d",
+            format!("input shape {:?}", x.shape()),
+        ));
+    };
+    let big = || Error::shape("conv2d", "the padded input is too large".to_string());
+    let (hp, wpad) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    let (ho, wo) = ((hp - k) / 2 + 1, (wpad - k) / 2 + 1);
+    let wp = wpad.next_multiple_of(2);
+    // hp ≥ 2·ho + k − 2 ≥ 2·ho rows per sample: each sample's outputs end before the next's.
+    let out_stride = hp.checked_mul(wp).ok_or_else(big)? / 2;
+    let per_sample = ho * wp;
+    let acc_rows = (b - 1)
+        .checked_mul(out_stride)
+        .and_then(|v| v.checked_add(per_sample.next_multiple_of(32) + 32))
+        .ok_or_else(big)?;
+    // Every tap of every computed position lies inside the image.
+    let positions = acc_rows
+        .checked_mul(2)
+        .and_then(|v| v.checked_add(k * wp + k))
+        .ok_or_else(big)?;
+    let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
+    let mut image = Scratch::zeroed(image_len + ALIGN_PAD, "conv2d bf16 image")?;
+    let image = aligned_mut(&mut image, image_len);
+    let geo = Geometry {
+        wp,
+        sample_rows: hp,
+        top: pad.top,
+        left: pad.left,
+        out_stride,
+        out_pitch: wp,
+    };
+    to_tall_image(x, image, &geo);
+    let acc_len = numel_of(&[acc_rows, cout], "conv2d accumulator")?;
+    let mut acc = Scratch::zeroed(acc_len + ALIGN_PAD, "conv2d accumulator")?;
+    let acc = aligned_mut(&mut acc, acc_len);
+    let acc_ptr = acc.as_mut_ptr();
+    let job = |weights: &[f32]| Job {
+        image: image.as_ptr().cast(),
+        weights: weights.as_ptr().cast(),
+        acc: acc_ptr,
+        bias: std::ptr::null(),
+        cin,
+        cout,
+        k,
+        wp,
+        stride: 2,
+        depth_tiles: k * k * cin / 32,
+        gate: 0,
+    };
+    // Sample by sample even when dense: the positions between samples' outputs are not
+    // computed.
+    let samples = Samples {
+        count: b,
+        stride: out_stride,
+        positions: per_sample,
+        all: 0,
+    };
+    // SAFETY: AMX is available (`takes_strided`); `acc` holds acc_rows positions, past every
+    // sample's padded outputs, and `image` every tap of them, 2q + (k−1)·Wp + k − 1 < positions.
+    unsafe { samples.run(weight, (cin, k), key, mask, job)? };
+    let out_len = numel_of(&[b, cout, ho, wo], "conv2d output")?;
+    let mut out = try_zeroed_vec(out_len, "conv2d output")?;
+    copy_out(acc, &mut out, (cout, ho, wo), &geo, bias);
+    Ok(Tensor::from_parts([b, cout, ho, wo], out))
+}
+
+/// Where the tall image holds sample b's pixel (r, c): position (b·`sample_rows` + `top` + r)
+/// · `wp` + `left` + c; and where the accumulator holds its output (y, x): position
+/// b·`out_stride` + y·`out_pitch` + x.
+struct Geometry {
+    wp: usize,
+    sample_rows: usize,
+    top: usize,
+    left: usize,
+    out_stride: usize,
+    out_pitch: usize,
 }
 
 /// Writes `x` (NCHW f32) into `image` as the bf16 channels-last tall image (positions of `cin`
 /// values; the padding stays zero).
-fn to_tall_image(x: &Tensor, image: &mut [f32], p: usize, wp: usize) {
+fn to_tall_image(x: &Tensor, image: &mut [f32], g: &Geometry) {
     let [b, cin, h, w] = x.shape()[..] else {
         unreachable!("checked by the caller")
     };
@@ -147,7 +265,7 @@ fn to_tall_image(x: &Tensor, image: &mut [f32], p: usize, wp: usize) {
     let dst = super::SendPtr(image.as_mut_ptr());
     (0..b * h).into_par_iter().for_each(|row| {
         let (bi, y) = (row / h, row % h);
-        let first = (p + bi * (h + p) + y) * wp + p;
+        let first = (bi * g.sample_rows + g.top + y) * g.wp + g.left;
         let src = &x.data()[bi * cin * h * w + y * w..];
         // SAFETY: AVX-512F comes with AMX; positions first..first+w of the image, which lies
         // inside it (sized by the caller), are this task's alone.
@@ -202,7 +320,8 @@ fn aligned(v: &[f32]) -> &[f32] {
 }
 
 /// How a call's output positions split into samples: `count` samples of `positions` positions,
-/// `stride` apart; `all` the padded positions of a dense call (one run over every sample).
+/// `stride` apart; `all` the padded positions of a dense call (one run over every sample), or 0
+/// where even dense calls run sample by sample.
 pub(super) struct Samples {
     pub count: usize,
     pub stride: usize,
@@ -242,22 +361,32 @@ impl Samples {
             );
             Ok((packed, packed_len * 4))
         };
+        let count = self.positions.next_multiple_of(32);
         // SAFETY (each run): the caller's contract.
+        let dense = |packed: &[f32]| {
+            if self.all > 0 {
+                unsafe { job(aligned(packed)).run(0, self.all) };
+            } else {
+                for bi in 0..self.count {
+                    unsafe { job(aligned(packed)).run(bi * self.stride, count) };
+                }
+            }
+        };
         match (mask, key) {
             (Some(mask), _) => {
                 for bi in 0..self.count {
                     let packed = pack(Some(mask(bi)))?.0;
-                    let count = self.positions.next_multiple_of(32);
                     unsafe { job(aligned(&packed)).run(bi * self.stride, count) };
                 }
             }
             (None, Some(uid)) => {
                 let id = (weight.data().as_ptr() as usize, 0);
                 let kernel = super::pack_cache::Kernel::Amx;
-                let cached = super::pack_cache::get_or_pack(uid, kernel, id, || pack(None))?;
-                unsafe { job(aligned(&cached)).run(0, self.all) };
+                dense(&super::pack_cache::get_or_pack(uid, kernel, id, || {
+                    pack(None)
+                })?);
             }
-            (None, None) => unsafe { job(aligned(&pack(None)?.0)).run(0, self.all) },
+            (None, None) => dense(&pack(None)?.0),
         }
         Ok(())
     }
@@ -310,6 +439,7 @@ pub(super) struct Job {
     pub cout: usize,
     pub k: usize,
     pub wp: usize,
+    pub stride: usize,
     pub depth_tiles: usize,
     pub gate: usize,
 }
@@ -382,7 +512,8 @@ impl Job {
     /// As `block`, the tiles configured.
     #[inline(always)]
     unsafe fn micro<const TWO_B: bool>(&self, q: usize, cc: usize) {
-        let row = self.cin * 2;
+        // A tile's 16 outputs are `stride` image positions apart.
+        let row = self.stride * self.cin * 2;
         let cblocks = self.cin / 32;
         // SAFETY: as `block`.
         unsafe {
@@ -409,11 +540,13 @@ impl Job {
             let mut d = 0;
             for ki in 0..self.k {
                 for kj in 0..self.k {
-                    let a = self.image.add((q + ki * self.wp + kj) * self.cin);
+                    let a = self
+                        .image
+                        .add((self.stride * q + ki * self.wp + kj) * self.cin);
                     for cb in 0..cblocks {
                         let a0 = a.add(32 * cb);
                         amx::load::<4>(a0.cast(), row);
-                        amx::load::<5>(a0.add(16 * self.cin).cast(), row);
+                        amx::load::<5>(a0.add(16 * self.stride * self.cin).cast(), row);
                         amx::load::<6>(b0.add(d * TILE).cast(), 64);
                         amx::dot::<0, 4, 6>();
                         amx::dot::<2, 5, 6>();
@@ -493,15 +626,16 @@ fn copy_out(
     acc: &[f32],
     out: &mut [f32],
     (cout, h, w): (usize, usize, usize),
-    (p, wp): (usize, usize),
+    g: &Geometry,
     bias: Option<&[f32]>,
 ) {
+    let (stride, pitch) = (g.out_stride, g.out_pitch);
     out.par_chunks_mut(16 * h * w)
         .enumerate()
         .for_each(|(t, o)| {
             let (bi, co0) = ((16 * t) / cout, (16 * t) % cout);
             // SAFETY: AVX-512F comes with AMX (`takes`).
-            unsafe { copy_planes(acc, o, (bi, co0), (cout, h, w), (p, wp), bias) };
+            unsafe { copy_planes(acc, o, (bi, co0), (cout, h, w), (stride, pitch), bias) };
         });
 }
 
@@ -515,12 +649,12 @@ unsafe fn copy_planes(
     o: &mut [f32],
     (bi, co0): (usize, usize),
     (cout, h, w): (usize, usize, usize),
-    (p, wp): (usize, usize),
+    (stride, pitch): (usize, usize),
     bias: Option<&[f32]>,
 ) {
     let add: [f32; 16] = std::array::from_fn(|c| bias.map_or(0.0, |bv| bv[co0 + c]));
     for y in 0..h {
-        let row0 = (bi * (h + p) + y) * wp;
+        let row0 = bi * stride + y * pitch;
         for x0 in (0..w).step_by(16) {
             let n = (w - x0).min(16);
             let mut rows = [_mm512_setzero_ps(); 16];
@@ -568,5 +702,62 @@ mod tests {
         );
         super::super::pack_cache::evict(&[uid]);
         assert!(!holds());
+    }
+
+    /// The stride-2 tile convolution gives the f32 convolution of the bf16-rounded operands
+    /// (to f32 accumulation order), dense, cached and masked, over odd and even sizes and
+    /// diffusers' two downsampling paddings.
+    #[test]
+    fn strided_tiles_match_the_f32_convolution_of_rounded_operands() {
+        use super::super::conv::try_conv2d_in;
+        use super::super::gemm::Precision;
+        use crate::boosters::masks::WeightMask;
+        if !amx::available() {
+            eprintln!("no AMX-BF16 here: the tile convolution does not run");
+            return;
+        }
+        let rounded = |t: &Tensor| {
+            let v = t
+                .data()
+                .iter()
+                .map(|&v| f32::from_bits((amx::bf16_bits(v) as u32) << 16));
+            Tensor::new(t.shape(), v.collect()).unwrap()
+        };
+        let asym = Padding {
+            top: 0,
+            bottom: 1,
+            left: 0,
+            right: 1,
+        };
+        for (b, cin, cout, h, w) in [(2, 32, 16, 8, 8), (1, 64, 48, 7, 9), (3, 32, 32, 2, 3)] {
+            for pad in [Padding::same(1), asym] {
+                let x = Tensor::randn([b, cin, h, w], 7);
+                let wt = Tensor::randn([cout, cin, 3, 3], 8);
+                let bias: Vec<f32> = Tensor::randn([cout], 9).data().to_vec();
+                let (xr, wr) = (rounded(&x), rounded(&wt));
+                let close = |got: &Tensor, want: &Tensor| {
+                    assert_eq!(got.shape(), want.shape());
+                    for (g, e) in got.data().iter().zip(want.data()) {
+                        assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{g} vs {e}");
+                    }
+                };
+                let want = try_conv2d_in(&xr, &wr, Some(&bias), 2, pad, None, Precision::F32);
+                let got = conv2d_strided(&x, &wt, Some(&bias), pad, None, None).unwrap();
+                close(&got, &want.unwrap());
+                let uid = crate::nn::fresh_uid();
+                let cached = conv2d_strided(&x, &wt, Some(&bias), pad, Some(uid), None).unwrap();
+                assert_eq!(cached, got);
+                super::super::pack_cache::evict(&[uid]);
+                let bits: Vec<u8> = (0..b * cout * cin * 9)
+                    .map(|j| (j % 7 != 0) as u8)
+                    .collect();
+                let set = WeightMask::from_bytes(vec![cout, cin, 3, 3], None, Some(b), &bits);
+                let set = set.unwrap();
+                let view = |s: usize| set.view(0, s);
+                let want = try_conv2d_in(&xr, &wr, None, 2, pad, Some(&view), Precision::F32);
+                let got = conv2d_strided(&x, &wt, None, pad, None, Some(&view)).unwrap();
+                close(&got, &want.unwrap());
+            }
+        }
     }
 }

@@ -76,6 +76,7 @@ pub(crate) fn linear(
         cout: out_f,
         k: 1,
         wp: 1,
+        stride: 1,
         depth_tiles: in_f / 32,
         gate: if geglu { out_cols } else { 0 },
     };
