@@ -78,7 +78,7 @@ pub(crate) fn conv2d_same(
     key: Option<u64>,
     mask: Option<MaskFn>,
 ) -> Result<Tensor> {
-    let (&[b, cin, h, w], &[cout, _, k, _]) = (x.shape(), weight.shape()) else {
+    let (&[b, _, h, w], &[_, _, k, _]) = (x.shape(), weight.shape()) else {
         return Err(Error::shape(
             "conv2d",
             format!("input shape {:?}", x.shape()),
@@ -102,9 +102,6 @@ pub(crate) fn conv2d_same(
         .checked_add((k - 1) * wp + k)
         .and_then(|v| v.checked_add(p * wp + p))
         .ok_or_else(big)?;
-    let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
-    let mut image = Scratch::zeroed(image_len + ALIGN_PAD, "conv2d bf16 image")?;
-    let image = aligned_mut(&mut image, image_len);
     let geo = Geometry {
         wp,
         sample_rows: h + p,
@@ -113,38 +110,23 @@ pub(crate) fn conv2d_same(
         out_stride: sample_stride,
         out_pitch: wp,
     };
-    to_tall_image(x, image, &geo);
-    let depth_tiles = k * k * cin / 32;
-    let acc_len = numel_of(&[acc_rows, cout], "conv2d accumulator")?;
-    let mut acc = Scratch::zeroed(acc_len + ALIGN_PAD, "conv2d accumulator")?;
-    let acc = aligned_mut(&mut acc, acc_len);
-    let acc_ptr = acc.as_mut_ptr();
-    let job = |weights: &[f32]| Job {
-        image: image.as_ptr().cast(),
-        weights: weights.as_ptr().cast(),
-        acc: acc_ptr,
-        bias: std::ptr::null(),
-        cin,
-        cout,
-        k,
-        wp,
-        stride: 1,
-        depth_tiles,
-        gate: 0,
-    };
     let samples = Samples {
         count: b,
         stride: sample_stride,
         positions: sample_positions,
         all: outputs_padded,
     };
-    // SAFETY: AMX is available (`takes`); `acc` holds acc_rows ≥ every sample's padded
-    // positions, and `image` every tap of them (sized above); the weights are `pack_weights`'s.
-    unsafe { samples.run(weight, (cin, k), key, mask, job)? };
-    let out_len = numel_of(&[b, cout, h, w], "conv2d output")?;
-    let mut out = try_zeroed_vec(out_len, "conv2d output")?;
-    copy_out(acc, &mut out, (cout, h, w), &geo, bias);
-    Ok(Tensor::from_parts([b, cout, h, w], out))
+    // SAFETY: AMX is available (`takes`); acc_rows ≥ every sample's padded positions, and
+    // `positions` holds every tap of them.
+    unsafe {
+        convolve(
+            (x, weight, bias),
+            (key, mask),
+            (&geo, 1, positions, acc_rows),
+            samples,
+            (h, w),
+        )
+    }
 }
 
 /// Whether a stride-2 k×k layer runs on the tiles: `takes`, k ≥ 3, each side's padding below
@@ -175,7 +157,7 @@ pub(crate) fn conv2d_strided(
     key: Option<u64>,
     mask: Option<MaskFn>,
 ) -> Result<Tensor> {
-    let (&[b, cin, h, w], &[cout, _, k, _]) = (x.shape(), weight.shape()) else {
+    let (&[b, _, h, w], &[_, _, k, _]) = (x.shape(), weight.shape()) else {
         return Err(Error::shape(
             "conv2d",
             format!("input shape {:?}", x.shape()),
@@ -197,9 +179,6 @@ pub(crate) fn conv2d_strided(
         .checked_mul(2)
         .and_then(|v| v.checked_add(k * wp + k))
         .ok_or_else(big)?;
-    let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
-    let mut image = Scratch::zeroed(image_len + ALIGN_PAD, "conv2d bf16 image")?;
-    let image = aligned_mut(&mut image, image_len);
     let geo = Geometry {
         wp,
         sample_rows: hp,
@@ -208,7 +187,48 @@ pub(crate) fn conv2d_strided(
         out_stride,
         out_pitch: wp,
     };
-    to_tall_image(x, image, &geo);
+    // Sample by sample even when dense: the positions between samples' outputs are not
+    // computed.
+    let samples = Samples {
+        count: b,
+        stride: out_stride,
+        positions: per_sample,
+        all: 0,
+    };
+    // SAFETY: AMX is available (`takes_strided`); acc_rows is past every sample's padded
+    // outputs, and `positions` holds every tap of them, 2q + (k−1)·Wp + k − 1 < positions.
+    unsafe {
+        convolve(
+            (x, weight, bias),
+            (key, mask),
+            (&geo, 2, positions, acc_rows),
+            samples,
+            (ho, wo),
+        )
+    }
+}
+
+/// The tile convolution once its geometry is known: `x` into a bf16 tall image of `positions`
+/// positions laid out as `geo`, the kernel (`stride` image positions per output) over
+/// `samples` into an accumulator of `acc_rows` positions, then the `ho × wo` outputs of each
+/// sample out to NCHW with the bias.
+///
+/// # Safety
+/// AMX is available; every position the runs of `samples` reach lies below `acc_rows`, and
+/// every tap of them below `positions`.
+unsafe fn convolve(
+    (x, weight, bias): (&Tensor, &Tensor, Option<&[f32]>),
+    (key, mask): (Option<u64>, Option<MaskFn>),
+    (geo, stride, positions, acc_rows): (&Geometry, usize, usize, usize),
+    samples: Samples,
+    (ho, wo): (usize, usize),
+) -> Result<Tensor> {
+    let (b, cin) = (x.shape()[0], x.shape()[1]);
+    let (cout, k) = (weight.shape()[0], weight.shape()[2]);
+    let image_len = numel_of(&[positions, cin / 2], "conv2d bf16 image")?;
+    let mut image = Scratch::zeroed(image_len + ALIGN_PAD, "conv2d bf16 image")?;
+    let image = aligned_mut(&mut image, image_len);
+    to_tall_image(x, image, geo);
     let acc_len = numel_of(&[acc_rows, cout], "conv2d accumulator")?;
     let mut acc = Scratch::zeroed(acc_len + ALIGN_PAD, "conv2d accumulator")?;
     let acc = aligned_mut(&mut acc, acc_len);
@@ -221,25 +241,16 @@ pub(crate) fn conv2d_strided(
         cin,
         cout,
         k,
-        wp,
-        stride: 2,
+        wp: geo.wp,
+        stride,
         depth_tiles: k * k * cin / 32,
         gate: 0,
     };
-    // Sample by sample even when dense: the positions between samples' outputs are not
-    // computed.
-    let samples = Samples {
-        count: b,
-        stride: out_stride,
-        positions: per_sample,
-        all: 0,
-    };
-    // SAFETY: AMX is available (`takes_strided`); `acc` holds acc_rows positions, past every
-    // sample's padded outputs, and `image` every tap of them, 2q + (k−1)·Wp + k − 1 < positions.
+    // SAFETY: the caller's contract; the weights are `pack_weights`'s.
     unsafe { samples.run(weight, (cin, k), key, mask, job)? };
     let out_len = numel_of(&[b, cout, ho, wo], "conv2d output")?;
     let mut out = try_zeroed_vec(out_len, "conv2d output")?;
-    copy_out(acc, &mut out, (cout, ho, wo), &geo, bias);
+    copy_out(acc, &mut out, (cout, ho, wo), geo, bias);
     Ok(Tensor::from_parts([b, cout, ho, wo], out))
 }
 
