@@ -482,6 +482,16 @@ impl Job {
         });
     }
 
+    /// How many columns past a micro block's first strip its second one starts: the next 16,
+    /// or for GEGLU the gate's half.
+    fn second_strip(&self) -> usize {
+        if self.gate > 0 {
+            self.gate
+        } else {
+            16
+        }
+    }
+
     /// Values per position of the accumulator.
     fn out_cols(&self) -> usize {
         if self.gate > 0 {
@@ -536,7 +546,7 @@ impl Job {
             } else {
                 // Every row of the tiles starts from the bias (16 rows read with stride 0).
                 let bias = self.bias.add(cc).cast::<u8>();
-                let bias1 = self.bias.add(cc + self.gate.max(16)).cast::<u8>();
+                let bias1 = self.bias.add(cc + self.second_strip()).cast::<u8>();
                 amx::load::<0>(bias, 0);
                 amx::load::<2>(bias, 0);
                 if TWO_B {
@@ -547,7 +557,7 @@ impl Job {
             let b0 = self.weights.add((cc / 16) * self.depth_tiles * TILE);
             let b1 = self
                 .weights
-                .add(((cc + self.gate.max(16)) / 16) * self.depth_tiles * TILE);
+                .add(((cc + self.second_strip()) / 16) * self.depth_tiles * TILE);
             let mut d = 0;
             for ki in 0..self.k {
                 for kj in 0..self.k {
@@ -571,42 +581,45 @@ impl Job {
                 }
             }
             let c = self.acc.add(q * self.out_cols() + cc);
-            if TWO_B && self.gate > 0 {
-                let mut block = std::mem::MaybeUninit::<Block>::uninit();
-                let (b, stride) = (block.as_mut_ptr().cast::<u8>(), 32 * 4);
-                amx::store::<0>(b, stride);
-                amx::store::<2>(b.add(16 * stride), stride);
-                amx::store::<1>(b.add(64), stride);
-                amx::store::<3>(b.add(16 * stride + 64), stride);
-                // SAFETY: the stores wrote the whole block; row r of C holds `gate` values.
+            if self.gate == 0 && (c as usize).is_multiple_of(64) {
+                store_tiles::<TWO_B>(c.cast(), self.cout * 4);
+                return;
+            }
+            // A GEGLU block, or unaligned rows (a linear layer's output): through an aligned
+            // block in L1.
+            let mut block = std::mem::MaybeUninit::<Block>::uninit();
+            store_tiles::<TWO_B>(block.as_mut_ptr().cast(), 32 * 4);
+            // SAFETY (both arms): the stores wrote the block's first 16 (with `TWO_B` 32)
+            // columns of every row, all that is read.
+            if self.gate > 0 {
                 let rows = &*block.as_ptr();
                 for (r, vals) in rows.0.iter().enumerate() {
                     let (h, g) = vals.split_at(16);
+                    // Row r of C holds `gate` values.
                     let out = std::slice::from_raw_parts_mut(c.add(r * self.gate), 16);
                     super::vector::geglu_row(out, h, g);
                 }
-            } else if (c as usize).is_multiple_of(64) {
-                let (c, stride) = (c.cast::<u8>(), self.cout * 4);
-                amx::store::<0>(c, stride);
-                amx::store::<2>(c.add(16 * stride), stride);
-                if TWO_B {
-                    amx::store::<1>(c.add(64), stride);
-                    amx::store::<3>(c.add(16 * stride + 64), stride);
-                }
             } else {
-                // Unaligned rows (a linear layer's output): through an aligned block in L1.
-                let mut block = std::mem::MaybeUninit::<Block>::uninit();
-                let (b, stride) = (block.as_mut_ptr().cast::<u8>(), 32 * 4);
-                amx::store::<0>(b, stride);
-                amx::store::<2>(b.add(16 * stride), stride);
-                if TWO_B {
-                    amx::store::<1>(b.add(64), stride);
-                    amx::store::<3>(b.add(16 * stride + 64), stride);
-                }
-                // SAFETY: the stores above wrote every row of the block's first `cols` columns,
-                // all that is read.
                 copy_block(block.as_ptr(), c, self.cout, if TWO_B { 32 } else { 16 });
             }
+        }
+    }
+}
+
+/// Stores accumulator tiles 0 and 2 (rows 0–15 and 16–31 of columns 0–15) and with `TWO_B`
+/// tiles 1 and 3 (columns 16–31) as a 32-row block at `c`, rows `row_bytes` apart.
+///
+/// # Safety
+/// The tiles are configured; the block's rows lie in writable memory no reference holds.
+#[inline(always)]
+unsafe fn store_tiles<const TWO_B: bool>(c: *mut u8, row_bytes: usize) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        amx::store::<0>(c, row_bytes);
+        amx::store::<2>(c.add(16 * row_bytes), row_bytes);
+        if TWO_B {
+            amx::store::<1>(c.add(64), row_bytes);
+            amx::store::<3>(c.add(16 * row_bytes + 64), row_bytes);
         }
     }
 }
